@@ -1,0 +1,209 @@
+"""The catalogue: pacsd's index of stored instances (SQLite embedded default, PostgreSQL).
+
+:class:`Catalogue` is synchronous; the service layer calls it from a thread pool. Every
+write is one transaction (``writes.py``): an instance is either fully indexed with its
+counters updated, or not at all. Writers are serialised on SQLite by an in-process lock
+plus ``BEGIN IMMEDIATE`` (other processes wait up to ``busy_timeout_s``); on PostgreSQL by
+the study row lock, and a transaction that hits a deadlock, a serialisation failure or a
+concurrent-delete race is simply run again (a few times, then 503).
+
+Any database failure surfaces as :class:`pacsd.errors.OutOfResources` (busy, locked,
+read-only, disk full, server gone: FT-10) or :class:`pacsd.errors.PacsdError`; the
+caller acknowledges nothing in that case.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+
+import orjson
+import sqlalchemy as sa
+
+from pacsd.errors import OutOfResources
+from pacsd.index import migrations, qido_sql, writes
+from pacsd.index.engine import RETRYABLE_SQLSTATES, create_engine, sqlstate, translate_errors
+from pacsd.index.qido import QidoQuery, QidoResult
+from pacsd.index.schema import instances, patients, series, studies
+from pacsd.model import FrameIndex, InstanceRow, ParsedInstance, StoreOutcome
+
+#: PostgreSQL transaction attempts before giving up with 503.
+MAX_ATTEMPTS = 6
+#: Rows fetched per round trip when streaming instance lists.
+STREAM_BATCH = 500
+
+_ROW_COLS = (studies.c.study_instance_uid, series.c.series_instance_uid,
+             instances.c.sop_instance_uid, instances.c.sop_class_uid,
+             instances.c.transfer_syntax_uid, instances.c.sha256, instances.c.size,
+             instances.c.frames, instances.c.bulk, instances.c.instance_number)
+_HIERARCHY = instances.join(series, instances.c.series_fk == series.c.pk).join(
+    studies, instances.c.study_fk == studies.c.pk)
+
+
+def _instance_row(row: sa.Row) -> InstanceRow:
+    return InstanceRow(
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+        transfer_syntax_uid=row.transfer_syntax_uid, sha256=row.sha256, size=row.size,
+        frames=FrameIndex.from_json(row.frames) if row.frames is not None else None,
+        bulk={k: (int(v[0]), int(v[1])) for k, v in orjson.loads(row.bulk).items()},
+        instance_number=row.instance_number,
+    )
+
+
+def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None
+           ) -> list[sa.ColumnElement]:
+    """SEC-3: each given parent must match; a child of another parent is not found."""
+    cond = [studies.c.study_instance_uid == study_uid]
+    if series_uid is not None:
+        cond.append(series.c.series_instance_uid == series_uid)
+    if sop_uid is not None:
+        cond.append(instances.c.sop_instance_uid == sop_uid)
+    return cond
+
+
+class Catalogue:
+    """The index. ``url``: ``sqlite:////abs/path/index.db`` or
+    ``postgresql[+psycopg]://user@host:port/db``."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 10.0) -> None:
+        self._busy_timeout_s = busy_timeout_s
+        self._engine = create_engine(url, busy_timeout_s=busy_timeout_s)
+        self.dialect_name: str = self._engine.dialect.name
+        # SQLite allows one writer; queueing writers here (not in SQLite's busy loop)
+        # keeps them fair and lets the timeout produce a clean 503 (FT-10).
+        self._write_lock = threading.Lock() if self.dialect_name == "sqlite" else None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """For other index modules (versions, change feed) and tests."""
+        return self._engine
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema (idempotent, safe for concurrent starters)."""
+        with translate_errors("migrating the schema"):
+            return migrations.migrate(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # --- writes ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write_lock_held(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+            raise OutOfResources("index busy")
+        try:
+            yield
+        finally:
+            self._write_lock.release()
+
+    def _write(self, action: str, fn):
+        """Run ``fn(conn)`` in one write transaction, retrying races (module docstring)."""
+        with translate_errors(action), self._write_lock_held():
+            for attempt in range(MAX_ATTEMPTS):
+                try:
+                    with self._engine.connect() as conn:
+                        conn = conn.execution_options(pacsd_write=True)
+                        with conn.begin():
+                            return fn(conn)
+                except writes.Retry:
+                    pass
+                except sa.exc.DBAPIError as e:
+                    if sqlstate(e) not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS - 1:
+                        raise
+                time.sleep(0.005 * (2 ** attempt))
+            raise OutOfResources(f"index contention while {action}")
+
+    def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
+        """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
+        BI-27 HierarchyConflict; see ``writes.store_instance``)."""
+        return self._write("storing an instance",
+                           lambda conn: writes.store_instance(conn, p, sha256, size))
+
+    def delete(self, study_uid: str, series_uid: str | None = None,
+               sop_uid: str | None = None) -> list[str]:
+        """Remove a study, series or instance (and parents left empty); returns the sha256
+        of every removed instance; NotFound when nothing matched."""
+        return self._write("deleting",
+                           lambda conn: writes.delete(conn, study_uid, series_uid, sop_uid))
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str
+                     ) -> InstanceRow | None:
+        """One instance, only if it belongs to the given study (and series, if given)."""
+        with translate_errors("reading an instance"), self._engine.connect() as conn:
+            row = conn.execute(sa.select(*_ROW_COLS).select_from(_HIERARCHY)
+                               .where(*_scope(study_uid, series_uid, sop_uid))).first()
+        return _instance_row(row) if row is not None else None
+
+    def _stream(self, cols, study_uid: str, series_uid: str | None, sop_uid: str | None
+                ) -> Iterator[sa.Row]:
+        stmt = (sa.select(*cols).select_from(_HIERARCHY)
+                .where(*_scope(study_uid, series_uid, sop_uid))
+                .order_by(series.c.series_number.asc().nulls_last(), series.c.pk,
+                          instances.c.instance_number.asc().nulls_last(), instances.c.pk))
+        with translate_errors("listing instances"), self._engine.connect() as conn:
+            # PostgreSQL: server-side cursor; SQLite steps its cursor lazily anyway.
+            result = conn.execution_options(stream_results=True,
+                                            yield_per=STREAM_BATCH).execute(stmt)
+            yield from result
+
+    def iter_instances(self, study_uid: str, series_uid: str | None = None,
+                       sop_uid: str | None = None) -> Iterator[InstanceRow]:
+        """Instances ordered by SeriesNumber, InstanceNumber; streamed, never fetched whole.
+        Close the iterator (or exhaust it) to release its connection."""
+        for row in self._stream(_ROW_COLS, study_uid, series_uid, sop_uid):
+            yield _instance_row(row)
+
+    def iter_metadata(self, study_uid: str, series_uid: str | None = None,
+                      sop_uid: str | None = None) -> Iterator[bytes]:
+        """Each instance's DICOM JSON metadata object (bytes), same order as above."""
+        for row in self._stream((instances.c.metadata,), study_uid, series_uid, sop_uid):
+            yield zlib.decompress(row.metadata)
+
+    def metadata_etag(self, study_uid: str, series_uid: str | None = None,
+                      sop_uid: str | None = None) -> str | None:
+        """An opaque token (unquoted; the web layer quotes it) that changes whenever the
+        metadata of the study/series/instance changes; None when nothing matches."""
+        if sop_uid is not None:
+            stmt = (sa.select(sa.literal("i"), instances.c.pk, instances.c.sha256)
+                    .select_from(_HIERARCHY)
+                    .where(*_scope(study_uid, series_uid, sop_uid)))
+        elif series_uid is not None:
+            stmt = (sa.select(sa.literal("s"), series.c.pk, series.c.revision,
+                              series.c.num_instances, series.c.updated_at)
+                    .select_from(series.join(studies, series.c.study_fk == studies.c.pk))
+                    .where(*_scope(study_uid, series_uid, None)))
+        else:
+            stmt = sa.select(sa.literal("S"), studies.c.pk, studies.c.revision,
+                             studies.c.num_instances, studies.c.updated_at).where(
+                studies.c.study_instance_uid == study_uid)
+        with translate_errors("reading metadata"), self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:32]
+
+    def counts(self) -> dict[str, int]:
+        """Totals of patients, studies, series and instances (health/statistics)."""
+        tables = {"patients": patients, "studies": studies, "series": series,
+                  "instances": instances}
+        with translate_errors("counting"), self._engine.connect() as conn:
+            return {name: conn.scalar(sa.select(sa.func.count()).select_from(t))
+                    for name, t in tables.items()}
+
+    def search(self, q: QidoQuery, extra_filter: sa.ColumnElement | None = None
+               ) -> QidoResult:
+        """Run a QIDO-RS query (R-A1). ``extra_filter``: a clause on ``studies`` AND-ed into
+        the query (access control, later issue)."""
+        with translate_errors("searching"), self._engine.connect() as conn:
+            return qido_sql.run(conn, q, extra_filter)

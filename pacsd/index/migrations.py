@@ -1,0 +1,89 @@
+"""A tiny schema migration runner for the catalogue.
+
+``schema_version`` holds one row per applied migration. :func:`migrate` runs in ONE
+transaction that first serialises concurrent starters (PostgreSQL:
+``pg_advisory_xact_lock``; SQLite: ``BEGIN IMMEDIATE``), so two pacsd processes starting
+together against one database neither race nor half-apply; DDL is transactional on both
+databases, so a failed migration leaves the previous version intact.
+
+* Fresh database: create the *current* schema from ``schema.py`` and record every known
+  version ("stamp head"), so migration functions never need frozen copies of old tables.
+* Older database: apply, in order, each migration newer than the recorded version.
+* Newer database than this code knows: refuse to run (an old binary must not write a
+  schema it does not understand).
+
+To change the schema: edit ``schema.py`` *and* append a migration that brings an existing
+database of the previous version to the same state (``op_add_column`` style DDL via
+``conn.execute(sa.text(...))`` or ``sa.schema.*``), with a test that upgrades a database
+created at the previous version.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from pacsd.errors import PacsdError
+from pacsd.index import schema
+
+#: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
+ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[sa.Connection], None]
+
+
+def _initial(conn: sa.Connection) -> None:
+    schema.metadata.create_all(conn, tables=list(schema.CATALOGUE_TABLES))
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial catalogue schema", _initial),
+)
+LATEST = MIGRATIONS[-1].version
+
+
+def current_version(conn: sa.Connection) -> int | None:
+    """The recorded schema version, or None when the database has none."""
+    if not sa.inspect(conn).has_table("schema_version"):
+        return None
+    return conn.scalar(sa.select(sa.func.max(schema.schema_version.c.version)))
+
+
+def migrate(engine: sa.Engine) -> int:
+    """Bring the catalogue schema to :data:`LATEST`; idempotent; returns the version."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    with engine.connect() as conn:
+        conn = conn.execution_options(pacsd_write=True)  # SQLite: BEGIN IMMEDIATE
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                # A starter waits as long as another one migrates (no busy timeout here).
+                conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"),
+                             {"k": ADVISORY_LOCK_KEY})
+            current = current_version(conn)
+            if current is not None and current > LATEST:
+                raise PacsdError("index schema is newer than this pacsd; upgrade pacsd")
+            if current == LATEST:
+                return LATEST
+            schema.schema_version.create(conn, checkfirst=True)
+            if current is None:
+                if sa.inspect(conn).has_table("studies"):
+                    raise PacsdError("index database has tables but no schema version")
+                schema.metadata.create_all(conn, tables=list(schema.CATALOGUE_TABLES))
+                pending = MIGRATIONS
+            else:
+                pending = tuple(m for m in MIGRATIONS if m.version > current)
+                for m in pending:
+                    m.apply(conn)
+            conn.execute(sa.insert(schema.schema_version), [
+                {"version": m.version, "description": m.description, "applied_at": now}
+                for m in pending
+            ])
+    return LATEST

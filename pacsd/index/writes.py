@@ -1,0 +1,308 @@
+"""Catalogue writes: store one instance, delete a study/series/instance (one transaction each).
+
+Functions here run inside a write transaction the :class:`~pacsd.index.catalogue.Catalogue`
+opened (SQLite: ``BEGIN IMMEDIATE`` under the in-process writer lock; PostgreSQL: READ
+COMMITTED, retried on deadlock/serialisation/FK races). Concurrency design (LD-6):
+
+* The study row is read first with ``SELECT .. FOR UPDATE`` (a no-op on SQLite, where the
+  whole database is write-locked). Only when it is absent are the patient and the study
+  created, with ``INSERT .. ON CONFLICT DO NOTHING`` and the locking select again, so two
+  writers creating the same patient/study both end up with the one row.
+* Holding the study lock serialises every change below one study: the counters,
+  ModalitiesInStudy and SOPClassesInStudy are exact, and two writers of one SOP Instance
+  UID never race on its insert. Locks are taken study -> series -> patient (the patient
+  row is only updated last), so writers of different studies cannot form a cycle; the
+  rare deadlock with a concurrent delete of a patient's last study is detected by
+  PostgreSQL and the transaction retried.
+* A row that vanished between our upsert and our select (a concurrent delete) raises
+  :class:`Retry`; the caller runs the whole transaction again.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import zlib
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from pacsd.errors import DuplicateInstance, HierarchyConflict, NotFound
+from pacsd.index import names
+from pacsd.index.schema import (
+    INSTANCE_COLUMNS, INTEGER_KEYWORDS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS,
+    instances, patients, series, studies,
+)
+from pacsd.model import ParsedInstance, StoreOutcome
+
+
+class Retry(Exception):
+    """Internal: run the transaction again (a concurrent writer changed the hierarchy)."""
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _coerce(keyword: str, value: Any) -> Any:
+    """Column value for an attribute: '' -> NULL; IS/US -> int (NULL if not an integer)."""
+    if value is None or value == "":
+        return None
+    if keyword in INTEGER_KEYWORDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    return str(value)
+
+
+def _values(columns: dict[str, str], attrs: dict[str, Any]) -> dict[str, Any]:
+    return {col: _coerce(kw, attrs.get(kw)) for kw, col in columns.items()}
+
+
+def _pn_values(prefix: str, value: str | None) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in names.search_columns(value).items()}
+
+
+def split_list(value: str | None) -> list[str]:
+    return value.split("\\") if value else []
+
+
+def join_list(items: set[str]) -> str | None:
+    return "\\".join(sorted(items)) or None
+
+
+# --- store -------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _statements(dialect: str) -> dict[str, Any]:
+    """Statements of the store path, built once per dialect and executed with parameter
+    dicts: SQLAlchemy then reuses their compiled form (building and cache-keying a
+    statement per call cost more than the SQL itself)."""
+    ins = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    b = sa.bindparam
+    hierarchy = instances.join(series, instances.c.series_fk == series.c.pk).join(
+        studies, instances.c.study_fk == studies.c.pk)
+    return {
+        "existing": sa.select(instances.c.sha256, instances.c.sop_class_uid,
+                              series.c.series_instance_uid, studies.c.study_instance_uid)
+        .select_from(hierarchy).where(instances.c.sop_instance_uid == b("b_sop")),
+        # Locks the study row: serialises every writer below this study (module doc).
+        "study": sa.select(studies.c.pk, studies.c.patient_fk, patients.c.patient_id,
+                           patients.c.issuer_of_patient_id, studies.c.modalities_in_study,
+                           studies.c.sop_classes_in_study)
+        .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
+        .where(studies.c.study_instance_uid == b("b_study")).with_for_update(of=studies),
+        "series": sa.select(series.c.pk, series.c.study_fk)
+        .where(series.c.series_instance_uid == b("b_series")),
+        "patient": sa.select(patients.c.pk).where(
+            patients.c.patient_id == b("b_pid"), patients.c.issuer_of_patient_id == b("b_iss")),
+        "ins_patient": ins(patients).on_conflict_do_nothing(
+            index_elements=["patient_id", "issuer_of_patient_id"]),
+        "ins_study": ins(studies).on_conflict_do_nothing(
+            index_elements=["study_instance_uid"]).returning(studies.c.pk),
+        "ins_series": ins(series).on_conflict_do_nothing(
+            index_elements=["series_instance_uid"]).returning(series.c.pk),
+        "ins_instance": ins(instances).on_conflict_do_nothing(
+            index_elements=["sop_instance_uid"]).returning(instances.c.pk),
+        "upd_series": sa.update(series).where(series.c.pk == b("b_pk")).values(
+            num_instances=series.c.num_instances + 1, revision=series.c.revision + 1,
+            updated_at=b("b_now")),
+        "upd_study": sa.update(studies).where(studies.c.pk == b("b_pk")).values(
+            num_instances=studies.c.num_instances + 1,
+            num_series=studies.c.num_series + b("b_new_series", type_=sa.Integer()),
+            modalities_in_study=b("b_mods"), sop_classes_in_study=b("b_sops"),
+            revision=studies.c.revision + 1, updated_at=b("b_now")),
+    }
+
+
+def _existing_outcome(conn: sa.Connection, stmts: dict, p: ParsedInstance, sha256: str
+                      ) -> StoreOutcome | None:
+    """BI-25/26/27 for an SOP Instance UID already in the catalogue, else None."""
+    row = conn.execute(stmts["existing"], {"b_sop": p.sop_instance_uid}).first()
+    if row is None:
+        return None
+    if (row.study_instance_uid != p.study_instance_uid
+            or row.series_instance_uid != p.series_instance_uid):
+        # BI-27: never move an instance between series/studies silently.
+        raise HierarchyConflict("SOPInstanceUID already stored under another series or study")
+    if row.sha256 != sha256:
+        # BI-26: never overwrite; the stored original stays as it is.
+        raise DuplicateInstance("SOPInstanceUID already stored with different content")
+    return StoreOutcome(False, p.study_instance_uid, p.series_instance_uid,
+                        p.sop_instance_uid, row.sop_class_uid)
+
+
+def _patient_key(p: ParsedInstance) -> tuple[str, str]:
+    """(PatientID, IssuerOfPatientID); absent values are '' (a usable unique key)."""
+    return (_coerce("PatientID", p.patient.get("PatientID")) or "",
+            _coerce("IssuerOfPatientID", p.patient.get("IssuerOfPatientID")) or "")
+
+
+def _patient_demographics(p: ParsedInstance) -> dict[str, Any]:
+    vals = _values(PATIENT_COLUMNS, p.patient)
+    del vals["patient_id"], vals["issuer_of_patient_id"]
+    vals.update(_pn_values("patient_name", vals["patient_name"]))
+    return vals
+
+
+def _upsert_patient(conn: sa.Connection, stmts: dict, p: ParsedInstance,
+                    now: _dt.datetime) -> int:
+    pid, issuer = _patient_key(p)
+    conn.execute(stmts["ins_patient"], {
+        "patient_id": pid, "issuer_of_patient_id": issuer, "num_studies": 0,
+        "created_at": now, "updated_at": now, **_patient_demographics(p)})
+    pk = conn.scalar(stmts["patient"], {"b_pid": pid, "b_iss": issuer})
+    if pk is None:
+        raise Retry()  # deleted by a concurrent transaction since our insert
+    return pk
+
+
+def _study(conn: sa.Connection, stmts: dict, p: ParsedInstance, now: _dt.datetime
+           ) -> tuple[sa.Row, bool]:
+    """The locked study row (created if needed) and whether this call created it."""
+    created = False
+    row = conn.execute(stmts["study"], {"b_study": p.study_instance_uid}).first()
+    if row is None:
+        patient_pk = _upsert_patient(conn, stmts, p, now)
+        vals = _values(STUDY_COLUMNS, p.study)
+        vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
+        vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
+        created = conn.scalar(stmts["ins_study"], {
+            "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
+            "study_json": p.study_json, "num_series": 0, "num_instances": 0,
+            "revision": 0, "created_at": now, "updated_at": now, **vals}) is not None
+        row = conn.execute(stmts["study"], {"b_study": p.study_instance_uid}).first()
+        if row is None:
+            raise Retry()
+    if (row.patient_id, row.issuer_of_patient_id) != _patient_key(p):
+        # BI-27 (dcm4chee A779-like): the study is filed under another PatientID/issuer.
+        raise HierarchyConflict("StudyInstanceUID already stored for another PatientID")
+    return row, created
+
+
+def _series(conn: sa.Connection, stmts: dict, p: ParsedInstance, study_pk: int,
+            now: _dt.datetime) -> tuple[int, bool]:
+    row = conn.execute(stmts["series"], {"b_series": p.series_instance_uid}).first()
+    if row is None:
+        pk = conn.scalar(stmts["ins_series"], {
+            "series_instance_uid": p.series_instance_uid, "study_fk": study_pk,
+            "series_json": p.series_json, "num_instances": 0, "revision": 0,
+            "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)})
+        if pk is not None:
+            return pk, True
+        # Inserted meanwhile by a writer of *another* study (we hold this study's lock).
+        row = conn.execute(stmts["series"], {"b_series": p.series_instance_uid}).first()
+        if row is None:
+            raise Retry()
+    if row.study_fk != study_pk:
+        raise HierarchyConflict("SeriesInstanceUID already stored under another study")
+    return row.pk, False
+
+
+def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: int
+                   ) -> StoreOutcome:
+    """Commit one instance (module docstring); the caller owns the transaction.
+    Usual case, a new instance of a known series: six statements."""
+    stmts = _statements(conn.dialect.name)
+    outcome = _existing_outcome(conn, stmts, p, sha256)
+    if outcome is not None:
+        return outcome
+    now = _now()
+    study, study_created = _study(conn, stmts, p, now)
+    series_pk, series_created = _series(conn, stmts, p, study.pk, now)
+    inserted = conn.scalar(stmts["ins_instance"], {
+        "sop_instance_uid": p.sop_instance_uid, "series_fk": series_pk,
+        "study_fk": study.pk, "sop_class_uid": p.sop_class_uid,
+        "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
+        "specific_character_set": p.specific_character_set, "sha256": sha256,
+        "size": size, "metadata": zlib.compress(p.metadata, 6),
+        "frames": p.frames.to_json() if p.frames is not None else None,
+        "bulk": orjson.dumps(p.bulk), "created_at": now,
+        **_values(INSTANCE_COLUMNS, p.instance)})
+    if inserted is None:
+        # Another writer of this SOP Instance UID committed while we waited for the study
+        # lock (or under another study): same rules as if it had been there before.
+        outcome = _existing_outcome(conn, stmts, p, sha256)
+        if outcome is None:
+            raise Retry()
+        return outcome
+    modalities = set(split_list(study.modalities_in_study))
+    modality = _coerce("Modality", p.series.get("Modality"))
+    if series_created and modality:
+        modalities.add(modality)
+    sop_classes = set(split_list(study.sop_classes_in_study)) | {p.sop_class_uid}
+    conn.execute(stmts["upd_series"], {"b_pk": series_pk, "b_now": now})
+    conn.execute(stmts["upd_study"], {
+        "b_pk": study.pk, "b_now": now, "b_new_series": 1 if series_created else 0,
+        "b_mods": join_list(modalities), "b_sops": join_list(sop_classes)})
+    if study_created:
+        # The newest study's demographics become the patient record's (informational;
+        # QIDO matches each study's own copy).
+        conn.execute(sa.update(patients).where(patients.c.pk == study.patient_fk).values(
+            num_studies=patients.c.num_studies + 1, updated_at=now,
+            **_patient_demographics(p)))
+    return StoreOutcome(True, p.study_instance_uid, p.series_instance_uid,
+                        p.sop_instance_uid, p.sop_class_uid)
+
+
+# --- delete ------------------------------------------------------------------------------
+
+def delete(conn: sa.Connection, study_uid: str, series_uid: str | None,
+           sop_uid: str | None) -> list[str]:
+    """Remove the matching instances and every parent left empty; fix counters and lists
+    of the study; return the sha256 of each removed instance. NotFound if none matched."""
+    study = conn.execute(
+        sa.select(studies.c.pk, studies.c.patient_fk)
+        .where(studies.c.study_instance_uid == study_uid).with_for_update()).first()
+    if study is None:
+        raise NotFound("no such study")
+    cond = [instances.c.study_fk == study.pk]
+    if series_uid is not None:
+        series_pk = conn.scalar(sa.select(series.c.pk).where(
+            series.c.series_instance_uid == series_uid, series.c.study_fk == study.pk))
+        if series_pk is None:
+            raise NotFound("no such series in this study")
+        cond.append(instances.c.series_fk == series_pk)
+    if sop_uid is not None:
+        cond.append(instances.c.sop_instance_uid == sop_uid)
+    removed = conn.execute(sa.select(instances.c.sha256, instances.c.series_fk)
+                           .where(*cond)).all()
+    if not removed:
+        raise NotFound("no such instance" if sop_uid is not None else "nothing to delete")
+    conn.execute(sa.delete(instances).where(*cond))
+    now = _now()
+    for series_pk in sorted({r.series_fk for r in removed}):
+        left = conn.scalar(sa.select(sa.func.count()).select_from(instances)
+                           .where(instances.c.series_fk == series_pk))
+        if left:
+            conn.execute(sa.update(series).where(series.c.pk == series_pk).values(
+                num_instances=left, revision=series.c.revision + 1, updated_at=now))
+        else:
+            conn.execute(sa.delete(series).where(series.c.pk == series_pk))
+    modalities = set(conn.scalars(sa.select(series.c.modality).distinct().where(
+        series.c.study_fk == study.pk, series.c.modality.is_not(None))))
+    num_series = conn.scalar(sa.select(sa.func.count()).select_from(series)
+                             .where(series.c.study_fk == study.pk))
+    if num_series:
+        conn.execute(sa.update(studies).where(studies.c.pk == study.pk).values(
+            num_series=num_series,
+            num_instances=sa.select(sa.func.count()).select_from(instances)
+            .where(instances.c.study_fk == study.pk).scalar_subquery(),
+            modalities_in_study=join_list(modalities),
+            sop_classes_in_study=join_list(set(conn.scalars(
+                sa.select(instances.c.sop_class_uid).distinct()
+                .where(instances.c.study_fk == study.pk)))),
+            revision=studies.c.revision + 1, updated_at=now))
+    else:
+        conn.execute(sa.delete(studies).where(studies.c.pk == study.pk))
+        left = conn.scalar(
+            sa.update(patients).where(patients.c.pk == study.patient_fk)
+            .values(num_studies=patients.c.num_studies - 1, updated_at=now)
+            .returning(patients.c.num_studies))
+        if left is not None and left <= 0:
+            conn.execute(sa.delete(patients).where(patients.c.pk == study.patient_fk,
+                                                   patients.c.num_studies <= 0))
+    return [r.sha256 for r in removed]

@@ -1,0 +1,47 @@
+"""The opened archive: settings, blob store, catalogue and the worker pool.
+
+Blocking work (file IO, fsync, pydicom parsing, SQL) runs on one bounded thread pool so
+the event loop keeps answering (BI-20: a health check answers while uploads are parsed).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from ..config import Settings
+from ..index import Catalogue
+from ..store import BlobStore, open_store
+
+T = TypeVar("T")
+
+
+class Archive:
+    def __init__(self, settings: Settings, store: BlobStore, catalogue: Catalogue) -> None:
+        self.settings = settings
+        self.store = store
+        self.catalogue = catalogue
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Archive":
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        s = settings.storage
+        options = {k: v for k, v in (("endpoint_url", s.endpoint_url), ("key", s.key),
+                                     ("secret", s.secret), ("region", s.region)) if v}
+        store = open_store(settings.storage_url, **options)
+        catalogue = Catalogue(settings.index_url, busy_timeout_s=settings.index.busy_timeout_s)
+        catalogue.migrate()
+        return cls(settings, store, catalogue)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blocking ``fn`` on the worker pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        self.catalogue.close()
+        self.store.close()

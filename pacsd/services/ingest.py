@@ -1,0 +1,106 @@
+"""The one ingest path (STOW-RS, C-STORE, folder import, pull from PACS all come here).
+
+Order (ARCHITECTURE "Ingest", reliability-matrix §7.2): the upload is already in a staging
+file with its sha256 and size (hashed while streaming) → parse header (pydicom, worker
+thread) → checks → blob durable in the store (fsync + rename + dir fsync; hash-verified)
+→ one index transaction → only then "stored". A failure after the blob was newly written
+removes that blob again, so a refused instance leaves nothing behind (BI-* rows: "nothing
+of the bad part was stored"). Identical re-sends are idempotent (BI-25).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from .. import errors
+from ..dicom import parse_instance
+from ..model import ParsedInstance, StoreOutcome
+from .archive import Archive
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """An upload written to the store's staging area, hashed while it streamed in."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+def _discard(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class IngestService:
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def ingest(self, staged: StagedFile, *, expected_study_uid: str | None = None
+                     ) -> StoreOutcome:
+        """Store one staged Part 10 file. Raises a :class:`pacsd.errors.InstanceError`
+        subclass when the instance is refused, :class:`pacsd.errors.OutOfResources` when
+        storage or index is unavailable. The staged file is consumed either way."""
+        return await self.archive.run(self._ingest_sync, staged, expected_study_uid)
+
+    def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+        # The staged file is removed here, in the worker, not in the awaiting coroutine:
+        # a cancelled request must not pull the file from under a running store.
+        try:
+            return self._store(staged, expected_study_uid)
+        finally:
+            _discard(staged.path)
+
+    def _store(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+        a = self.archive
+        limit = a.settings.dicomweb.max_instance_bytes
+        if staged.size > limit:
+            raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
+        parsed: ParsedInstance = parse_instance(staged.path)
+        try:
+            return self._commit(staged, parsed, expected_study_uid)
+        except errors.InstanceError as exc:
+            # Let the adapter name the instance in its FailedSOPSequence item.
+            exc.sop_class_uid = parsed.sop_class_uid
+            exc.sop_instance_uid = parsed.sop_instance_uid
+            raise
+
+    def _commit(self, staged: StagedFile, parsed: ParsedInstance,
+                expected_study_uid: str | None) -> StoreOutcome:
+        a = self.archive
+        if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
+            raise errors.StudyMismatch(
+                "StudyInstanceUID of the instance differs from the study in the request URL")
+        newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)
+        try:
+            outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256, size=staged.size)
+        except BaseException:
+            # The index refused it (duplicate with other content, hierarchy conflict,
+            # database unavailable): nothing of this instance may remain. A blob we did not
+            # write ourselves belongs to an identical instance stored before; keep it.
+            if newly_written:
+                try:
+                    a.store.delete(staged.sha256)
+                except Exception:  # the scrubber collects orphans later (§7.2)
+                    log.exception("could not remove the blob of a refused instance")
+            raise
+        if not outcome.created and newly_written:
+            # Identical instance already indexed, but its blob was missing and we have just
+            # restored it: that is a repair, worth a line in the log (no PHI: hash only).
+            log.warning("restored missing blob %s on re-send", staged.sha256[:16])
+        return outcome
+
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None
+                     ) -> int:
+        """Remove from the index (one transaction), then the blobs; returns the count.
+        (The retention issue, R-A7, adds vetoes before this point.)"""
+        a = self.archive
+        shas = await a.run(a.catalogue.delete, study, series, sop)
+        for sha in shas:
+            await a.run(a.store.delete, sha)
+        return len(shas)

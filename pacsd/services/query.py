@@ -1,0 +1,63 @@
+"""QIDO-RS (and later C-FIND): parse the query, run it on the index, add RetrieveURLs.
+
+Matching and the response attributes come pre-built from the index (level JSON stored at
+ingest); this layer only adds what depends on the request (RetrieveURL, R-A1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..index import parse_qido
+from .archive import Archive
+
+RETRIEVE_URL = "00081190"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    items: list[dict]
+    total: int
+    offset: int
+    limit: int
+    unsupported: tuple[str, ...]
+
+
+class QueryService:
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    async def search(self, level: str, params: list[tuple[str, str]], *, base_url: str,
+                     study_uid: str | None = None, series_uid: str | None = None
+                     ) -> QueryResult:
+        q = parse_qido(level, params, study_uid=study_uid, series_uid=series_uid,
+                       max_limit=self.archive.settings.dicomweb.qido_max_limit)
+        result = await self.archive.run(self.archive.catalogue.search, q)
+        for item in result.items:
+            url = _retrieve_url(level, item, base_url)
+            if url:
+                item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+        return QueryResult(items=result.items, total=result.total, offset=q.offset,
+                           limit=q.limit, unsupported=tuple(q.unsupported))
+
+
+def _uid(item: dict, tag: str) -> str | None:
+    value = item.get(tag, {}).get("Value")
+    return value[0] if value else None
+
+
+def _retrieve_url(level: str, item: dict, base: str) -> str | None:
+    study = _uid(item, "0020000D")
+    if not study:
+        return None
+    url = f"{base}/studies/{study}"
+    if level in ("series", "instance"):
+        series = _uid(item, "0020000E")
+        if not series:
+            return None
+        url += f"/series/{series}"
+    if level == "instance":
+        sop = _uid(item, "00080018")
+        if not sop:
+            return None
+        url += f"/instances/{sop}"
+    return url

@@ -1,0 +1,171 @@
+"""The one retrieve path (WADO-RS, WADO-URI, ZIP download; later C-GET / C-MOVE / export).
+
+Never a whole study in memory: callers iterate instances one at a time. Every byte served
+is checked: whole objects against their sha256 (via the store), frames against the CRC32
+recorded at ingest ("hash is the arbiter", reliability-matrix §3.2). A mismatch raises
+:class:`pacsd.errors.DataUnavailable` and nothing of the bad bytes is sent (FT-6, FT-8).
+Transcoding happens only when the client asks for another transfer syntax (R-A5:
+lossless only; ``dicom.transcode`` verifies pixels bit-exact).
+"""
+from __future__ import annotations
+
+import zlib
+from typing import AsyncIterator, Iterator
+
+from .. import errors
+from ..dicom import decode_frame, render, thumbnail, transcode
+from ..model import BULK_BASE, InstanceRow
+from .archive import Archive
+
+#: Objects up to this size are read whole, verified, then sent (one read). Larger ones are
+#: streamed in chunks with the hash checked at the end (the connection is aborted on a
+#: mismatch, so a client never receives a complete-looking bad object).
+WHOLE_READ_LIMIT = 64 * 1024**2
+CHUNK = 1024**2
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+#: Transfer syntaxes whose frames are the stored bytes, unchanged, in Explicit VR LE form.
+NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
+
+
+class RetrieveService:
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+
+    # --- which instances ----------------------------------------------------------------
+    async def instances(self, study: str, series: str | None = None,
+                        sop: str | None = None) -> list[InstanceRow]:
+        rows = await self.archive.run(
+            lambda: list(self.archive.catalogue.iter_instances(study, series, sop)))
+        if not rows:
+            raise errors.NotFound("no such study, series or instance")
+        return rows
+
+    async def instance(self, study: str, series: str, sop: str) -> InstanceRow:
+        row = await self.archive.run(self.archive.catalogue.get_instance, study, series, sop)
+        if row is None:
+            raise errors.NotFound("no such instance")
+        return row
+
+    # --- whole objects --------------------------------------------------------------------
+    async def read_verified(self, row: InstanceRow) -> bytes:
+        """The stored object, sha256-verified (DataUnavailable when no good copy exists)."""
+        return await self.archive.run(self.archive.store.read, row.sha256,
+                                      expected_size=row.size)
+
+    async def object_chunks(self, row: InstanceRow, transfer_syntax: str
+                            ) -> AsyncIterator[bytes]:
+        """The instance as Part 10 bytes in ``transfer_syntax`` ('*' = as stored)."""
+        if transfer_syntax in ("*", row.transfer_syntax_uid):
+            if row.size <= WHOLE_READ_LIMIT:
+                yield await self.read_verified(row)
+                return
+            it: Iterator[bytes] = self.archive.store.open_verified(row.sha256, CHUNK)
+            while True:
+                chunk = await self.archive.run(next, it, None)
+                if chunk is None:
+                    return
+                yield chunk
+        data = await self.read_verified(row)
+        yield await self.archive.run(transcode, data, transfer_syntax)
+
+    # --- frames ---------------------------------------------------------------------------
+    async def frames(self, row: InstanceRow, numbers: list[int], transfer_syntax: str
+                     ) -> tuple[str, list[bytes]]:
+        """Frame bytes for 1-based ``numbers``; returns (transfer syntax served, frames).
+
+        ``transfer_syntax`` '*' serves frames as stored (compressed stays compressed);
+        Explicit VR LE serves native bytes, decoding only when the stored form is not
+        already native little endian."""
+        fi = row.frames
+        if fi is None:
+            raise errors.NotFound("the instance has no pixel data")
+        for n in numbers:
+            if n < 1 or n > fi.number_of_frames:
+                raise errors.NotFound(f"frame {n} does not exist "
+                                      f"(the instance has {fi.number_of_frames})")
+        stored_ts = fi.transfer_syntax_uid
+        as_stored = not fi.needs_decode and (
+            transfer_syntax == "*" or transfer_syntax == stored_ts
+            or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE))
+        if as_stored:
+            out = [await self.archive.run(self._read_frame, row, n) for n in numbers]
+            return (stored_ts if transfer_syntax == "*" else transfer_syntax), out
+        if transfer_syntax not in ("*", EXPLICIT_LE):
+            raise errors.NotAcceptable(
+                f"frames can be served as stored ({stored_ts}) or as {EXPLICIT_LE}")
+        data = await self.read_verified(row)
+        limit = self.archive.settings.dicomweb.render_max_pixels
+        out = [await self.archive.run(decode_frame, data, n, max_pixels=limit) for n in numbers]
+        return EXPLICIT_LE, out
+
+    def _read_frame(self, row: InstanceRow, n: int) -> bytes:
+        fi = row.frames
+        assert fi is not None
+        parts = [self.archive.store.read_range(row.sha256, off, length)
+                 for off, length in fi.fragments[n - 1]]
+        data = b"".join(parts)
+        if zlib.crc32(data) != fi.crc32[n - 1]:
+            # Never serve bad bytes (FT-6); the later durability issue falls back to
+            # another replica here.
+            raise errors.DataUnavailable("stored frame failed its integrity check")
+        return data
+
+    # --- bulk data ------------------------------------------------------------------------
+    async def bulk(self, row: InstanceRow, tag: str) -> bytes:
+        tag = tag.upper()
+        if tag not in row.bulk:
+            raise errors.NotFound("no bulk data with that tag in this instance")
+        offset, length = row.bulk[tag]
+        if row.size <= WHOLE_READ_LIMIT:
+            data = await self.read_verified(row)
+            return data[offset:offset + length]
+        ok = await self.archive.run(self.archive.store.verify, row.sha256)
+        if not ok:
+            raise errors.DataUnavailable("stored object failed its integrity check")
+        return await self.archive.run(self.archive.store.read_range, row.sha256, offset, length)
+
+    # --- metadata -------------------------------------------------------------------------
+    async def metadata_etag(self, study: str, series: str | None = None,
+                            sop: str | None = None) -> str:
+        etag = await self.archive.run(self.archive.catalogue.metadata_etag, study, series, sop)
+        if etag is None:
+            raise errors.NotFound("no such study, series or instance")
+        return etag
+
+    async def metadata_chunks(self, study: str, series: str | None, sop: str | None,
+                              base_url: str) -> AsyncIterator[bytes]:
+        """The DICOM JSON array, from the bytes stored at ingest (never re-parsed)."""
+        placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
+        replacement = b'"BulkDataURI":"' + base_url.encode()
+        # One worker call materialises the rows: a database cursor must not hop between
+        # worker threads. Metadata is ~5-10 kB per instance, pixel data is never in it.
+        items = await self.archive.run(
+            lambda: list(self.archive.catalogue.iter_metadata(study, series, sop)))
+        if not items:
+            raise errors.NotFound("no such study, series or instance")
+        yield b"["
+        for start in range(0, len(items), 256):
+            body = b",".join(items[start:start + 256]).replace(placeholder, replacement)
+            yield body if start == 0 else b"," + body
+        yield b"]"
+
+    # --- consumer formats -----------------------------------------------------------------
+    async def rendered(self, row: InstanceRow, frame: int, *, media_type: str,
+                       window: tuple[float, float] | None, viewport: tuple[int, int] | None,
+                       quality: int) -> bytes:
+        if row.frames is None:
+            raise errors.Unprocessable("the instance has no pixel data to render")
+        if frame < 1 or frame > row.frames.number_of_frames:
+            raise errors.NotFound(f"frame {frame} does not exist")
+        data = await self.read_verified(row)
+        return await self.archive.run(
+            render, data, frame, media_type=media_type, window=window, viewport=viewport,
+            quality=quality, max_pixels=self.archive.settings.dicomweb.render_max_pixels)
+
+    async def thumbnail(self, row: InstanceRow, size: int = 128) -> bytes:
+        if row.frames is None:
+            raise errors.Unprocessable("the instance has no pixel data to render")
+        data = await self.read_verified(row)
+        return await self.archive.run(thumbnail, data, size=size)

@@ -1,0 +1,324 @@
+"""L2: the local-disk blob store, one copy on a POSIX filesystem (R-A6, §7 item 1).
+
+Layout under the root directory (all on the same filesystem, so a rename is atomic)::
+
+    objects/ab/cd/<sha256>   immutable objects, fanned out by the first two hex bytes
+    tmp/                     in-flight copies made by put_file (crash leftovers: cleanup_temp)
+    staging/                 upload files written by HashingWriter (adapters' STOW / C-STORE)
+
+Durable write protocol (§7 item 1, FT-2, Pillai et al. OSDI'14): write to ``tmp/`` ->
+``fsync(file)`` -> ``rename`` to ``objects/ab/cd/<sha256>`` -> ``fsync(objects/ab/cd)``;
+a fan-out directory is made durable in its parent (``fsync(parent)``) the first time this
+process uses it, so the directory entry chain survives power loss too. Any OSError (ENOSPC,
+EIO on fsync) aborts the write, removes the temp file and raises OutOfResources; the
+write is never retried after a failed fsync (fsyncgate: the kernel may have dropped the
+dirty pages and a second fsync would wrongly report success) (FT-3).
+
+This backend uses ``os`` directly, not fsspec's ``LocalFileSystem``: the latter has no
+fsync of files or directories, so it cannot give the durability §7 item 1 requires.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import tempfile
+from typing import Iterator
+
+from pacsd.errors import DataUnavailable, NotFound, OutOfResources
+from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
+                              check_range, check_sha256, check_size, hash_stream, is_sha256,
+                              remove_stale_files, verified_chunks)
+
+log = logging.getLogger(__name__)
+_MISMATCH = "The stored data does not match its declared hash or size."
+
+_HEX2 = frozenset(f"{i:02x}" for i in range(256))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # best effort; cleanup_temp removes what is left
+
+
+class LocalBlobStore(BlobStore):
+    """Content-addressed objects in a local directory tree. See the module docstring."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.url = "file://" + self.root
+        self._objects = os.path.join(self.root, "objects")
+        self._tmp = os.path.join(self.root, "tmp")
+        self._staging = os.path.join(self.root, "staging")
+        # Fan-out directories already made durable in their parent by this process.
+        self._durable_dirs: set[str] = set()
+        try:
+            for d in (self._objects, self._tmp, self._staging):
+                os.makedirs(d, exist_ok=True)
+            _fsync_dir(self.root)
+            devs = {os.stat(d).st_dev for d in (self._objects, self._tmp, self._staging)}
+        except OSError as e:
+            raise OutOfResources("The local object store directory is not usable.") from e
+        if len(devs) > 1:
+            # rename would fail with EXDEV; put_file falls back to copying, but the
+            # objects/tmp split across filesystems loses atomic rename (§7 item 1).
+            log.warning("store %s: objects, tmp and staging are on different filesystems",
+                        self.root)
+
+    # --- paths --------------------------------------------------------------------------
+
+    def _path(self, sha256: str) -> str:
+        check_sha256(sha256)
+        return os.path.join(self._objects, sha256[:2], sha256[2:4], sha256)
+
+    def local_path(self, sha256: str) -> str | None:
+        return self._path(sha256)
+
+    def staging_dir(self) -> str:
+        return self._staging
+
+    def _ensure_fanout(self, leaf: str) -> None:
+        """Create objects/ab and objects/ab/cd if needed, each made durable in its parent.
+
+        The parent is fsynced even when another thread created the directory first: that
+        thread may not have fsynced yet, and our acknowledgement must not depend on it.
+        """
+        mid = os.path.dirname(leaf)
+        for d in (mid, leaf):
+            # The cache is re-checked with a stat: an operator or a future empty-dir sweep
+            # may have removed the directory, and a stale entry would fail every put.
+            if d in self._durable_dirs and os.path.isdir(d):
+                continue
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
+            _fsync_dir(os.path.dirname(d))
+            self._durable_dirs.add(d)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def _existing_ok(self, final: str, sha256: str) -> bool:
+        """True if ``final`` holds exactly ``sha256``. A corrupt or unreadable existing
+        object counts as absent, so a re-put repairs it (FT-6 heal on write)."""
+        try:
+            with open(final, "rb") as f:
+                return hash_stream(f)[0] == sha256
+        except OSError:
+            return False
+
+    def put_file(self, src_path: str, sha256: str, size: int, *, move: bool = False) -> bool:
+        final = self._path(sha256)
+        check_size(size)
+        if move:
+            return self._put_move(src_path, sha256, size, final)
+        if os.path.exists(final):
+            # Idempotent re-send: verify the source (never trust the declared hash on a
+            # copy) and the existing object, without writing anything.
+            got = self._hash_source(src_path)
+            if got != (sha256, size):
+                raise IntegrityMismatch(_MISMATCH)
+            if self._existing_ok(final, sha256):
+                return False
+        self._copy_in(src_path, sha256, size, final)
+        return True
+
+    def _hash_source(self, src_path: str) -> tuple[str, int]:
+        try:
+            with open(src_path, "rb") as f:
+                return hash_stream(f)
+        except FileNotFoundError as e:
+            raise IntegrityMismatch("The source file to store is missing.") from e
+        except OSError as e:
+            raise OutOfResources("Cannot read the source file to store.") from e
+
+    def _put_move(self, src_path: str, sha256: str, size: int, final: str) -> bool:
+        # The caller hashed the bytes while writing them (HashingWriter), so the hash is
+        # trusted; the size is checked so a truncated/extended staging file is refused.
+        try:
+            st = os.stat(src_path)
+        except FileNotFoundError as e:
+            raise IntegrityMismatch("The source file to store is missing.") from e
+        except OSError as e:
+            raise OutOfResources("Cannot read the source file to store.") from e
+        if st.st_size != size:
+            raise IntegrityMismatch("The stored data does not match its declared size.")
+        if os.path.exists(final) and self._existing_ok(final, sha256):
+            _unlink_quiet(src_path)
+            return False
+        leaf = os.path.dirname(final)
+        try:
+            fd = os.open(src_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # one attempt only (fsyncgate)
+            finally:
+                os.close(fd)
+            self._ensure_fanout(leaf)
+            try:
+                os.replace(src_path, final)
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                # Staging on another filesystem: copy (verifying the hash), then drop src.
+                self._copy_in(src_path, sha256, size, final)
+                _unlink_quiet(src_path)
+                return True
+            _fsync_dir(leaf)
+        except OSError as e:
+            raise OutOfResources("The object could not be made durable.") from e
+        return True
+
+    def _copy_in(self, src_path: str, sha256: str, size: int, final: str) -> None:
+        """Copy src to tmp/ while hashing, check, fsync, rename, fsync dir (§7 item 1)."""
+        try:
+            src = open(src_path, "rb")
+        except FileNotFoundError as e:
+            raise IntegrityMismatch("The source file to store is missing.") from e
+        except OSError as e:
+            raise OutOfResources("Cannot read the source file to store.") from e
+        tmp = None
+        try:
+            with src:
+                fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".tmp")
+                h = hashlib.sha256()
+                n = 0
+                with os.fdopen(fd, "wb") as dst:
+                    while True:
+                        b = src.read(CHUNK)
+                        if not b:
+                            break
+                        h.update(b)
+                        n += len(b)
+                        if n > size:
+                            break  # longer than declared: stop copying now
+                        dst.write(b)
+                    if n != size or h.hexdigest() != sha256:
+                        raise IntegrityMismatch(_MISMATCH)
+                    dst.flush()
+                    os.fsync(dst.fileno())  # one attempt only (fsyncgate)
+            leaf = os.path.dirname(final)
+            self._ensure_fanout(leaf)
+            os.replace(tmp, final)
+            tmp = None
+            _fsync_dir(leaf)
+        except OSError as e:
+            raise OutOfResources("The object could not be made durable.") from e
+        finally:
+            if tmp is not None:
+                _unlink_quiet(tmp)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _open(self, sha256: str):
+        path = self._path(sha256)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError as e:
+            raise NotFound("Stored object is missing.") from e
+        except OSError as e:
+            raise DataUnavailable("Stored object could not be read.") from e
+
+    def read(self, sha256: str, *, expected_size: int | None = None) -> bytes:
+        with self._open(sha256) as f:
+            try:
+                if expected_size is not None and os.fstat(f.fileno()).st_size != expected_size:
+                    raise ChecksumMismatch("Stored object has the wrong size.")
+                data = f.read()
+            except OSError as e:
+                raise DataUnavailable("Stored object could not be read.") from e
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ChecksumMismatch("Stored object failed its integrity check.")
+        return data
+
+    def read_range(self, sha256: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        with self._open(sha256) as f:
+            parts: list[bytes] = []
+            got = 0
+            try:
+                while got < length:
+                    b = os.pread(f.fileno(), length - got, offset + got)
+                    if not b:
+                        break
+                    parts.append(b)
+                    got += len(b)
+            except OSError as e:
+                raise DataUnavailable("Stored object could not be read.") from e
+        if got != length:
+            raise DataUnavailable("Stored object is shorter than the requested range.")
+        return b"".join(parts)
+
+    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        return verified_chunks(self._open(sha256), sha256, chunk_size)
+
+    def _stat(self, sha256: str) -> os.stat_result | None:
+        try:
+            return os.stat(self._path(sha256))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise OutOfResources("The local object store is not readable.") from e
+
+    def exists(self, sha256: str) -> bool:
+        return self._stat(sha256) is not None
+
+    def size(self, sha256: str) -> int | None:
+        st = self._stat(sha256)
+        return None if st is None else st.st_size
+
+    # --- maintenance --------------------------------------------------------------------
+
+    def delete(self, sha256: str) -> None:
+        path = self._path(sha256)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise OutOfResources("The object could not be deleted.") from e
+        try:
+            _fsync_dir(os.path.dirname(path))  # make the deletion durable (FT-13 resume)
+        except OSError as e:
+            raise OutOfResources("The deletion could not be made durable.") from e
+
+    def iter_keys(self) -> Iterator[str]:
+        try:
+            for a in sorted(_listdir(self._objects)):
+                if a not in _HEX2:
+                    continue
+                da = os.path.join(self._objects, a)
+                for b in sorted(_listdir(da)):
+                    if b not in _HEX2:
+                        continue
+                    db = os.path.join(da, b)
+                    for name in sorted(_listdir(db)):
+                        if (name.startswith(a + b) and is_sha256(name)
+                                and os.path.isfile(os.path.join(db, name))):
+                            yield name
+        except OSError as e:
+            raise OutOfResources("The local object store could not be listed.") from e
+
+    def cleanup_temp(self, older_than_s: float) -> int:
+        try:
+            return (remove_stale_files(self._tmp, older_than_s)
+                    + remove_stale_files(self._staging, older_than_s))
+        except OSError as e:
+            raise OutOfResources("Temporary files could not be cleaned up.") from e
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

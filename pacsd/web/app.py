@@ -1,0 +1,125 @@
+"""The aiohttp application factory: routes, middlewares, and the archive's lifetime.
+
+Resources are opened and closed in ``cleanup_ctx`` (ARCHITECTURE conventions); app state
+lives in typed AppKeys (web/keys.py). DICOMweb is mounted at ``settings.dicomweb.root``
+(default /dicom-web), WADO-URI also at /wado, pacsd's own API under /api/v1.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from ..config import Settings
+from ..services import Archive, IngestService, QueryService, RetrieveService
+from .dicomweb import qido, stow, wado, wado_uri
+from .keys import ARCHIVE, INGEST, QUERY, RETRIEVE
+from .middleware import error_middleware, make_cors_middleware, on_prepare
+
+log = logging.getLogger(__name__)
+SETTINGS = web.AppKey("settings", Settings)
+
+
+class InFlight:
+    """Counts requests being handled, so shutdown can wait for them (server.py)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
+INFLIGHT = web.AppKey("inflight", InFlight)
+
+
+@web.middleware
+async def inflight_middleware(request: web.Request, handler):
+    tracker = request.app[INFLIGHT]
+    tracker.enter()
+    try:
+        return await handler(request)
+    finally:
+        tracker.leave()
+
+
+async def _archive_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    archive = Archive.open(settings)
+    app[ARCHIVE] = archive
+    app[INGEST] = IngestService(archive)
+    app[QUERY] = QueryService(archive)
+    app[RETRIEVE] = RetrieveService(archive)
+    try:
+        yield
+    finally:
+        archive.close()
+
+
+async def health(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    counts = await archive.run(archive.catalogue.counts)
+    body = {"status": "ok", "version": __version__, "counts": counts}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def add_dicomweb_routes(router: web.UrlDispatcher, root: str) -> None:
+    r = root.rstrip("/")
+    st = f"{r}/studies/{{study}}"
+    se = f"{st}/series/{{series}}"
+    ins = f"{se}/instances/{{instance}}"
+    fr = f"{ins}/frames/{{frames}}"
+    router.add_post(f"{r}/studies", stow.stow)
+    router.add_post(st, stow.stow)
+    # QIDO-RS
+    router.add_get(f"{r}/studies", qido.make_qido("study"))
+    router.add_get(f"{r}/series", qido.make_qido("series"))
+    router.add_get(f"{r}/instances", qido.make_qido("instance"))
+    router.add_get(f"{st}/series", qido.make_qido("series"))
+    router.add_get(f"{st}/instances", qido.make_qido("instance"))
+    router.add_get(f"{se}/instances", qido.make_qido("instance"))
+    # WADO-RS
+    for path in (st, se, ins):
+        router.add_get(path, wado.retrieve_instances)
+        router.add_delete(path, wado.delete)
+        router.add_get(f"{path}/metadata", wado.retrieve_metadata)
+        router.add_get(f"{path}/thumbnail", wado.retrieve_thumbnail)
+    router.add_get(fr, wado.retrieve_frames)
+    router.add_get(f"{ins}/rendered", wado.retrieve_rendered)
+    router.add_get(f"{fr}/rendered", wado.retrieve_rendered)
+    router.add_get(f"{fr}/thumbnail", wado.retrieve_rendered)
+    router.add_get(f"{ins}/bulkdata/{{tag}}", wado.retrieve_bulkdata)
+    # WADO-URI
+    router.add_get(f"{r}/wado", wado_uri.wado_uri)
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[
+        inflight_middleware,
+        make_cors_middleware(settings.dicomweb.cors_allowed_origins),
+        error_middleware,
+    ])
+    app[SETTINGS] = settings
+    app[INFLIGHT] = InFlight()
+    app.cleanup_ctx.append(_archive_ctx)
+    app.on_response_prepare.append(on_prepare)
+    add_dicomweb_routes(app.router, settings.dicomweb.root)
+    if settings.dicomweb.root.rstrip("/") != "":
+        app.router.add_get("/wado", wado_uri.wado_uri)
+    app.router.add_get("/api/v1/health", health)
+    return app

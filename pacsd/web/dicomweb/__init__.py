@@ -1,0 +1,1 @@
+"""DICOMweb handlers (PS3.18): STOW-RS, QIDO-RS, WADO-RS, WADO-URI, DELETE."""

@@ -1,0 +1,50 @@
+"""QIDO-RS (PS3.18 §10.6): /studies, /series, /instances and their scoped forms.
+
+Query strings are URL-decoded by aiohttp before they reach the parser (issue 2 item 6).
+The total number of matches is exposed as ``X-Total-Count``; when the page is cut short a
+``Warning: 299`` says how many more there are (PS3.18 §8.3.4.4 "additional results").
+"""
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from ... import errors
+from ..accept import matches, parse_accept
+from ..keys import QUERY
+from .common import base_url, path_uid
+
+#: Query parameters that belong to the HTTP adapter, not to matching.
+ADAPTER_PARAMS = {"charset"}
+
+
+def make_qido(level: str):
+    """The handler for one QIDO level ('study' | 'series' | 'instance')."""
+
+    async def qido(request: web.Request) -> web.Response:
+        return await _qido(request, level)
+
+    return qido
+
+
+async def _qido(request: web.Request, level: str) -> web.Response:
+    mi = request.match_info
+    study = path_uid(request, "study") if "study" in mi else None
+    series = path_uid(request, "series") if "series" in mi else None
+    if not any(matches(r, "application/dicom+json") or matches(r, "application/json")
+               for r in parse_accept(request.headers.get("Accept"))):
+        raise errors.NotAcceptable("QIDO-RS answers application/dicom+json")
+    params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
+    result = await request.app[QUERY].search(level, params, base_url=base_url(request),
+                                             study_uid=study, series_uid=series)
+    # No match: 200 with an empty array (what OHIF, dicomweb-client and Orthanc expect).
+    resp = web.Response(body=orjson.dumps(result.items), content_type="application/dicom+json")
+    resp.headers["X-Total-Count"] = str(result.total)
+    remaining = result.total - result.offset - len(result.items)
+    if remaining > 0 and result.items:
+        resp.headers.add("Warning", f'299 pacsd "There are {remaining} additional results '
+                                    'that can be requested"')
+    for name in result.unsupported:
+        resp.headers.add("Warning", f'299 pacsd "{name} is not supported for matching '
+                                    'and was ignored"')
+    return resp

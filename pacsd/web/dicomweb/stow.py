@@ -1,0 +1,239 @@
+"""STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}.
+
+The body is read part by part with aiohttp's streaming multipart reader (chunked transfer
+encoding included, BI-14); each part is written to a staging file while its sha256 is
+computed and the byte limits are enforced, then handed to the one ingest path while the
+next part is read. Nothing is buffered per request beyond one chunk per part.
+
+Status codes follow reliability-matrix §6.1: 200 all stored; 202 some stored, some
+refused; 409 none stored; 400 not multipart / no boundary / unparsable; 413 over a limit
+(the body still lists what was stored before the limit was hit, so response and commit
+state match, BI-17/BI-19); 415 unsupported Content-Type or Content-Encoding; 503 +
+Retry-After when storage or index is down and nothing was stored.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from aiohttp import web
+
+from ... import errors
+from ...services import StagedFile
+from ...model import StoreOutcome
+from ..accept import matches, parse_accept, parse_media_type
+from ..keys import ARCHIVE, INGEST
+from .common import base_url, path_uid
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+DICOM_JSON = "application/dicom+json"
+
+
+def _check_request(request: web.Request) -> str:
+    """Request-level checks before a byte of the body is read; returns the boundary."""
+    settings = request.app[ARCHIVE].settings.dicomweb
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        # Decompressing request bodies invites gzip bombs (BI-16): refuse outright.
+        raise errors.UnsupportedMediaType("Content-Encoding is not accepted; send the body "
+                                          "uncompressed")
+    length = request.content_length
+    if length is not None and length > settings.max_request_bytes:
+        raise errors.PayloadTooLarge(
+            f"request body larger than {settings.max_request_bytes} bytes")  # BI-15
+    ctype = request.headers.get("Content-Type")
+    if not ctype:
+        raise errors.BadRequest("Content-Type is required: multipart/related; "
+                                'type="application/dicom"; boundary=...')
+    mt = parse_media_type(ctype)
+    if mt.type != "multipart/related":
+        raise errors.UnsupportedMediaType(
+            'STOW-RS accepts multipart/related; type="application/dicom"')  # BI-18
+    part_type = mt.params.get("type", "application/dicom").lower()
+    if part_type != "application/dicom":
+        raise errors.UnsupportedMediaType(
+            "only application/dicom parts are supported (no metadata + bulk data STOW)")
+    boundary = mt.params.get("boundary", "")
+    if not boundary:
+        raise errors.BadRequest("the multipart boundary parameter is missing")
+    if len(boundary) > 70:
+        raise errors.BadRequest("the multipart boundary is longer than 70 characters")
+    if not any(matches(r, DICOM_JSON) or matches(r, "application/json")
+               for r in parse_accept(request.headers.get("Accept"))):
+        raise errors.NotAcceptable("STOW-RS responses are application/dicom+json")
+    return boundary
+
+
+def _item(code: int | None, exc_or_outcome, url: str | None) -> dict:
+    item: dict = {}
+    cls = getattr(exc_or_outcome, "sop_class_uid", None)
+    sop = getattr(exc_or_outcome, "sop_instance_uid", None)
+    if cls:
+        item["00081150"] = {"vr": "UI", "Value": [cls]}
+    if sop:
+        item["00081155"] = {"vr": "UI", "Value": [sop]}
+    if url:
+        item["00081190"] = {"vr": "UR", "Value": [url]}
+    if code is not None:
+        item["00081197"] = {"vr": "US", "Value": [code]}
+    return item
+
+
+class _Stow:
+    """State of one STOW-RS request."""
+
+    def __init__(self, request: web.Request, study: str | None) -> None:
+        self.request = request
+        self.study = study
+        self.archive = request.app[ARCHIVE]
+        self.settings = self.archive.settings.dicomweb
+        self.ingest = request.app[INGEST]
+        self.sem = asyncio.Semaphore(self.settings.stow_concurrency)
+        self.tasks: list[asyncio.Task] = []
+        self.failures: list[tuple[int, errors.PacsdError]] = []  # (part number, error)
+        self.body_bytes = 0
+        self.stop_error: errors.PacsdError | None = None
+
+    async def run(self) -> web.Response:
+        reader = await self.request.multipart()
+        part_no = 0
+        while True:
+            try:
+                part = await reader.next()
+            except errors.PacsdError:
+                raise
+            except Exception:
+                # Truncated body, missing final boundary, malformed part headers (BI-19,
+                # BI-20): keep what was fully received, report the rest.
+                self.stop_error = errors.BadRequest(
+                    f"the multipart body is malformed or truncated after part {part_no}")
+                break
+            if part is None:
+                break
+            part_no += 1
+            if part_no > self.settings.max_parts:
+                self.stop_error = errors.PayloadTooLarge(
+                    f"more than {self.settings.max_parts} parts in one request")
+                break
+            try:
+                staged = await self._receive_part(part, part_no)
+            except (errors.PayloadTooLarge, errors.InstanceTooLarge, errors.BadRequest) as exc:
+                self.stop_error = exc
+                break
+            except errors.InstanceError as exc:
+                self.failures.append((part_no, exc))
+                continue
+            await self.sem.acquire()
+            self.tasks.append(asyncio.create_task(self._ingest(staged, part_no)))
+        results = await asyncio.gather(*self.tasks)
+        return self._response(part_no, results)
+
+    async def _receive_part(self, part, part_no: int) -> StagedFile:
+        ptype = part.headers.get("Content-Type", "application/dicom")
+        cte = part.headers.get("Content-Transfer-Encoding", "binary").strip().lower()
+        bad = None
+        if parse_media_type(ptype).type != "application/dicom":
+            bad = errors.InvalidDicom(f"part {part_no} is not application/dicom")  # BI-23
+        elif cte not in ("binary", "8bit", "7bit"):
+            bad = errors.InvalidDicom(f"part {part_no} uses a Content-Transfer-Encoding; "
+                                      "send binary parts")  # BI-21
+        writer = None if bad else self.archive.store.new_staging_file(
+            max_size=self.settings.max_instance_bytes)
+        try:
+            while True:
+                try:
+                    chunk = await part.read_chunk(CHUNK)
+                except errors.PacsdError:
+                    raise
+                except Exception:
+                    raise errors.BadRequest(f"the body ends inside part {part_no}") from None
+                if not chunk:
+                    break
+                self.body_bytes += len(chunk)
+                if self.body_bytes > self.settings.max_request_bytes:
+                    raise errors.PayloadTooLarge(   # BI-17: while streaming
+                        f"request body larger than {self.settings.max_request_bytes} bytes")
+                if writer is not None:
+                    writer.write(chunk)
+            if bad:
+                raise bad
+            assert writer is not None
+            path, sha, size = writer.finish()
+            writer = None
+            if size == 0:
+                import os
+                os.unlink(path)
+                raise errors.InvalidDicom(f"part {part_no} is empty")  # BI-1
+            return StagedFile(path, sha, size)
+        finally:
+            if writer is not None:
+                writer.abort()
+
+    async def _ingest(self, staged: StagedFile, part_no: int):
+        try:
+            return await self.ingest.ingest(staged, expected_study_uid=self.study)
+        except errors.PacsdError as exc:
+            self.failures.append((part_no, exc))
+            return None
+        except Exception:
+            log.exception("unexpected error storing a part")
+            self.failures.append((part_no, errors.PacsdError("processing failure")))
+            return None
+        finally:
+            self.sem.release()
+
+    def _response(self, parts: int, results: list[StoreOutcome | None]) -> web.Response:
+        base = base_url(self.request)
+        stored = [r for r in results if r is not None]
+        if not stored and not self.failures and self.stop_error is None:
+            raise errors.BadRequest("the request contains no parts")
+        body: dict = {}
+        study_uids = {r.study_instance_uid for r in stored}
+        if len(study_uids) == 1:
+            body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study_uids.pop()}"]}
+        if stored:
+            body["00081199"] = {"vr": "SQ", "Value": [
+                _item(None, r, f"{base}/studies/{r.study_instance_uid}/series/"
+                               f"{r.series_instance_uid}/instances/{r.sop_instance_uid}")
+                for r in stored]}
+        failures = sorted(self.failures, key=lambda f: f[0])
+        if self.stop_error is not None:
+            failures.append((parts, self.stop_error))
+        if failures:
+            body["00081198"] = {"vr": "SQ", "Value": [
+                _item(exc.failure_reason, exc, None) for _, exc in failures]}
+        status = self._status(stored, failures)
+        resp = web.Response(status=status, body=orjson.dumps(body),
+                            content_type=DICOM_JSON)
+        for part_no, exc in failures[:20]:
+            # The standard has no per-item text; a Warning header carries the reason.
+            reason = exc.reason.replace('"', "'")
+            resp.headers.add("Warning", f'299 pacsd "part {part_no}: {reason}"')
+        if status == 503:
+            resp.headers["Retry-After"] = "30"
+        return resp
+
+    def _status(self, stored: list, failures: list[tuple[int, errors.PacsdError]]) -> int:
+        if self.stop_error is not None and isinstance(
+                self.stop_error, (errors.PayloadTooLarge, errors.InstanceTooLarge)):
+            return 413
+        if not failures:
+            return 200
+        if stored:
+            return 202
+        if self.stop_error is not None and isinstance(self.stop_error, errors.BadRequest):
+            return 400
+        if all(isinstance(exc, errors.OutOfResources) for _, exc in failures):
+            return 503
+        if all(isinstance(exc, errors.InstanceTooLarge) for _, exc in failures):
+            return 413
+        return 409
+
+
+async def stow(request: web.Request) -> web.Response:
+    study = path_uid(request, "study") if "study" in request.match_info else None
+    _check_request(request)
+    return await _Stow(request, study).run()

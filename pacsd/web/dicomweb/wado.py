@@ -1,0 +1,344 @@
+"""WADO-RS (PS3.18 §10.4): instances, metadata, frames, bulk data, rendered, thumbnail,
+whole-study ZIP, and DELETE.
+
+Content negotiation (§8.7.3): instances as ``multipart/related; type="application/dicom"``
+with ``transfer-syntax=*`` (as stored) or a lossless target (default Explicit VR Little
+Endian, configurable); frames as ``application/octet-stream`` parts cut from the stored file
+by the byte ranges recorded at ingest, or in their stored compressed media type
+(``image/jls``, ``image/jp2`` ...). 406 when nothing the client accepts can be produced.
+"""
+from __future__ import annotations
+
+import zipfile
+import zlib
+
+from aiohttp import web
+
+from ... import errors
+from ...dicom import SUPPORTED_TRANSCODE_TARGETS
+from ...model import InstanceRow
+from ..accept import matches, parse_accept
+from ..keys import ARCHIVE, INGEST, RETRIEVE
+from ..middleware import STREAMING
+from .common import MultipartWriter, base_url, uids
+
+#: Media type of frames stored in each compressed transfer syntax (PS3.18 Table 8.7.3-2).
+FRAME_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg", "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg", "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls", "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2", "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx", "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc", "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc", "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+OCTET = "application/octet-stream"
+
+
+# --- instances ----------------------------------------------------------------------------
+
+def _choose_instance_repr(request: web.Request, rows: list[InstanceRow]) -> tuple[str, str]:
+    """(representation, transfer syntax): representation is 'multipart', 'single' or 'zip'."""
+    default_ts = request.app[ARCHIVE].settings.dicomweb.default_transfer_syntax
+    stored = {r.transfer_syntax_uid for r in rows}
+    for rng in parse_accept(request.headers.get("Accept")):
+        ts = rng.transfer_syntax or default_ts
+        ok_ts = ts == "*" or ts in SUPPORTED_TRANSCODE_TARGETS or stored == {ts}
+        if rng.type == "multipart/related" and rng.inner in ("", "application/dicom") \
+                and ok_ts:
+            return "multipart", ts
+        if rng.type == "application/dicom" and len(rows) == 1 and ok_ts:
+            return "single", ts
+        if rng.type == "application/zip":
+            return "zip", "*"
+        if rng.type in ("*/*", "multipart/*") and ok_ts:
+            return "multipart", ts
+    raise errors.NotAcceptable(
+        'retrieve as multipart/related; type="application/dicom" with transfer-syntax=* or '
+        "one of " + ", ".join(sorted(SUPPORTED_TRANSCODE_TARGETS)) + ", or application/zip")
+
+
+async def retrieve_instances(request: web.Request) -> web.StreamResponse:
+    study, series, sop = uids(request)
+    retrieve = request.app[RETRIEVE]
+    rows = await retrieve.instances(study, series, sop)
+    kind, ts = _choose_instance_repr(request, rows)
+    if kind == "zip":
+        return await _zip(request, rows, study)
+    if kind == "single":
+        data = b"".join([c async for c in retrieve.object_chunks(rows[0], ts)])
+        return web.Response(body=data, content_type="application/dicom",
+                            headers={"Content-Disposition": "attachment"})
+    params = "" if ts == "*" else f"; transfer-syntax={ts}"
+    writer = MultipartWriter(request, "application/dicom", extra_params=params)
+    for row in rows:
+        served = row.transfer_syntax_uid if ts == "*" else ts
+        await writer.part(f"application/dicom; transfer-syntax={served}",
+                          retrieve.object_chunks(row, ts))
+    return await writer.finish()
+
+
+class _ChunkSink:
+    """A write-only, non-seekable file for zipfile: collects bytes to flush async."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.pos = 0
+
+    def write(self, b: bytes) -> int:
+        self.buf += b
+        self.pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+
+async def _zip(request: web.Request, rows: list[InstanceRow], study: str) -> web.StreamResponse:
+    """Whole study / series as a ZIP of the stored Part 10 files, streamed one instance
+    at a time (ZIP_STORED: DICOM pixel data rarely deflates well and CPU is the limit)."""
+    retrieve = request.app[RETRIEVE]
+    resp = web.StreamResponse(headers={
+        "Content-Type": "application/zip",
+        "Content-Disposition": f'attachment; filename="{study}.zip"'})
+    await resp.prepare(request)
+    request[STREAMING] = resp
+    sink = _ChunkSink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for row in rows:
+            name = f"{row.series_instance_uid}/{row.sop_instance_uid}.dcm"
+            with zf.open(zipfile.ZipInfo(name), "w", force_zip64=row.size > 2**31) as member:
+                async for chunk in retrieve.object_chunks(row, "*"):
+                    member.write(chunk)
+                    await resp.write(sink.take())
+            await resp.write(sink.take())
+    await resp.write(sink.take())
+    await resp.write_eof()
+    return resp
+
+
+# --- metadata -----------------------------------------------------------------------------
+
+async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
+    study, series, sop = uids(request)
+    if not any(matches(r, "application/dicom+json") or matches(r, "application/json")
+               for r in parse_accept(request.headers.get("Accept"))):
+        raise errors.NotAcceptable("metadata is served as application/dicom+json")
+    retrieve = request.app[RETRIEVE]
+    base = base_url(request)
+    # The stored bytes get the base URL substituted, so it is part of the validator.
+    etag = '"%s-%08x"' % (await retrieve.metadata_etag(study, series, sop),
+                          zlib.crc32(base.encode()))
+    if etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers={"ETag": etag})
+    resp = web.StreamResponse(headers={"ETag": etag, "Cache-Control": "private, no-cache"})
+    resp.content_type = "application/dicom+json"
+    resp.enable_compression()  # gzip/deflate when the client accepts it
+    started = False
+    async for chunk in retrieve.metadata_chunks(study, series, sop, base):
+        if not started:
+            await resp.prepare(request)
+            started = True
+        await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+# --- frames -------------------------------------------------------------------------------
+
+def parse_frame_list(text: str, limit: int) -> list[int]:
+    items = text.split(",")
+    if len(items) > limit:
+        raise errors.BadRequest(f"at most {limit} frames per request")  # BI-31
+    out = []
+    for item in items:
+        item = item.strip()
+        if not item.isdigit() or len(item) > 9:
+            raise errors.BadRequest("frame numbers must be positive integers")
+        n = int(item)
+        if n < 1:
+            raise errors.BadRequest("frame numbers start at 1")
+        out.append(n)
+    return out
+
+
+def _choose_frame_repr(request: web.Request, row: InstanceRow) -> tuple[str, str]:
+    """(part media type, transfer syntax or '*') for a frames request."""
+    stored_ts = row.frames.transfer_syntax_uid if row.frames else row.transfer_syntax_uid
+    native_type = FRAME_MEDIA_TYPES.get(stored_ts)
+    for rng in parse_accept(request.headers.get("Accept")):
+        inner = rng.inner if rng.type == "multipart/related" else (
+            rng.type if rng.type != "*/*" else "")
+        ts = rng.transfer_syntax
+        if inner in ("", OCTET) or rng.type == "*/*":
+            if ts in (None, "1.2.840.10008.1.2.1"):
+                return OCTET, "1.2.840.10008.1.2.1"
+            if ts == "*" or ts == stored_ts:
+                return OCTET, "*"
+            continue
+        if native_type and inner == native_type and ts in (None, "*", stored_ts):
+            return native_type, "*"
+    raise errors.NotAcceptable(
+        f"frames are available as {OCTET} with transfer-syntax=* (stored "
+        f"{stored_ts}) or 1.2.840.10008.1.2.1" +
+        (f", or as {native_type}" if native_type else ""))
+
+
+async def retrieve_frames(request: web.Request) -> web.StreamResponse:
+    study, series, sop = uids(request)
+    settings = request.app[ARCHIVE].settings.dicomweb
+    numbers = parse_frame_list(request.match_info["frames"], settings.max_frames_per_request)
+    retrieve = request.app[RETRIEVE]
+    row = await retrieve.instance(study, series, sop)
+    media, ts = _choose_frame_repr(request, row)
+    served_ts, frames = await retrieve.frames(row, numbers, ts)
+    writer = MultipartWriter(request, media, extra_params=(
+        f"; transfer-syntax={served_ts}"))
+    base = base_url(request)
+    for n, data in zip(numbers, frames):
+        await writer.part(f"{media}; transfer-syntax={served_ts}", [data], {
+            "Content-Location": f"{base}/studies/{study}/series/{series}/instances/{sop}"
+                                f"/frames/{n}"})
+    return await writer.finish()
+
+
+# --- bulk data ----------------------------------------------------------------------------
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """One ``bytes=a-b`` range → (start, end exclusive); 416 when unsatisfiable."""
+    if not header.startswith("bytes=") or "," in header:
+        raise errors.BadRequest("only a single bytes=start-end range is supported")
+    start_s, _, end_s = header[6:].strip().partition("-")
+    try:
+        if start_s == "":
+            n = int(end_s)
+            start, end = max(size - n, 0), size
+        else:
+            start = int(start_s)
+            end = int(end_s) + 1 if end_s else size
+    except ValueError:
+        raise errors.BadRequest("malformed Range header") from None
+    end = min(end, size)
+    if start < 0 or start >= end:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+async def retrieve_bulkdata(request: web.Request) -> web.StreamResponse:
+    study, series, sop = uids(request)
+    tag = request.match_info["tag"]
+    if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
+        raise errors.BadRequest("bulk data is addressed by an 8-hex-digit tag")
+    retrieve = request.app[RETRIEVE]
+    row = await retrieve.instance(study, series, sop)
+    ranges = parse_accept(request.headers.get("Accept"))
+    single = any(r.type == OCTET for r in ranges) and not any(
+        r.type == "multipart/related" for r in ranges[:1])
+    if not single and not any(r.type in ("multipart/related", "*/*", "multipart/*")
+                              for r in ranges):
+        raise errors.NotAcceptable(f"bulk data is served as {OCTET}, single or multipart")
+    data = await retrieve.bulk(row, tag)
+    if single:
+        headers = {"Accept-Ranges": "bytes"}
+        if "Range" in request.headers:
+            start, end = _parse_range(request.headers["Range"], len(data))
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+            return web.Response(status=206, body=data[start:end], content_type=OCTET,
+                                headers=headers)
+        return web.Response(body=data, content_type=OCTET, headers=headers)
+    writer = MultipartWriter(request, OCTET)
+    await writer.part(OCTET, [data])
+    return await writer.finish()
+
+
+# --- rendered and thumbnail ---------------------------------------------------------------
+
+RENDER_TYPES = ("image/jpeg", "image/png", "image/gif")
+
+
+def choose_render_type(accept: str | None, preferred: str | None = None) -> str:
+    if preferred:
+        if preferred not in RENDER_TYPES:
+            raise errors.NotAcceptable("rendered images are image/jpeg, image/png or image/gif")
+        return preferred
+    for rng in parse_accept(accept):
+        for t in RENDER_TYPES:
+            if matches(rng, t):
+                return t
+    raise errors.NotAcceptable("rendered images are image/jpeg, image/png or image/gif")
+
+
+def parse_render_params(query) -> dict:
+    out: dict = {"window": None, "viewport": None, "quality": 90}
+    if "window" in query:
+        parts = query["window"].split(",")
+        try:
+            center, width = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise errors.BadRequest("window is center,width[,function]") from None
+        if width <= 0:
+            raise errors.BadRequest("window width must be positive")
+        out["window"] = (center, width)
+    if "viewport" in query:
+        parts = query["viewport"].split(",")
+        try:
+            vw, vh = int(parts[0]), int(parts[1])
+        except (ValueError, IndexError):
+            raise errors.BadRequest("viewport is width,height") from None
+        if not (0 < vw <= 8192 and 0 < vh <= 8192):
+            raise errors.BadRequest("viewport must be between 1 and 8192 pixels")
+        out["viewport"] = (vw, vh)
+    if "quality" in query:
+        q = query["quality"]
+        if not q.isdigit() or not 1 <= int(q) <= 100:
+            raise errors.BadRequest("quality is an integer from 1 to 100")
+        out["quality"] = int(q)
+    return out
+
+
+async def retrieve_rendered(request: web.Request) -> web.Response:
+    study, series, sop = uids(request)
+    frame = 1
+    if "frames" in request.match_info:
+        numbers = parse_frame_list(request.match_info["frames"], 1)
+        frame = numbers[0]
+    media = choose_render_type(request.headers.get("Accept"))
+    params = parse_render_params(request.query)
+    retrieve = request.app[RETRIEVE]
+    row = await retrieve.instance(study, series, sop)
+    data = await retrieve.rendered(row, frame, media_type=media, **params)
+    return web.Response(body=data, content_type=media)
+
+
+async def retrieve_thumbnail(request: web.Request) -> web.Response:
+    study, series, sop = uids(request)
+    choose_render_type(request.headers.get("Accept"), None)
+    retrieve = request.app[RETRIEVE]
+    rows = [r for r in await retrieve.instances(study, series, sop) if r.frames is not None]
+    if not rows:
+        raise errors.NotFound("nothing with pixel data to show")
+    row = rows[len(rows) // 2]
+    size = 128
+    if "viewport" in request.query:
+        vp = parse_render_params(request.query)["viewport"]
+        size = max(vp)
+    data = await retrieve.thumbnail(row, size=size)
+    return web.Response(body=data, content_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=300"})
+
+
+# --- delete -------------------------------------------------------------------------------
+
+async def delete(request: web.Request) -> web.Response:
+    study, series, sop = uids(request)
+    await request.app[INGEST].delete(study, series, sop)
+    return web.Response(status=204)
+

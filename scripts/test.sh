@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs, then run it. The README's test command and
+# .ci/run both call this script, so a green run here means a fresh machine works too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages: DCMTK (DIMSE peer tests). Installed only when missing and when we may.
+need_apt=()
+command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing system packages: ${need_apt[*]}"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "warning: ${need_apt[*]} missing and cannot be installed here; tests needing them skip"
+  fi
+fi
+
+# PostgreSQL: the machine starts it; start it if it is installed but stopped.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+exec python3 -m pytest "$@"

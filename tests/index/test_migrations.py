@@ -1,0 +1,151 @@
+"""Schema and migration runner: idempotent, concurrent starters, upgrades, refusals."""
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from pacsd.errors import PacsdError
+from pacsd.index import Catalogue, migrations
+from pacsd.index.engine import normalise_url
+from pacsd.index.schema import schema_version
+from tests.index.conftest import PG_ADMIN_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request, tmp_path):
+    """A brand-new, never-migrated database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    request.getfixturevalue("pg_url")  # skips when PostgreSQL is unreachable
+    admin_url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql")
+    admin = psycopg.connect(admin_url.render_as_string(hide_password=False), autocommit=True)
+    name = f"pacsd_test_mig_{uuid.uuid4().hex[:10]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def versions(cat) -> list[int]:
+    with cat.engine.connect() as conn:
+        return list(conn.scalars(sa.select(schema_version.c.version)
+                                 .order_by(schema_version.c.version)))
+
+
+def test_migrate_idempotent_and_creates_indexes(fresh_url):
+    cat = Catalogue(fresh_url)
+    assert cat.migrate() == migrations.LATEST
+    assert cat.migrate() == migrations.LATEST
+    assert versions(cat) == [m.version for m in migrations.MIGRATIONS]
+    insp = sa.inspect(cat.engine)
+    names = {ix["name"] for t in ("patients", "studies", "series", "instances")
+             for ix in insp.get_indexes(t)}
+    order_ix = "ix_studies_order_pg" if cat.dialect_name == "postgresql" else \
+        "ix_studies_order_sqlite"
+    for ix in (order_ix, "ix_studies_patient_fk", "ix_studies_patient_name_alpha",
+               "ix_studies_patient_name_ideo", "ix_studies_accession_number",
+               "ix_series_study_number", "ix_series_modality",
+               "ix_instances_series_number", "ix_instances_study_sop_class"):
+        assert ix in names
+    cat.close()
+
+
+def test_concurrent_starters_migrate_once(fresh_url):
+    cats = [Catalogue(fresh_url, busy_timeout_s=10) for _ in range(4)]
+    barrier = threading.Barrier(len(cats))
+    errors: list[BaseException] = []
+
+    def start(cat):
+        barrier.wait()
+        try:
+            cat.migrate()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(c,)) for c in cats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert versions(cats[0]) == [m.version for m in migrations.MIGRATIONS]
+    for c in cats:
+        c.close()
+
+
+def test_upgrade_applies_only_missing_migrations(fresh_url, monkeypatch):
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    applied = []
+
+    def add_column(conn):
+        applied.append(1)
+        conn.execute(sa.text("ALTER TABLE studies ADD COLUMN test_extra TEXT"))
+
+    monkeypatch.setattr(migrations, "MIGRATIONS",
+                        migrations.MIGRATIONS + (migrations.Migration(2, "extra", add_column),))
+    monkeypatch.setattr(migrations, "LATEST", 2)
+    assert cat.migrate() == 2
+    assert cat.migrate() == 2
+    assert applied == [1]
+    assert versions(cat) == [1, 2]
+    assert "test_extra" in {c["name"] for c in sa.inspect(cat.engine).get_columns("studies")}
+    cat.close()
+
+
+def test_newer_schema_refused(fresh_url):
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    with cat.engine.connect() as conn, conn.begin():
+        conn.execute(sa.insert(schema_version).values(
+            version=999, description="future", applied_at=sa.func.now()))
+    with pytest.raises(PacsdError, match="newer"):
+        cat.migrate()
+    cat.close()
+
+
+def test_tables_without_version_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE studies (pk INTEGER PRIMARY KEY)")
+    engine.dispose()
+    cat = Catalogue(url)
+    with pytest.raises(PacsdError, match="no schema version"):
+        cat.migrate()
+    cat.close()
+
+
+def test_url_forms():
+    assert normalise_url("postgresql://u@h:5/db").drivername == "postgresql+psycopg"
+    assert normalise_url("postgres://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+    assert normalise_url("sqlite:////tmp/x.db").drivername == "sqlite"
+    with pytest.raises(PacsdError):
+        normalise_url("mysql://u@h/db")
+
+
+def test_sqlite_pragmas(tmp_path):
+    cat = Catalogue(f"sqlite:///{tmp_path / 'p.db'}", busy_timeout_s=2.5)
+    cat.migrate()
+    with cat.engine.connect() as conn:
+        pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 2  # FULL
+        assert pragma("foreign_keys") == 1
+        assert pragma("busy_timeout") == 2500
+    cat.close()
+
+
+def test_memory_sqlite_works():
+    cat = Catalogue("sqlite://")
+    cat.migrate()
+    assert cat.counts()["studies"] == 0
+    cat.close()

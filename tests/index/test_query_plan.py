@@ -1,0 +1,96 @@
+"""R-H1 sanity check: with 5,000 instances stored, SQLite's plans for common QIDO queries use
+indexes (EXPLAIN QUERY PLAN; no timing asserts). Seeded with multi-row inserts for speed;
+the plans depend on the schema and the query shape, not on how rows arrived."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+import sqlalchemy as sa
+
+from pacsd.index import Catalogue, names, parse_qido, qido_sql
+from pacsd.index.schema import instances, patients, series, studies
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    cat = Catalogue(f"sqlite:///{tmp_path_factory.mktemp('plan') / 'index.db'}")
+    cat.migrate()
+    now = dt.datetime.now(dt.timezone.utc)
+    pts, sts, srs, ins = [], [], [], []
+    for s in range(1000):
+        pk = s + 1
+        if s % 2 == 0:
+            pts.append({"pk": s // 2 + 1, "patient_id": f"P{s // 2}", "issuer_of_patient_id": "",
+                        "num_studies": 2, "created_at": now, "updated_at": now})
+        name = names.search_columns(f"Name{s}^Given{s}=名{s}=")
+        sts.append({"pk": pk, "study_instance_uid": f"1.2.{s}", "patient_fk": s // 2 + 1,
+                    "study_date": f"2020{1 + s % 12:02d}{1 + s % 28:02d}",
+                    "study_time": f"{s % 24:02d}0000", "accession_number": f"A{s}",
+                    "patient_name": f"Name{s}^Given{s}",
+                    **{f"patient_name_{k}": v for k, v in name.items()},
+                    "num_series": 1, "num_instances": 5, "modalities_in_study": "CT",
+                    "study_json": b"{}", "revision": 1, "created_at": now,
+                    "updated_at": now})
+        srs.append({"pk": pk, "series_instance_uid": f"1.2.{s}.1", "study_fk": pk,
+                    "modality": "CT", "series_number": 1, "num_instances": 5,
+                    "series_json": b"{}", "revision": 1, "created_at": now,
+                    "updated_at": now})
+        for i in range(5):
+            ins.append({"sop_instance_uid": f"1.2.{s}.1.{i}", "series_fk": pk,
+                        "study_fk": pk, "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2",
+                        "transfer_syntax_uid": "1.2.840.10008.1.2.1", "instance_number": i,
+                        "instance_json": b"{}", "sha256": f"{s:032x}{i:032x}", "size": 1,
+                        "metadata": b"", "bulk": b"{}", "created_at": now})
+    with cat.engine.connect() as conn, conn.begin():
+        for table, rows in ((patients, pts), (studies, sts), (series, srs), (instances, ins)):
+            conn.execute(sa.insert(table), rows)
+    assert cat.counts()["instances"] == 5000
+    yield cat
+    cat.close()
+
+
+def plan(cat, level, params, **kw) -> str:
+    page, _count = qido_sql.build(parse_qido(level, params, **kw))
+    with cat.engine.connect() as conn:
+        compiled = page.compile(dialect=conn.dialect)
+        args = tuple(compiled.params[k] for k in compiled.positiontup)
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), args).all()
+    return "\n".join(r[-1] for r in rows)
+
+
+def test_R_H1_study_by_patient_id_uses_indexes(big):
+    p = plan(big, "study", [("PatientID", "P42")])
+    # the UNIQUE (patient_id, issuer) constraint's index (SQLite names it autoindex)
+    assert "SEARCH patients USING COVERING INDEX" in p and "(patient_id=?)" in p, p
+    assert "ix_studies_patient_fk" in p, p
+    assert big.search(parse_qido("study", [("PatientID", "P42")])).total == 2
+
+
+def test_R_H1_study_by_date_range_uses_index(big):
+    p = plan(big, "study", [("StudyDate", "20200301-20200331")])
+    assert "SEARCH studies USING INDEX ix_studies_order_sqlite (study_date>? AND study_date<?)" \
+        in p, p
+    assert "TEMP B-TREE" not in p, p  # the index also delivers the order
+
+
+def test_R_H1_default_order_walks_index(big):
+    p = plan(big, "study", [])
+    assert "ix_studies_order_sqlite" in p and "TEMP B-TREE" not in p, p
+
+
+def test_R_H1_wildcard_name_uses_name_indexes(big):
+    p = plan(big, "study", [("PatientName", "name12*")])
+    assert "ix_studies_patient_name_alpha" in p, p
+    assert big.search(parse_qido("study", [("PatientName", "name12*")])).total == 11
+
+
+def test_R_H1_accession_prefix_uses_index(big):
+    p = plan(big, "study", [("AccessionNumber", "A12*")])
+    assert "ix_studies_accession_number" in p, p
+
+
+def test_R_H1_scoped_instance_query_uses_indexes(big):
+    p = plan(big, "instance", [], study_uid="1.2.7", series_uid="1.2.7.1")
+    assert "SCAN instances" not in p and "SCAN series" not in p, p
+    assert len(big.search(parse_qido("instance", [], study_uid="1.2.7")).items) == 5

@@ -16,8 +16,8 @@ from pacsd.dicom.levels import (INSTANCE_LEVEL_KEYWORDS, INSTANCE_LEVEL_TAGS,
                                 STUDY_LEVEL_KEYWORDS, STUDY_LEVEL_TAGS)
 from pacsd.dicom.parse import parse_instance
 from pacsd.dicom.pixels import decode_frame
-from pacsd.dicom.render import render, thumbnail
-from pacsd.dicom.transcode import SUPPORTED_TRANSCODE_TARGETS, transcode
+from pacsd.dicom.rendering import render, thumbnail
+from pacsd.dicom.transcoding import SUPPORTED_TRANSCODE_TARGETS, transcode
 from pacsd.dicom.uids import is_valid_uid
 
 __all__ = [

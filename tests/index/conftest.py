@@ -8,8 +8,6 @@ server is unreachable the postgresql params are skipped with the reason.
 """
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +20,6 @@ from pacsd.index import Catalogue, writes
 from pacsd.index.schema import LEVEL_COLUMNS
 from pacsd.model import FrameIndex, ParsedInstance
 
-PG_ADMIN_URL = os.environ.get("PACSD_TEST_PG_URL",
-                              "postgresql://postgres@127.0.0.1:5432/postgres")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -110,30 +106,17 @@ def bulk_store(cat: Catalogue, instances: list[ParsedInstance]) -> None:
 # --- databases ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, migrated once; dropped at the end."""
-    try:
-        import psycopg
-        admin_url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql")
-        admin = psycopg.connect(admin_url.render_as_string(hide_password=False),
-                                autocommit=True, connect_timeout=3)
-    except Exception as e:  # noqa: BLE001 - any failure means "no server here"
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {type(e).__name__}")
-    name = f"pacsd_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    # Test speed only: commits need not wait for the WAL flush (semantics unchanged).
-    admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
-    url = sa.engine.make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg",
-                                               database=name)
-    url_s = url.render_as_string(hide_password=False)
-    cat = Catalogue(url_s)
+def pg_url(pg_server_url) -> str:
+    """The session's fresh PostgreSQL database (tests/conftest.py), migrated once."""
+    engine = sa.create_engine(pg_server_url)
+    with engine.begin() as conn:
+        # Test speed only: commits need not wait for the WAL flush (semantics unchanged).
+        conn.exec_driver_sql("SET synchronous_commit = off")
+    engine.dispose()
+    cat = Catalogue(pg_server_url)
     cat.migrate()
     cat.close()
-    try:
-        yield url_s
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    return pg_server_url
 
 
 def _truncate(url: str) -> None:

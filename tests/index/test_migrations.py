@@ -12,7 +12,7 @@ from pacsd.errors import PacsdError
 from pacsd.index import Catalogue, migrations
 from pacsd.index.engine import normalise_url
 from pacsd.index.schema import schema_version
-from tests.index.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -18,7 +18,7 @@ async def archive3(stow):
                      StudyDate="20250610", Modality="MR", AccessionNumber="A2",
                      SpecificCharacterSet=["GB18030"])
     c = make_dataset(study=a.StudyInstanceUID, PatientName="Smith^John", PatientID="P1",
-                     StudyDate="20250105", Modality="SR", SeriesNumber=2)
+                     StudyDate="20250105", Modality="SR", SeriesNumber=2, AccessionNumber="A1")
     c.pop("PixelData")
     r = await stow([to_part10(x) for x in (a, b, c)])
     assert r.status == 200, await r.text()

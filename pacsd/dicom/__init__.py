@@ -10,6 +10,9 @@ Public API (everything else in this package is internal):
 * :func:`transcode` / :data:`SUPPORTED_TRANSCODE_TARGETS` - lossless re-encoding (R-A5).
 * :func:`render` / :func:`thumbnail` - consumer images (/rendered, /thumbnail, WADO-URI).
 * ``*_LEVEL_TAGS`` / ``*_LEVEL_KEYWORDS`` - attributes stored per QIDO level.
+
+:mod:`pacsd.dicom.testing` builds synthetic Part 10 instances for tests (not imported
+here, never used at run time).
 """
 from pacsd.dicom.levels import (INSTANCE_LEVEL_KEYWORDS, INSTANCE_LEVEL_TAGS,
                                 SERIES_LEVEL_KEYWORDS, SERIES_LEVEL_TAGS,

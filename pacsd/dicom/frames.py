@@ -41,7 +41,8 @@ def build(layout: Layout, pix: Element, *, rows: int | None, columns: int | None
         # Offsets refer to the inflated stream, not to the stored file: decode instead.
         return FrameIndex(ts, encapsulated, ((),) * nframes, (0,) * nframes, True)
     if encapsulated:
-        frames = split_encapsulated(layout, pix, nframes)
+        split = split_encapsulated(layout, pix, nframes)
+        frames = None if split is None else (split, False)
     else:
         frames = _native(pix, rows, columns, samples, bits_allocated, nframes,
                          photometric)
@@ -82,8 +83,11 @@ def _native(pix: Element, rows, columns, samples, bits, nframes: int, photometri
     return tuple(out), True
 
 
-def split_encapsulated(layout: Layout, pix: Element, nframes: int):
-    """Frame -> fragment ranges of encapsulated pixel data, or None when uncertain."""
+Ranges = tuple[tuple[tuple[int, int], ...], ...]
+
+
+def split_encapsulated(layout: Layout, pix: Element, nframes: int) -> Ranges | None:
+    """Per frame, the (offset, length) of its fragment values; None when uncertain."""
     buf = layout.buffer
     frags = pix.fragments or []
     if len(frags) < 2:
@@ -101,21 +105,22 @@ def split_encapsulated(layout: Layout, pix: Element, nframes: int):
                     a < b for a, b in zip(starts, starts[1:])):
                 bounds = starts + [len(items)]
                 return tuple(tuple(items[bounds[i]:bounds[i + 1]])
-                             for i in range(nframes)), False
-    if layout_eot := _eot(layout, pix, index_of, items, nframes):
-        return layout_eot, False
+                             for i in range(nframes))
+    if extended := _eot(layout, index_of, items, nframes):
+        return extended
     if len(items) == nframes:
-        return tuple((it,) for it in items), False
+        return tuple((it,) for it in items)
     if nframes == 1:
-        return (tuple(items),), False
+        return (tuple(items),)
     if len(items) > nframes and layout.transfer_syntax_uid != _RLE:
         split = _split_at_eoi(buf, items)
         if split is not None and len(split) == nframes:
-            return split, False
+            return split
     return None
 
 
-def _eot(layout: Layout, pix: Element, index_of, items, nframes: int):
+def _eot(layout: Layout, index_of: dict[int, int], items: list[tuple[int, int]],
+         nframes: int) -> Ranges | None:
     """Extended Offset Table (7FE0,0001/0002), one fragment per frame (PS3.3 C.7.6.3)."""
     tables = {}
     for el in layout.elements:
@@ -137,7 +142,7 @@ def _eot(layout: Layout, pix: Element, index_of, items, nframes: int):
     return tuple(out)
 
 
-def _split_at_eoi(buf, items) -> tuple | None:
+def _split_at_eoi(buf, items: list[tuple[int, int]]) -> Ranges | None:
     """Split fragments into frames that start with a codestream start marker and end
     with FFD9 (JPEG EOI / JPEG 2000 EOC), optionally followed by one padding byte."""
     frames: list[tuple[tuple[int, int], ...]] = []

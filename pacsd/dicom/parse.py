@@ -25,7 +25,7 @@ import orjson
 from pacsd.dicom import frames as frames_mod
 from pacsd.dicom.dicomjson import DEFAULT_ENCODINGS, JsonBuilder, charset_values
 from pacsd.dicom.levels import INSTANCE_LEVEL_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
-from pacsd.dicom.structure import Element, Layout, dict_vr, walk_file
+from pacsd.dicom.structure import Element, dict_vr, walk_file
 from pacsd.dicom.text import pn_string
 from pacsd.dicom.uids import is_valid_uid
 from pacsd.errors import (InvalidDicom, InvalidUID, MissingAttribute, OutOfResources,
@@ -107,20 +107,22 @@ def _parse(buf, max_depth: int) -> ParsedInstance:
         layout.elements, DEFAULT_ENCODINGS, {"pr": None},
         skip=frozenset(el.tag for el in bulk_els))
 
-    uids = {}
+    uids: dict[str, str] = {}
     for keyword, key in _REQUIRED_UIDS:
-        value = _first(meta, key)
-        if not isinstance(value, str) or not value:
+        if not any(meta.get(key, {}).get("Value") or ()):
             raise MissingAttribute(f"{keyword} is missing or empty")
-        uids[keyword] = value
-    for keyword, value in uids.items():
-        if not is_valid_uid(value):
+    for keyword, key in _REQUIRED_UIDS:
+        values = meta[key]["Value"]
+        # a backslash makes two values ("1.2\\3"): invalid, not "the first one" (BI-6)
+        if len(values) != 1 or not is_valid_uid(values[0]):
             raise InvalidUID(f"{keyword} is not a valid DICOM UID")
+        uids[keyword] = values[0]
     study, series, sop = (uids["StudyInstanceUID"], uids["SeriesInstanceUID"],
                           uids["SOPInstanceUID"])
-    media = layout.media_storage_sop_instance_uid
-    if media is not None and media != sop:
-        raise InvalidDicom("SOPInstanceUID differs from MediaStorageSOPInstanceUID")
+    # A File Meta MediaStorageSOPInstanceUID that differs from the dataset's is common in
+    # real files (re-identified exports, old modalities; pydicom's rtdose/rtplan samples).
+    # The dataset's SOPInstanceUID is authoritative for the archive; the file is stored
+    # as received (conformance statement §1), so the mismatch is kept, not repaired.
 
     # Bulk data: URIs in the metadata, (offset, length) in the stored file.
     uri = f"{BULK_BASE}/studies/{study}/series/{series}/instances/{sop}/bulkdata/"

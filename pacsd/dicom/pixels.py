@@ -19,6 +19,7 @@ import io
 import mmap
 import os
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -127,22 +128,23 @@ class Source:
                     raise Unprocessable("The compressed frame declares a size that does "
                                         "not match Rows and Columns")
 
-    def _codestream_heads(self, frame_number: int | None) -> list[bytes]:
-        """First bytes of the first fragment of the frame (of every frame when None)."""
+    def _codestream_heads(self, frame_number: int | None) -> Iterator[bytes]:
+        """First bytes of the first fragment of the frame (of every frame when None),
+        one at a time (at most 64 KiB each: JPEG headers may carry ICC APP segments)."""
         pix = self.pixel
         assert pix is not None and pix.fragments is not None
         try:
-            found = frames_mod.split_encapsulated(self.layout, pix, self.number_of_frames)
+            split = frames_mod.split_encapsulated(self.layout, pix, self.number_of_frames)
         except InvalidDicom:
-            found = None
-        split = found[0] if found else None
+            split = None
         if split is None:  # boundaries unknown: the first fragment starts frame 1
             starts = pix.fragments[1:2]
         else:
             wanted = range(len(split)) if frame_number is None else [frame_number - 1]
-            starts = [split[i][0] for i in wanted if split[i]]
+            starts = [split[i][0] for i in wanted]
         buf = self.layout.buffer
-        return [bytes(buf[o:o + min(n, 1 << 16)]) for o, n in starts]
+        for off, n in starts:
+            yield bytes(buf[off:off + min(n, 1 << 16)])
 
 
 def codestream_size(head: bytes) -> tuple[int, int] | None:

@@ -95,11 +95,24 @@ def _encode(ds: Dataset, s: Source, target: UID, reference: np.ndarray | None) -
             raise NotAcceptable(f"Transfer syntax {target} needs pixel data")
         ds.compress(target, generate_instance_uid=False)
     ds.file_meta.TransferSyntaxUID = target
+    _fill_unknown_vrs(ds)
     buf = io.BytesIO()
     # dcmwrite, not save_as: save_as refuses big -> little endian; binary values were
     # swapped above and everything else pydicom re-encodes from decoded values.
     dcmwrite(buf, ds, implicit_vr=target.is_implicit_VR, little_endian=True)
     return buf.getvalue()
+
+
+def _fill_unknown_vrs(ds: Dataset) -> None:
+    """Elements whose VR pydicom could not learn (unknown private tags of a file whose
+    header says explicit VR but whose body is implicit) are written as UN: an explicit
+    VR encoding needs a VR for every element."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _fill_unknown_vrs(item)
+        elif not elem.VR:
+            elem.VR = "UN"
 
 
 def _set_native_pixels(ds: Dataset, arr: np.ndarray) -> None:

@@ -13,7 +13,7 @@ import zlib
 from typing import AsyncIterator, Iterator
 
 from .. import errors
-from ..dicom import decode_frame, render, thumbnail, transcode
+from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
 from .archive import Archive
 
@@ -25,6 +25,7 @@ CHUNK = 1024**2
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Transfer syntaxes whose frames are the stored bytes, unchanged, in Explicit VR LE form.
 NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
 
@@ -115,6 +116,16 @@ class RetrieveService:
     # --- bulk data ------------------------------------------------------------------------
     async def bulk(self, row: InstanceRow, tag: str) -> bytes:
         tag = tag.upper()
+        if row.transfer_syntax_uid == DEFLATED and not row.bulk:
+            # A deflated file has no file offsets for its values: inflate by transcoding
+            # (lossless, verified) and cut the value from that (rare transfer syntax).
+            data = await self.read_verified(row)
+            plain = await self.archive.run(transcode, data, EXPLICIT_LE)
+            parsed = await self.archive.run(parse_instance, plain)
+            if tag not in parsed.bulk:
+                raise errors.NotFound("no bulk data with that tag in this instance")
+            offset, length = parsed.bulk[tag]
+            return plain[offset:offset + length]
         if tag not in row.bulk:
             raise errors.NotFound("no bulk data with that tag in this instance")
         offset, length = row.bulk[tag]

@@ -155,7 +155,8 @@ def test_is_valid_uid_accepts(uid: str) -> None:
 
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID",
                                      "SOPInstanceUID", "SOPClassUID"])
-@pytest.mark.parametrize("uid", ["../1.2", "1.02.3", "1.2.a", "1." + "2" * 70, "1/2"])
+@pytest.mark.parametrize("uid", ["../1.2", "1.02.3", "1.2.a", "1." + "2" * 70, "1/2",
+                                 "1.2\\3", "\\1.2"])
 def test_bi6_invalid_uid_in_instance(keyword: str, uid: str) -> None:
     ds = make_dataset(pixels=False)
     setattr(ds, keyword, uid)
@@ -165,15 +166,16 @@ def test_bi6_invalid_uid_in_instance(keyword: str, uid: str) -> None:
     assert keyword in exc.value.reason and uid not in exc.value.reason  # PHI-free
 
 
-def test_sop_instance_uid_must_match_media_storage() -> None:
+def test_dataset_sop_instance_uid_wins_over_media_storage() -> None:
+    """A meta/dataset UID mismatch is accepted; the dataset's UID is authoritative."""
     ds = make_dataset(pixels=False)
     raw = to_part10(ds)
     ds.SOPInstanceUID = ds.SOPInstanceUID[:-1] + ("1" if ds.SOPInstanceUID[-1] != "1"
                                                   else "2")
     other = to_part10(ds)  # meta updated too; splice the old meta in front
     meta_end = structure.walk_file(raw).dataset_offset
-    with pytest.raises(InvalidDicom):
-        parse_instance(raw[:meta_end] + other[structure.walk_file(other).dataset_offset:])
+    parsed = parse_instance(raw[:meta_end] + other[structure.walk_file(other).dataset_offset:])
+    assert parsed.sop_instance_uid == ds.SOPInstanceUID
 
 
 # --- BI-7: truncation ------------------------------------------------------------------

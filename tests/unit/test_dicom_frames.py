@@ -52,7 +52,10 @@ def test_frames_equal_pydicom(path: Path) -> None:
         assert path.name == "image_dfl.dcm"  # deflated: offsets are not file offsets
         return
     ds = pydicom.dcmread(path)
-    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    except ValueError:
+        pytest.skip("the reference (pydicom) cannot read this file's NumberOfFrames")
     assert index.number_of_frames == nframes
     assert index.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
     if index.encapsulated:

@@ -28,35 +28,7 @@ CORPUS = sorted(p for p in [*(DATA / "test_files").rglob("*"),
                             *(DATA / "charset_files").glob("*")] if p.is_file())
 
 #: Files of pydicom's corpus that are refused, and why (reported to the lead).
-REFUSED = {
-    "ExplVR_BigEndNoMeta.dcm": "InvalidDicom",      # BI-2: no Part-10 meta
-    "ExplVR_LitEndNoMeta.dcm": "InvalidDicom",
-    "no_meta.dcm": "InvalidDicom",
-    "rtstruct.dcm": "InvalidDicom",                 # no preamble/DICM
-    "meta_missing_tsyntax.dcm": "InvalidDicom",     # no TransferSyntaxUID
-    "MR_truncated.dcm": "InvalidDicom",             # BI-7: truncated pixel data
-    "rtplan_truncated.dcm": "InvalidDicom",         # BI-7
-    "DICOMDIR-nooffset": "InvalidDicom",            # item length past its sequence
-    "rtdose.dcm": "InvalidDicom",                   # SOPInstanceUID != Media Storage
-    "rtdose_1frame.dcm": "InvalidDicom",
-    "rtdose_expb.dcm": "InvalidDicom",
-    "rtdose_expb_1frame.dcm": "InvalidDicom",
-    "rtplan.dcm": "InvalidDicom",
-    "badVR.dcm": "InvalidDicom",
-    "chrJapMulti.dcm": "InvalidDicom",
-    "chrJapMultiExplicitIR6.dcm": "InvalidDicom",
-    "JPEGLSNearLossless_08.dcm": "MissingAttribute",  # BI-3: no Study/Series UIDs
-    "JPEGLSNearLossless_16.dcm": "MissingAttribute",
-    "SC_rgb_jls_lossy_line.dcm": "MissingAttribute",
-    "SC_rgb_jls_lossy_sample.dcm": "MissingAttribute",
-    "UN_sequence.dcm": "MissingAttribute",
-    "chrSQEncoding.dcm": "MissingAttribute",
-    "chrSQEncoding1.dcm": "MissingAttribute",
-    "empty_charset_LEI.dcm": "MissingAttribute",
-    "nested_priv_SQ.dcm": "MissingAttribute",
-    "no_meta_group_length.dcm": "MissingAttribute",
-    "priv_SQ.dcm": "MissingAttribute",
-}
+from corpus import REFUSED  # noqa: E402  (shared with the e2e corpus test)
 
 
 @pytest.fixture(autouse=True)

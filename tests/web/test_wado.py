@@ -267,3 +267,21 @@ async def test_cors_only_allowed_origins(aiohttp_client, settings):
     r = await client.get("/dicom-web/studies", headers={"Origin": "https://viewer.example"})
     assert r.headers["Access-Control-Allow-Origin"] == "https://viewer.example"
     assert r.headers["Access-Control-Allow-Origin"] != "*"
+
+
+async def test_deflated_instance_bulkdata_and_frames(client, stow):
+    """Deflated files have no file offsets: bulk data and frames go through a lossless
+    inflate (transcode) and still come back exact."""
+    from pydicom.data import get_testdata_file
+    path = get_testdata_file("image_dfl.dcm")
+    data = open(path, "rb").read()
+    ds = pydicom.dcmread(path)
+    assert (await stow([data])).status == 200
+    base = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
+    r = await client.get(f"{base}/bulkdata/7FE00010", headers={"Accept": "application/octet-stream"})
+    assert r.status == 200 and await r.read() == ds.PixelData
+    r = await client.get(f"{base}/frames/1")
+    assert r.status == 200
+    ((_, payload),) = split_multipart(await r.read(), r.headers["Content-Type"])
+    assert payload == ds.pixel_array.tobytes()

@@ -68,16 +68,20 @@ class MultipartWriter:
 
     async def part(self, content_type: str, chunks: AsyncIterator[bytes] | list[bytes],
                    headers: dict[str, str] | None = None) -> None:
+        # The first chunk is produced before anything is written: when it fails (a
+        # transcode that is not lossless, a damaged object) and no part was sent yet, the
+        # client still gets a proper status code instead of a cut connection.
+        it = aiter(chunks) if not isinstance(chunks, list) else None
+        first = chunks if isinstance(chunks, list) else [await anext(it, b"")]
         await self._start()
         head = f"--{self.boundary}\r\nContent-Type: {content_type}\r\n"
         for k, v in (headers or {}).items():
             head += f"{k}: {v}\r\n"
         await self.response.write((head + "\r\n").encode())
-        if isinstance(chunks, list):
-            for c in chunks:
-                await self.response.write(c)
-        else:
-            async for c in chunks:
+        for c in first:
+            await self.response.write(c)
+        if it is not None:
+            async for c in it:
                 await self.response.write(c)
         await self.response.write(b"\r\n")
 

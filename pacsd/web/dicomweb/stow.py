@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import orjson
 from aiohttp import web
@@ -164,7 +165,6 @@ class _Stow:
             path, sha, size = writer.finish()
             writer = None
             if size == 0:
-                import os
                 os.unlink(path)
                 raise errors.InvalidDicom(f"part {part_no} is empty")  # BI-1
             return StagedFile(path, sha, size)

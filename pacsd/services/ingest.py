@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .. import errors
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
+from ..store import hash_stream
 from .archive import Archive
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,30 @@ def _discard(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: Preambles kept as received: all zeros, or a TIFF header (DICOM/TIFF dual-format files,
+#: PS3.10 §7.5). Anything else is zeroed (BI-24).
+_TIFF_MAGIC = (b"II*\0", b"MM\0*")
+
+
+def _sanitize_preamble(staged: StagedFile) -> StagedFile:
+    """Zero a 128-byte preamble that could make the stored file double as an executable
+    (CVE-2019-11687: PE/ELF headers in DICOM preambles). Only the preamble changes; the
+    dataset bytes are untouched, so pixel data stays bit-exact (R-A5). The hash is
+    recomputed for the file as stored."""
+    with open(staged.path, "r+b") as fh:
+        head = fh.read(132)
+        if len(head) < 132 or head[128:] != b"DICM" or head[:128] == bytes(128) \
+                or head.startswith(_TIFF_MAGIC):
+            return staged
+        fh.seek(0)
+        fh.write(bytes(128))
+        fh.flush()
+        fh.seek(0)
+        sha, size = hash_stream(fh)
+    log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
+    return StagedFile(staged.path, sha, size)
 
 
 class IngestService:
@@ -61,6 +86,7 @@ class IngestService:
         limit = a.settings.dicomweb.max_instance_bytes
         if staged.size > limit:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
+        staged = _sanitize_preamble(staged)
         parsed: ParsedInstance = parse_instance(staged.path)
         try:
             return self._commit(staged, parsed, expected_study_uid)

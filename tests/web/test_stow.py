@@ -243,6 +243,8 @@ async def test_BI17_body_over_limit_while_streaming(client, settings, earlier):
     ("multipart/form-data; boundary=abc", 415),
     ("application/dicom", 415),
     ("multipart/related; type=\"application/dicom+json\"; boundary=abc", 415),
+    # BI-22: XML metadata is never parsed, so no DTD / external entity can be resolved
+    ("multipart/related; type=\"application/dicom+xml\"; boundary=abc", 415),
 ])
 async def test_BI18_bad_content_type(client, earlier, ctype, status):
     r = await client.post("/dicom-web/studies", data=b"--abc--\r\n",
@@ -313,3 +315,24 @@ async def test_instance_too_large(client, settings, earlier):
         [make_instance(rows=64, columns=64)])[0], headers={"Content-Type": multipart([])[1]})
     assert r.status == 413
     await assert_earlier_intact(client, earlier)
+
+
+@pytest.mark.parametrize("magic", [b"MZ\x90\x00", b"\x7fELF", b"#!/bin/sh\n"])
+async def test_BI24_executable_preamble_zeroed(stow, client, magic):
+    ds = make_dataset()
+    data = to_part10(ds)
+    hostile = magic + b"\x01" * (128 - len(magic)) + data[128:]
+    r = await stow([hostile])
+    assert r.status == 200
+    got = await fetch(client, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert got[:128] == bytes(128)
+    assert got[128:] == data[128:]  # dataset bytes untouched
+
+
+async def test_BI24_tiff_dual_format_preamble_kept(stow, client):
+    ds = make_dataset()
+    data = to_part10(ds)
+    tiff = b"II*\x00" + bytes(124) + data[128:]
+    assert (await stow([tiff])).status == 200
+    got = await fetch(client, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert got == tiff

@@ -1,65 +1,40 @@
-"""Synthetic DICOM for tests: ``make_instance()`` builds a valid Part 10 file in memory.
-
-No patient data: names and IDs are invented. Used by web/, e2e/ and benchmark tests.
-"""
+"""Synthetic DICOM for the adapter tests, over :mod:`pacsd.dicom.testing` (one generator
+for every layer): realistic CT-like 12-bit pixels from a seed, UIDs by name, and the
+multipart body of a STOW-RS request. No patient data: names and IDs are invented."""
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from pacsd.dicom.testing import make_dataset as _make_dataset
+from pacsd.dicom.testing import to_part10 as _to_part10
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 def make_dataset(*, study: str | None = None, series: str | None = None,
                  sop: str | None = None, rows: int = 16, columns: int = 16,
                  frames: int = 1, seed: int = 0, **attrs: Any) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = attrs.pop("SOPClassUID", CT_IMAGE_STORAGE)
-    ds.SOPInstanceUID = sop or generate_uid()
-    ds.StudyInstanceUID = study or generate_uid()
-    ds.SeriesInstanceUID = series or generate_uid()
-    ds.PatientName = "Test^Patient"
-    ds.PatientID = "TEST-0001"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyDate = "20260101"
-    ds.StudyTime = "120000"
-    ds.AccessionNumber = "ACC0001"
-    ds.StudyID = "1"
-    ds.Modality = "CT"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.ReferringPhysicianName = ""
-    if rows and columns:
-        ds.Rows, ds.Columns = rows, columns
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        if frames > 1:
-            ds.NumberOfFrames = frames
-        rng = np.random.default_rng(seed)
-        pixels = rng.integers(0, 4096, size=(frames, rows, columns), dtype=np.uint16)
-        ds.PixelData = pixels.tobytes()
+    """A CT-like instance: 16-bit stored 12-bit pixels drawn from ``seed``; ``study``,
+    ``series`` and ``sop`` name the UIDs (generated when None)."""
+    uids = {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": sop}
+    pixels = np.random.default_rng(seed).integers(0, 4096, size=(frames, rows, columns),
+                                                  dtype="<u2").tobytes()
+    ds = _make_dataset(rows=rows, columns=columns, frames=frames, pixel_bytes=pixels,
+                       **{k: v for k, v in uids.items() if v})
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PatientID, ds.SeriesNumber, ds.InstanceNumber = "TEST-0001", 1, 1
     for k, v in attrs.items():
         setattr(ds, k, v)
     return ds
 
 
 def to_part10(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = transfer_syntax
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return _to_part10(ds, transfer_syntax)
 
 
 def make_instance(**kwargs: Any) -> bytes:

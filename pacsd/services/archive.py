@@ -12,21 +12,24 @@ from typing import Any, Callable, TypeVar
 
 from ..config import Settings
 from ..index import Catalogue
+from ..plugins import Plugins
 from ..store import BlobStore, open_store
 
 T = TypeVar("T")
 
 
 class Archive:
-    def __init__(self, settings: Settings, store: BlobStore, catalogue: Catalogue) -> None:
+    def __init__(self, settings: Settings, store: BlobStore, catalogue: Catalogue,
+                 plugins: Plugins | None = None) -> None:
         self.settings = settings
         self.store = store
         self.catalogue = catalogue
+        self.plugins = plugins or Plugins()
         self.executor = ThreadPoolExecutor(
             max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
 
     @classmethod
-    def open(cls, settings: Settings) -> "Archive":
+    def open(cls, settings: Settings, plugins: Plugins | None = None) -> "Archive":
         settings.data_path.mkdir(parents=True, exist_ok=True)
         s = settings.storage
         options = {k: v for k, v in (("endpoint_url", s.endpoint_url), ("key", s.key),
@@ -34,7 +37,7 @@ class Archive:
         store = open_store(settings.storage_url, **options)
         catalogue = Catalogue(settings.index_url, busy_timeout_s=settings.index.busy_timeout_s)
         catalogue.migrate()
-        return cls(settings, store, catalogue)
+        return cls(settings, store, catalogue, plugins)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` on the worker pool."""

@@ -102,6 +102,8 @@ class IngestService:
         if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
             raise errors.StudyMismatch(
                 "StudyInstanceUID of the instance differs from the study in the request URL")
+        # Plugins may refuse the instance before anything is stored (R-E6).
+        a.plugins.collect("instance_received", parsed=parsed)
         newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)
         try:
             outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256, size=staged.size)
@@ -119,6 +121,8 @@ class IngestService:
             # Identical instance already indexed, but its blob was missing and we have just
             # restored it: that is a repair, worth a line in the log (no PHI: hash only).
             log.warning("restored missing blob %s on re-send", staged.sha256[:16])
+        # After the durable commit, never inside it (ARCHITECTURE "Plugins").
+        a.plugins.fire("instance_stored", parsed=parsed, outcome=outcome)
         return outcome
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..config import Settings
+from ..plugins import Plugins
 from ..services import Archive, IngestService, QueryService, RetrieveService
 from .dicomweb import qido, stow, wado, wado_uri
 from .keys import ARCHIVE, INGEST, QUERY, RETRIEVE
@@ -22,6 +23,7 @@ from .middleware import error_middleware, make_cors_middleware, on_prepare
 
 log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
+PLUGINS = web.AppKey("plugins", Plugins)
 
 
 class InFlight:
@@ -60,14 +62,16 @@ async def inflight_middleware(request: web.Request, handler):
 
 async def _archive_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    archive = Archive.open(settings)
+    archive = Archive.open(settings, app[PLUGINS])
     app[ARCHIVE] = archive
     app[INGEST] = IngestService(archive)
     app[QUERY] = QueryService(archive)
     app[RETRIEVE] = RetrieveService(archive)
+    archive.plugins.fire("startup", archive=archive)
     try:
         yield
     finally:
+        archive.plugins.fire("shutdown", archive=archive)
         archive.close()
 
 
@@ -108,7 +112,7 @@ def add_dicomweb_routes(router: web.UrlDispatcher, root: str) -> None:
     router.add_get(f"{r}/wado", wado_uri.wado_uri)
 
 
-def create_app(settings: Settings) -> web.Application:
+def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Application:
     app = web.Application(middlewares=[
         inflight_middleware,
         make_cors_middleware(settings.dicomweb.cors_allowed_origins),
@@ -122,4 +126,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.dicomweb.root.rstrip("/") != "":
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
+    if plugins is None:
+        plugins = Plugins()
+        plugins.load(settings.plugins)
+    app[PLUGINS] = plugins
+    plugins.collect("register_routes", router=app.router, settings=settings)
     return app

@@ -1,0 +1,56 @@
+"""L1: every plugin hook pacsd calls, with when it is called and how results combine.
+
+Plugins implement these with ``@pacsd.hookimpl`` (R-E6: plugins add collection, upload
+and report features without touching core). docs/plugin_hooks.md documents each hook with
+an example; tests/test_plugins.py checks that every hookspec here is documented there
+and exercised by a test.
+
+Calling modes (pacsd/plugins.py):
+- *fire*: events; every plugin is called, an exception in one is logged and does not stop
+  the others or the caller.
+- *collect*: registries / filters; results of all plugins are combined and an exception
+  propagates to the caller.
+Hooks fire after the durable commit, never under a lock or inside a transaction; slow work
+belongs in a background task, not in the hook.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("pacsd")
+hookimpl = pluggy.HookimplMarker("pacsd")
+
+
+@hookspec
+def startup(archive: Any) -> None:
+    """*fire* — once, after the archive (store, catalogue) is open and before the server
+    accepts requests. ``archive`` is :class:`pacsd.services.Archive`."""
+
+
+@hookspec
+def shutdown(archive: Any) -> None:
+    """*fire* — once, after the last request finished and before the archive closes."""
+
+
+@hookspec
+def register_routes(router: Any, settings: Any) -> None:
+    """*collect* — add aiohttp routes (``router`` is the application's UrlDispatcher).
+    Plugin routes live under ``/api/v1/plugins/<name>/`` by convention. Errors propagate:
+    a plugin that cannot register its routes stops the start-up."""
+
+
+@hookspec
+def instance_received(parsed: Any) -> None:
+    """*collect* — called on the ingest path after the header was parsed and before the
+    object is stored (``parsed`` is :class:`pacsd.model.ParsedInstance`). Raise a
+    :class:`pacsd.errors.InstanceError` subclass to refuse the instance; the refusal is
+    reported to the sender (STOW FailedSOPSequence / C-STORE status) with its reason."""
+
+
+@hookspec
+def instance_stored(parsed: Any, outcome: Any) -> None:
+    """*fire* — after an instance is durable in the store and committed to the index
+    (``outcome`` is :class:`pacsd.model.StoreOutcome`; ``outcome.created`` is False for an
+    identical re-send). Runs on a worker thread of the ingest path: return quickly."""

@@ -1,0 +1,170 @@
+"""Command line of the benchmark driver.
+
+    python -m benchmarks run --target http://127.0.0.1:8042/dicom-web [--label pacsd]
+    python -m benchmarks side-by-side [--profile]      # starts Orthanc and pacsd itself
+    python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
+    python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
+
+``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
+name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
+packages ``orthanc`` and ``orthanc-dicomweb`` and writes ``benchmarks/RESULTS.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from . import report
+from .phases import Target
+from .runner import Config, Runner
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data set and repetitions")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--ct-studies", type=int, default=2)
+    g.add_argument("--slices", type=int, default=100, help="CT slices per study (<= 300 "
+                   "keeps a side-by-side run near 10 minutes on 2 cores)")
+    g.add_argument("--tiny", type=int, default=3000, help="tiny instances (fill the index)")
+    g.add_argument("--stow-ct-batch", type=int, default=48,
+                   help="fresh CT instances per measured STOW repetition")
+    g.add_argument("--ct-per-request", type=int, default=1)
+    g.add_argument("--tiny-per-request", type=int, default=5)
+    g.add_argument("--reps", type=int, default=3, help="repetitions per phase (medians)")
+    g.add_argument("--smoke", action="store_true", help="smallest size (seconds)")
+    g.add_argument("--no-ceiling", action="store_true",
+                   help="skip the client-ceiling measurement")
+
+
+def _config(args: argparse.Namespace, **extra) -> Config:
+    kw = dict(seed=args.seed, ceiling=not args.no_ceiling, **extra)
+    if args.smoke:
+        return Config.smoke(**kw)
+    return Config(ct_studies=args.ct_studies, ct_slices=args.slices, tiny=args.tiny,
+                  stow_ct_batch=args.stow_ct_batch, ct_per_request=args.ct_per_request,
+                  tiny_per_request=args.tiny_per_request, reps=args.reps, **kw)
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    cfg = _config(args, profile=args.pid is not None)
+    target = Target(args.label, args.target.rstrip("/"), pid=args.pid)
+    try:
+        result = asyncio.run(Runner(cfg, [target], log).run())
+    except (RuntimeError, aiohttp.ClientError, OSError) as exc:
+        log(f"benchmarks: {exc}")
+        return 2
+    path = report.save_json(result, args.label)
+    report.print_summary(result, log)
+    log(f"\nresults: {path}")
+    return 0 if all(r["verified"] for r in target.rows) else 1
+
+
+def cmd_side_by_side(args: argparse.Namespace) -> int:
+    from .servers import OrthancProcess, PacsdProcess
+
+    cfg = _config(args, profile=args.profile)
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    t0 = time.monotonic()
+    orthanc = OrthancProcess()
+    try:
+        pacsd = PacsdProcess()
+        try:
+            log(f"orthanc: {orthanc.version} at {orthanc.url}")
+            log(f"pacsd:   {pacsd.version} at {pacsd.url}")
+            targets = [Target("pacsd", pacsd.url, pid=pacsd.pid, version=pacsd.version),
+                       Target("orthanc", orthanc.url, version=orthanc.version)]
+            result = asyncio.run(Runner(cfg, targets, log).run())
+        finally:
+            pacsd.stop()
+    finally:
+        orthanc.stop()
+    result["orthanc_config"] = orthanc.config
+    result["command"] = command
+    path = report.save_json(result, "side-by-side")
+    report.print_summary(result, log)
+    if not args.no_results:
+        out = Path(args.results)
+        out.write_text(report.results_md(result, command, path, ("pacsd", "orthanc")))
+        log(f"\nwrote {out}")
+    log(f"results: {path} ({time.monotonic() - t0:.0f} s in all)")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rewrite RESULTS.md from a saved side-by-side JSON (e.g. after editing notes.md)."""
+    path = Path(args.file).resolve()
+    result = json.loads(path.read_text())
+    names = tuple(result["targets"])
+    if len(names) != 2:
+        log("report needs a side-by-side result file (two targets)")
+        return 2
+    Path(args.results).write_text(report.results_md(
+        result, result.get("command", "python -m benchmarks side-by-side"), path, names))
+    log(f"wrote {args.results}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    docs = [json.loads(Path(p).read_text()) for p in args.files]
+    targets: list[tuple[str, dict]] = []
+    for d in docs:
+        targets += list(d["targets"].items())
+    if len(targets) != 2:
+        log(f"compare needs exactly two targets, got {len(targets)} "
+            "(two single-target files or one side-by-side file)")
+        return 2
+    (na, ta), (nb, tb) = targets
+    if na == nb:
+        na, nb = f"{na}#1", f"{nb}#2"
+    sa, sb = report.summarise(ta["rows"]), report.summarise(tb["rows"])
+    log(report.compare_table(sa, sb, na, nb))
+    log("\n" + report.targets_table(report.targets(sa, sb)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks",
+                                description="DICOMweb benchmark driver (pacsd vs others)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="measure one DICOMweb root")
+    r.add_argument("--target", required=True, help="DICOMweb root URL, e.g. "
+                   "http://127.0.0.1:8042/dicom-web")
+    r.add_argument("--label", default="target", help="name in tables and the JSON file")
+    r.add_argument("--pid", type=int, help="server process id to profile with py-spy "
+                   "(a Python server on this machine)")
+    _data_args(r)
+    s = sub.add_parser("side-by-side", aliases=["sbs"],
+                       help="start Orthanc and pacsd on loopback and measure both")
+    s.add_argument("--profile", action="store_true",
+                   help="after the measured phases, profile pacsd with py-spy")
+    s.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    s.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    _data_args(s)
+    c = sub.add_parser("compare", help="ratios of two result files (first / second)")
+    c.add_argument("files", nargs="+")
+    rp = sub.add_parser("report", help="rewrite RESULTS.md from a side-by-side JSON file")
+    rp.add_argument("file")
+    rp.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    args = p.parse_args(argv)
+    if args.cmd == "run":
+        return cmd_run(args)
+    if args.cmd in ("side-by-side", "sbs"):
+        return cmd_side_by_side(args)
+    if args.cmd == "report":
+        return cmd_report(args)
+    return cmd_compare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Start and stop the servers under test on free loopback ports; nothing is installed here.
+
+* :class:`PacsdProcess` — ``python -m pacsd.cli serve`` with a fresh data directory.
+* :class:`OrthancProcess` — the Debian ``Orthanc`` binary with a generated JSON
+  configuration (storage and index in a temp dir, DICOMweb plugin at /dicom-web/,
+  ``RemoteAccessAllowed`` false, no authentication, environment ``TCP_NODELAY=1``). When
+  the binary or the plugin is missing the error says which apt packages to install.
+* :class:`StubProcess` — :mod:`benchmarks.stub`, canned answers for the client ceiling.
+
+Every process is started by us, tracked by its Popen object and stopped by its pid only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ORTHANC_HINT = ("Orthanc with its DICOMweb plugin is needed: apt-get update && "
+                "apt-get install -y orthanc orthanc-dicomweb")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                r.read()
+                return
+        except (OSError, urllib.error.URLError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                raise RuntimeError(f"server did not start ({url}); log {log}:\n{tail}")
+            time.sleep(0.2)
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.loads(r.read())
+
+
+class _Process:
+    name = "server"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.tmp: tempfile.TemporaryDirectory | None = None
+        self.url = ""
+        self.version = ""
+        self._log = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self.tmp is not None:
+            self.tmp.cleanup()
+            self.tmp = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class PacsdProcess(_Process):
+    """pacsd from this work tree, fresh data directory in a temp dir."""
+
+    name = "pacsd"
+
+    def __init__(self, *, keep_dir: str | None = None) -> None:
+        super().__init__()
+        if keep_dir:
+            data = Path(keep_dir)
+            data.mkdir(parents=True, exist_ok=True)
+        else:
+            self.tmp = tempfile.TemporaryDirectory(prefix="pacsd-bench-")
+            data = Path(self.tmp.name)
+        port = free_port()
+        log = data / "server.log"
+        self._log = open(log, "wb")
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", str(data / "data"),
+             "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING"],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(base + "/api/v1/health", self.proc, log)
+            self.version = str(_get_json(base + "/api/v1/health").get("version", "?"))
+        except BaseException:
+            self.stop()
+            raise
+        self.url = base + "/dicom-web"
+        self.version += _git_note()
+
+
+def _git_note() -> str:
+    """Commit and whether pacsd/ has local changes (read-only git commands)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pacsd"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if not head:
+        return ""
+    return f" (git {head}{', pacsd/ modified in work tree' if dirty else ''})"
+
+
+def find_orthanc() -> tuple[str, str]:
+    """(Orthanc binary, DICOMweb plugin library) from the installed Debian packages."""
+    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if os.path.exists(
+        "/usr/sbin/Orthanc") else None)
+    if not binary:
+        raise RuntimeError(ORTHANC_HINT)
+    try:
+        files = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True,
+                               text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        files = []
+    libs = [f for f in files if ".so" in os.path.basename(f) and os.path.isfile(f)]
+    # Prefer the path Orthanc's own plugin folder links to.
+    libs.sort(key=lambda f: (not f.startswith("/usr/share/orthanc/plugins"), len(f)))
+    if not libs:
+        raise RuntimeError(ORTHANC_HINT + " (no plugin library in dpkg -L orthanc-dicomweb)")
+    return binary, libs[0]
+
+
+class OrthancProcess(_Process):
+    """Orthanc + DICOMweb plugin with a generated configuration."""
+
+    name = "orthanc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        binary, plugin = find_orthanc()
+        self.tmp = tempfile.TemporaryDirectory(prefix="orthanc-bench-")
+        root = Path(self.tmp.name)
+        http_port, dicom_port = free_port(), free_port()
+        self.config = {
+            "Name": "pacsd-bench-orthanc",
+            "StorageDirectory": str(root / "storage"),
+            "IndexDirectory": str(root / "index"),
+            "StorageCompression": False,
+            "HttpServerEnabled": True,
+            "HttpPort": http_port,
+            "DicomServerEnabled": True,
+            "DicomAet": "ORTHANCBENCH",
+            "DicomPort": dicom_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [plugin],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
+                         "Ssl": False},
+        }
+        cfg = root / "orthanc.json"
+        cfg.write_text(json.dumps(self.config, indent=2))
+        log = root / "orthanc.log"
+        self._log = open(log, "wb")
+        env = dict(os.environ, TCP_NODELAY="1")
+        self.proc = subprocess.Popen([binary, str(cfg)], stdout=self._log,
+                                     stderr=subprocess.STDOUT, cwd=str(root), env=env)
+        base = f"http://127.0.0.1:{http_port}"
+        try:
+            _wait_http(base + "/system", self.proc, log)
+            _wait_http(base + "/dicom-web/studies?limit=1", self.proc, log)
+            system = _get_json(base + "/system")
+            plugin_info = _get_json(base + "/plugins/dicom-web")
+        except BaseException:
+            self.stop()
+            raise
+        self.version = (f"Orthanc {system.get('Version', '?')}, DICOMweb plugin "
+                        f"{plugin_info.get('Version', '?')}")
+        self.plugin = plugin
+        self.url = base + "/dicom-web"
+
+
+class StubProcess(_Process):
+    """The canned-answer server of :mod:`benchmarks.stub` (client ceiling)."""
+
+    name = "stub"
+
+    def __init__(self, seed: int, slices: int) -> None:
+        super().__init__()
+        self.tmp = tempfile.TemporaryDirectory(prefix="bench-stub-")
+        port = free_port()
+        log = Path(self.tmp.name) / "stub.log"
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.stub", "--port", str(port), "--seed",
+             str(seed), "--slices", str(slices)],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/ready", self.proc, log)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"http://127.0.0.1:{port}/dicom-web"

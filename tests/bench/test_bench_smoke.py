@@ -1,0 +1,189 @@
+"""Smoke test of the benchmark driver (benchmarks/): every phase at the smallest size
+against a real ``pacsd serve`` subprocess, and proof that the verification rejects wrong
+answers (a corrupting proxy in front of pacsd, truncated and altered bodies). No timing
+asserts: benchmarks measure, tests only check that the measuring is right.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp import ClientSession, web
+from pacsd_server import Server
+
+from benchmarks import phases as P
+from benchmarks import verify as V
+from benchmarks.client import MultipartStream, new_session
+from benchmarks.dataset import DataSet, Manifest, multipart_body
+from benchmarks.runner import Config, Runner
+
+
+@pytest.fixture(scope="module")
+def pacsd(tmp_path_factory):
+    srv = Server(str(tmp_path_factory.mktemp("pacsd-bench")))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(pacsd):
+    """One driver run at the smallest size (its own event loop; the data it stored and
+    the manifest are reused by the corrupting-proxy test)."""
+    target = P.Target("pacsd", pacsd.url + "/dicom-web")
+    runner = Runner(Config.smoke(), [target], log=lambda _: None)
+    result = asyncio.run(runner.run())
+    return runner, target, result
+
+
+def test_every_phase_runs_and_verifies(pacsd, smoke_run):
+    runner, target, result = smoke_run
+    rows = result["targets"]["pacsd"]["rows"]
+    phases = {r["phase"] for r in rows}
+    assert {"load_ct", "stow_ct", "stow_tiny", "wado_study", "metadata_series",
+            "metadata_series_gzip", "frame", "rendered", "thumbnail"} <= phases
+    assert {f"qido_{k}" for k in P.QIDO_KINDS} <= phases
+    bad = [(r["phase"], r["concurrency"], r["error_sample"]) for r in rows if not r["verified"]]
+    assert not bad
+    assert all(c["ok"] for c in result["targets"]["pacsd"]["checks"])
+    # A second run on a non-empty archive must refuse: expected answers would be wrong.
+    again = Runner(Config.smoke(seed=2), [P.Target("pacsd", pacsd.url + "/dicom-web")],
+                   log=lambda _: None)
+    with pytest.raises(RuntimeError, match="already holds"):
+        asyncio.run(again.run())
+
+
+def _corrupt(body: bytes, ctype: str) -> bytes:
+    """Drop the last item of a JSON array; turn an image upside down; flip one byte in
+    the middle of anything else."""
+    if ctype.startswith("application/dicom+json") or ctype.startswith("application/json"):
+        doc = orjson.loads(body)
+        if isinstance(doc, list) and doc:
+            return orjson.dumps(doc[:-1])
+        return body
+    if ctype.startswith("image/"):
+        from PIL import Image
+        out = io.BytesIO()
+        Image.open(io.BytesIO(body)).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(
+            out, "JPEG")
+        return out.getvalue()
+    if len(body) > 64:
+        b = bytearray(body)
+        b[len(b) // 2] ^= 0x55
+        return bytes(b)
+    return body
+
+
+async def test_wrong_answers_score_nothing(pacsd, smoke_run, aiohttp_server):
+    runner, real, _ = smoke_run
+    upstream = pacsd.url
+    client = ClientSession(auto_decompress=False)
+
+    async def proxy(request: web.Request) -> web.Response:
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("accept", "content-type")}
+        headers["Accept-Encoding"] = "identity"
+        async with client.request(request.method, upstream + request.path_qs,
+                                  headers=headers, data=await request.read()) as r:
+            body, status = await r.read(), r.status
+            ctype = r.headers.get("Content-Type", "")
+        return web.Response(body=_corrupt(body, ctype), status=status,
+                            headers={"Content-Type": ctype})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    server = await aiohttp_server(app)
+    bad = P.Target("proxy", str(server.make_url("/dicom-web")).rstrip("/"),
+                   manifest=real.manifest, session=new_session(4))
+    try:
+        ct = [i for i in real.manifest.by_sop.values() if i.kind == "ct"]
+        studies = sorted({i.study for i in ct})
+        series = sorted({(i.study, i.series) for i in ct})
+        book = P.QueryBook(real.manifest)
+        measurements = {
+            "wado": await P.wado_study(bad, studies, 1, 1, runner.payload),
+            "frame": await P.frames(bad, ct, 1, runner.payload),
+            "metadata": await P.metadata(bad, series, 1, gzip=False),
+            "qido": await P.qido(bad, book, "instances_in_series", 1, 1),
+            "rendered": await P.rendered(bad, runner.ds, ct[:1], 1, {}),
+            "thumbnail": await P.thumbnail(bad, runner.ds, [(ct[0].study, ct[0].series, ct)],
+                                           1, {}),
+        }
+        for name, m in measurements.items():
+            assert m.samples and all(not s.ok for s in m.samples), name
+            assert all("wrong answer" in s.error for s in m.samples), (name, m.errors)
+            assert not P.row_from(name, m, rep=0)["verified"]
+    finally:
+        await bad.session.close()
+        await client.close()
+
+
+def test_multipart_parser_rejects_truncated_and_altered_bodies():
+    ds = DataSet(5, ct_studies=1, ct_slices=3, tiny=0)
+    insts = ds.ct_main()
+    payload = {i.sop: ds.build(i) for i in insts}
+    body = multipart_body(list(payload.values()), "b0undary")
+    by_sha = {i.sha256: i.sop for i in insts}
+    want = set(payload)
+
+    def parse(data: bytes, lookup) -> list:
+        s = MultipartStream("b0undary", lookup=lookup)
+        for k in range(0, len(data), 1000):
+            s.feed(data[k:k + 1000])
+        return s.close()
+
+    for lookup in (None, V.instance_lookup(payload)):
+        V.check_instances(parse(body, lookup), want, by_sha)      # the right answer passes
+        with pytest.raises(V.VerificationError):
+            parse(body[:-10], lookup)                               # truncated
+        pos = len(body) // 2
+        for wrong in (body[:pos] + bytes([body[pos] ^ 1]) + body[pos + 1:],   # one bit
+                      body[:pos] + body[pos + 2:],                            # shorter
+                      body[:pos] + b"xx" + body[pos:]):                       # longer
+            with pytest.raises(V.VerificationError):
+                V.check_instances(parse(wrong, lookup), want, by_sha)
+        one_missing = multipart_body(list(payload.values())[:-1], "b0undary")
+        with pytest.raises(V.VerificationError):
+            V.check_instances(parse(one_missing, lookup), want, by_sha)
+
+
+def test_other_checks_reject_wrong_answers():
+    with pytest.raises(V.VerificationError):   # STOW: one instance not acknowledged
+        V.check_stow(200, orjson.dumps({"00081199": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": ["1.2.3"]}}]}}), {"1.2.3", "1.2.4"})
+    with pytest.raises(V.VerificationError):   # STOW: a failure listed
+        V.check_stow(200, orjson.dumps({"00081198": {"vr": "SQ", "Value": [{}]}}), set())
+    item = {"0020000D": {"vr": "UI", "Value": ["1.2"]},
+            "00201208": {"vr": "IS", "Value": [4]}}
+    with pytest.raises(V.VerificationError):   # QIDO: wrong count
+        V.check_counts([item], V.STUDY_UID, V.N_STUDY_INSTANCES, {"1.2": 5})
+    with pytest.raises(V.VerificationError):   # QIDO: duplicate
+        V.check_uid_set([item, item], V.STUDY_UID, {"1.2"})
+    with pytest.raises(V.VerificationError):   # paging: page too short
+        V.check_page([item], V.STUDY_UID, {"1.2", "1.3", "1.4"}, 2, 0)
+    from PIL import Image
+    ds = DataSet(5, ct_studies=1, ct_slices=3, tiny=0)
+    insts = ds.ct_main()
+    images = {i.instance_number: ds.expected_render(i) for i in insts}
+
+    def jpeg(arr: np.ndarray, size: int | None = None) -> bytes:
+        img = Image.fromarray(np.ascontiguousarray(arr))
+        if size:
+            img = img.resize((size, size), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+    assert V.check_image(jpeg(images[2]), images.get, 2) == 2
+    assert V.check_image(jpeg(images[3], 128), images.get, {1, 2, 3}, max_side=256) == 3
+    for wrong, n in ((jpeg(images[2][::-1]), 2),         # upside down
+                     (jpeg(images[3]), 2),               # another slice
+                     (jpeg(images[2], 256), 2),          # wrong size
+                     (b"not an image", 2)):
+        with pytest.raises(V.VerificationError):
+            V.check_image(wrong, images.get, n)
+    m = Manifest()
+    m.add(insts[0])
+    assert m.study_count(insts[0].study) == 1

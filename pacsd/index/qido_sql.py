@@ -281,8 +281,12 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
         ) -> QidoResult:
     """Execute the query on ``conn`` (one read transaction)."""
     page, count = build(q, extra_filter)
-    total = conn.scalar(count) or 0
-    if q.limit == 0 or q.offset >= total:
-        return QidoResult([], total)
+    rows = conn.execute(page).all() if q.limit > 0 else []
+    if rows and len(rows) < q.limit:
+        # A page that is not full, and not empty, holds the last matches: the total is
+        # known without a COUNT query (the common case for narrow queries; R-H1).
+        total = q.offset + len(rows)
+    else:
+        total = conn.scalar(count) or 0
     upper = needs_upper(q)
-    return QidoResult([_item(q, row, upper) for row in conn.execute(page)], total)
+    return QidoResult([_item(q, row, upper) for row in rows], total)

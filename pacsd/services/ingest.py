@@ -75,11 +75,13 @@ class IngestService:
 
     def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
         # The staged file is removed here, in the worker, not in the awaiting coroutine:
-        # a cancelled request must not pull the file from under a running store.
+        # a cancelled request must not pull the file from under a running store. On
+        # success the store consumed it already (put_file(move=True)).
         try:
             return self._store(staged, expected_study_uid)
-        finally:
+        except BaseException:
             _discard(staged.path)
+            raise
 
     def _store(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
         a = self.archive

@@ -1,4 +1,5 @@
-"""Command line: ``pacsd serve`` (and later import / verify / export / user ...)."""
+"""Command line: ``pacsd serve``, ``pacsd verify``, ``pacsd user|token|audit`` (admin_cli.py;
+later import / export ...)."""
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,31 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--http", help="HTTP listen address HOST:PORT; default 127.0.0.1:8042")
     s.add_argument("--dicom-port", type=int, help="DICOM port; default 11112")
     s.add_argument("--ae-title", help="AE title; default PACSD")
+    s.add_argument("--peer", action="append", default=[], metavar="AET=HOST:PORT",
+                   help="a known remote AE (C-MOVE destination); repeatable; "
+                        "adds to [dimse] peers")
+    s.add_argument("--store", action="append", default=[], metavar="URL",
+                   help="a storage copy (directory, file:// or s3:// URL); repeatable; "
+                        "replaces [storage] url/copies (R-A6)")
     s.add_argument("--log-level", default="INFO")
+    v = sub.add_parser("verify", help="check every copy of every stored object (scrub)")
+    v.add_argument("--config", help="TOML settings file (see conf/pacsd.example.toml)")
+    v.add_argument("--data-dir", help="data directory (index, blobs); default ./pacsd-data")
+    v.add_argument("--store", action="append", default=[], metavar="URL",
+                   help="a storage copy; repeatable; replaces [storage] url/copies")
+    v.add_argument("--repair", action="store_true",
+                   help="rewrite bad or missing copies from a copy whose hash is valid")
+    v.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint")
+    v.add_argument("--no-orphans", action="store_true",
+                   help="skip the second pass (objects the index does not know)")
+    v.add_argument("--orphan-grace-s", type=float, default=24 * 3600.0, metavar="S",
+                   help="unreferenced objects younger than this are not orphans yet "
+                        "(default 86400)")
+    v.add_argument("--log-level", default="WARNING")
+    v.set_defaults(http=None, dicom_port=None, ae_title=None)
+    from . import admin_cli
+    admin_cli.add_parsers(sub)  # user / token / audit (docs/security.md)
     return p
 
 
@@ -28,9 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        from . import admin_cli
+        if args.command in admin_cli.COMMANDS:
+            return admin_cli.run(args)
         settings = load_settings(args.config, server__data_dir=args.data_dir,
                                  server__http=args.http, server__dicom_port=args.dicom_port,
                                  server__ae_title=args.ae_title)
+        for spec in getattr(args, "peer", None) or ():
+            settings.dimse.add_peer(spec)
+        if getattr(args, "store", None):
+            settings.storage.copies = [{"url": url} for url in args.store]
+        if args.command == "verify":
+            return _verify(settings, args)
         if args.command == "serve":
             from .server import serve
             serve(settings)
@@ -38,6 +72,94 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pacsd: {exc.reason}", file=sys.stderr)
         return 2
     return 0
+
+
+# --- pacsd verify (R-A6 scrub; reliability-matrix FT-5..FT-9, FT-13) -----------------------
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (only on a terminal), redrawn at most 5x/s."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        import time
+
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and done != total):
+            return
+        self._last = now
+        if total:
+            frac = min(1.0, done / total)
+            bar = "#" * int(frac * 30)
+            line = f"verify {phase}: [{bar:<30}] {done}/{total} ({frac:.0%})"
+        else:
+            line = f"verify {phase}: {done}"
+        self.stream.write("\r" + line.ljust(72))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _verify(settings, args) -> int:
+    """Exit status: 0 every copy OK after the run, 1 problems remain, 2 cannot run."""
+    import json
+    import os
+
+    from .errors import PacsdError
+    from .services.archive import Archive
+    from .services.scrub import Scrubber
+
+    try:
+        archive = Archive.open(settings)
+    except ConfigError:
+        raise
+    except PacsdError as exc:
+        print(f"pacsd: cannot open the archive: {exc.reason}", file=sys.stderr)
+        return 2
+    state_path = settings.data_path / "verify.progress"
+    bar = _ProgressBar()
+    try:
+        scrubber = Scrubber(archive.store, archive.catalogue, repair=args.repair,
+                            orphans=not args.no_orphans, orphan_grace_s=args.orphan_grace_s,
+                            progress=bar)
+        copies = [c.url for c in scrubber.copies]
+        after_pk = 0
+        if args.resume and state_path.exists():
+            saved = json.loads(state_path.read_text())
+            if saved.get("copies") == copies:
+                after_pk = int(saved.get("after_pk", 0))
+                print(f"resuming after pk {after_pk}", file=sys.stderr)
+
+        def checkpoint(pk: int) -> None:  # FT-13: a restarted run resumes here
+            tmp = state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"after_pk": pk, "copies": copies}))
+            os.replace(tmp, state_path)
+
+        try:
+            report = scrubber.run(after_pk, checkpoint=checkpoint)
+        finally:
+            bar.close()
+        if report.complete:
+            state_path.unlink(missing_ok=True)
+    except PacsdError as exc:
+        print(f"pacsd: verification stopped: {exc.reason}", file=sys.stderr)
+        return 1
+    finally:
+        archive.close()
+    for line in report.summary():
+        print(line)
+    for finding in report.findings:
+        print(finding.line())
+    if report.findings_dropped:
+        print(f"... and {report.findings_dropped} more findings")
+    print("result: OK" if report.ok else "result: PROBLEMS REMAIN")
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

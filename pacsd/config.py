@@ -49,6 +49,38 @@ class StorageSettings:
     key: str = ""
     secret: str = ""
     region: str = ""
+    #: Several copies that verify each other (R-A6): a list of tables, each with ``url``
+    #: and optionally ``endpoint_url``, ``key``, ``secret``, ``region``. When non-empty it
+    #: replaces ``url``; a store is acknowledged only once every copy holds it, hash-checked.
+    copies: list[dict[str, Any]] = field(default_factory=list)
+
+    #: Keys of one ``copies`` entry.
+    COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")
+
+    def copy_specs(self, default_url: str) -> list[dict[str, str]]:
+        """The copies to open: ``copies`` if given, else one copy at ``url`` (or
+        ``default_url``). An ``s3://`` copy without its own ``endpoint_url``/``key``/
+        ``secret``/``region`` takes the top-level value; ``$env:``/``$file:`` resolved."""
+        entries = self.copies or [{"url": self.url or default_url}]
+        specs = []
+        for n, entry in enumerate(entries, 1):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"[storage] copies: entry {n} must be a table")
+            unknown = set(entry) - set(self.COPY_KEYS)
+            if unknown:
+                raise ConfigError(f"unknown setting [storage] copies entry {n}: "
+                                  + ", ".join(sorted(unknown)))
+            spec = {k: _resolve_secret(v) for k, v in entry.items()}
+            if any(not isinstance(v, str) for v in spec.values()):
+                raise ConfigError(f"[storage] copies entry {n}: values must be strings")
+            if not spec.get("url"):
+                raise ConfigError(f"[storage] copies entry {n} needs a url")
+            if spec["url"].split("://", 1)[0].lower() in ("s3", "s3a"):
+                for k in self.COPY_KEYS[1:]:
+                    if not spec.get(k) and getattr(self, k):
+                        spec[k] = getattr(self, k)
+            specs.append({k: v for k, v in spec.items() if v})
+        return specs
 
 
 @dataclass
@@ -86,11 +118,115 @@ class DicomwebSettings:
 
 
 @dataclass
+class DimseSettings:
+    """DIMSE (DICOM network) services; the listener itself is ``[server] dicom_port`` and
+    ``ae_title`` (0 port = no DIMSE). See docs/dimse-conformance.md."""
+
+    #: Known remote AEs, AE title -> "host:port": the C-MOVE destinations (SEC-18: any
+    #: other Move Destination answers 0xA801).
+    peers: dict[str, str] = field(default_factory=dict)
+    #: Calling AE titles allowed to associate; empty = any (the embedded loopback
+    #: default). Others get A-ASSOCIATE-RJ permanent, source 1, reason 3 (SEC-18).
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    #: Source IP addresses or networks (CIDR) allowed to connect; empty = any.
+    allowed_source_ips: list[str] = field(default_factory=list)
+    #: Simultaneous incoming associations; one more is rejected transient,
+    #: local-limit-exceeded (LD-4).
+    max_associations: int = 16
+    #: Seconds to wait for association negotiation (A-ASSOCIATE, A-RELEASE) messages.
+    acse_timeout_s: float = 30.0
+    #: Seconds to wait for a DIMSE message (e.g. a C-STORE response during C-MOVE).
+    dimse_timeout_s: float = 30.0
+    #: Seconds an association may stay silent, and the most one PDU may take to arrive
+    #: (BI-34: slow or stalled peers are aborted).
+    network_timeout_s: float = 60.0
+    #: Largest PDU pacsd receives, in bytes (0 = unlimited). pynetdicom's default.
+    max_pdu: int = 16382
+
+    def peer_addresses(self) -> dict[str, tuple[str, int]]:
+        """``peers`` parsed: AE title -> (host, port); ConfigError names a bad entry."""
+        out = {}
+        for aet, address in self.peers.items():
+            aet_ok = isinstance(aet, str) and 0 < len(aet.strip()) <= 16 and aet.isascii() \
+                and "\\" not in aet
+            host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+            if not aet_ok or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"[dimse] peers: entry {aet!r} must be AE = \"host:port\" "
+                                  "(AE title up to 16 ASCII characters)")
+            out[aet.strip()] = (host.strip("[]"), int(port))
+        return out
+
+    def add_peer(self, spec: str) -> None:
+        """``AET=host:port`` (the ``--peer`` command-line flag)."""
+        aet, sep, address = spec.partition("=")
+        if not sep:
+            raise ConfigError("--peer must be AET=host:port")
+        self.peers[aet.strip()] = address.strip()
+        self.peer_addresses()
+
+    def source_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """``allowed_source_ips`` parsed (addresses or CIDR networks)."""
+        try:
+            return [ipaddress.ip_network(str(n).strip(), strict=False)
+                    for n in self.allowed_source_ips]
+        except ValueError:
+            raise ConfigError("[dimse] allowed_source_ips: each entry must be an IP "
+                              "address or network (CIDR)") from None
+
+    def check(self) -> None:
+        self.peer_addresses()
+        self.source_networks()
+        if self.max_associations < 1:
+            raise ConfigError("[dimse] max_associations must be at least 1")
+        if self.max_pdu < 0 or self.max_pdu > 0xFFFFFFFF:
+            raise ConfigError("[dimse] max_pdu must be 0 (unlimited) or a PDU size in bytes")
+        for name in ("acse_timeout_s", "dimse_timeout_s", "network_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[dimse] {name} must be positive")
+
+
+@dataclass
+class SecuritySettings:
+    """Authentication, authorization and audit (docs/security.md; R-E1, MLPS 1-2)."""
+
+    #: Require a Bearer token (session or API token) on every route but health and
+    #: login. Off = the embedded loopback-only mode: requests act as the local operator.
+    enabled: bool = False
+    #: Consecutive failed passwords that lock an account (MLPS 2).
+    lockout_threshold: int = 5
+    #: Seconds an account stays locked.
+    lockout_s: float = 900.0
+    #: Seconds of inactivity that end a session (MLPS 2).
+    session_idle_timeout_s: float = 900.0
+    #: Seconds after login a session ends however active it is.
+    session_absolute_timeout_s: float = 28800.0
+    #: Failed logins / bad tokens from one source IP within ``login_rate_window_s``
+    #: after which it gets 429 (SEC-8).
+    login_rate_limit: int = 10
+    login_rate_window_s: float = 300.0
+    #: Shortest password accepted (with 3 of 4 character classes, not the user name).
+    password_min_length: int = 8
+    #: Longest lifetime of an API token, in days.
+    token_max_days: int = 365
+
+    def check(self) -> None:
+        for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",
+                     "session_absolute_timeout_s", "login_rate_limit",
+                     "login_rate_window_s", "token_max_days"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[security] {name} must be positive")
+        if self.password_min_length < 8:
+            raise ConfigError("[security] password_min_length must be at least 8")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
+    dimse: DimseSettings = field(default_factory=DimseSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -143,7 +279,7 @@ def _fill(obj: Any, data: dict[str, Any], section: str) -> None:
             isinstance(current, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(current, str) and not isinstance(value, str)) or (
             isinstance(current, list) and not isinstance(value, list)
-        ):
+        ) or (isinstance(current, dict) and not isinstance(value, dict)):
             raise ConfigError(f"setting [{section}] {key} has the wrong type")
         setattr(obj, key, type(current)(value) if isinstance(current, (int, float)) and not isinstance(current, bool) else value)
 
@@ -170,6 +306,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             continue
         section, _, name = key.partition("__")
         _fill(getattr(settings, section), {name: value}, section)
+    settings.dimse.check()
+    settings.security.check()
     return settings
 
 
@@ -178,5 +316,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     s = Settings()
     return {
         name: dataclasses.asdict(getattr(s, name))
-        for name in ("server", "storage", "index", "dicomweb")
+        for name in ("server", "storage", "index", "dicomweb", "dimse", "security")
     }

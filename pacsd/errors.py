@@ -68,6 +68,16 @@ class NotAcceptable(PacsdError):
     http_status = 406
 
 
+class TooManyRequests(PacsdError):
+    """Too many failed attempts from this address; try again later (SEC-8)."""
+    http_status = 429
+    dimse_status = 0xA700
+    failure_reason = 0xA700
+
+    def __init__(self, reason: str = "", *, retry_after: int = 60, **kw) -> None:
+        super().__init__(reason, headers={"Retry-After": str(max(1, retry_after))}, **kw)
+
+
 class Conflict(PacsdError):
     """The request conflicts with the archive's state."""
     http_status = 409

@@ -10,6 +10,8 @@ Calling modes (pacsd/plugins.py):
   the others or the caller.
 - *collect*: registries / filters; results of all plugins are combined and an exception
   propagates to the caller.
+- *first*: ``firstresult`` hooks; plugins are asked in turn until one returns something
+  other than None, an exception propagates (plain ``def`` only: pluggy has no async).
 Hooks fire after the durable commit, never under a lock or inside a transaction; slow work
 belongs in a background task, not in the hook.
 """
@@ -54,3 +56,26 @@ def instance_stored(parsed: Any, outcome: Any) -> None:
     """*fire* — after an instance is durable in the store and committed to the index
     (``outcome`` is :class:`pacsd.model.StoreOutcome`; ``outcome.created`` is False for an
     identical re-send). Runs on a worker thread of the ingest path: return quickly."""
+
+
+@hookspec(firstresult=True)
+def actor_from_request(request: Any) -> Any:
+    """*first* — identify who sends an HTTP request, before pacsd's own Bearer tokens are
+    looked at (e.g. an OIDC or hospital single-sign-on plugin). ``request`` is the aiohttp
+    request. Return a :class:`pacsd.services.security.Actor` to authenticate it, ``None``
+    to leave it to the next plugin and finally to pacsd, or raise
+    :class:`pacsd.errors.Unauthorized` to refuse it. The first non-None result wins. Called
+    on the event loop for every request to a protected route: plain ``def``, quick, no
+    blocking IO (cache what you verify)."""
+
+
+@hookspec
+def permission_allowed(actor: Any, action: str, resource: Any) -> bool | None:
+    """*collect* — a veto on each authorization decision (R-E1, MLPS 7). ``actor`` is a
+    :class:`pacsd.services.security.Actor`, ``action`` one of ``read``, ``write``,
+    ``delete``, ``audit-read``, ``admin`` (or an action a plugin route declared),
+    ``resource`` a :class:`pacsd.services.security.Resource` (route template, method,
+    StudyInstanceUID when the URL names one). Return ``False`` to deny; ``True`` or
+    ``None`` leave the decision to pacsd's role rules: a plugin can take permissions away,
+    never grant ones the actor's roles and token scopes do not give. Any plugin's
+    ``False`` denies (403, audited as ``permission-denied``); an exception propagates."""

@@ -50,3 +50,8 @@ class Plugins:
     def collect(self, hook: str, **kwargs: Any) -> list[Any]:
         """Registry / filter: every implementation's non-None result; errors propagate."""
         return getattr(self.pm.hook, hook)(**kwargs)
+
+    def first(self, hook: str, **kwargs: Any) -> Any:
+        """First result: implementations are called in turn until one returns something
+        other than None (the hookspec is ``firstresult``); errors propagate."""
+        return getattr(self.pm.hook, hook)(**kwargs)

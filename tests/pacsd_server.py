@@ -16,24 +16,39 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: str, *extra: str) -> None:
+    """``dicom_port``: 0 = DIMSE off (default); None = a free port; or that port. The
+    DIMSE port in use is ``self.dicom_port`` (0 when off). With DIMSE on, start-up is
+    detected from pacsd's INFO log line, so keep the default log level."""
+
+    def __init__(self, data_dir: str, *extra: str, dicom_port: int | None = 0) -> None:
         self.port = free_port()
+        self.dicom_port = free_port() if dicom_port is None else dicom_port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(data_dir, "server.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", data_dir,
-             "--http", f"127.0.0.1:{self.port}", "--dicom-port", "0", *extra],
+             "--http", f"127.0.0.1:{self.port}", "--dicom-port", str(self.dicom_port),
+             *extra],
             stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
         while True:
             try:
                 urllib.request.urlopen(self.url + "/api/v1/health", timeout=1).read()
+                if self.dicom_port and not self._dimse_listening():
+                    raise OSError("DIMSE not listening yet")
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError("pacsd did not start: see " + self.log.name)
                 time.sleep(0.1)
+
+    def _dimse_listening(self) -> bool:
+        # DIMSE starts just after HTTP. Not probed with a connection: pynetdicom keeps a
+        # connection that sends no A-ASSOCIATE-RQ as an association until acse_timeout_s.
+        self.log.flush()
+        with open(self.log.name, "rb") as fh:
+            return b"DIMSE listening" in fh.read()
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -122,6 +122,12 @@ class Catalogue:
                 time.sleep(0.005 * (2 ** attempt))
             raise OutOfResources(f"index contention while {action}")
 
+    def run_write(self, action: str, fn):
+        """``fn(conn)`` in one write transaction of this catalogue (the writer lock, retries
+        and error translation of every catalogue write), for the other index modules
+        (``accounts.py``, ``audit_log.py``). ``action`` is a PHI-free phrase."""
+        return self._write(action, fn)
+
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``)."""
@@ -207,3 +213,37 @@ class Catalogue:
         the query (access control, later issue)."""
         with translate_errors("searching"), self._engine.connect() as conn:
             return qido_sql.run(conn, q, extra_filter)
+
+    # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
+
+    def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH
+                   ) -> Iterator[tuple[int, str, int]]:
+        """(pk, sha256, size) of every instance in pk order, starting after ``after_pk``.
+
+        Keyset pagination: each batch is its own short query (``pk > last ORDER BY pk
+        LIMIT batch``), so a scrub that runs for hours holds no cursor, transaction or
+        snapshot open, and a scrub interrupted after pk N resumes with ``after_pk=N``
+        (FT-13). Rows added while it runs are visited when their pk is reached.
+        """
+        last = after_pk
+        stmt = (sa.select(instances.c.pk, instances.c.sha256, instances.c.size)
+                .where(instances.c.pk > sa.bindparam("last"))
+                .order_by(instances.c.pk).limit(batch))
+        while True:
+            with translate_errors("listing stored objects"), self._engine.connect() as conn:
+                rows = conn.execute(stmt, {"last": last}).all()
+            for row in rows:
+                yield int(row.pk), row.sha256, int(row.size)
+            if len(rows) < batch:
+                return
+            last = rows[-1].pk
+
+    def known_sha256(self, shas: list[str] | set[str]) -> set[str]:
+        """The subset of ``shas`` that some instance row refers to (scrub orphan pass,
+        FT-9). Uses ix_instances_sha256; call with batches of a few hundred."""
+        shas = list(shas)
+        if not shas:
+            return set()
+        with translate_errors("looking up stored objects"), self._engine.connect() as conn:
+            return set(conn.scalars(sa.select(instances.c.sha256).distinct()
+                                    .where(instances.c.sha256.in_(shas))))

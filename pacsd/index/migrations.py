@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import schema
+from pacsd.index import schema, security_schema
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -43,9 +43,19 @@ def _initial(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=list(schema.CATALOGUE_TABLES))
 
 
+def _security(conn: sa.Connection) -> None:
+    # Users, API tokens, sessions and the hash-chained audit trail (R-E1, R-E3, R-E4).
+    # Only new tables: nothing existing changes. Should a later migration alter one of
+    # them, freeze the version-2 definitions here first (this creates the current ones).
+    schema.metadata.create_all(conn, tables=list(security_schema.SECURITY_TABLES))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
+    Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
 )
+#: What a fresh database gets (the current schema of every module), in dependency order.
+FRESH_TABLES = schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
 LATEST = MIGRATIONS[-1].version
 
 
@@ -76,7 +86,7 @@ def migrate(engine: sa.Engine) -> int:
             if current is None:
                 if sa.inspect(conn).has_table("studies"):
                     raise PacsdError("index database has tables but no schema version")
-                schema.metadata.create_all(conn, tables=list(schema.CATALOGUE_TABLES))
+                schema.metadata.create_all(conn, tables=list(FRESH_TABLES))
                 pending = MIGRATIONS
             else:
                 pending = tuple(m for m in MIGRATIONS if m.version > current)

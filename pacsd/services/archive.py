@@ -10,10 +10,12 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from ..config import Settings
+from ..config import ConfigError, Settings
+from ..errors import BadRequest
 from ..index import Catalogue
 from ..plugins import Plugins
-from ..store import BlobStore, open_store
+from ..store import BlobStore
+from ..store.replicated import open_replicated
 
 T = TypeVar("T")
 
@@ -31,12 +33,14 @@ class Archive:
     @classmethod
     def open(cls, settings: Settings, plugins: Plugins | None = None) -> "Archive":
         settings.data_path.mkdir(parents=True, exist_ok=True)
-        s = settings.storage
-        options = {k: v for k, v in (("endpoint_url", s.endpoint_url), ("key", s.key),
-                                     ("secret", s.secret), ("region", s.region)) if v}
-        store = open_store(settings.storage_url, **options)
-        catalogue = Catalogue(settings.index_url, busy_timeout_s=settings.index.busy_timeout_s)
-        catalogue.migrate()
+        store = open_configured_store(settings)
+        try:
+            catalogue = Catalogue(settings.index_url,
+                                  busy_timeout_s=settings.index.busy_timeout_s)
+            catalogue.migrate()
+        except BaseException:
+            store.close()
+            raise
         return cls(settings, store, catalogue, plugins)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -48,3 +52,14 @@ class Archive:
         self.executor.shutdown(wait=True)
         self.catalogue.close()
         self.store.close()
+
+
+def open_configured_store(settings: Settings) -> BlobStore:
+    """The blob store of ``[storage]``: one copy (``url``) or, with ``copies``, a
+    ReplicatedStore that acknowledges a write only when every copy holds it (R-A6).
+    A storage URL or option the store refuses is a ConfigError (exit status 2)."""
+    specs = settings.storage.copy_specs(settings.storage_url)
+    try:
+        return open_replicated(specs)
+    except BadRequest as e:
+        raise ConfigError(f"[storage]: {e.reason}") from None

@@ -3,11 +3,17 @@
 Resources are opened and closed in ``cleanup_ctx`` (ARCHITECTURE conventions); app state
 lives in typed AppKeys (web/keys.py). DICOMweb is mounted at ``settings.dicomweb.root``
 (default /dicom-web), WADO-URI also at /wado, pacsd's own API under /api/v1.
+
+Every route declares what it needs (``web/auth.py``: ``@public``, ``@authenticated``,
+``@requires(action)``) and one middleware enforces it and writes the audit trail; the
+security service and the audit trail's batch writer live in their own ``cleanup_ctx``,
+torn down (and flushed) before the archive closes.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import AsyncIterator
 
 import orjson
@@ -16,9 +22,12 @@ from aiohttp import web
 from .. import __version__
 from ..config import Settings
 from ..plugins import Plugins
-from ..services import Archive, IngestService, QueryService, RetrieveService
+from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
+                        SecurityService)
+from . import auth
 from .dicomweb import qido, stow, wado, wado_uri
-from .keys import ARCHIVE, INGEST, QUERY, RETRIEVE
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, QUERY, RETRIEVE,
+                   SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
 
 log = logging.getLogger(__name__)
@@ -75,6 +84,25 @@ async def _archive_ctx(app: web.Application) -> AsyncIterator[None]:
         archive.close()
 
 
+async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
+    archive = app[ARCHIVE]
+    clock = app.get(CLOCK, time.time)
+    audit = AuditTrail(archive.catalogue, clock=clock, run=archive.run)
+    app[AUDIT] = audit
+    app[SECURITY] = SecurityService(archive.settings, archive.catalogue, audit,
+                                    archive.plugins, run=archive.run, clock=clock,
+                                    hasher=app.get(PASSWORD_HASHER))
+    if archive.settings.security.enabled:
+        for route in auth.undeclared_routes(app):
+            log.warning("route %s declares no permission: it answers 403 (SEC-21)", route)
+    await audit.start()
+    try:
+        yield
+    finally:
+        await audit.stop()  # flush what is queued before the archive closes
+
+
+@auth.public
 async def health(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
     counts = await archive.run(archive.catalogue.counts)
@@ -117,15 +145,18 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         inflight_middleware,
         make_cors_middleware(settings.dicomweb.cors_allowed_origins),
         error_middleware,
+        auth.auth_middleware,
     ])
     app[SETTINGS] = settings
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_archive_ctx)
+    app.cleanup_ctx.append(_security_ctx)
     app.on_response_prepare.append(on_prepare)
     add_dicomweb_routes(app.router, settings.dicomweb.root)
     if settings.dicomweb.root.rstrip("/") != "":
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
+    auth.add_auth_routes(app.router)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

@@ -1,11 +1,21 @@
 """Typed application keys (aiohttp AppKey): app state without module globals."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
-from ..services import Archive, IngestService, QueryService, RetrieveService
+from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
+                        SecurityService)
 
 ARCHIVE = web.AppKey("archive", Archive)
 INGEST = web.AppKey("ingest", IngestService)
 QUERY = web.AppKey("query", QueryService)
 RETRIEVE = web.AppKey("retrieve", RetrieveService)
+SECURITY = web.AppKey("security", SecurityService)
+AUDIT = web.AppKey("audit", AuditTrail)
+#: Optional, set before start-up: the clock of sessions, lockouts and audit times
+#: (POSIX seconds; tests travel in time with it instead of sleeping).
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
+#: Optional, set before start-up: an argon2 PasswordHasher (tests use cheap parameters).
+PASSWORD_HASHER: web.AppKey[object] = web.AppKey("password_hasher")

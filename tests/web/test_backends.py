@@ -12,8 +12,23 @@ from pacsd.web import create_app
 pytestmark = pytest.mark.asyncio
 
 
+def _empty(url: str) -> None:
+    """The session's PostgreSQL database is shared with other tests (tests/index,
+    tests/security) that leave rows behind: start from an empty catalogue."""
+    import sqlalchemy as sa
+
+    from pacsd.index import Catalogue
+    cat = Catalogue(url)
+    cat.migrate()
+    with cat.engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE instances, series, studies, patients "
+                             "RESTART IDENTITY CASCADE"))
+    cat.close()
+
+
 @pytest.fixture
 async def scaled_client(aiohttp_client, settings, pg_server_url, s3_endpoint):
+    _empty(pg_server_url)
     settings.index.url = pg_server_url
     settings.storage.url = f"s3://pacsd-e2e/{uuid.uuid4().hex}"
     opts = s3_endpoint.store_options()

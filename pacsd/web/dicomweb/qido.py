@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ... import errors
 from ..accept import matches, parse_accept
+from ..auth import note_audit, requires
 from ..keys import QUERY
 from .common import base_url, path_uid
 
@@ -21,6 +22,7 @@ ADAPTER_PARAMS = {"charset"}
 def make_qido(level: str):
     """The handler for one QIDO level ('study' | 'series' | 'instance')."""
 
+    @requires("read", audit="query")
     async def qido(request: web.Request) -> web.Response:
         return await _qido(request, level)
 
@@ -37,6 +39,9 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
     result = await request.app[QUERY].search(level, params, base_url=base_url(request),
                                              study_uid=study, series_uid=series)
+    # R-E4: the audit names the query keys and counts, never the values (PHI, SEC-23).
+    note_audit(request, level=level, keys=sorted({k for k, _ in params}),
+               results=len(result.items))
     # No match: 200 with an empty array (what OHIF, dicomweb-client and Orthanc expect).
     resp = web.Response(body=orjson.dumps(result.items), content_type="application/dicom+json")
     resp.headers["X-Total-Count"] = str(result.total)

@@ -24,6 +24,7 @@ from ... import errors
 from ...services import StagedFile
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
+from ..auth import note_audit, requires
 from ..keys import ARCHIVE, INGEST
 from .common import base_url, path_uid
 
@@ -121,7 +122,9 @@ class _Stow:
                 break
             try:
                 staged = await self._receive_part(part, part_no)
-            except (errors.PayloadTooLarge, errors.InstanceTooLarge, errors.BadRequest) as exc:
+            except (errors.PayloadTooLarge, errors.InstanceTooLarge, errors.BadRequest,
+                    errors.OutOfResources) as exc:
+                # OutOfResources: the staging disk is full (FT-3); report, don't go on.
                 self.stop_error = exc
                 break
             except errors.InstanceError as exc:
@@ -190,6 +193,11 @@ class _Stow:
         stored = [r for r in results if r is not None]
         if not stored and not self.failures and self.stop_error is None:
             raise errors.BadRequest("the request contains no parts")
+        per_study: dict[str, int] = {}
+        for r in stored:
+            per_study[r.study_instance_uid] = per_study.get(r.study_instance_uid, 0) + 1
+        # R-E3: one archive-audit event per study stored (who, from where, where to).
+        note_audit(self.request, studies=per_study, failed=len(self.failures))
         body: dict = {}
         study_uids = {r.study_instance_uid for r in stored}
         if len(study_uids) == 1:
@@ -226,6 +234,8 @@ class _Stow:
             return 202
         if self.stop_error is not None and isinstance(self.stop_error, errors.BadRequest):
             return 400
+        if isinstance(self.stop_error, errors.OutOfResources):
+            return 503
         if all(isinstance(exc, errors.OutOfResources) for _, exc in failures):
             return 503
         if all(isinstance(exc, errors.InstanceTooLarge) for _, exc in failures):
@@ -233,6 +243,7 @@ class _Stow:
         return 409
 
 
+@requires("write", audit="instances-stored")
 async def stow(request: web.Request) -> web.Response:
     study = path_uid(request, "study") if "study" in request.match_info else None
     _check_request(request)

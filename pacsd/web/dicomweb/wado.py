@@ -18,6 +18,7 @@ from ... import errors
 from ...dicom import SUPPORTED_TRANSCODE_TARGETS
 from ...model import InstanceRow
 from ..accept import matches, parse_accept
+from ..auth import note_audit, requires
 from ..keys import ARCHIVE, INGEST, RETRIEVE
 from ..middleware import STREAMING
 from .common import MultipartWriter, base_url, uids
@@ -58,10 +59,12 @@ def _choose_instance_repr(request: web.Request, rows: list[InstanceRow]) -> tupl
         "one of " + ", ".join(sorted(SUPPORTED_TRANSCODE_TARGETS)) + ", or application/zip")
 
 
+@requires("read", audit="study-read")
 async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     retrieve = request.app[RETRIEVE]
     rows = await retrieve.instances(study, series, sop)
+    note_audit(request, object_count=len(rows))
     kind, ts = _choose_instance_repr(request, rows)
     if kind == "zip":
         return await _zip(request, rows, study)
@@ -127,6 +130,7 @@ async def _zip(request: web.Request, rows: list[InstanceRow], study: str) -> web
 
 # --- metadata -----------------------------------------------------------------------------
 
+@requires("read", audit="study-read")
 async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     if not any(matches(r, "application/dicom+json") or matches(r, "application/json")
@@ -192,6 +196,7 @@ def _choose_frame_repr(request: web.Request, row: InstanceRow) -> tuple[str, str
         (f", or as {native_type}" if native_type else ""))
 
 
+@requires("read", audit="study-read")
 async def retrieve_frames(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     settings = request.app[ARCHIVE].settings.dicomweb
@@ -232,6 +237,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
+@requires("read", audit="study-read")
 async def retrieve_bulkdata(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     tag = request.match_info["tag"]
@@ -304,6 +310,7 @@ def parse_render_params(query) -> dict:
     return out
 
 
+@requires("read", audit="study-read")
 async def retrieve_rendered(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
     frame = 1
@@ -318,6 +325,7 @@ async def retrieve_rendered(request: web.Request) -> web.Response:
     return web.Response(body=data, content_type=media)
 
 
+@requires("read", audit="study-read")
 async def retrieve_thumbnail(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
     choose_render_type(request.headers.get("Accept"), None)
@@ -337,8 +345,10 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
 
 # --- delete -------------------------------------------------------------------------------
 
+@requires("delete", audit="delete")
 async def delete(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
-    await request.app[INGEST].delete(study, series, sop)
+    count = await request.app[INGEST].delete(study, series, sop)
+    note_audit(request, object_count=count)
     return web.Response(status=204)
 

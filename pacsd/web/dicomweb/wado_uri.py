@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ... import errors
 from ...dicom import SUPPORTED_TRANSCODE_TARGETS, is_valid_uid
+from ..auth import requires
 from ..keys import RETRIEVE
 from .wado import RENDER_TYPES
 
@@ -29,6 +30,7 @@ def _int(query, name: str, lo: int, hi: int) -> int | None:
     return int(v)
 
 
+@requires("read", audit="study-read")
 async def wado_uri(request: web.Request) -> web.Response:
     q = request.query
     for key in q:

@@ -1,0 +1,256 @@
+"""Network plumbing around pynetdicom: association policy, socket guards, bit-exact sends.
+
+* :class:`PacsdAE` — the Application Entity. Calling-AE allow-list (reason 3), called-AE
+  check (reason 7) and ``maximum_associations`` (transient, local limit exceeded) are
+  pynetdicom's own acceptor checks (``acse._negotiate_as_acceptor``), configured here
+  (SEC-18, LD-4). Outgoing associations (C-MOVE destinations) get the same send path.
+* :class:`RequestHandler` — per accepted connection: TCP_NODELAY (a DIMSE exchange is a
+  string of small PDUs; with Nagle + delayed ACK each response can wait ~40 ms) and the
+  PDU guard below.
+* :func:`on_requested` (EVT_REQUESTED, before negotiation) — the source-IP allow-list
+  (A-ASSOCIATE-RJ permanent, source 1, reason 3) and the transfer syntax preference
+  (:func:`prefer_requestor_order`).
+* PDU guard (BI-33, BI-34): pynetdicom reads a PDU by its declared length and, on an
+  accepted socket, without any timeout, so a peer declaring 0xFFFFFFFF bytes, or sending
+  one byte every few seconds, would hold an association thread for ever. Each PDU must
+  declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
+  otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
+* :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations send
+  the stored Part 10 file's dataset bytes unchanged (R-A5). pynetdicom's Q/R service
+  insists on yielded ``Dataset`` objects and re-encodes them; an :class:`Outgoing` is a
+  stand-in Dataset (SOP Class/Instance UID only) that the association's ``send_c_store``
+  turns into a staged file sent with pynetdicom's own file-based path
+  (``_config.STORE_SEND_CHUNKED_DATASET``: the dataset bytes are streamed from the
+  file, never decoded).
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import select
+import socket
+import ssl
+import struct
+import time
+from typing import Any, Callable
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
+
+from .. import errors
+
+log = logging.getLogger(__name__)
+
+#: A PDU may always be this large, whatever ``max_pdu`` says: A-ASSOCIATE-RQs with many
+#: presentation contexts are tens of kB and are not bound by the maximum PDU length.
+PDU_FLOOR = 1024 * 1024
+#: Bytes read per recv() call.
+RECV_CHUNK = 64 * 1024
+#: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
+#: HTJ2K (lossy allowed).
+LOSSY_TRANSFER_SYNTAXES = frozenset({
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
+
+def a_abort(source: int = 2, reason: int = 0) -> bytes:
+    """A-ABORT PDU (PS3.8 9.3.8): source 2 = service provider."""
+    return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, source, reason)
+
+
+class Policy:
+    """Association policy from ``[dimse]`` settings (SEC-18)."""
+
+    def __init__(self, networks: list, max_pdu: int, network_timeout_s: float) -> None:
+        self.networks = networks
+        self.pdu_limit = max(max_pdu, PDU_FLOOR) if max_pdu else 0xFFFFFFFF
+        self.pdu_timeout_s = network_timeout_s
+
+    def ip_allowed(self, host: str) -> bool:
+        if not self.networks:
+            return True
+        try:
+            addr = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if getattr(addr, "ipv4_mapped", None):
+            addr = addr.ipv4_mapped  # ::ffff:10.0.0.1 on a dual-stack socket
+        return any(addr in net for net in self.networks)
+
+
+# --- PDU guard -------------------------------------------------------------------------
+
+def _guarded_recv(assoc_socket, policy: Policy, nr_bytes: int) -> bytearray:
+    """Replacement for ``AssociationSocket.recv`` (see module docstring)."""
+    sock = assoc_socket.socket
+    if sock is None:
+        return bytearray()
+    if nr_bytes > policy.pdu_limit:
+        _abort(sock, reason=6)  # invalid PDU parameter value
+        raise OSError("PDU length above the accepted maximum")
+    deadline = time.monotonic() + policy.pdu_timeout_s
+    buf = bytearray()
+    while len(buf) < nr_bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            _abort(sock, reason=0)
+            raise TimeoutError("PDU not received within network_timeout_s")
+        if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            ready, _, _ = select.select([sock], [], [], min(remaining, 1.0))
+            if not ready:
+                continue
+        chunk = sock.recv(min(RECV_CHUNK, nr_bytes - len(buf)))
+        if not chunk:
+            return buf  # peer closed: pynetdicom sees the short read
+        buf += chunk
+    return buf
+
+
+def _abort(sock: socket.socket, reason: int) -> None:
+    try:
+        sock.sendall(a_abort(2, reason))
+    except OSError:
+        pass
+    log.info("DIMSE peer aborted: %s", "PDU too long" if reason else "PDU too slow")
+
+
+def guard_socket(assoc: Association, policy: Policy) -> None:
+    assoc_socket = assoc.dul.socket
+    if assoc_socket is not None:
+        assoc_socket.recv = lambda n: _guarded_recv(assoc_socket, policy, n)
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # not TCP (tests) or already closed
+
+
+# --- bit-exact sub-operations ------------------------------------------------------------
+
+class Outgoing(Dataset):
+    """A C-STORE sub-operation to perform: the stored instance, by reference.
+
+    ``stage(accepted)`` receives the transfer syntaxes the peer accepted for this SOP
+    class and returns the path of a Part 10 file to send (it owns nothing afterwards:
+    the sender deletes the file). ``originator``: (AE title, Message ID) of a C-MOVE.
+    """
+
+    def __init__(self, sop_class_uid: str, sop_instance_uid: str,
+                 stage: Callable[[frozenset[str]], str],
+                 originator: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.SOPClassUID = sop_class_uid
+        self.SOPInstanceUID = sop_instance_uid
+        self._pacsd_stage = stage
+        self._pacsd_originator = originator
+
+
+def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
+    """Transfer syntaxes of contexts on which this side may send ``sop_class_uid``."""
+    return frozenset(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+                     if cx.abstract_syntax == sop_class_uid and cx.as_scu)
+
+
+def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset: Any,
+                  msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
+                  originator_id: int | None = None) -> Dataset:
+    if not isinstance(dataset, Outgoing):
+        return original(dataset, msg_id=msg_id, priority=priority,
+                        originator_aet=originator_aet, originator_id=originator_id)
+    if dataset._pacsd_originator is not None:
+        # PS3.7 9.3.1.1: the AE that asked for the C-MOVE (pynetdicom passes its own).
+        originator_aet, originator_id = dataset._pacsd_originator
+    try:
+        path = dataset._pacsd_stage(accepted_syntaxes(assoc, str(dataset.SOPClassUID)))
+    except errors.PacsdError:
+        raise  # pynetdicom counts the sub-operation failed and logs the (PHI-free) reason
+    except Exception as exc:  # noqa: BLE001 - keep third-party messages out of the log
+        log.error("staging a C-STORE sub-operation failed: %s", type(exc).__name__)
+        raise RuntimeError("processing failure") from None
+    try:
+        return original(path, msg_id=msg_id, priority=priority,
+                        originator_aet=originator_aet, originator_id=originator_id)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def prepare_association(assoc: Association, policy: Policy | None) -> None:
+    """Install the bit-exact send path and, when a policy is given, the PDU guard."""
+    original = assoc.send_c_store
+    assoc.send_c_store = (  # type: ignore[method-assign]
+        lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
+    if policy is not None:
+        guard_socket(assoc, policy)
+
+
+# --- A-ASSOCIATE-RQ: source address, transfer syntax preference ------------------------
+
+def on_requested(event, policy: Policy) -> None:
+    """EVT_REQUESTED (the A-ASSOCIATE-RQ has arrived, nothing negotiated yet)."""
+    assoc = event.assoc
+    if not policy.ip_allowed(str(assoc.requestor.address)):
+        # SEC-18: same answer as an unknown calling AE, before anything is negotiated.
+        log.info("DIMSE association from a source address that is not allowed: rejected")
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+        return
+    prefer_requestor_order(assoc)
+
+
+def prefer_requestor_order(assoc: Association) -> None:
+    """Accept, per context, the requestor's first proposed transfer syntax that is not
+    lossy — not pynetdicom's default (the acceptor's list order). A sender lists its
+    objects' own transfer syntax first, so compressed objects arrive, and are stored,
+    exactly as they are (R-A2, R-A5); a lossy syntax is taken only when the context
+    offers nothing else, so pacsd never makes a sender compress lossily."""
+    proposed: dict[str, list[str]] = {}
+    for cx in assoc.requestor.primitive.presentation_context_definition_list:
+        order = proposed.setdefault(str(cx.abstract_syntax), [])
+        order.extend(str(ts) for ts in cx.transfer_syntax if str(ts) not in order)
+    for cx in assoc.acceptor.supported_contexts:
+        order = proposed.get(str(cx.abstract_syntax))
+        if not order:
+            continue
+        ours = [str(ts) for ts in cx.transfer_syntax]
+        ranked = [ts for ts in order if ts in ours] + [ts for ts in ours if ts not in order]
+        ranked.sort(key=lambda ts: ts in LOSSY_TRANSFER_SYNTAXES)  # stable: lossy last
+        cx.transfer_syntax = ranked
+
+
+# --- the AE and the connection handler ---------------------------------------------------
+
+class PacsdAE(AE):
+    """pynetdicom AE that prepares every association it makes (C-MOVE destinations)."""
+
+    policy: Policy
+
+    def associate(self, *args: Any, **kwargs: Any) -> Association:  # type: ignore[override]
+        assoc = super().associate(*args, **kwargs)
+        if assoc.is_established:
+            set_nodelay(getattr(assoc.dul.socket, "socket", None))
+        prepare_association(assoc, self.policy)  # a destination is a peer like any other
+        return assoc
+
+
+class RequestHandler(_PynetdicomRequestHandler):
+    """Per accepted connection: TCP_NODELAY and the PDU guard."""
+
+    def handle(self) -> None:
+        set_nodelay(self.request)
+        super().handle()
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        prepare_association(assoc, self.server.ae.policy)  # type: ignore[attr-defined]
+        return assoc

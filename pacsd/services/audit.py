@@ -1,0 +1,181 @@
+"""The audit trail: who stored, viewed, queried, deleted; logins and denials (R-E3, R-E4,
+MLPS 9-12, SEC-22).
+
+:meth:`AuditTrail.record` only appends to an in-memory queue, so the request path pays a
+list append, not a database transaction. A background task writes the queue every
+:data:`FLUSH_INTERVAL_S` (or as soon as :data:`BATCH_SIZE` events wait), one transaction
+per batch, into the hash-chained ``audit_events`` table (``index/audit_log.py``). The
+queue is flushed on shutdown; a reader of the trail flushes first, so it sees everything
+recorded up to its request. A failing write keeps the events queued, logs an alarm
+(MLPS 12) and is retried at the next tick.
+
+Event types follow the spirit of DICOM PS3.15 Annex A.5 (audit messages); every type and
+its fields are listed in docs/security.md. Records carry no patient data (SEC-23): the
+object of an event is a StudyInstanceUID and a count; details hold route templates,
+query *keys* (never their values), user names of staff and reasons.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..index import AuditLog, Catalogue, VerifyResult
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S = 0.1
+BATCH_SIZE = 500
+#: Every event type pacsd writes (docs/security.md "Audit event reference").
+EVENT_TYPES = frozenset({
+    "instances-stored",   # STOW-RS: instances of one study archived (R-E3)
+    "study-read",         # WADO-RS / WADO-URI: objects, metadata, frames, rendered ... (R-E4)
+    "query",              # QIDO-RS
+    "delete",             # DELETE of a study, series or instance
+    "login", "login-failed", "logout",
+    "permission-denied",
+    "token-created", "token-revoked",
+    "user-created", "user-unlocked", "password-changed",
+    "audit-read",         # GET /api/v1/audit: reading the trail is itself audited
+})
+OUTCOMES = frozenset({"success", "failure", "denied"})
+
+
+def iso_utc(ts: float) -> str:
+    """POSIX seconds as the trail's fixed-width ISO 8601 UTC form (sorts as text)."""
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class AuditTrail:
+    """Batched writer and reader of the audit trail of one archive."""
+
+    def __init__(self, catalogue: Catalogue, *, clock: Callable[[], float] = time.time,
+                 run: Callable | None = None, immediate: bool = False,
+                 flush_interval_s: float = FLUSH_INTERVAL_S,
+                 batch_size: int = BATCH_SIZE) -> None:
+        self.log = AuditLog(catalogue)
+        self.clock = clock
+        self._run = run
+        self.immediate = immediate
+        self.flush_interval_s = flush_interval_s
+        self.batch_size = batch_size
+        self._pending: list[dict] = []
+        self._lock = threading.Lock()        # guards _pending
+        self._write_lock = threading.Lock()  # one batch at a time, in queue order
+        self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failing = False
+
+    # --- recording ----------------------------------------------------------------------
+    def record(self, event_type: str, *, outcome: str = "success", actor: Any = None,
+               source_ip: str = "", device: str = "", study_uid: str | None = None,
+               object_count: int | None = None, location: str = "",
+               detail: dict | None = None) -> None:
+        """Queue one event (thread-safe; cheap). ``actor`` is a security Actor or None
+        (anonymous). Never put patient data in ``detail``."""
+        if event_type not in EVENT_TYPES or outcome not in OUTCOMES:
+            raise ValueError(f"unknown audit event type or outcome: {event_type}/{outcome}")
+        ev = {
+            "event_time": iso_utc(self.clock()), "event_type": event_type,
+            "outcome": outcome,
+            "actor": getattr(actor, "id", None) or "anonymous",
+            "actor_name": (getattr(actor, "name", "") or "")[:64],
+            "source_ip": (source_ip or "")[:64], "device": (device or "")[:128],
+            "study_uid": study_uid, "object_count": object_count,
+            "location": location or "",
+            "detail": orjson.dumps(detail or {}, option=orjson.OPT_SORT_KEYS).decode(),
+        }
+        with self._lock:
+            self._pending.append(ev)
+            full = len(self._pending) >= self.batch_size
+        if self.immediate:
+            self.flush_sync()
+        elif full and self._loop is not None and self._wake is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    # --- writing ------------------------------------------------------------------------
+    def flush_sync(self) -> int:
+        """Write everything queued now, in order; returns how many events were written.
+        On a database error the events stay queued and the error propagates."""
+        with self._write_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return 0
+            try:
+                self.log.append(batch)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
+            return len(batch)
+
+    async def flush(self) -> int:
+        if self._run is None:
+            return self.flush_sync()
+        return await self._run(self.flush_sync)
+
+    async def _flusher(self) -> None:
+        assert self._wake is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.flush()
+                if self._failing:
+                    log.warning("audit trail writes work again")
+                    self._failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # MLPS 12: an audit sink that fails is an alarm, not a silent loss. The
+                # events stay queued; the next tick tries again.
+                if not self._failing:
+                    log.error("ALARM: audit trail cannot be written; %d events queued",
+                              self.pending, exc_info=True)
+                self._failing = True
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._flusher(), name="pacsd-audit-flusher")
+
+    async def stop(self) -> None:
+        """Stop the background writer and flush what is queued (shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        try:
+            await self.flush()
+        except Exception:
+            log.error("ALARM: %d audit events could not be written at shutdown",
+                      self.pending, exc_info=True)
+
+    # --- reading ------------------------------------------------------------------------
+    def query(self, *, since: str | None = None, event_type: str | None = None,
+              after_seq: int | None = None, limit: int = 100) -> list[dict]:
+        return self.log.query(since=since, event_type=event_type, after_seq=after_seq,
+                              limit=limit)
+
+    def verify(self) -> VerifyResult:
+        return self.log.verify()

@@ -1,0 +1,468 @@
+"""Identity, authentication and authorization (R-E1, R-G1, MLPS 1, 2, 5, 6, 7).
+
+* **Identity**: users with unique names and roles from :data:`ROLES`. The three MLPS
+  administrator roles (``sysadmin``, ``secadmin``, ``auditor``) are mutually exclusive
+  (MLPS 6: 三员分立). No account exists until ``pacsd user add`` creates one (MLPS 5: no
+  default password). Passwords follow :func:`check_password_policy` and are stored as
+  argon2id hashes only (MLPS 1).
+* **Authentication**: ``POST /api/v1/auth/login`` gives a session token with an idle and an
+  absolute timeout; logout revokes it (MLPS 2). API tokens (``pacsd token create``) are
+  random 256-bit values shown once and stored as their SHA-256, scoped, expiring and
+  revocable. Consecutive wrong passwords lock the account; failed logins and bad tokens
+  from one address are rate-limited (SEC-8).
+* **Authorization**: one function, :meth:`SecurityService.permission_allowed`: an action
+  is allowed when the actor's roles give it (:data:`ROLE_ACTIONS`), the token's scopes
+  include it, and no plugin's ``permission_allowed`` hook says False.
+
+The web adapter (``pacsd/web/auth.py``) resolves an :class:`Actor` per request and asks
+this module; every decision and every login is written to the audit trail
+(``services/audit.py``). Times come from an injectable clock (tests travel in time).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from .. import errors
+from ..config import Settings
+from ..index import Accounts, Catalogue, TokenRecord, UserRecord
+from ..plugins import Plugins
+from .audit import AuditTrail
+
+log = logging.getLogger(__name__)
+
+#: The actions a route or a token scope can name.
+ACTIONS = frozenset({"read", "write", "delete", "audit-read", "admin"})
+#: The MLPS administrator roles: system, security and audit administrator (MLPS 6).
+ADMIN_ROLES = frozenset({"sysadmin", "secadmin", "auditor"})
+ROLES = ADMIN_ROLES | {"radiologist", "clinician", "integration"}
+#: What each role may do. Least privilege (MLPS 6): the auditor reads the audit trail and
+#: nothing else (no images); the security administrator manages users and tokens and sees
+#: no images and no audit; the system administrator runs the archive (read, store,
+#: delete) and can neither read the audit trail nor manage accounts.
+ROLE_ACTIONS: dict[str, frozenset[str]] = {
+    "sysadmin": frozenset({"read", "write", "delete"}),
+    "secadmin": frozenset({"admin"}),
+    "auditor": frozenset({"audit-read"}),
+    "radiologist": frozenset({"read", "write"}),
+    "clinician": frozenset({"read"}),
+    "integration": frozenset({"read", "write"}),
+    # The implicit operator of an archive running with [security] enabled = false
+    # (loopback only, SEC-20). Not a role a user can hold.
+    "local": ACTIONS,
+}
+SESSION_PREFIX = "pacsd-s-"
+TOKEN_PREFIX = "pacsd-t-"
+#: Random bytes per token: 256 bits (SEC-8 asks for at least 128).
+TOKEN_BYTES = 32
+MAX_PASSWORD_LENGTH = 1024  # argon2 of a megabyte-long "password" is a DoS
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a request. ``id`` is what the audit trail records: ``user:N`` (a session),
+    ``token:N`` (an API token), ``local`` (security disabled) or a plugin's own id."""
+
+    id: str
+    name: str = ""
+    roles: frozenset[str] = frozenset()
+    #: Token scopes; None = everything the roles give (sessions, local).
+    scopes: frozenset[str] | None = None
+    user_pk: int | None = None
+    session_pk: int | None = None
+    token_pk: int | None = None
+
+    def actions(self) -> frozenset[str]:
+        given = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in self.roles))
+        return given if self.scopes is None else given & self.scopes
+
+
+LOCAL = Actor(id="local", name="local", roles=frozenset({"local"}))
+ANONYMOUS = Actor(id="anonymous", name="")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What an action is applied to: the route template (``/dicom-web/studies/{study}``),
+    the HTTP method and, when the request names one, the study (for plugin policies such
+    as share tokens or sensitivity labels: SEC-1, MLPS 8)."""
+
+    route: str
+    method: str = "GET"
+    study_instance_uid: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class PasswordPolicyError(errors.BadRequest):
+    """The password does not meet the password policy."""
+
+
+def check_password_policy(username: str, password: str, min_length: int = 8) -> None:
+    """MLPS 1 (assessor practice): at least ``min_length`` characters, at least three of
+    lower case / upper case / digits / other, and not containing the user name."""
+    if len(password) < min_length:
+        raise PasswordPolicyError(f"the password needs at least {min_length} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise PasswordPolicyError(f"the password is longer than {MAX_PASSWORD_LENGTH}")
+    classes = (any(c.islower() for c in password), any(c.isupper() for c in password),
+               any(c.isdigit() for c in password),
+               any(not c.isalnum() for c in password))
+    if sum(classes) < 3:
+        raise PasswordPolicyError("the password needs three of: lower case, upper case, "
+                                  "digits, other characters")
+    if username and username.lower() in password.lower():
+        raise PasswordPolicyError("the password must not contain the user name")
+
+
+def check_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    out = tuple(sorted(set(roles)))
+    if not out:
+        raise errors.BadRequest("a user needs at least one role")
+    unknown = [r for r in out if r not in ROLES]
+    if unknown:
+        raise errors.BadRequest(f"unknown role {unknown[0][:32]!r}; roles are "
+                                + ", ".join(sorted(ROLES)))
+    if len(ADMIN_ROLES.intersection(out)) > 1:
+        raise errors.BadRequest("sysadmin, secadmin and auditor are mutually exclusive "
+                                "(separation of duties)")
+    return out
+
+
+def check_username(username: str) -> str:
+    if not (1 <= len(username) <= 64) or not all(c.isalnum() or c in "._-@" for c in username):
+        raise errors.BadRequest("user names are 1-64 letters, digits or . _ - @")
+    return username
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _bad_token(reason: str) -> errors.Unauthorized:
+    # RFC 6750 §3: the reason tells a client why to log in again (SEC-6).
+    return errors.Unauthorized(f"the token is {reason}", headers={
+        "WWW-Authenticate": f'Bearer realm="pacsd", error="invalid_token", '
+                            f'error_description="{reason}"'})
+
+
+def auth_required() -> errors.Unauthorized:
+    return errors.Unauthorized("authentication required: send Authorization: Bearer <token>",
+                               headers={"WWW-Authenticate": 'Bearer realm="pacsd"'})
+
+
+class RateLimiter:
+    """Failures per source address in a sliding window (SEC-8), in memory: each pacsd
+    process counts its own (a load balancer spreading one client over N processes lets
+    it N times the limit; the per-account lockout is in the database and shared)."""
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float]) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str) -> deque[float]:
+        q = self._failures.get(key)
+        if q is None:
+            return deque()
+        cutoff = self.clock() - self.window_s
+        while q and q[0] <= cutoff:
+            q.popleft()
+        if not q:
+            del self._failures[key]
+        return q
+
+    def retry_after(self, key: str) -> int | None:
+        """Seconds until ``key`` may try again, or None when it is not limited."""
+        q = self._recent(key)
+        if len(q) < self.limit:
+            return None
+        return int(q[0] + self.window_s - self.clock()) + 1
+
+    def failed(self, key: str) -> None:
+        if len(self._failures) > 100_000:  # bounded memory under a distributed attack
+            self._failures.clear()
+        q = self._failures.setdefault(key, deque())
+        q.append(self.clock())
+        while len(q) > self.limit:
+            q.popleft()
+
+
+class SecurityService:
+    """Users, sessions, API tokens and authorization decisions over the catalogue DB."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, audit: AuditTrail,
+                 plugins: Plugins | None = None, *, run: Callable | None = None,
+                 clock: Callable[[], float] = time.time,
+                 hasher: PasswordHasher | None = None) -> None:
+        self.settings = settings
+        self.conf = settings.security
+        self.accounts = Accounts(catalogue)
+        self.audit = audit
+        self.plugins = plugins or Plugins()
+        self._run = run
+        self.clock = clock
+        # argon2-cffi's defaults are RFC 9106's second recommended profile (argon2id,
+        # t=3, m=64 MiB, p=4), salted per hash.
+        self.hasher = hasher or PasswordHasher()
+        self.limiter = RateLimiter(self.conf.login_rate_limit, self.conf.login_rate_window_s,
+                                   clock)
+        self._dummy: str | None = None  # made at the first unknown-user login
+
+    @property
+    def enabled(self) -> bool:
+        return self.conf.enabled
+
+    async def run(self, fn: Callable, *args: Any) -> Any:
+        if self._run is None:
+            return fn(*args)
+        return await self._run(fn, *args)
+
+    # --- users --------------------------------------------------------------------------
+    def create_user(self, username: str, password: str, roles: Iterable[str], *,
+                    actor: Actor = LOCAL, source_ip: str = "") -> int:
+        username = check_username(username)
+        roles = check_roles(roles)
+        check_password_policy(username, password, self.conf.password_min_length)
+        pk = self.accounts.create_user(username, roles, self.hasher.hash(password),
+                                       self.clock())
+        self.audit.record("user-created", actor=actor, source_ip=source_ip,
+                          detail={"user": f"user:{pk}", "username": username,
+                                  "roles": list(roles)})
+        return pk
+
+    def set_password(self, username: str, password: str, *, actor: Actor = LOCAL) -> None:
+        user = self._user(username)
+        check_password_policy(username, password, self.conf.password_min_length)
+        self.accounts.set_password(user.pk, self.hasher.hash(password), self.clock())
+        self.accounts.unlock(user.pk)
+        self.audit.record("password-changed", actor=actor,
+                          detail={"user": f"user:{user.pk}", "username": username})
+
+    def unlock_user(self, username: str, *, actor: Actor = LOCAL) -> None:
+        user = self._user(username)
+        self.accounts.unlock(user.pk)
+        self.audit.record("user-unlocked", actor=actor,
+                          detail={"user": f"user:{user.pk}", "username": username})
+
+    def list_users(self) -> list[UserRecord]:
+        return self.accounts.list_users()
+
+    def user_count(self) -> int:
+        return self.accounts.user_count()
+
+    def _user(self, username: str) -> UserRecord:
+        user = self.accounts.get_user(username)
+        if user is None:
+            raise errors.NotFound("no such user")
+        return user
+
+    def is_locked(self, user: UserRecord) -> bool:
+        return user.locked_until is not None and user.locked_until > self.clock()
+
+    # --- API tokens ---------------------------------------------------------------------
+    def create_token(self, username: str, scopes: Iterable[str], days: float, *,
+                     name: str = "", actor: Actor = LOCAL) -> tuple[int, str, float]:
+        """A new API token for ``username``: (token id, the token, expiry). The token is
+        returned once and stored only as its SHA-256."""
+        user = self._user(username)
+        scopes = tuple(sorted(set(scopes)))
+        bad = [s for s in scopes if s not in ACTIONS]
+        if not scopes or bad:
+            raise errors.BadRequest("token scopes are one or more of " + ", ".join(
+                sorted(ACTIONS)))
+        if not 0 < days <= self.conf.token_max_days:
+            raise errors.BadRequest(f"a token lives 1 to {self.conf.token_max_days} days")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        now = self.clock()
+        expires = now + days * 86400
+        pk = self.accounts.create_token(user.pk, name[:64], token_digest(token), scopes,
+                                        now, expires)
+        self.audit.record("token-created", actor=actor, detail={
+            "token": f"token:{pk}", "user": f"user:{user.pk}", "scopes": list(scopes),
+            "expires_at": expires})
+        return pk, token, expires
+
+    def revoke_token(self, pk: int, *, actor: Actor = LOCAL) -> None:
+        self.accounts.revoke_token(pk, self.clock())
+        self.audit.record("token-revoked", actor=actor, detail={"token": f"token:{pk}"})
+
+    def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
+        return self.accounts.list_tokens(self._user(username).pk if username else None)
+
+    # --- login / logout -----------------------------------------------------------------
+    async def login(self, username: str, password: str, *, source_ip: str = "",
+                    device: str = "") -> tuple[str, float, Actor]:
+        """Check the password; returns (session token, absolute expiry, actor).
+        Unauthorized on any failure (one message: which part was wrong is not told),
+        TooManyRequests when this address failed too often (SEC-8)."""
+        wait = self.limiter.retry_after(source_ip)
+        if wait is not None:
+            self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
+                              device=device, detail={"username": username[:64],
+                                                     "reason": "rate-limited"})
+            raise errors.TooManyRequests("too many failed attempts; try again later",
+                                         retry_after=wait)
+        try:
+            return await self.run(self._login_sync, username, password, source_ip, device)
+        except errors.Unauthorized:
+            self.limiter.failed(source_ip)
+            raise
+
+    def _login_sync(self, username: str, password: str, source_ip: str, device: str
+                    ) -> tuple[str, float, Actor]:
+        now = self.clock()
+        user = self.accounts.get_user(username) if len(username) <= 64 else None
+        reason = ""
+        if user is None:
+            if self._dummy is None:
+                self._dummy = self.hasher.hash(secrets.token_hex(16))
+            self._verify(self._dummy, password)  # about the time of a known user (SEC-9)
+            reason = "unknown user"
+        elif user.disabled:
+            reason = "account disabled"
+        elif self.is_locked(user):
+            reason = "account locked"
+        elif not self._verify(user.password_hash, password):
+            reason = "wrong password"
+            if self.accounts.record_login_failure(user.pk, now, self.conf.lockout_threshold,
+                                                  self.conf.lockout_s):
+                reason = "wrong password; account now locked"
+                log.warning("account user:%d locked after %d failed logins", user.pk,
+                            self.conf.lockout_threshold)
+        if reason:
+            self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
+                              device=device, actor=_actor_of(user) if user else None,
+                              detail={"username": username[:64], "reason": reason})
+            raise errors.Unauthorized("invalid user name or password, or account locked",
+                                      headers={"WWW-Authenticate": 'Bearer realm="pacsd"'})
+        assert user is not None
+        if self.hasher.check_needs_rehash(user.password_hash):
+            self.accounts.set_password(user.pk, self.hasher.hash(password),
+                                       user.password_changed_at)
+        self.accounts.record_login_success(user.pk, now)
+        token = SESSION_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+        expires = now + self.conf.session_absolute_timeout_s
+        spk = self.accounts.create_session(user.pk, token_digest(token), now, expires,
+                                           source_ip)
+        actor = _actor_of(user, session_pk=spk)
+        self.audit.record("login", actor=actor, source_ip=source_ip, device=device,
+                          detail={"session": f"session:{spk}"})
+        return token, expires, actor
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def logout(self, actor: Actor, *, source_ip: str = "", device: str = "") -> None:
+        if actor.session_pk is None:
+            raise errors.BadRequest("only a login session can log out; API tokens are "
+                                    "revoked with `pacsd token revoke`")
+        await self.run(self.accounts.revoke_session, actor.session_pk, self.clock())
+        self.audit.record("logout", actor=actor, source_ip=source_ip, device=device,
+                          detail={"session": f"session:{actor.session_pk}"})
+
+    # --- bearer tokens ------------------------------------------------------------------
+    async def authenticate_bearer(self, authorization: str | None, *, source_ip: str = "",
+                                  device: str = "") -> Actor:
+        """The actor of an ``Authorization`` header value; Unauthorized (401 with
+        WWW-Authenticate, SEC-6/SEC-7) or TooManyRequests (SEC-8)."""
+        if not authorization:
+            raise auth_required()
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise auth_required()
+        wait = self.limiter.retry_after(source_ip)
+        if wait is not None:
+            raise errors.TooManyRequests("too many failed attempts; try again later",
+                                         retry_after=wait)
+        try:
+            return await self.run(self._actor_for_token, token.strip())
+        except errors.Unauthorized as exc:
+            self.limiter.failed(source_ip)
+            self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
+                              device=device, detail={"method": "bearer",
+                                                     "reason": exc.reason})
+            raise
+
+    def _actor_for_token(self, token: str) -> Actor:
+        now = self.clock()
+        if len(token) > 256:
+            raise _bad_token("unknown")
+        digest = token_digest(token)
+        if token.startswith(SESSION_PREFIX):
+            found = self.accounts.find_session(digest)
+            if found is None:
+                raise _bad_token("unknown")
+            sess, user = found
+            if sess.revoked_at is not None:
+                raise _bad_token("revoked")
+            if now >= sess.expires_at or now - sess.last_seen_at >= \
+                    self.conf.session_idle_timeout_s:
+                raise _bad_token("expired")
+            if user.disabled:
+                raise _bad_token("revoked")
+            # Idle tracking without a write per request: at most one per interval.
+            if now - sess.last_seen_at >= min(60.0, self.conf.session_idle_timeout_s / 10):
+                self.accounts.touch_session(sess.pk, now)
+            return _actor_of(user, session_pk=sess.pk)
+        if token.startswith(TOKEN_PREFIX):
+            found = self.accounts.find_token(digest)
+            if found is None:
+                raise _bad_token("unknown")
+            tok, user = found
+            if tok.revoked_at is not None or user.disabled:
+                raise _bad_token("revoked")
+            if now >= tok.expires_at:
+                raise _bad_token("expired")
+            if tok.last_used_at is None or now - tok.last_used_at >= 60:
+                self.accounts.touch_token(tok.pk, now)
+            return Actor(id=f"token:{tok.pk}", name=user.username, roles=frozenset(user.roles),
+                         scopes=frozenset(tok.scopes), user_pk=user.pk, token_pk=tok.pk)
+        raise _bad_token("unknown")
+
+    # --- authorization ------------------------------------------------------------------
+    def permission_allowed(self, actor: Actor, action: str, resource: Resource) -> bool:
+        """The one authorization decision (module docstring): roles and scopes allow,
+        plugins may only deny (MLPS 7: plugins cannot bypass)."""
+        if action not in actor.actions():
+            return False
+        votes = self.plugins.collect("permission_allowed", actor=actor, action=action,
+                                     resource=resource)
+        return not any(v is False for v in votes)
+
+
+def _actor_of(user: UserRecord, *, session_pk: int | None = None) -> Actor:
+    return Actor(id=f"user:{user.pk}", name=user.username, roles=frozenset(user.roles),
+                 user_pk=user.pk, session_pk=session_pk)
+
+
+def open_security(settings: Settings) -> tuple[SecurityService, Catalogue]:
+    """A :class:`SecurityService` over the settings' catalogue, for the command line and
+    the start-up check (no blob store, no web app). Audit events it records are written
+    at once. Close the returned catalogue when done."""
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    catalogue = Catalogue(settings.index_url, busy_timeout_s=settings.index.busy_timeout_s)
+    catalogue.migrate()
+    audit = AuditTrail(catalogue, immediate=True)
+    return SecurityService(settings, catalogue, audit), catalogue
+
+
+def count_users(settings: Settings) -> int:
+    """Enabled user accounts in the settings' catalogue (SEC-20 start-up check)."""
+    catalogue = Catalogue(settings.index_url, busy_timeout_s=settings.index.busy_timeout_s)
+    try:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        catalogue.migrate()
+        return Accounts(catalogue).user_count()
+    finally:
+        catalogue.close()

@@ -1,0 +1,149 @@
+"""The DIMSE adapter's pure parts: status mapping (§6.2), identifier translation,
+transfer syntax choice, settings (no network)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from pacsd import errors
+from pacsd.config import ConfigError, load_settings
+from pacsd.dimse import status as st
+from pacsd.dimse.contexts import choose_transfer_syntax, move_contexts
+from pacsd.dimse.identifier import parse_find
+from pacsd.dimse.net import Policy, a_abort
+from pacsd.model import InstanceRow
+
+
+@pytest.mark.parametrize("exc,service,code", [
+    (errors.InvalidDicom(), st.STORE, 0xC000),
+    (errors.MissingAttribute(), st.STORE, 0xA900),
+    (errors.InvalidUID(), st.STORE, 0x0117),
+    (errors.DuplicateInstance(), st.STORE, 0x0111),
+    (errors.HierarchyConflict(), st.STORE, 0xA900),
+    (errors.OutOfResources(), st.STORE, 0xA700),
+    (errors.InstanceTooLarge(), st.STORE, 0xA700),
+    (st.DatasetMismatch(), st.STORE, 0xA900),              # BI-35
+    (RuntimeError("x"), st.STORE, 0x0110),
+    (errors.BadRequest(), st.FIND, 0xC000),
+    (st.IdentifierMismatch(), st.FIND, 0xA900),
+    (errors.OutOfResources(), st.FIND, 0xA700),
+    (errors.DataUnavailable(), st.FIND, 0xA700),
+    (RuntimeError("x"), st.FIND, 0xC000),
+    (errors.OutOfResources(), st.GET, 0xA701),             # while matching
+    (errors.DataUnavailable(), st.MOVE, 0xA702),
+    (errors.Forbidden(), st.MOVE, 0x0124),
+    (errors.DuplicateInstance(), st.GET, 0xC000),
+])
+def test_status_mapping(exc, service, code):
+    assert st.status_for(exc, service) == code
+
+
+def test_failure_dataset_carries_phi_free_comment():
+    ds = st.failure(errors.MissingAttribute("StudyInstanceUID is missing"), st.STORE)
+    assert ds.Status == 0xA900 and ds.ErrorComment == "StudyInstanceUID is missing"
+    ds = st.failure(ValueError("Invalid value 'Smith^John' for PN"), st.STORE)
+    assert ds.ErrorComment == "processing failure"  # third-party text never echoed
+
+
+def _identifier(**kw) -> Dataset:
+    ds = Dataset()
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_parse_find_translates_to_qido_parameters():
+    req = parse_find(_identifier(QueryRetrieveLevel="SERIES", PatientName="Wang^*",
+                                 StudyDate="20250101-20250131", ModalitiesInStudy=["CT", "MR"],
+                                 SeriesInstanceUID="", SpecificCharacterSet="ISO_IR 192",
+                                 RetrieveAETitle=""), "STUDY")
+    assert req.qido_level == "series"
+    assert dict(req.params) == {"PatientName": "Wang^*", "StudyDate": "20250101-20250131",
+                                "ModalitiesInStudy": "CT\\MR", "SeriesInstanceUID": ""}
+    assert req.unique == ("0020000D", "0020000E")
+    assert "00080054" in req.requested and "00080005" not in dict(req.params)
+
+
+def test_parse_find_patient_level_matches_patient_keys_only():
+    req = parse_find(_identifier(QueryRetrieveLevel="PATIENT", PatientID="P1",
+                                 StudyDate="2025"), "PATIENT")
+    assert dict(req.params) == {"PatientID": "P1"} and req.unique == ("00100020",)
+    with pytest.raises(st.IdentifierMismatch):
+        parse_find(_identifier(QueryRetrieveLevel="PATIENT"), "STUDY")
+    with pytest.raises(st.IdentifierMismatch):
+        parse_find(_identifier(PatientID="P1"), "STUDY")
+
+
+def _row(sop_class: str, ts: str) -> InstanceRow:
+    return InstanceRow("1", "2", "3", sop_class, ts, "0" * 64, 1, None, {})
+
+
+def test_transfer_syntax_choice():
+    targets = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.5")
+    j2k = "1.2.840.10008.1.2.4.90"
+    assert choose_transfer_syntax(j2k, frozenset({j2k, ExplicitVRLittleEndian}), targets) == j2k
+    assert choose_transfer_syntax(j2k, frozenset({ImplicitVRLittleEndian}), targets) \
+        == ImplicitVRLittleEndian
+    assert choose_transfer_syntax(j2k, frozenset({"1.2.840.10008.1.2.4.50"}), targets) is None
+
+
+def test_move_contexts_stored_syntax_plus_native_fallback():
+    ct, mr = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
+    cxs = move_contexts([_row(ct, ExplicitVRLittleEndian), _row(mr, "1.2.840.10008.1.2.4.90"),
+                         _row(mr, "1.2.840.10008.1.2.4.90")])
+    got = [(cx.abstract_syntax, tuple(cx.transfer_syntax)) for cx in cxs]
+    assert got == [(ct, (ExplicitVRLittleEndian,)), (ct, (ImplicitVRLittleEndian,)),
+                   (mr, ("1.2.840.10008.1.2.4.90",)),
+                   (mr, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))]
+    many = [_row(f"1.2.3.{i}", ExplicitVRLittleEndian) for i in range(100)]
+    assert len(move_contexts(many)) == 128  # PS3.8 maximum
+
+
+def test_policy_source_networks():
+    p = Policy(load_settings(None, dimse__allowed_source_ips=["10.0.0.0/8", "::1"])
+               .dimse.source_networks(), 16382, 60)
+    assert p.ip_allowed("10.1.2.3") and p.ip_allowed("::1")
+    assert p.ip_allowed("::ffff:10.0.0.9")  # dual-stack form
+    assert not p.ip_allowed("192.168.1.1") and not p.ip_allowed("not-an-ip")
+    assert Policy([], 0, 60).ip_allowed("203.0.113.5") and Policy([], 0, 60).pdu_limit \
+        == 0xFFFFFFFF
+    assert a_abort(2, 6) == b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06"
+
+
+def test_settings_validated(tmp_path):
+    s = load_settings(None)
+    s.dimse.add_peer("WS1=10.0.0.5:11112")
+    s.dimse.add_peer(" WS2 = [::1]:104")
+    assert s.dimse.peer_addresses() == {"WS1": ("10.0.0.5", 11112), "WS2": ("::1", 104)}
+    for bad in ("noequals", "WS=host", "WS=host:0", "WAYTOOLONGAETITLE1=h:1"):
+        with pytest.raises(ConfigError):
+            load_settings(None).dimse.add_peer(bad)
+    conf = tmp_path / "c.toml"
+    conf.write_text('[dimse]\nallowed_source_ips = ["10.0.0.300"]\n')
+    with pytest.raises(ConfigError):
+        load_settings(conf)
+    conf.write_text('[dimse]\npeers = "WS1=h:1"\n')
+    with pytest.raises(ConfigError):
+        load_settings(conf)
+    conf.write_text('[dimse]\nmax_associations = 0\n')
+    with pytest.raises(ConfigError):
+        load_settings(conf)
+
+
+def test_non_loopback_dimse_needs_an_allow_list():
+    from pacsd.dimse.server import check_exposure
+    with pytest.raises(ConfigError):
+        check_exposure(load_settings(None, server__http="0.0.0.0:8042"))
+    check_exposure(load_settings(None, server__http="0.0.0.0:8042",
+                                 dimse__allowed_calling_aets=["CT1"]))
+    check_exposure(load_settings(None))  # loopback: the embedded default
+
+
+def test_cli_bad_peer_flag_exits_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "pacsd.cli", "serve", "--data-dir",
+                        str(tmp_path), "--peer", "BROKEN"], capture_output=True, timeout=60)
+    assert p.returncode == 2 and b"--peer must be AET=host:port" in p.stderr

@@ -91,7 +91,9 @@ class RetrieveService:
             transfer_syntax == "*" or transfer_syntax == stored_ts
             or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE))
         if as_stored:
-            out = [await self.archive.run(self._read_frame, row, n) for n in numbers]
+            # One worker call for all frames: a thread hop costs about as much as a
+            # page-cache read of a CT frame (benchmarks/RESULTS.md "frame").
+            out = await self.archive.run(lambda: [self._read_frame(row, n) for n in numbers])
             return (stored_ts if transfer_syntax == "*" else transfer_syntax), out
         if transfer_syntax not in ("*", EXPLICIT_LE):
             raise errors.NotAcceptable(

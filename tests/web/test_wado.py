@@ -122,7 +122,7 @@ async def test_bulkdata_pixel_data_and_range(client, stored):
     assert payload == ds.PixelData
 
 
-async def test_rendered_and_thumbnail(client, stored):
+async def test_rendered_and_thumbnail(client, stored, stow):
     ds, _, base = stored
     r = await client.get(f"{base}/rendered", headers={"Accept": "image/png"})
     assert r.status == 200 and r.headers["Content-Type"] == "image/png"
@@ -134,6 +134,13 @@ async def test_rendered_and_thumbnail(client, stored):
     r = await client.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/thumbnail")
     assert r.status == 200
     Image.open(io.BytesIO(await r.read())).verify()
+    big = make_dataset(rows=300, columns=200, frames=2)
+    await stow([to_part10(big)])
+    r = await client.get(f"/dicom-web/studies/{big.StudyInstanceUID}/series/"
+                         f"{big.SeriesInstanceUID}/instances/{big.SOPInstanceUID}"
+                         "/frames/2/thumbnail")
+    assert r.status == 200
+    assert max(Image.open(io.BytesIO(await r.read())).size) == 128
     r = await client.get(f"{base}/rendered?window=abc")
     assert r.status == 400
     r = await client.get(f"{base}/rendered", headers={"Accept": "application/pdf"})

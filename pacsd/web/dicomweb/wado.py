@@ -268,6 +268,8 @@ async def retrieve_bulkdata(request: web.Request) -> web.StreamResponse:
 # --- rendered and thumbnail ---------------------------------------------------------------
 
 RENDER_TYPES = ("image/jpeg", "image/png", "image/gif")
+#: Longest side of a thumbnail without a viewport parameter, in pixels.
+THUMBNAIL_SIZE = 128
 
 
 def choose_render_type(accept: str | None, preferred: str | None = None) -> str:
@@ -319,6 +321,8 @@ async def retrieve_rendered(request: web.Request) -> web.Response:
         frame = numbers[0]
     media = choose_render_type(request.headers.get("Accept"))
     params = parse_render_params(request.query)
+    if request.path.endswith("/thumbnail") and params["viewport"] is None:
+        params["viewport"] = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)  # frame-level thumbnail
     retrieve = request.app[RETRIEVE]
     row = await retrieve.instance(study, series, sop)
     data = await retrieve.rendered(row, frame, media_type=media, **params)
@@ -334,7 +338,7 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
     if not rows:
         raise errors.NotFound("nothing with pixel data to show")
     row = rows[len(rows) // 2]
-    size = 128
+    size = THUMBNAIL_SIZE
     if "viewport" in request.query:
         vp = parse_render_params(request.query)["viewport"]
         size = max(vp)

@@ -119,16 +119,11 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts)
 
 
-def _store_location(settings) -> str:
-    """Every storage copy an instance is written to, space-separated (R-E3)."""
-    urls = [settings.storage_url]
-    copy_specs = getattr(settings.storage, "copy_specs", None)
-    if copy_specs is not None:
-        try:
-            urls = [c["url"] for c in copy_specs(settings.storage_url)]
-        except Exception:  # noqa: BLE001 - validated at start-up; fall back to the default
-            pass
-    return " ".join(_redacted(u) for u in urls)
+def _store_location(store) -> str:
+    """Every storage copy an instance is written to, space-separated (R-E3). Read from
+    the opened store, which knows its copies; nothing is re-parsed per request."""
+    copies = getattr(store, "copies", None) or [store]
+    return " ".join(_redacted(c.url) for c in copies)
 
 
 def _status_of(exc: BaseException) -> int:
@@ -197,7 +192,7 @@ def _audit_request(request: web.Request, event: str, actor: Actor, resource: Res
     outcome = "success" if status < 400 else "failure"
     location = ""
     if event == "instances-stored":
-        location = _store_location(request.app[ARCHIVE].settings)
+        location = _store_location(request.app[ARCHIVE].store)
     common = dict(outcome=outcome, actor=actor, source_ip=client_ip(request),
                   device=client_device(request), location=location, detail=detail)
     audit = request.app[AUDIT]

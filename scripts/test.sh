@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages: DCMTK (DIMSE peer tests). Installed only when missing and when we may.
+# Checked by path: pynetdicom installs console scripts of the same names (storescu,
+# findscu, ...) that `command -v` would find instead of DCMTK's.
 need_apt=()
-command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+[ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: ${need_apt[*]}"

@@ -7,6 +7,14 @@ plus ``BEGIN IMMEDIATE`` (other processes wait up to ``busy_timeout_s``); on Pos
 the study row lock, and a transaction that hits a deadlock, a serialisation failure or a
 concurrent-delete race is simply run again (a few times, then 503).
 
+Group commit (SQLite, the hot ingest path): instances stored by concurrent threads are
+committed together. Each caller queues its write and takes the writer lock; whoever gets
+it first (the leader) runs every queued write in ONE transaction, each inside its own
+``SAVEPOINT`` (a refused instance rolls back only its own rows), commits once (one WAL
+fsync for the group) and wakes the others, who find their write done. Nobody is answered
+before the commit that holds their row, so "stored only after the index row is durable"
+still holds, while N concurrent stores cost one commit instead of N.
+
 Any database failure surfaces as :class:`pacsd.errors.OutOfResources` (busy, locked,
 read-only, disk full, server gone: FT-10) or :class:`pacsd.errors.PacsdError`; the
 caller acknowledges nothing in that case.
@@ -18,7 +26,8 @@ import hashlib
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -34,6 +43,20 @@ from pacsd.model import FrameIndex, InstanceRow, ParsedInstance, StoreOutcome
 MAX_ATTEMPTS = 6
 #: Rows fetched per round trip when streaming instance lists.
 STREAM_BATCH = 500
+#: Most writes one group commit takes (bounds the leader's extra latency).
+GROUP_MAX = 64
+
+
+class _Queued:
+    """One write waiting for a group commit (module docstring)."""
+
+    __slots__ = ("fn", "done", "result", "error")
+
+    def __init__(self, fn: Callable[[sa.Connection], Any]) -> None:
+        self.fn = fn
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
 
 _ROW_COLS = (studies.c.study_instance_uid, series.c.series_instance_uid,
              instances.c.sop_instance_uid, instances.c.sop_class_uid,
@@ -77,6 +100,10 @@ class Catalogue:
         # SQLite allows one writer; queueing writers here (not in SQLite's busy loop)
         # keeps them fair and lets the timeout produce a clean 503 (FT-10).
         self._write_lock = threading.Lock() if self.dialect_name == "sqlite" else None
+        self._queue: list[_Queued] = []
+        self._queue_lock = threading.Lock()
+        #: Group commits run and writes they carried (statistics; tests use them).
+        self.group_stats = {"groups": 0, "writes": 0}
 
     @property
     def engine(self) -> sa.Engine:
@@ -108,19 +135,86 @@ class Catalogue:
     def _write(self, action: str, fn):
         """Run ``fn(conn)`` in one write transaction, retrying races (module docstring)."""
         with translate_errors(action), self._write_lock_held():
-            for attempt in range(MAX_ATTEMPTS):
+            return self._transaction(action, fn)
+
+    def _transaction(self, action: str, fn):
+        """``fn(conn)`` in one write transaction, retried on races; lock already held."""
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                with self._engine.connect() as conn:
+                    conn = conn.execution_options(pacsd_write=True)
+                    with conn.begin():
+                        return fn(conn)
+            except writes.Retry:
+                pass
+            except sa.exc.DBAPIError as e:
+                if sqlstate(e) not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS - 1:
+                    raise
+            time.sleep(0.005 * (2 ** attempt))
+        raise OutOfResources(f"index contention while {action}")
+
+    def _write_grouped(self, action: str, fn: Callable[[sa.Connection], Any]) -> Any:
+        """Like :meth:`_write`, committed together with concurrent grouped writes on SQLite
+        (module docstring). ``fn`` must be safe to run in a savepoint of a shared
+        transaction: raise to refuse, never commit or roll back itself."""
+        if self._write_lock is None:
+            return self._write(action, fn)  # PostgreSQL: row locks; the server groups commits
+        job = _Queued(fn)
+        with self._queue_lock:
+            self._queue.append(job)
+        with translate_errors(action):
+            if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+                with self._queue_lock:
+                    if job in self._queue:  # no leader took it: give up cleanly (FT-10)
+                        self._queue.remove(job)
+                        raise OutOfResources("index busy")
+                job.done.wait()  # a leader is committing it right now
+            else:
                 try:
-                    with self._engine.connect() as conn:
-                        conn = conn.execution_options(pacsd_write=True)
-                        with conn.begin():
-                            return fn(conn)
-                except writes.Retry:
-                    pass
-                except sa.exc.DBAPIError as e:
-                    if sqlstate(e) not in RETRYABLE_SQLSTATES or attempt == MAX_ATTEMPTS - 1:
-                        raise
-                time.sleep(0.005 * (2 ** attempt))
-            raise OutOfResources(f"index contention while {action}")
+                    while not job.done.is_set():
+                        with self._queue_lock:
+                            batch = self._queue[:GROUP_MAX]
+                            del self._queue[:GROUP_MAX]
+                        self._commit_group(batch)
+                finally:
+                    self._write_lock.release()
+            if job.error is not None:
+                raise job.error
+            return job.result
+
+    def _commit_group(self, batch: list[_Queued]) -> None:
+        """Run ``batch`` in one transaction, one savepoint each; always sets every job
+        done (with its result or its error). Caller holds the writer lock."""
+        retry: list[_Queued] = []
+        try:
+            with self._engine.connect() as conn:
+                conn = conn.execution_options(pacsd_write=True)
+                with conn.begin():
+                    for job in batch:
+                        conn.exec_driver_sql("SAVEPOINT pacsd_group")
+                        try:
+                            job.result = job.fn(conn)
+                        except writes.Retry:
+                            retry.append(job)
+                        except Exception as e:  # refused: only this job's rows go
+                            job.error = e
+                        else:
+                            conn.exec_driver_sql("RELEASE pacsd_group")
+                            continue
+                        conn.exec_driver_sql("ROLLBACK TO pacsd_group")
+                        conn.exec_driver_sql("RELEASE pacsd_group")
+        except BaseException as e:  # BEGIN or COMMIT failed: nothing of the group is stored
+            for job in batch:
+                job.result, job.error = None, e
+        for job in retry:  # not expected on SQLite (one writer); run it on its own
+            try:
+                job.result = self._transaction("storing", job.fn)
+            except BaseException as e:
+                job.error = e
+        self.group_stats["groups"] += 1
+        self.group_stats["writes"] += len(batch)
+        for job in batch:
+            job.done.set()
 
     def run_write(self, action: str, fn):
         """``fn(conn)`` in one write transaction of this catalogue (the writer lock, retries
@@ -131,8 +225,8 @@ class Catalogue:
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``)."""
-        return self._write("storing an instance",
-                           lambda conn: writes.store_instance(conn, p, sha256, size))
+        return self._write_grouped("storing an instance",
+                                   lambda conn: writes.store_instance(conn, p, sha256, size))
 
     def delete(self, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None) -> list[str]:

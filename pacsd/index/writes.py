@@ -28,6 +28,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from pacsd.errors import DuplicateInstance, HierarchyConflict, NotFound
 from pacsd.index import names
@@ -76,6 +77,12 @@ def join_list(items: set[str]) -> str | None:
 
 # --- store -------------------------------------------------------------------------------
 
+#: Patient columns copied from each instance (every PATIENT_COLUMNS column but the key,
+#: plus the PN search columns of PatientName): see ``_patient_demographics``.
+_DEMOGRAPHIC_COLUMNS = tuple(
+    [c for c in PATIENT_COLUMNS.values() if c not in ("patient_id", "issuer_of_patient_id")]
+    + list(f"patient_name_{k}" for k in names.search_columns("A^B")))
+
 @functools.lru_cache(maxsize=None)
 def _statements(dialect: str) -> dict[str, Any]:
     """Statements of the store path, built once per dialect and executed with parameter
@@ -110,6 +117,10 @@ def _statements(dialect: str) -> dict[str, Any]:
         "upd_series": sa.update(series).where(series.c.pk == b("b_pk")).values(
             num_instances=series.c.num_instances + 1, revision=series.c.revision + 1,
             updated_at=b("b_now")),
+        # The newest study's demographics become the patient record's.
+        "upd_patient": sa.update(patients).where(patients.c.pk == b("b_pk")).values(
+            num_studies=patients.c.num_studies + 1, updated_at=b("b_now"),
+            **{c: b(f"v_{c}") for c in _DEMOGRAPHIC_COLUMNS}),
         "upd_study": sa.update(studies).where(studies.c.pk == b("b_pk")).values(
             num_instances=studies.c.num_instances + 1,
             num_series=studies.c.num_series + b("b_new_series", type_=sa.Integer()),
@@ -118,10 +129,49 @@ def _statements(dialect: str) -> dict[str, Any]:
     }
 
 
-def _existing_outcome(conn: sa.Connection, stmts: dict, p: ParsedInstance, sha256: str
+_DRIVER_DIALECTS = {
+    "sqlite": lambda: sqlite_dialect.dialect(paramstyle="named"),
+    "postgresql": lambda: pg_psycopg.dialect(paramstyle="pyformat"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _driver_sql(dialect: str, name: str, keys: tuple[str, ...]) -> tuple[str, dict]:
+    """(driver SQL with named parameters, constant parameters) of a store-path statement,
+    compiled once per dialect and set of parameter names."""
+    stmt = _statements(dialect)[name]
+    compiled = stmt.compile(dialect=_DRIVER_DIALECTS[dialect](),
+                            column_keys=list(keys) if isinstance(stmt, sa.Insert) else None)
+    return str(compiled), {k: v for k, v in compiled.params.items() if k not in keys}
+
+
+class _Sql:
+    """Runs the store-path statements as driver SQL (``exec_driver_sql``): the statements
+    are compiled once, so each execution skips SQLAlchemy's per-call compile-cache lookup
+    and bind/result processing — on the ingest hot path that was most of the index time
+    (issue 6 profile). Parameter values must already be driver values: :meth:`stamp`
+    gives the timestamp form of the dialect (SQLite: SQLAlchemy's text form)."""
+
+    __slots__ = ("conn", "dialect")
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+
+    def __call__(self, name: str, params: dict[str, Any]) -> sa.CursorResult:
+        sql, constants = _driver_sql(self.dialect, name, tuple(params))
+        return self.conn.exec_driver_sql(sql, {**constants, **params} if constants else params)
+
+    def stamp(self, t: _dt.datetime) -> Any:
+        if self.dialect == "sqlite":
+            return t.strftime("%Y-%m-%d %H:%M:%S.%f")  # as sa.DateTime stores it on SQLite
+        return t
+
+
+def _existing_outcome(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, sha256: str
                       ) -> StoreOutcome | None:
     """BI-25/26/27 for an SOP Instance UID already in the catalogue, else None."""
-    row = conn.execute(stmts["existing"], {"b_sop": p.sop_instance_uid}).first()
+    row = stmts("existing", {"b_sop": p.sop_instance_uid}).first()
     if row is None:
         return None
     if (row.study_instance_uid != p.study_instance_uid
@@ -148,33 +198,33 @@ def _patient_demographics(p: ParsedInstance) -> dict[str, Any]:
     return vals
 
 
-def _upsert_patient(conn: sa.Connection, stmts: dict, p: ParsedInstance,
+def _upsert_patient(conn: sa.Connection, stmts: _Sql, p: ParsedInstance,
                     now: _dt.datetime) -> int:
     pid, issuer = _patient_key(p)
-    conn.execute(stmts["ins_patient"], {
+    stmts("ins_patient", {
         "patient_id": pid, "issuer_of_patient_id": issuer, "num_studies": 0,
         "created_at": now, "updated_at": now, **_patient_demographics(p)})
-    pk = conn.scalar(stmts["patient"], {"b_pid": pid, "b_iss": issuer})
+    pk = stmts("patient", {"b_pid": pid, "b_iss": issuer}).scalar()
     if pk is None:
         raise Retry()  # deleted by a concurrent transaction since our insert
     return pk
 
 
-def _study(conn: sa.Connection, stmts: dict, p: ParsedInstance, now: _dt.datetime
+def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetime
            ) -> tuple[sa.Row, bool]:
     """The locked study row (created if needed) and whether this call created it."""
     created = False
-    row = conn.execute(stmts["study"], {"b_study": p.study_instance_uid}).first()
+    row = stmts("study", {"b_study": p.study_instance_uid}).first()
     if row is None:
         patient_pk = _upsert_patient(conn, stmts, p, now)
         vals = _values(STUDY_COLUMNS, p.study)
         vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
         vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
-        created = conn.scalar(stmts["ins_study"], {
+        created = stmts("ins_study", {
             "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
             "study_json": p.study_json, "num_series": 0, "num_instances": 0,
-            "revision": 0, "created_at": now, "updated_at": now, **vals}) is not None
-        row = conn.execute(stmts["study"], {"b_study": p.study_instance_uid}).first()
+            "revision": 0, "created_at": now, "updated_at": now, **vals}).scalar() is not None
+        row = stmts("study", {"b_study": p.study_instance_uid}).first()
         if row is None:
             raise Retry()
     if (row.patient_id, row.issuer_of_patient_id) != _patient_key(p):
@@ -183,18 +233,18 @@ def _study(conn: sa.Connection, stmts: dict, p: ParsedInstance, now: _dt.datetim
     return row, created
 
 
-def _series(conn: sa.Connection, stmts: dict, p: ParsedInstance, study_pk: int,
+def _series(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, study_pk: int,
             now: _dt.datetime) -> tuple[int, bool]:
-    row = conn.execute(stmts["series"], {"b_series": p.series_instance_uid}).first()
+    row = stmts("series", {"b_series": p.series_instance_uid}).first()
     if row is None:
-        pk = conn.scalar(stmts["ins_series"], {
+        pk = stmts("ins_series", {
             "series_instance_uid": p.series_instance_uid, "study_fk": study_pk,
             "series_json": p.series_json, "num_instances": 0, "revision": 0,
-            "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)})
+            "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)}).scalar()
         if pk is not None:
             return pk, True
         # Inserted meanwhile by a writer of *another* study (we hold this study's lock).
-        row = conn.execute(stmts["series"], {"b_series": p.series_instance_uid}).first()
+        row = stmts("series", {"b_series": p.series_instance_uid}).first()
         if row is None:
             raise Retry()
     if row.study_fk != study_pk:
@@ -206,14 +256,14 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
                    ) -> StoreOutcome:
     """Commit one instance (module docstring); the caller owns the transaction.
     Usual case, a new instance of a known series: six statements."""
-    stmts = _statements(conn.dialect.name)
+    stmts = _Sql(conn)
     outcome = _existing_outcome(conn, stmts, p, sha256)
     if outcome is not None:
         return outcome
-    now = _now()
+    now = stmts.stamp(_now())
     study, study_created = _study(conn, stmts, p, now)
     series_pk, series_created = _series(conn, stmts, p, study.pk, now)
-    inserted = conn.scalar(stmts["ins_instance"], {
+    inserted = stmts("ins_instance", {
         "sop_instance_uid": p.sop_instance_uid, "series_fk": series_pk,
         "study_fk": study.pk, "sop_class_uid": p.sop_class_uid,
         "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
@@ -221,7 +271,7 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
         "size": size, "metadata": zlib.compress(p.metadata, 6),
         "frames": p.frames.to_json() if p.frames is not None else None,
         "bulk": orjson.dumps(p.bulk), "created_at": now,
-        **_values(INSTANCE_COLUMNS, p.instance)})
+        **_values(INSTANCE_COLUMNS, p.instance)}).scalar()
     if inserted is None:
         # Another writer of this SOP Instance UID committed while we waited for the study
         # lock (or under another study): same rules as if it had been there before.
@@ -234,16 +284,15 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
     if series_created and modality:
         modalities.add(modality)
     sop_classes = set(split_list(study.sop_classes_in_study)) | {p.sop_class_uid}
-    conn.execute(stmts["upd_series"], {"b_pk": series_pk, "b_now": now})
-    conn.execute(stmts["upd_study"], {
+    stmts("upd_series", {"b_pk": series_pk, "b_now": now})
+    stmts("upd_study", {
         "b_pk": study.pk, "b_now": now, "b_new_series": 1 if series_created else 0,
         "b_mods": join_list(modalities), "b_sops": join_list(sop_classes)})
     if study_created:
         # The newest study's demographics become the patient record's (informational;
         # QIDO matches each study's own copy).
-        conn.execute(sa.update(patients).where(patients.c.pk == study.patient_fk).values(
-            num_studies=patients.c.num_studies + 1, updated_at=now,
-            **_patient_demographics(p)))
+        stmts("upd_patient", {"b_pk": study.patient_fk, "b_now": now, **{
+            f"v_{k}": v for k, v in _patient_demographics(p).items()}})
     return StoreOutcome(True, p.study_instance_uid, p.series_instance_uid,
                         p.sop_instance_uid, p.sop_class_uid)
 

@@ -43,6 +43,12 @@ def _discard(path: str) -> None:
 _TIFF_MAGIC = (b"II*\0", b"MM\0*")
 
 
+def _preamble_to_zero(head: bytes) -> bool:
+    """Whether the first 132 bytes carry a preamble that must be zeroed (BI-24)."""
+    return not (len(head) < 132 or head[128:132] != b"DICM" or head[:128] == bytes(128)
+                or head.startswith(_TIFF_MAGIC))
+
+
 def _sanitize_preamble(staged: StagedFile) -> StagedFile:
     """Zero a 128-byte preamble that could make the stored file double as an executable
     (CVE-2019-11687: PE/ELF headers in DICOM preambles). Only the preamble changes; the
@@ -50,8 +56,7 @@ def _sanitize_preamble(staged: StagedFile) -> StagedFile:
     recomputed for the file as stored."""
     with open(staged.path, "r+b") as fh:
         head = fh.read(132)
-        if len(head) < 132 or head[128:] != b"DICM" or head[:128] == bytes(128) \
-                or head.startswith(_TIFF_MAGIC):
+        if not _preamble_to_zero(head):
             return staged
         fh.seek(0)
         fh.write(bytes(128))
@@ -72,6 +77,27 @@ class IngestService:
         subclass when the instance is refused, :class:`pacsd.errors.OutOfResources` when
         storage or index is unavailable. The staged file is consumed either way."""
         return await self.archive.run(self._ingest_sync, staged, expected_study_uid)
+
+    async def ingest_bytes(self, data: bytes | bytearray, *,
+                           expected_study_uid: str | None = None) -> StoreOutcome:
+        """Store one Part 10 object received whole in memory (small STOW-RS parts): the
+        staging file is written, hashed and stored in ONE worker call, so the event loop
+        never creates files (a file create can wait behind the filesystem journal while
+        other threads fsync) and each instance costs one thread hand-off."""
+        return await self.archive.run(self._ingest_bytes_sync, data, expected_study_uid)
+
+    def _ingest_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None
+                           ) -> StoreOutcome:
+        limit = self.archive.settings.dicomweb.max_instance_bytes
+        if len(data) > limit:
+            raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
+        if _preamble_to_zero(bytes(data[:132])):
+            data = bytes(128) + bytes(data[128:])
+            log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
+        with self.archive.store.new_staging_file(max_size=limit) as w:
+            w.write(data)
+            path, sha, size = w.finish()
+        return self._ingest_sync(StagedFile(path, sha, size), expected_study_uid)
 
     def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
         # The staged file is removed here, in the worker, not in the awaiting coroutine:

@@ -1,9 +1,11 @@
 """STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}.
 
 The body is read part by part with aiohttp's streaming multipart reader (chunked transfer
-encoding included, BI-14); each part is written to a staging file while its sha256 is
-computed and the byte limits are enforced, then handed to the one ingest path while the
-next part is read. Nothing is buffered per request beyond one chunk per part.
+encoding included, BI-14), enforcing the byte limits as it streams. A part of up to
+``SMALL_PART`` bytes is collected in memory and handed whole to the one ingest path (one
+worker call writes, hashes and stores it); a larger part is written to a staging file
+(created on a worker thread) while its sha256 is computed. Each part is handed to ingest
+while the next one is read; at most ``stow_concurrency`` parts per request are in flight.
 
 Status codes follow reliability-matrix §6.1: 200 all stored; 202 some stored, some
 refused; 409 none stored; 400 not multipart / no boundary / unparsable; 413 over a limit
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import orjson
 from aiohttp import web
@@ -31,6 +32,8 @@ from .common import base_url, path_uid
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+#: Parts up to this size are kept in memory (see module docstring).
+SMALL_PART = 2 * 1024 * 1024
 DICOM_JSON = "application/dicom+json"
 
 
@@ -135,7 +138,7 @@ class _Stow:
         results = await asyncio.gather(*self.tasks)
         return self._response(part_no, results)
 
-    async def _receive_part(self, part, part_no: int) -> StagedFile:
+    async def _receive_part(self, part, part_no: int) -> StagedFile | bytes:
         ptype = part.headers.get("Content-Type", "application/dicom")
         cte = part.headers.get("Content-Transfer-Encoding", "binary").strip().lower()
         bad = None
@@ -144,8 +147,11 @@ class _Stow:
         elif cte not in ("binary", "8bit", "7bit"):
             bad = errors.InvalidDicom(f"part {part_no} uses a Content-Transfer-Encoding; "
                                       "send binary parts")  # BI-21
-        writer = None if bad else self.archive.store.new_staging_file(
-            max_size=self.settings.max_instance_bytes)
+        limit = self.settings.max_instance_bytes
+        small = min(SMALL_PART, limit)
+        buffered: list[bytes] = []
+        size = 0
+        writer = None
         try:
             while True:
                 try:
@@ -160,23 +166,40 @@ class _Stow:
                 if self.body_bytes > self.settings.max_request_bytes:
                     raise errors.PayloadTooLarge(   # BI-17: while streaming
                         f"request body larger than {self.settings.max_request_bytes} bytes")
+                if bad:
+                    continue
+                size += len(chunk)
                 if writer is not None:
+                    writer.write(chunk)
+                elif size <= small:
+                    buffered.append(chunk)
+                elif size > limit:
+                    raise errors.InstanceTooLarge(
+                        f"The instance exceeds the configured maximum size of {limit} bytes.")
+                else:  # too big for memory: spill to a staging file
+                    writer = await self.archive.run(
+                        self.archive.store.new_staging_file, max_size=limit)
+                    for b in buffered:
+                        writer.write(b)
+                    buffered.clear()
                     writer.write(chunk)
             if bad:
                 raise bad
-            assert writer is not None
+            if size == 0:
+                raise errors.InvalidDicom(f"part {part_no} is empty")  # BI-1
+            if writer is None:
+                return b"".join(buffered)
             path, sha, size = writer.finish()
             writer = None
-            if size == 0:
-                os.unlink(path)
-                raise errors.InvalidDicom(f"part {part_no} is empty")  # BI-1
             return StagedFile(path, sha, size)
         finally:
             if writer is not None:
                 writer.abort()
 
-    async def _ingest(self, staged: StagedFile, part_no: int):
+    async def _ingest(self, staged: StagedFile | bytes, part_no: int):
         try:
+            if isinstance(staged, bytes):
+                return await self.ingest.ingest_bytes(staged, expected_study_uid=self.study)
             return await self.ingest.ingest(staged, expected_study_uid=self.study)
         except errors.PacsdError as exc:
             self.failures.append((part_no, exc))

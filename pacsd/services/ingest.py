@@ -94,10 +94,16 @@ class IngestService:
         if _preamble_to_zero(bytes(data[:132])):
             data = bytes(128) + bytes(data[128:])
             log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
+        # Parsed from memory: a refused object never touches the disk.
+        parsed = parse_instance(data)
         with self.archive.store.new_staging_file(max_size=limit) as w:
             w.write(data)
-            path, sha, size = w.finish()
-        return self._ingest_sync(StagedFile(path, sha, size), expected_study_uid)
+            staged = StagedFile(*w.finish())
+        try:
+            return self._commit_named(staged, parsed, expected_study_uid)
+        except BaseException:
+            _discard(staged.path)
+            raise
 
     def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
         # The staged file is removed here, in the worker, not in the awaiting coroutine:
@@ -116,6 +122,10 @@ class IngestService:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
         staged = _sanitize_preamble(staged)
         parsed: ParsedInstance = parse_instance(staged.path)
+        return self._commit_named(staged, parsed, expected_study_uid)
+
+    def _commit_named(self, staged: StagedFile, parsed: ParsedInstance,
+                      expected_study_uid: str | None) -> StoreOutcome:
         try:
             return self._commit(staged, parsed, expected_study_uid)
         except errors.InstanceError as exc:

@@ -2,6 +2,7 @@
 real S3-protocol server (moto). Folders may define narrower fixtures of their own."""
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Iterator
@@ -12,10 +13,10 @@ PG_ADMIN_URL = os.environ.get("PACSD_TEST_PG_URL",
                               "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def pg_server_url() -> Iterator[str]:
-    """URL of a fresh, empty PostgreSQL database for this session (dropped at the end).
-    Skips with the reason when no server answers on 127.0.0.1:5432."""
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database, dropped afterwards; its URL. Skips with the
+    reason when no server answers on 127.0.0.1:5432."""
     import psycopg
     import sqlalchemy as sa
 
@@ -33,6 +34,20 @@ def pg_server_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database for this session (dropped at the end)."""
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_fresh_url() -> Iterator[str]:
+    """URL of a fresh, empty PostgreSQL database for one test (dropped after it)."""
+    with pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

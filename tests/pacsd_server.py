@@ -20,7 +20,8 @@ class Server:
     DIMSE port in use is ``self.dicom_port`` (0 when off). With DIMSE on, start-up is
     detected from pacsd's INFO log line, so keep the default log level."""
 
-    def __init__(self, data_dir: str, *extra: str, dicom_port: int | None = 0) -> None:
+    def __init__(self, data_dir: str, *extra: str, dicom_port: int | None = 0,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.dicom_port = free_port() if dicom_port is None else dicom_port
         self.url = f"http://127.0.0.1:{self.port}"
@@ -29,7 +30,8 @@ class Server:
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", data_dir,
              "--http", f"127.0.0.1:{self.port}", "--dicom-port", str(self.dicom_port),
              *extra],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + 30
         while True:
             try:

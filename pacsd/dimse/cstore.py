@@ -25,6 +25,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
+from .. import failpoints
 from ..services import StagedFile
 from . import status as st
 from .context import ScpContext
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 PREAMBLE = b"\0" * 128 + b"DICM"
 #: Bytes of an inflated (deflate transfer syntax) data set read for the BI-35 check.
 UID_PREFIX_BYTES = 1024 * 1024
+#: Data sets up to this size are handed to ingest in memory (one worker call, parsed
+#: before anything is written); larger ones go through a staging file, so a big object
+#: is not held twice in memory.
+SMALL_OBJECT = 2 * 1024 * 1024
 _SOP_INSTANCE_UID = 0x00080018
 
 
@@ -48,6 +53,7 @@ def handle_store(event, ctx: ScpContext) -> Any:
         _store(event, ctx)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
         return st.failure(exc, st.STORE)
+    failpoints.hit("dimse.before_status")
     return st.SUCCESS
 
 
@@ -69,6 +75,10 @@ def _store(event, ctx: ScpContext) -> None:
     buf = DicomBytesIO()
     write_file_meta_info(buf, meta, enforce_standard=True)
 
+    if len(raw) <= SMALL_OBJECT:
+        # Durable (blob fsynced and hash-checked, index committed) once this returns.
+        ctx.bridge.call(ctx.ingest.ingest_bytes(PREAMBLE + buf.getvalue() + raw))
+        return
     archive = ctx.ingest.archive
     writer = archive.store.new_staging_file(
         max_size=archive.settings.dicomweb.max_instance_bytes)

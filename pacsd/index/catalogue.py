@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
+from pacsd import failpoints
 from pacsd.errors import OutOfResources
 from pacsd.index import migrations, qido_sql, writes
 from pacsd.index.engine import RETRYABLE_SQLSTATES, create_engine, sqlstate, translate_errors
@@ -225,8 +226,14 @@ class Catalogue:
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``)."""
-        return self._write_grouped("storing an instance",
-                                   lambda conn: writes.store_instance(conn, p, sha256, size))
+        def store(conn: sa.Connection) -> StoreOutcome:
+            outcome = writes.store_instance(conn, p, sha256, size)
+            failpoints.hit("index.before_commit")
+            return outcome
+
+        outcome = self._write_grouped("storing an instance", store)
+        failpoints.hit("index.after_commit")
+        return outcome
 
     def delete(self, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None) -> list[str]:

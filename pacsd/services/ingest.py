@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .. import errors
+from .. import errors, failpoints
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
 from ..store import hash_stream
@@ -140,6 +140,7 @@ class IngestService:
         if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
             raise errors.StudyMismatch(
                 "StudyInstanceUID of the instance differs from the study in the request URL")
+        failpoints.hit("ingest.after_parse")
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
         newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)

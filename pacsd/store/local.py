@@ -26,6 +26,7 @@ import os
 import tempfile
 from typing import Iterator
 
+from pacsd import failpoints
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, hash_stream, is_sha256,
@@ -164,6 +165,7 @@ class LocalBlobStore(BlobStore):
                 os.fsync(fd)  # one attempt only (fsyncgate)
             finally:
                 os.close(fd)
+            failpoints.hit("store.after_fsync")
             self._ensure_fanout(leaf)
             try:
                 os.replace(src_path, final)
@@ -174,6 +176,7 @@ class LocalBlobStore(BlobStore):
                 self._copy_in(src_path, sha256, size, final)
                 _unlink_quiet(src_path)
                 return True
+            failpoints.hit("store.after_rename")
             _fsync_dir(leaf)
         except OSError as e:
             raise OutOfResources("The object could not be made durable.") from e

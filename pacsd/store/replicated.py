@@ -50,6 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from pacsd import failpoints
 from pacsd.errors import (BadRequest, DataUnavailable, NotFound, OutOfResources,
                           PacsdError)
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
@@ -185,7 +186,9 @@ class ReplicatedStore(BlobStore):
     def _write(self, indices: list[int], src_path: str, sha256: str, size: int,
                move: bool = False) -> bool:
         def one(i: int) -> bool:
-            return self.copies[i].put_file(src_path, sha256, size, move=move)
+            written = self.copies[i].put_file(src_path, sha256, size, move=move)
+            failpoints.hit("store.after_copy")
+            return written
 
         results: dict[int, bool] = {}
         failures: dict[int, BaseException] = {}

@@ -21,7 +21,7 @@ import logging
 import orjson
 from aiohttp import web
 
-from ... import errors
+from ... import errors, failpoints
 from ...services import StagedFile
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
@@ -136,6 +136,7 @@ class _Stow:
             await self.sem.acquire()
             self.tasks.append(asyncio.create_task(self._ingest(staged, part_no)))
         results = await asyncio.gather(*self.tasks)
+        failpoints.hit("web.before_response")
         return self._response(part_no, results)
 
     async def _receive_part(self, part, part_no: int) -> StagedFile | bytes:

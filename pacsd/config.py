@@ -220,6 +220,38 @@ class SecuritySettings:
 
 
 @dataclass
+class JobsSettings:
+    """The persistent job queue and its runner in ``pacsd serve`` (docs/jobs.md, R-B2)."""
+
+    #: Run queued jobs in this process (several processes may share one PostgreSQL).
+    enabled: bool = True
+    #: Jobs run at the same time by this process.
+    concurrency: int = 4
+    #: Seconds a claimed job is leased; a running job renews it every third of it, a
+    #: crashed process's jobs are taken again once it expires.
+    lease_s: float = 60.0
+    #: Seconds between looks at the queue for jobs queued by other processes.
+    poll_interval_s: float = 1.0
+    #: Attempts before a job goes to the dead letter state (a job kind may set its own).
+    max_attempts: int = 10
+    #: Retry n waits backoff_base_s * 2**(n-1) seconds, at most backoff_max_s, minus up
+    #: to backoff_jitter of it at random.
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 3600.0
+    backoff_jitter: float = 0.2
+    #: Days finished (done) jobs are kept; dead jobs stay until resubmitted.
+    keep_done_days: float = 7.0
+
+    def check(self) -> None:
+        for name in ("concurrency", "lease_s", "poll_interval_s", "max_attempts",
+                     "backoff_base_s", "backoff_max_s", "keep_done_days"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[jobs] {name} must be positive")
+        if not 0 <= self.backoff_jitter < 1:
+            raise ConfigError("[jobs] backoff_jitter must be at least 0 and below 1")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -227,6 +259,7 @@ class Settings:
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     dimse: DimseSettings = field(default_factory=DimseSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -308,6 +341,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         _fill(getattr(settings, section), {name: value}, section)
     settings.dimse.check()
     settings.security.check()
+    settings.jobs.check()
     return settings
 
 
@@ -317,4 +351,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     return {
         name: dataclasses.asdict(getattr(s, name))
         for name in ("server", "storage", "index", "dicomweb", "dimse", "security")
+        + ("jobs",)
     }

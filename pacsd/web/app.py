@@ -24,7 +24,7 @@ from ..config import Settings
 from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
-from . import auth
+from . import auth, forwarding
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, QUERY, RETRIEVE,
@@ -173,7 +173,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_archive_ctx)
     app.cleanup_ctx.append(_security_ctx)
-    app[JOB_INSTALLERS] = []
+    app[JOB_INSTALLERS] = [forwarding.install]  # store-and-forward (R-B2)
     app.cleanup_ctx.append(_jobs_ctx)
     app.on_response_prepare.append(on_prepare)
     add_dicomweb_routes(app.router, settings.dicomweb.root)
@@ -181,6 +181,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    forwarding.add_routes(app.router)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

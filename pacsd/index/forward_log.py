@@ -238,7 +238,8 @@ class ForwardLog:
             q = q.where(forward_items.c.pk < after)
         with translate_errors("reading the forwarding log"), \
                 self.catalogue.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [{str(c.name): getattr(r, c.name) for c in forward_items.c}
+                    for r in conn.execute(q)]
 
 
 def _study(row: sa.Row) -> dict:

@@ -41,8 +41,22 @@ COPY_CHUNK = 1024 * 1024
 
 def add_parser(sub) -> None:
     p = sub.add_parser("import", help="import DICOM files, folders or ZIP archives")
-    p.add_argument("paths", nargs="+", metavar="PATH",
+    p.add_argument("paths", nargs="*", metavar="PATH",
                    help="a DICOM file, a directory (read recursively) or a .zip")
+    g = p.add_argument_group("pull from another PACS (C-FIND, then C-GET or C-MOVE)")
+    g.add_argument("--from-peer", metavar="AET",
+                   help="query and retrieve from this AE ([dimse] peers or --peer)")
+    g.add_argument("--peer", action="append", default=[], metavar="AET=HOST:PORT",
+                   help="a remote AE's address; repeatable; adds to [dimse] peers")
+    g.add_argument("--study-date", default="", metavar="RANGE",
+                   help="StudyDate match, e.g. 20240101-20240131 or 20240105")
+    g.add_argument("--patient-id", default="", metavar="ID", help="PatientID match")
+    g.add_argument("--study", action="append", default=[], metavar="UID",
+                   help="a StudyInstanceUID; repeatable")
+    g.add_argument("--modality", default="", help="ModalitiesInStudy match, e.g. CT")
+    g.add_argument("--method", choices=("get", "move"), default="get",
+                   help="C-GET into this process (default) or C-MOVE to the running "
+                        "server's AE title (the peer must know it)")
     p.add_argument("--config", help="TOML settings file (see conf/pacsd.example.toml)")
     p.add_argument("--data-dir", help="data directory (index, blobs); default ./pacsd-data")
     p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
@@ -235,6 +249,12 @@ async def run_import(settings: Settings, paths: list[str], *, jobs: int = DEFAUL
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.jobs < 1:
         print("pacsd: --jobs must be at least 1", file=sys.stderr)
+        return 2
+    if args.from_peer:
+        from .import_pull import run as run_pull
+        return run_pull(args, settings)
+    if not args.paths:
+        print("pacsd: import needs PATH... or --from-peer AET", file=sys.stderr)
         return 2
     progress = _Progress()
     try:

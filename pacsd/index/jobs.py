@@ -114,27 +114,33 @@ class JobQueue:
     # --- producing ----------------------------------------------------------------------
     def enqueue(self, kind: str, payload: dict[str, Any] | None = None, *,
                 dedupe_key: str | None = None, delay_s: float = 0.0,
-                max_attempts: int | None = None) -> int:
+                max_attempts: int | None = None, reschedule: bool = False) -> int:
         """Add a job (one transaction); returns its id, or the id of the queued job with
-        the same ``dedupe_key``."""
+        the same ``dedupe_key`` (``reschedule``: which is then due no later than
+        ``delay_s`` from now, e.g. when an operator runs an import again)."""
         return self.catalogue.run_write(
             "queueing a job", lambda conn: self.enqueue_in(
                 conn, kind, payload, dedupe_key=dedupe_key, delay_s=delay_s,
-                max_attempts=max_attempts))
+                max_attempts=max_attempts, reschedule=reschedule))
 
     def enqueue_in(self, conn: sa.Connection, kind: str, payload: dict[str, Any] | None
                    = None, *, dedupe_key: str | None = None, delay_s: float = 0.0,
-                   max_attempts: int | None = None) -> int:
+                   max_attempts: int | None = None, reschedule: bool = False) -> int:
         """:meth:`enqueue` inside the caller's write transaction (so a job is queued
         together with the rows it is about, or not at all)."""
         if not kind:
             raise BadRequest("a job needs a kind")
+        now = self.clock()
         if dedupe_key is not None:
             pk = conn.scalar(sa.select(jobs.c.pk).where(
                 jobs.c.dedupe_key == dedupe_key, jobs.c.state == "queued"))
             if pk is not None:
+                if reschedule:
+                    due = now + max(0.0, delay_s)
+                    conn.execute(sa.update(jobs).where(
+                        jobs.c.pk == pk, jobs.c.run_at > due).values(run_at=due,
+                                                                    updated_at=now))
                 return pk
-        now = self.clock()
         return conn.execute(sa.insert(jobs).values(
             kind=kind, payload=orjson.dumps(payload or {}).decode(), dedupe_key=dedupe_key,
             state="queued", attempts=0, max_attempts=max_attempts or self.max_attempts,

@@ -46,6 +46,7 @@ EVENT_TYPES = frozenset({
     "study-forwarded",    # store-and-forward delivered a study to a destination (R-B2)
     "forward-overdue",    # a study missed the forwarding deadline (R-A9 alert)
     "job-resubmitted",    # an administrator resubmitted a dead job
+    "forward-resend",     # an administrator had a stored study forwarded again
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

@@ -243,6 +243,50 @@ class ForwardingService:
         self.wake()
         return destinations
 
+    # --- manual re-send (R-A10 re-upload) --------------------------------------------------
+    def resend(self, study_uid: str, destination: str | None = None) -> dict[str, int]:
+        """Route every stored instance of a study again — by the rules, or to
+        ``destination`` only — and queue it for sending now; instances already sent are
+        sent again. Returns destination -> instances queued. NotFound for an unknown
+        study, BadRequest for an unknown destination. Runs on a worker thread."""
+        if destination is not None and destination not in self.destinations:
+            raise errors.BadRequest("no such destination")
+        cat = self.archive.catalogue
+        rows = list(cat.iter_instances(study_uid))
+        if not rows:
+            raise errors.NotFound("no such study")
+        metas = [orjson.loads(m) for m in cat.iter_metadata(study_uid)]
+        aets: dict[str, str] = {}
+        needs_aet = destination is None and any(r.needs_calling_aet for r in self.rules)
+        arrivals: list[Arrival] = []
+        counts: dict[str, int] = {}
+        for row, meta in zip(rows, metas):
+            if needs_aet:
+                aets[row.sop_instance_uid] = source_aet_from_header(
+                    self.archive.store.read_range(row.sha256, 0, min(row.size, 4096)))
+            aet = aets.get(row.sop_instance_uid, "")
+            if destination is not None:
+                targets = [destination]
+            else:
+                def values(key: str, tag: str | None, meta=meta, aet=aet) -> list[str]:
+                    return [aet] if key == CALLING_AET else _values(meta, tag or "")
+                targets = list(dict.fromkeys(d for rule in self.rules if rule.matches(values)
+                                             for d in rule.destinations))
+            for d in targets:
+                arrivals.append(Arrival(d, study_uid, row.series_instance_uid,
+                                        row.sop_instance_uid, row.sop_class_uid, aet))
+                counts[d] = counts.get(d, 0) + 1
+
+        def enqueue(conn) -> None:
+            for d in counts:
+                self.queue.enqueue_in(conn, JOB_KIND, {"destination": d, "study": study_uid},
+                                      dedupe_key=f"forward:{d}:{study_uid}",
+                                      max_attempts=self.conf.max_attempts, reschedule=True)
+        if arrivals:
+            self.log.record_arrivals(arrivals, self.clock(), then=enqueue)
+            self.wake()
+        return counts
+
     # --- sending (the job) ----------------------------------------------------------------
     async def handle(self, job: Any) -> None:
         """The ``forward.study`` job: send what the study still lacks at the destination."""

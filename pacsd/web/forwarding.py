@@ -16,6 +16,8 @@ Monitoring (``@requires("read")``; resubmitting needs ``admin`` and is audited):
 * ``GET /api/v1/forwarding/log?destination=&study=&state=&limit=&after=`` — the send /
   receive log;
 * ``POST /api/v1/forwarding/jobs/{id}/resubmit`` — a dead job back to the queue;
+* ``POST /api/v1/forwarding/studies/{study}/resend?destination=`` — route a stored study
+  again (by the rules, or to one destination) and send it now (admin, audited);
 * ``GET /admin/forwarding`` — the same facts as a small HTML page (no JavaScript).
 """
 from __future__ import annotations
@@ -174,6 +176,18 @@ async def resubmit(request: web.Request) -> web.Response:
     return _json({"job": job.as_json()})
 
 
+@auth.requires("admin", audit="forward-resend")
+async def resend(request: web.Request) -> web.Response:
+    """Route a stored study again (by the rules, or ``?destination=``) and send it now."""
+    fwd = request.app[FORWARDING]
+    study = request.match_info["study"]
+    destination = request.query.get("destination") or None
+    counts = await request.app[ARCHIVE].run(fwd.resend, study, destination)
+    auth.note_audit(request, destinations=sorted(counts),
+                    object_count=sum(counts.values()))
+    return _json({"study": study, "queued": counts})
+
+
 # --- the HTML page ------------------------------------------------------------------------
 
 def _fmt_s(value: float | None) -> str:
@@ -244,4 +258,5 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/forwarding/studies", studies)
     router.add_get("/api/v1/forwarding/log", send_log)
     router.add_post("/api/v1/forwarding/jobs/{id}/resubmit", resubmit)
+    router.add_post("/api/v1/forwarding/studies/{study}/resend", resend)
     router.add_get("/admin/forwarding", page)

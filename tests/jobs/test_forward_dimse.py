@@ -240,3 +240,37 @@ async def test_sla_breach_alerts_once_and_is_visible_R_A9(aiohttp_client, tmp_pa
     city = body["destinations"]["city"]
     assert city["delivered_24h"] == 1
     assert city["upload_p50_s"] == city["upload_p95_s"] == clock.now - t0
+
+
+async def test_resend_a_stored_study_R_B2(aiohttp_client, tmp_path, clock, scp):
+    """Re-upload (R-A10): a study the destination lost is sent again on request."""
+    scp.start()
+    client, app = await start(aiohttp_client, settings_for(tmp_path, scp), clock)
+    study = study_of(2)
+    unrouted = make_dataset(Modality="US", InstitutionName="Central Hospital")
+    await stow(client, study + [unrouted])
+    q = app[JOBS].queue
+    await wait_for(lambda: len(scp.received) == 2)
+    await wait_for(lambda: all(j.state == "done" for j in q.list(kind="forward.study")))
+    scp.received.clear()
+    uid = study[0].StudyInstanceUID
+    r = await client.post(f"/api/v1/forwarding/studies/{uid}/resend")
+    assert r.status == 200 and (await r.json())["queued"] == {"city": 2}
+    await wait_for(lambda: len(scp.received) == 2)
+    assert len(scp.calls) == 4
+    # By the rules the US study goes nowhere; named explicitly it goes.
+    r = await client.post(f"/api/v1/forwarding/studies/{unrouted.StudyInstanceUID}/resend")
+    assert (await r.json())["queued"] == {}
+    r = await client.post(f"/api/v1/forwarding/studies/{unrouted.StudyInstanceUID}/resend"
+                          "?destination=city")
+    assert (await r.json())["queued"] == {"city": 1}
+    await wait_for(lambda: unrouted.SOPInstanceUID in scp.received)
+    r = await client.post("/api/v1/forwarding/studies/1.2.3.4/resend")
+    assert r.status == 404
+    r = await client.post(f"/api/v1/forwarding/studies/{uid}/resend?destination=nowhere")
+    assert r.status == 400
+    audit = app[AUDIT]
+    await audit.flush()
+    events = audit.query(event_type="forward-resend")
+    assert [e["outcome"] for e in events] == ["success"] * 3 + ["failure"] * 2
+    assert events[0]["study_uid"] == uid and events[0]["object_count"] == 2

@@ -1,5 +1,5 @@
-"""Command line: ``pacsd serve``, ``pacsd verify``, ``pacsd user|token|audit`` (admin_cli.py;
-later import / export ...)."""
+"""Command line: ``pacsd serve``, ``pacsd verify``, ``pacsd user|token|audit`` (admin_cli.py),
+``pacsd import`` (import_cli.py; later export ...)."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(http=None, dicom_port=None, ae_title=None)
     from . import admin_cli
     admin_cli.add_parsers(sub)  # user / token / audit (docs/security.md)
+    from . import import_cli
+    import_cli.add_parser(sub)  # import PATH... (docs/forwarding.md)
+    sub.choices["import"].set_defaults(http=None, dicom_port=None, ae_title=None)
     return p
 
 
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.storage.copies = [{"url": url} for url in args.store]
         if args.command == "verify":
             return _verify(settings, args)
+        if args.command == "import":
+            from . import import_cli
+            return import_cli.run(args, settings)
         if args.command == "serve":
             from .server import serve
             serve(settings)

@@ -220,6 +220,150 @@ class SecuritySettings:
 
 
 @dataclass
+class JobsSettings:
+    """The persistent job queue and its runner in ``pacsd serve`` (docs/jobs.md, R-B2)."""
+
+    #: Run queued jobs in this process (several processes may share one PostgreSQL).
+    enabled: bool = True
+    #: Jobs run at the same time by this process.
+    concurrency: int = 4
+    #: Seconds a claimed job is leased; a running job renews it every third of it, a
+    #: crashed process's jobs are taken again once it expires.
+    lease_s: float = 60.0
+    #: Seconds between looks at the queue for jobs queued by other processes.
+    poll_interval_s: float = 1.0
+    #: Attempts before a job goes to the dead letter state (a job kind may set its own).
+    max_attempts: int = 10
+    #: Retry n waits backoff_base_s * 2**(n-1) seconds, at most backoff_max_s, minus up
+    #: to backoff_jitter of it at random.
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 3600.0
+    backoff_jitter: float = 0.2
+    #: Days finished (done) jobs are kept; dead jobs stay until resubmitted.
+    keep_done_days: float = 7.0
+
+    def check(self) -> None:
+        for name in ("concurrency", "lease_s", "poll_interval_s", "max_attempts",
+                     "backoff_base_s", "backoff_max_s", "keep_done_days"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[jobs] {name} must be positive")
+        if not 0 <= self.backoff_jitter < 1:
+            raise ConfigError("[jobs] backoff_jitter must be at least 0 and below 1")
+
+
+@dataclass(frozen=True)
+class ForwardDestination:
+    """One ``[forward.destinations.<name>]`` table, checked (docs/forwarding.md)."""
+
+    name: str
+    type: str                      # "dicomweb" | "dimse"
+    url: str = ""                  # dicomweb: the STOW-RS URL (.../studies)
+    token: str = ""                # dicomweb: bearer token ($env:/$file: resolved)
+    ae_title: str = ""             # dimse: the called AE title
+    host: str = ""
+    port: int = 0
+    calling_ae_title: str = ""     # dimse: our AE title towards it ([server] ae_title)
+    timeout_s: float = 60.0
+    instances_per_request: int = 50
+
+    def where(self) -> str:
+        """Where it sends, without credentials (log, audit ``location``)."""
+        if self.type == "dimse":
+            return f"dicom://{self.ae_title}@{self.host}:{self.port}"
+        from urllib.parse import urlsplit, urlunsplit
+        parts = urlsplit(self.url)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=host))
+
+
+@dataclass
+class ForwardSettings:
+    """Store-and-forward (R-B2, R-B3, R-A9; docs/forwarding.md)."""
+
+    #: Minutes from a study's first arrival to its confirmed delivery at a destination
+    #: after which an alert is raised (R-A9: 20 minutes).
+    sla_minutes: float = 20.0
+    #: Seconds between checks of the upload clocks.
+    sla_check_interval_s: float = 30.0
+    #: Seconds a study's forwarding job waits after the first instance, so the
+    #: instances arriving meanwhile go in the same job (batching per study).
+    batch_delay_s: float = 2.0
+    #: Attempts of a forwarding job before it goes to the dead letter state.
+    max_attempts: int = 20
+    #: Destinations by name: tables with ``type = "dicomweb"`` (``url``, ``token``) or
+    #: ``type = "dimse"`` (``ae_title``, ``host``, ``port``); see docs/forwarding.md.
+    destinations: dict[str, Any] = field(default_factory=dict)
+    #: Rules: tables with ``destinations`` (names) and ``match`` (DICOM keyword or
+    #: ``calling_aet`` -> value or list of values, ``*``/``?`` wildcards).
+    rules: list[Any] = field(default_factory=list)
+
+    DESTINATION_KEYS = frozenset({"type", "url", "token", "ae_title", "host", "port",
+                                  "calling_ae_title", "timeout_s", "instances_per_request"})
+    RULE_KEYS = frozenset({"name", "destinations", "match"})
+
+    def parsed_destinations(self) -> dict[str, ForwardDestination]:
+        out = {}
+        for name, conf in self.destinations.items():
+            where = f"[forward.destinations.{name}]"
+            if not isinstance(conf, dict):
+                raise ConfigError(f"{where} must be a table")
+            unknown = set(conf) - self.DESTINATION_KEYS
+            if unknown:
+                raise ConfigError(f"unknown setting {where} " + ", ".join(sorted(unknown)))
+            conf = {k: _resolve_secret(v) for k, v in conf.items()}
+            kind = conf.get("type")
+            try:
+                dest = ForwardDestination(name=name, **conf)
+            except TypeError:
+                raise ConfigError(f"{where}: bad settings") from None
+            if kind == "dicomweb":
+                if not isinstance(dest.url, str) or not dest.url.startswith(
+                        ("http://", "https://")):
+                    raise ConfigError(f"{where} needs url = the STOW-RS URL (http[s]://)")
+            elif kind == "dimse":
+                if not (isinstance(dest.ae_title, str) and 0 < len(dest.ae_title) <= 16
+                        and dest.host and isinstance(dest.port, int)
+                        and 0 < dest.port < 65536):
+                    raise ConfigError(f"{where} needs ae_title, host and port")
+            else:
+                raise ConfigError(f'{where} type must be "dicomweb" or "dimse"')
+            if not isinstance(dest.timeout_s, (int, float)) or dest.timeout_s <= 0 or \
+                    not isinstance(dest.instances_per_request, int) or \
+                    dest.instances_per_request < 1:
+                raise ConfigError(f"{where}: timeout_s and instances_per_request must "
+                                  "be positive")
+            out[name] = dest
+        return out
+
+    def check(self) -> None:
+        names = self.parsed_destinations()
+        for n, rule in enumerate(self.rules, 1):
+            where = f"[[forward.rules]] entry {n}"
+            if not isinstance(rule, dict):
+                raise ConfigError(f"{where} must be a table")
+            unknown = set(rule) - self.RULE_KEYS
+            if unknown:
+                raise ConfigError(f"unknown setting {where}: " + ", ".join(sorted(unknown)))
+            dests = rule.get("destinations")
+            if not isinstance(dests, list) or not dests or not all(
+                    isinstance(d, str) for d in dests):
+                raise ConfigError(f"{where} needs destinations = [names]")
+            missing = [d for d in dests if d not in names]
+            if missing:
+                raise ConfigError(f"{where}: unknown destination {missing[0]!r}")
+            match = rule.get("match", {})
+            if not isinstance(match, dict) or not all(
+                    isinstance(v, str) or (isinstance(v, list) and v and all(
+                        isinstance(x, str) for x in v)) for v in match.values()):
+                raise ConfigError(f"{where}: match values are strings or lists of strings")
+        for name in ("sla_minutes", "sla_check_interval_s", "max_attempts"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[forward] {name} must be positive")
+        if self.batch_delay_s < 0:
+            raise ConfigError("[forward] batch_delay_s must not be negative")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -227,6 +371,8 @@ class Settings:
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     dimse: DimseSettings = field(default_factory=DimseSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    forward: ForwardSettings = field(default_factory=ForwardSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -308,6 +454,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         _fill(getattr(settings, section), {name: value}, section)
     settings.dimse.check()
     settings.security.check()
+    settings.jobs.check()
+    settings.forward.check()
     return settings
 
 
@@ -317,4 +465,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     return {
         name: dataclasses.asdict(getattr(s, name))
         for name in ("server", "storage", "index", "dicomweb", "dimse", "security")
+        + ("jobs",) + ("forward",)
     }

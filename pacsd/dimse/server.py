@@ -36,6 +36,7 @@ from ..services import IngestService, QueryService, RetrieveService
 from .bridge import Bridge
 from .cfind import handle_find
 from .context import ScpContext
+from .commitment import commitment_context, handle_action
 from .contexts import supported_contexts
 from .cretrieve import handle_get, handle_move
 from .cstore import handle_echo, handle_store
@@ -110,6 +111,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [ctx]),
             (evt.EVT_C_GET, handle_get, [ctx]),
             (evt.EVT_C_MOVE, handle_move, [ctx]),
+            (evt.EVT_N_ACTION, handle_action, [ctx]),  # Storage Commitment (commitment.py)
         ]
         ae = self._make_ae()
         handlers.append((evt.EVT_REQUESTED, on_requested, [ae.policy]))
@@ -117,7 +119,8 @@ class DimseServer:
         try:
             server = ae.make_server(
                 (host, port), ae_title=self.settings.server.ae_title,
-                contexts=supported_contexts(), evt_handlers=handlers,
+                contexts=supported_contexts() + [commitment_context()],
+                evt_handlers=handlers,
                 server_class=ThreadedAssociationServer, request_handler=RequestHandler)
         except OSError as exc:
             raise ConfigError(f"cannot listen for DICOM on {host}:{port}: "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import schema, security_schema
+from pacsd.index import forward_schema, jobs_schema, schema, security_schema
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -50,12 +50,22 @@ def _security(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=list(security_schema.SECURITY_TABLES))
 
 
+def _jobs_forward(conn: sa.Connection) -> None:
+    # The persistent job queue and the store-and-forward log (R-B2, R-B3, R-A9). Only new
+    # tables; freeze the version-3 definitions here first should a later migration alter
+    # them.
+    schema.metadata.create_all(
+        conn, tables=list(jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
+    Migration(3, "jobs queue, forward_studies, forward_items", _jobs_forward),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
+FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 LATEST = MIGRATIONS[-1].version
 
 

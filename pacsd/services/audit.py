@@ -43,6 +43,10 @@ EVENT_TYPES = frozenset({
     "token-created", "token-revoked",
     "user-created", "user-unlocked", "password-changed",
     "audit-read",         # GET /api/v1/audit: reading the trail is itself audited
+    "study-forwarded",    # store-and-forward delivered a study to a destination (R-B2)
+    "forward-overdue",    # a study missed the forwarding deadline (R-A9 alert)
+    "job-resubmitted",    # an administrator resubmitted a dead job
+    "forward-resend",     # an administrator had a stored study forwarded again
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

@@ -24,9 +24,10 @@ from ..config import Settings
 from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
-from . import auth
+from . import auth, forwarding
 from .dicomweb import qido, stow, wado, wado_uri
-from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, QUERY, RETRIEVE,
+from ..services.jobs import JobService
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, QUERY, RETRIEVE,
                    SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
 
@@ -102,6 +103,27 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
         await audit.stop()  # flush what is queued before the archive closes
 
 
+async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The job queue's runner (R-B2, docs/jobs.md): started after the archive and the
+    audit trail, stopped (running jobs finish or go back to the queue) before them."""
+    archive = app[ARCHIVE]
+    jobs = JobService(archive, clock=app.get(CLOCK, time.time))
+    app[JOBS] = jobs
+    for install in app[JOB_INSTALLERS]:
+        install(app, jobs)
+    if archive.settings.jobs.enabled:
+        await jobs.start()
+    try:
+        yield
+    finally:
+        await jobs.stop(archive.settings.server.shutdown_timeout_s)
+
+
+#: Functions ``install(app, jobs)`` run before the job runner starts: they register job
+#: kinds and periodic tasks (forwarding does, R-B2).
+JOB_INSTALLERS: web.AppKey[list] = web.AppKey("job_installers")
+
+
 @auth.public
 async def health(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
@@ -151,12 +173,15 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_archive_ctx)
     app.cleanup_ctx.append(_security_ctx)
+    app[JOB_INSTALLERS] = [forwarding.install]  # store-and-forward (R-B2)
+    app.cleanup_ctx.append(_jobs_ctx)
     app.on_response_prepare.append(on_prepare)
     add_dicomweb_routes(app.router, settings.dicomweb.root)
     if settings.dicomweb.root.rstrip("/") != "":
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    forwarding.add_routes(app.router)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

@@ -7,6 +7,7 @@ from aiohttp import web
 
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
+from ..services.jobs import JobService
 
 ARCHIVE = web.AppKey("archive", Archive)
 INGEST = web.AppKey("ingest", IngestService)
@@ -14,6 +15,8 @@ QUERY = web.AppKey("query", QueryService)
 RETRIEVE = web.AppKey("retrieve", RetrieveService)
 SECURITY = web.AppKey("security", SecurityService)
 AUDIT = web.AppKey("audit", AuditTrail)
+#: The persistent job queue and its runner (services/jobs.py, docs/jobs.md).
+JOBS = web.AppKey("jobs", JobService)
 #: Optional, set before start-up: the clock of sessions, lockouts and audit times
 #: (POSIX seconds; tests travel in time with it instead of sleeping).
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     v.set_defaults(http=None, dicom_port=None, ae_title=None)
     from . import admin_cli
     admin_cli.add_parsers(sub)  # user / token / audit (docs/security.md)
+    from . import lifecycle_cli
+    lifecycle_cli.add_parsers(sub)  # export / retention (R-A11, R-A7; docs/operations.md)
     return p
 
 
@@ -65,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             settings.storage.copies = [{"url": url} for url in args.store]
         if args.command == "verify":
             return _verify(settings, args)
+        from . import lifecycle_cli
+        if args.command in lifecycle_cli.COMMANDS:
+            return lifecycle_cli.run(args, settings)
         if args.command == "serve":
             from .server import serve
             serve(settings)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import schema, security_schema
+from pacsd.index import lifecycle_schema, schema, security_schema
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -50,12 +50,19 @@ def _security(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=list(security_schema.SECURITY_TABLES))
 
 
+def _lifecycle(conn: sa.Connection) -> None:
+    # Retention, deletion tombstones and instance versions (R-A7, R-A8): new tables only.
+    schema.metadata.create_all(conn, tables=list(lifecycle_schema.LIFECYCLE_TABLES))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
+    Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
+FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
 LATEST = MIGRATIONS[-1].version
 
 

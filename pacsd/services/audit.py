@@ -43,6 +43,12 @@ EVENT_TYPES = frozenset({
     "token-created", "token-revoked",
     "user-created", "user-unlocked", "password-changed",
     "audit-read",         # GET /api/v1/audit: reading the trail is itself audited
+    # Lifecycle (services/export.py, retention.py, versions.py; R-A7, R-A8, R-A11):
+    "export",             # one object exported (and one summary event per export run)
+    "legal-hold",         # a legal hold set or cleared
+    "visit-data",         # visit class / dates (HIS data) recorded for retention
+    "purge",              # retention purge: study marked, blobs removed, finalised
+    "correction",         # attribute correction: new versions of a study's instances
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

@@ -1,0 +1,92 @@
+"""Lifecycle tables: retention (R-A7), deletion tombstones (R-A7, FT-13) and instance
+versions (R-A8). Created by migration 4 (``migrations.py``) on an existing archive, or
+with the catalogue on a fresh one.
+
+* ``study_retention``: per study, what HIS data (or an operator) said about the visit
+  (class, visit date, discharge date) and the legal hold. Keyed by StudyInstanceUID text,
+  not by ``studies.pk``, so a hold or HIS data may arrive before the images, and the
+  record outlives a purge. Studies without a row are judged from DICOM attributes alone.
+* ``purge_tombstones`` / ``purge_objects``: the two-phase deletion after expiry
+  (reliability-matrix §7 item 3). Marking removes the study from the catalogue and, in
+  the same transaction, records every blob to delete here; purging deletes the blobs
+  from every copy and ticks them off; finalising closes the tombstone. A crash at any
+  point resumes from these rows (FT-13); nothing is deleted twice or forgotten.
+* ``instance_versions``: earlier versions of corrected instances (R-A8). The current
+  version stays the ``instances`` row that QIDO/WADO read (hot paths unchanged); each
+  correction copies the superseded row's blob reference here.
+
+Times are POSIX seconds (``Float``) like the security tables: arithmetic with an
+injectable clock, identical on SQLite and PostgreSQL.
+"""
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from pacsd.index.schema import Key, Text, metadata
+
+Seconds = sa.Float()
+
+study_retention = sa.Table(
+    "study_retention", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("study_instance_uid", Text, nullable=False, unique=True),
+    sa.Column("visit_class", Text),          # "outpatient" | "inpatient" | NULL (unknown)
+    sa.Column("visit_date", Text),           # YYYYMMDD (outpatient visit / admission)
+    sa.Column("discharge_date", Text),       # YYYYMMDD (inpatient discharge)
+    sa.Column("source", Text, nullable=False, server_default=""),  # "api" | "cli"
+    sa.Column("legal_hold", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("hold_reason", Text, nullable=False, server_default=""),
+    sa.Column("hold_set_at", Seconds),
+    sa.Column("updated_at", Seconds, nullable=False),
+)
+
+purge_tombstones = sa.Table(
+    "purge_tombstones", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("study_instance_uid", Text, nullable=False, index=True),
+    sa.Column("state", Text, nullable=False, index=True),  # "marked" | "finalized"
+    sa.Column("object_count", sa.Integer, nullable=False),
+    sa.Column("reason", Text, nullable=False, server_default="{}"),  # JSON, no PHI
+    sa.Column("marked_at", Seconds, nullable=False),
+    sa.Column("finalized_at", Seconds),
+)
+
+purge_objects = sa.Table(
+    "purge_objects", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("tombstone_fk", Key, sa.ForeignKey("purge_tombstones.pk"), nullable=False,
+              index=True),
+    sa.Column("sha256", Text, nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+instance_versions = sa.Table(
+    "instance_versions", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("study_instance_uid", Text, nullable=False, index=True),
+    sa.Column("series_instance_uid", Text, nullable=False),
+    sa.Column("sop_instance_uid", Text, nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),   # 1 = as first received
+    sa.Column("sha256", Text, nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("transfer_syntax_uid", Text, nullable=False),
+    sa.Column("correction_fk", Key, sa.ForeignKey("corrections.pk")),  # that replaced it
+    sa.Column("created_at", Seconds, nullable=False),   # when this version was stored
+    sa.Column("superseded_at", Seconds, nullable=False),
+    sa.UniqueConstraint("sop_instance_uid", "version", name="uq_instance_versions_sop_v"),
+)
+
+corrections = sa.Table(
+    "corrections", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("study_instance_uid", Text, nullable=False, index=True),
+    sa.Column("reason", Text, nullable=False),
+    sa.Column("changes", Text, nullable=False),          # JSON: keyword -> new value
+    sa.Column("actor", Text, nullable=False, server_default=""),
+    sa.Column("instance_count", sa.Integer, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+)
+
+#: Dependency order (corrections before instance_versions).
+LIFECYCLE_TABLES = (study_retention, purge_tombstones, purge_objects, corrections,
+                    instance_versions)

@@ -220,6 +220,29 @@ class SecuritySettings:
 
 
 @dataclass
+class RetentionSettings:
+    """Retention periods, legal hold and purge (R-A7; docs/operations.md "Retention")."""
+
+    #: Apply the periods: DELETE inside retention answers 409 and ``pacsd retention
+    #: purge`` deletes only expired studies. A legal hold vetoes deletion either way.
+    enabled: bool = True
+    #: Years an outpatient study is kept from the visit.
+    outpatient_years: int = 15
+    #: Years an inpatient study is kept from discharge.
+    inpatient_years: int = 30
+    #: Class of a study whose class is unknown: "longest", "outpatient" or "inpatient".
+    default_class: str = "longest"
+
+    def check(self) -> None:
+        if self.outpatient_years < 1 or self.inpatient_years < 1:
+            raise ConfigError("[retention] outpatient_years and inpatient_years must be "
+                              "at least 1")
+        if self.default_class not in ("longest", "outpatient", "inpatient"):
+            raise ConfigError('[retention] default_class is "longest", "outpatient" or '
+                              '"inpatient"')
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -227,6 +250,7 @@ class Settings:
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     dimse: DimseSettings = field(default_factory=DimseSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -308,6 +332,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
         _fill(getattr(settings, section), {name: value}, section)
     settings.dimse.check()
     settings.security.check()
+    settings.retention.check()
     return settings
 
 
@@ -316,5 +341,6 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     s = Settings()
     return {
         name: dataclasses.asdict(getattr(s, name))
-        for name in ("server", "storage", "index", "dicomweb", "dimse", "security")
+        for name in ("server", "storage", "index", "dicomweb", "dimse", "security",
+                     "retention")
     }

@@ -249,6 +249,12 @@ class Lifecycle:
             if not still_allowed(dict(row) if row else None):
                 raise Conflict("the study may no longer be purged (legal hold)")
             shas = writes.delete(conn, study_uid, None, None)
+            # Kept earlier versions (R-A8) go with the study.
+            shas += list(conn.scalars(sa.select(instance_versions.c.sha256).where(
+                instance_versions.c.study_instance_uid == study_uid)))
+            conn.execute(sa.delete(instance_versions).where(
+                instance_versions.c.study_instance_uid == study_uid))
+            shas = list(dict.fromkeys(shas))
             pk = conn.scalar(sa.insert(purge_tombstones).values(
                 study_instance_uid=study_uid, state="marked", object_count=len(shas),
                 reason=orjson.dumps(reason).decode(), marked_at=now)

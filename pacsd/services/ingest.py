@@ -130,8 +130,10 @@ class IngestService:
     async def delete(self, study: str, series: str | None = None, sop: str | None = None
                      ) -> int:
         """Remove from the index (one transaction), then the blobs; returns the count.
-        (The retention issue, R-A7, adds vetoes before this point.)"""
+        Vetoed (409) inside retention or under legal hold (R-A7, services/retention.py)."""
         a = self.archive
+        from .retention import check_deletable  # lifecycle: R-A7 veto
+        await a.run(check_deletable, a, study)
         shas = await a.run(a.catalogue.delete, study, series, sop)
         for sha in shas:
             await a.run(a.store.delete, sha)

@@ -1,0 +1,89 @@
+"""pacsd's JSON API for the archive's lifecycle (R-A7 retention and legal hold; R-A8
+versions), under ``/api/v1/studies/{study}/...``. Thin: every decision is in
+``services/retention.py`` / ``services/versions.py``; every route declares its action
+and audit event for the one middleware (``web/auth.py``).
+
+* ``GET  /api/v1/studies/{study}/retention`` (read): the study's retention decision.
+* ``PUT  /api/v1/studies/{study}/retention`` (write, audit ``visit-data``): HIS visit
+  data ``{"visit_class": "outpatient"|"inpatient", "visit_date": "YYYYMMDD",
+  "discharge_date": "YYYYMMDD"}``.
+* ``PUT  /api/v1/studies/{study}/legal-hold`` (delete, audit ``legal-hold``):
+  ``{"reason": "..."}`` sets the hold; ``DELETE`` with the same body clears it.
+"""
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from .. import errors
+from ..services.retention import RetentionService
+from .auth import note_audit, requires
+from .keys import ARCHIVE
+
+
+def _json(body, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def _body(request: web.Request) -> dict:
+    raw = await request.content.read(64 * 1024 + 1)
+    if len(raw) > 64 * 1024:
+        raise errors.PayloadTooLarge("the JSON body is limited to 64 KiB")
+    try:
+        body = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError:
+        raise errors.BadRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise errors.BadRequest("the body is a JSON object")
+    return body
+
+
+def _service(request: web.Request) -> RetentionService:
+    return RetentionService(request.app[ARCHIVE])
+
+
+@requires("read")
+async def get_retention(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    d = await archive.run(_service(request).decide, request.match_info["study"])
+    return _json(d.as_dict())
+
+
+@requires("write", audit="visit-data")
+async def put_retention(request: web.Request) -> web.Response:
+    body = await _body(request)
+    archive = request.app[ARCHIVE]
+    d = await archive.run(_service(request).set_visit, request.match_info["study"],
+                          body.get("visit_class"), body.get("visit_date"),
+                          body.get("discharge_date"))
+    note_audit(request, visit_class=d.visit_class, retain_until=d.retain_until)
+    return _json(d.as_dict())
+
+
+@requires("delete", audit="legal-hold")
+async def put_hold(request: web.Request) -> web.Response:
+    return await _hold(request, True)
+
+
+@requires("delete", audit="legal-hold")
+async def delete_hold(request: web.Request) -> web.Response:
+    return await _hold(request, False)
+
+
+async def _hold(request: web.Request, hold: bool) -> web.Response:
+    body = await _body(request)
+    archive = request.app[ARCHIVE]
+    d = await archive.run(_service(request).set_hold, request.match_info["study"], hold,
+                          body.get("reason"))
+    note_audit(request, hold=hold, reason=str(body.get("reason"))[:200])
+    return _json(d.as_dict())
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    base = "/api/v1/studies/{study}"
+    router.add_get(f"{base}/retention", get_retention)
+    router.add_put(f"{base}/retention", put_retention)
+    router.add_put(f"{base}/legal-hold", put_hold)
+    router.add_delete(f"{base}/legal-hold", delete_hold)

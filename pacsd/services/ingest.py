@@ -135,6 +135,9 @@ class IngestService:
         from .retention import check_deletable  # lifecycle: R-A7 veto
         await a.run(check_deletable, a, study)
         shas = await a.run(a.catalogue.delete, study, series, sop)
+        count = len(shas)
+        from .versions import drop_versions  # lifecycle: kept versions go too (R-A8)
+        shas = list(dict.fromkeys(shas + await a.run(drop_versions, a, study, series, sop)))
         for sha in shas:
             await a.run(a.store.delete, sha)
-        return len(shas)
+        return count

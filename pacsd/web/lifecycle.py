@@ -9,6 +9,12 @@ and audit event for the one middleware (``web/auth.py``).
   "discharge_date": "YYYYMMDD"}``.
 * ``PUT  /api/v1/studies/{study}/legal-hold`` (delete, audit ``legal-hold``):
   ``{"reason": "..."}`` sets the hold; ``DELETE`` with the same body clears it.
+* ``POST /api/v1/studies/{study}/corrections`` (delete — the role that corrects and
+  deletes data, ``sysadmin`` — audit ``correction``): ``{"changes": {keyword: value|null},
+  "reason": "..."}`` makes a new version of every instance (R-A8).
+* ``GET  /api/v1/studies/{study}/versions`` (read, audit ``study-read``): corrections and
+  kept versions; ``GET .../series/{series}/instances/{instance}/versions/{n}`` (read,
+  audit ``study-read``): the Part 10 bytes of version n (``application/dicom``).
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ from aiohttp import web
 
 from .. import errors
 from ..services.retention import RetentionService
-from .auth import note_audit, requires
+from ..services.versions import VersionService
+from .auth import current_actor, note_audit, requires
 from .keys import ARCHIVE
 
 
@@ -81,8 +88,46 @@ async def _hold(request: web.Request, hold: bool) -> web.Response:
     return _json(d.as_dict())
 
 
+@requires("delete", audit="correction")
+async def post_correction(request: web.Request) -> web.Response:
+    body = await _body(request)
+    archive = request.app[ARCHIVE]
+    result = await archive.run(VersionService(archive).correct, request.match_info["study"],
+                               body.get("changes"), body.get("reason"),
+                               actor=current_actor(request).id)
+    note_audit(request, object_count=result["instances"], correction=result["correction"],
+               reason=result["reason"], keywords=result["keywords"])
+    return _json(result, status=201)
+
+
+@requires("read", audit="study-read")
+async def get_versions(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    h = await archive.run(VersionService(archive).history, request.match_info["study"])
+    return _json(h)
+
+
+@requires("read", audit="study-read")
+async def get_version(request: web.Request) -> web.Response:
+    mi = request.match_info
+    try:
+        n = int(mi["version"])
+    except ValueError:
+        raise errors.BadRequest("the version is a number") from None
+    archive = request.app[ARCHIVE]
+    data = await archive.run(VersionService(archive).version_bytes, mi["study"],
+                             mi["series"], mi["instance"], n)
+    note_audit(request, object_count=1, version=n)
+    return web.Response(body=data, content_type="application/dicom",
+                        headers={"Cache-Control": "no-store"})
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     base = "/api/v1/studies/{study}"
+    router.add_post(f"{base}/corrections", post_correction)
+    router.add_get(f"{base}/versions", get_versions)
+    router.add_get(f"{base}/series/{{series}}/instances/{{instance}}/versions/{{version}}",
+                   get_version)
     router.add_get(f"{base}/retention", get_retention)
     router.add_put(f"{base}/retention", put_retention)
     router.add_put(f"{base}/legal-hold", put_hold)

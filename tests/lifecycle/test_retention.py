@@ -217,3 +217,15 @@ async def test_R_A7_cli_hold_show_purge(archive, settings, clock, capsys):
     assert cli.main(["retention", "purge", *common]) == 0
     assert "finalised: 2" in capsys.readouterr().out
     assert cli.main(["retention", "show", "../etc", *common]) == 2
+
+
+async def test_R_A7_R_A8_purge_takes_kept_versions_along(archive, clock):
+    from pacsd.services.versions import VersionService
+    out, *_ = await three_studies(archive, clock)
+    VersionService(archive).correct(OUT, {"StudyDescription": "fixed"}, "typo")
+    current = [r.sha256 for r in archive.catalogue.iter_instances(OUT)]
+    assert set(current).isdisjoint(out) and all(map(archive.store.exists, out))
+    clock.t = ts(2026)
+    report = Purger(archive, AuditTrail(archive.catalogue)).run()
+    assert report.finalized == 1 and report.blobs_deleted == 4  # 2 current + 2 originals
+    assert not any(map(archive.store.exists, out + current))

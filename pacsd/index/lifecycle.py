@@ -80,6 +80,8 @@ class ExportRow:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
+    #: None: the current version; N: kept earlier version N (R-A8).
+    version: int | None = None
 
 
 def portable(value: Any) -> Any:
@@ -127,6 +129,47 @@ class Lifecycle:
                 return
             last = rows[-1].pk
 
+    def iter_export_versions(self, flt: ExportFilter, after_pk: int = 0, *,
+                             upto_pk: int | None = None, batch: int = BATCH
+                             ) -> Iterator[ExportRow]:
+        """Kept earlier versions (R-A8) of the studies in scope, in pk order."""
+        v = instance_versions
+        j = (v.join(studies, v.c.study_instance_uid == studies.c.study_instance_uid)
+             .join(patients, studies.c.patient_fk == patients.c.pk)
+             .join(instances, instances.c.sop_instance_uid == v.c.sop_instance_uid))
+        cond = [v.c.pk > sa.bindparam("last"), *flt.study_clause()]
+        if upto_pk is not None:
+            cond.append(v.c.pk <= upto_pk)
+        stmt = (sa.select(v.c.pk, v.c.sha256, v.c.size, patients.c.patient_id,
+                          patients.c.issuer_of_patient_id, v.c.study_instance_uid,
+                          v.c.series_instance_uid, v.c.sop_instance_uid,
+                          instances.c.sop_class_uid, v.c.transfer_syntax_uid, v.c.version)
+                .select_from(j).where(*cond).order_by(v.c.pk).limit(batch))
+        last = after_pk
+        while True:
+            with translate_errors("listing versions to export"), self.engine.connect() as c:
+                rows = c.execute(stmt, {"last": last}).all()
+            for r in rows:
+                yield ExportRow(int(r.pk), r.sha256, int(r.size), r.patient_id,
+                                r.issuer_of_patient_id, r.study_instance_uid,
+                                r.series_instance_uid, r.sop_instance_uid, r.sop_class_uid,
+                                r.transfer_syntax_uid, int(r.version))
+            if len(rows) < batch:
+                return
+            last = rows[-1].pk
+
+    def max_version_pk(self) -> int:
+        with translate_errors("reading the catalogue"), self.engine.connect() as c:
+            return int(c.scalar(sa.select(sa.func.max(instance_versions.c.pk))) or 0)
+
+    def count_export_versions(self, flt: ExportFilter, upto_pk: int) -> int:
+        v = instance_versions
+        stmt = (sa.select(sa.func.count()).select_from(
+            v.join(studies, v.c.study_instance_uid == studies.c.study_instance_uid))
+            .where(v.c.pk <= upto_pk, *flt.study_clause()))
+        with translate_errors("counting versions to export"), self.engine.connect() as c:
+            return int(c.scalar(stmt) or 0)
+
     def max_instance_pk(self) -> int:
         with translate_errors("reading the catalogue"), self.engine.connect() as c:
             return int(c.scalar(sa.select(sa.func.max(instances.c.pk))) or 0)
@@ -172,6 +215,24 @@ class Lifecycle:
             result = c.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
             for row in result.mappings():
                 yield orjson.dumps({str(k): portable(v) for k, v in row.items()}) + b"\n"
+
+    def iter_version_blobs(self, after_pk: int = 0, batch: int = BATCH
+                           ) -> Iterator[tuple[int, str, int]]:
+        """(pk, sha256, size) of every kept earlier version (R-A8), keyset-paginated: the
+        scrubber verifies them like current objects."""
+        stmt = (sa.select(instance_versions.c.pk, instance_versions.c.sha256,
+                          instance_versions.c.size)
+                .where(instance_versions.c.pk > sa.bindparam("last"))
+                .order_by(instance_versions.c.pk).limit(batch))
+        last = after_pk
+        while True:
+            with translate_errors("listing kept versions"), self.engine.connect() as c:
+                rows = c.execute(stmt, {"last": last}).all()
+            for r in rows:
+                yield int(r.pk), r.sha256, int(r.size)
+            if len(rows) < batch:
+                return
+            last = rows[-1].pk
 
     # --- retention ------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ Layout (documented in docs/operations.md "Export and hand-back"; paths never con
 strings from the data — BI-6/SEC-15)::
 
     README.txt                     what is where (this layout)
-    DICOM/<P…>/<Study>/<Series>/<SOP>.dcm
+    DICOM/<P…>/<Study>/<Series>/<SOP>.dcm (and <SOP>.v<N>.dcm: kept version N, R-A8)
                                    the stored objects, byte for byte; <P…> is "P" + the
                                    first 20 hex digits of SHA-256(issuer NUL PatientID)
                                    (no PHI in paths); UIDs are used as they are only
@@ -63,7 +63,7 @@ CHECKPOINT_EVERY = 500
 STATE_DIR = ".pacsd-export"
 MANIFEST_COLUMNS = ("path", "sha256", "size", "study_instance_uid", "series_instance_uid",
                     "sop_instance_uid", "sop_class_uid", "transfer_syntax_uid",
-                    "patient_key")
+                    "patient_key", "version")
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 #: progress(phase, done, total)
@@ -73,6 +73,8 @@ README = """pacsd export ({version})
 
 DICOM/<patient key>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
     Every exported object as DICOM Part 10, byte for byte as pacsd stored it.
+    <SOPInstanceUID>.v<N>.dcm: earlier version N kept after a correction (1 = as first
+    received; the file without .v<N> is the current version).
     The patient key is "P" + 20 hex digits of SHA-256(IssuerOfPatientID NUL PatientID);
     the patient's identity is inside the files and in index/patients.jsonl.
 index/<table>.jsonl
@@ -100,9 +102,11 @@ def patient_key(patient_id: str, issuer: str) -> str:
 
 
 def object_path(row: ExportRow) -> str:
+    """``<SOP>.dcm`` for the current version, ``<SOP>.v<N>.dcm`` for kept version N."""
+    suffix = ".dcm" if row.version is None else f".v{int(row.version)}.dcm"
     return "/".join(("DICOM", patient_key(row.patient_id, row.issuer_of_patient_id),
                      safe_uid(row.study_instance_uid), safe_uid(row.series_instance_uid),
-                     safe_uid(row.sop_instance_uid) + ".dcm"))
+                     safe_uid(row.sop_instance_uid) + suffix))
 
 
 def redacted(url: str) -> str:
@@ -298,27 +302,38 @@ class Exporter:
         state = self._load_state(flt)
         if state is None:
             state = {"filter": flt.as_dict(), "patient_id_hash": _pid_hash(flt),
-                     "upto_pk": self.lifecycle.max_instance_pk(), "after_pk": 0, "parts": 0,
+                     "upto_pk": self.lifecycle.max_instance_pk(), "after_pk": 0,
+                     "version_upto_pk": self.lifecycle.max_version_pk(),
+                     "version_after_pk": 0, "phase": "objects", "parts": 0,
                      "started_at": self.clock(), "objects": 0, "bytes": 0}
             self._save_state(state)
         else:
             report.resumed_after_pk = state["after_pk"]
-        report.total = self.lifecycle.count_export(flt, upto_pk=state["upto_pk"])
+        report.total = (self.lifecycle.count_export(flt, upto_pk=state["upto_pk"])
+                        + self.lifecycle.count_export_versions(flt, state["version_upto_pk"]))
         batch: list[dict] = []
         self._tick("objects", state["objects"], report.total)
         try:
-            for row in self.lifecycle.iter_export(flt, state["after_pk"],
-                                                  upto_pk=state["upto_pk"]):
-                if limit is not None and report.written + report.present >= limit:
-                    self._checkpoint(state, batch)
-                    return report
-                batch.append(self._export_one(row, report))
-                state["after_pk"] = row.pk
-                self._tick("objects", state["objects"] + len(batch), report.total)
-                if len(batch) >= CHECKPOINT_EVERY:
-                    self._checkpoint(state, batch)
-                    batch = []
-            self._checkpoint(state, batch)
+            # Phase 1 the current objects, phase 2 kept earlier versions (R-A8).
+            phases = [("objects", "after_pk", self.lifecycle.iter_export, "upto_pk"),
+                      ("versions", "version_after_pk", self.lifecycle.iter_export_versions,
+                       "version_upto_pk")]
+            if state["phase"] == "versions":
+                phases = phases[1:]
+            for phase, after_key, rows, upto_key in phases:
+                state["phase"] = phase
+                for row in rows(flt, state[after_key], upto_pk=state[upto_key]):
+                    if limit is not None and report.written + report.present >= limit:
+                        self._checkpoint(state, batch)
+                        return report
+                    batch.append(self._export_one(row, report))
+                    state[after_key] = row.pk
+                    self._tick("objects", state["objects"] + len(batch), report.total)
+                    if len(batch) >= CHECKPOINT_EVERY:
+                        self._checkpoint(state, batch)
+                        batch = []
+                self._checkpoint(state, batch)
+                batch = []
             self._finish(flt, state, report)
         except PacsdError as e:
             # Stops before the failed object's checkpoint: a resumed run retries it.
@@ -346,13 +361,15 @@ class Exporter:
         self.audit.record("export", actor=self.actor, study_uid=row.study_instance_uid,
                           object_count=1, location=self.location,
                           detail={"sop_instance_uid": row.sop_instance_uid,
-                                  "sha256": row.sha256, "action": action})
+                                  "sha256": row.sha256, "action": action,
+                                  "version": row.version})
         return {"path": rel, "sha256": row.sha256, "size": row.size,
                 "study_instance_uid": row.study_instance_uid,
                 "series_instance_uid": row.series_instance_uid,
                 "sop_instance_uid": row.sop_instance_uid, "sop_class_uid": row.sop_class_uid,
                 "transfer_syntax_uid": row.transfer_syntax_uid,
-                "patient_key": patient_key(row.patient_id, row.issuer_of_patient_id)}
+                "patient_key": patient_key(row.patient_id, row.issuer_of_patient_id),
+                "version": "" if row.version is None else row.version}
 
     def _checkpoint(self, state: dict, batch: list[dict]) -> None:
         """Manifest part first, then the state that points past it (a crash between the

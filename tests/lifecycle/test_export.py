@@ -201,3 +201,27 @@ async def test_R_A11_cli_export_and_verify_exit_status(archive, settings, tmp_pa
     with pytest.raises(SystemExit) as exc:  # argparse: bad date, exit status 2
         cli.main(["export", "--to", out, "--date-from", "2010-01-01", *common])
     assert exc.value.code == 2
+
+
+async def test_R_A11_R_A8_export_includes_kept_versions(archive, tmp_path):
+    from pacsd.services.versions import VersionService
+    objects = await populate(archive)
+    VersionService(archive).correct(STUDY_A, {"StudyDescription": "fixed"}, "typo")
+    out = tmp_path / "export"
+    first = Exporter(archive, Target(str(out))).run(limit=6)  # stops inside the versions
+    assert not first.complete
+    report = Exporter(archive, Target(str(out))).run()
+    assert report.complete
+    rows = manifest_rows(out)
+    assert len(rows) == 8  # 5 current + 3 originals of the corrected study
+    kept = [r for r in rows if r["version"]]
+    assert sorted(r["sop_instance_uid"] for r in kept) == sorted(
+        s for s in objects if s.endswith((".0", ".1", ".2")))
+    for r in kept:
+        assert r["version"] == "1" and r["path"].endswith(".v1.dcm")
+        assert (out / r["path"]).read_bytes() == objects[r["sop_instance_uid"]]
+    current = [r for r in rows if not r["version"] and r["study_instance_uid"] == STUDY_A]
+    assert all((out / r["path"]).read_bytes() != objects[r["sop_instance_uid"]]
+               for r in current)
+    assert verify_export(Target(str(out))).ok
+    assert len((out / "index/instance_versions.jsonl").read_bytes().splitlines()) == 3

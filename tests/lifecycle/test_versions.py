@@ -151,3 +151,22 @@ async def test_R_A8_scrub_knows_versions_and_delete_takes_them(api):
     assert (await client.delete(f"/dicom-web/studies/{STUDY}")).status == 204
     report = Scrubber(archive.store, archive.catalogue, orphan_grace_s=0).run()
     assert report.orphans == 0 and report.objects == 0  # every version's blob went too
+
+
+async def test_R_A8_R_A6_scrub_verifies_and_repairs_kept_versions(api, tmp_path):
+    client, app, originals = api
+    assert (await correct(client, {"PatientName": "Right^Name"})).status == 201
+    archive = app[ARCHIVE]
+    import hashlib
+    sha = hashlib.sha256(originals[SOPS[0]]).hexdigest()
+    damaged = archive.store.copies[1].local_path(sha)
+    with open(damaged, "r+b") as fh:
+        fh.seek(300)
+        fh.write(b"\xff\xfe")
+    report = Scrubber(archive.store, archive.catalogue, orphan_grace_s=0).run()
+    assert report.objects == 6 and not report.ok           # 3 current + 3 originals
+    assert [(f.sha256, f.state) for f in report.findings] == [(sha, "DIFFERING_CHECKSUM")]
+    report = Scrubber(archive.store, archive.catalogue, repair=True).run()
+    assert report.repairs == 1 and report.ok
+    with open(damaged, "rb") as fh:
+        assert fh.read() == originals[SOPS[0]]

@@ -53,6 +53,10 @@ class StorageSettings:
     #: and optionally ``endpoint_url``, ``key``, ``secret``, ``region``. When non-empty it
     #: replaces ``url``; a store is acknowledged only once every copy holds it, hash-checked.
     copies: list[dict[str, Any]] = field(default_factory=list)
+    #: Lossless compression at ingest (R-A5): "none", "jpeg-ls-lossless" or
+    #: "jpeg2000-lossless". Applied to uncompressed images only when it saves space,
+    #: and only after the result decodes to identical pixels.
+    compress: str = "none"
 
     #: Keys of one ``copies`` entry.
     COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")
@@ -333,6 +337,9 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     settings.dimse.check()
     settings.security.check()
     settings.retention.check()
+    if settings.storage.compress not in ("none", "jpeg-ls-lossless", "jpeg2000-lossless"):
+        raise ConfigError('[storage] compress is "none", "jpeg-ls-lossless" or '
+                          '"jpeg2000-lossless"')
     return settings
 
 

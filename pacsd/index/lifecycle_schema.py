@@ -11,6 +11,8 @@ with the catalogue on a fresh one.
   the same transaction, records every blob to delete here; purging deletes the blobs
   from every copy and ticks them off; finalising closes the tombstone. A crash at any
   point resumes from these rows (FT-13); nothing is deleted twice or forgotten.
+* ``compressed_objects``: objects compressed losslessly at ingest, for the space-saved
+  report ([storage] compress, R-A5).
 * ``instance_versions``: earlier versions of corrected instances (R-A8). The current
   version stays the ``instances`` row that QIDO/WADO read (hot paths unchanged); each
   correction copies the superseded row's blob reference here.
@@ -87,6 +89,19 @@ corrections = sa.Table(
     sa.Column("created_at", Seconds, nullable=False),
 )
 
+compressed_objects = sa.Table(
+    # Lossless compression at ingest ([storage] compress, R-A5): one row per stored
+    # object that was compressed, for the space-saved report (joined with the current
+    # instances, so a row whose index commit failed never counts).
+    "compressed_objects", metadata,
+    sa.Column("pk", Key, primary_key=True),
+    sa.Column("sha256", Text, nullable=False, unique=True),   # the stored (compressed) blob
+    sa.Column("received_size", sa.BigInteger, nullable=False),
+    sa.Column("stored_size", sa.BigInteger, nullable=False),
+    sa.Column("transfer_syntax_uid", Text, nullable=False),
+    sa.Column("created_at", Seconds, nullable=False),
+)
+
 #: Dependency order (corrections before instance_versions).
 LIFECYCLE_TABLES = (study_retention, purge_tombstones, purge_objects, corrections,
-                    instance_versions)
+                    instance_versions, compressed_objects)

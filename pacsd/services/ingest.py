@@ -90,6 +90,8 @@ class IngestService:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
         staged = _sanitize_preamble(staged)
         parsed: ParsedInstance = parse_instance(staged.path)
+        from .compression import maybe_compress  # lifecycle: [storage] compress (R-A5)
+        staged, parsed = maybe_compress(a, staged, parsed)
         try:
             return self._commit(staged, parsed, expected_study_uid)
         except errors.InstanceError as exc:

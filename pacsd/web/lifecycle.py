@@ -15,6 +15,7 @@ and audit event for the one middleware (``web/auth.py``).
 * ``GET  /api/v1/studies/{study}/versions`` (read, audit ``study-read``): corrections and
   kept versions; ``GET .../series/{series}/instances/{instance}/versions/{n}`` (read,
   audit ``study-read``): the Part 10 bytes of version n (``application/dicom``).
+* ``GET  /api/v1/storage/compression`` (read): space saved by ``[storage] compress``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from .. import errors
+from ..services.compression import compression_report
 from ..services.retention import RetentionService
 from ..services.versions import VersionService
 from .auth import current_actor, note_audit, requires
@@ -122,7 +124,14 @@ async def get_version(request: web.Request) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+@requires("read")
+async def get_compression(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    return _json(await archive.run(compression_report, archive))
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/api/v1/storage/compression", get_compression)
     base = "/api/v1/studies/{study}"
     router.add_post(f"{base}/corrections", post_correction)
     router.add_get(f"{base}/versions", get_versions)

@@ -57,6 +57,10 @@ class StorageSettings:
     #: "jpeg2000-lossless". Applied to uncompressed images only when it saves space,
     #: and only after the result decodes to identical pixels.
     compress: str = "none"
+    #: Days between scheduled scrubs of every copy by the serve process(es) (R-A6,
+    #: reliability-matrix §3 target 3): bad copies are repaired from a valid one, the
+    #: result audited. 0 = off (run ``pacsd verify`` from cron instead).
+    scrub_every_days: float = 0.0
 
     #: Keys of one ``copies`` entry.
     COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")

@@ -102,6 +102,24 @@ compressed_objects = sa.Table(
     sa.Column("created_at", Seconds, nullable=False),
 )
 
+scrub_schedule = sa.Table(
+    # The scheduled scrub of the serve processes ([storage] scrub_every_days, R-A6): one
+    # row (pk 1). A process holds the lease while it scrubs a slice, so of several
+    # processes sharing one catalogue only one scrubs at a time; ``after_pk`` lets the
+    # next slice (in any process, after any restart: FT-13) continue where this one
+    # stopped.
+    "scrub_schedule", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("after_pk", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("in_progress", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("lease_owner", Text, nullable=False, server_default=""),
+    sa.Column("lease_until", Seconds, nullable=False, server_default="0"),
+    sa.Column("last_started_at", Seconds),
+    sa.Column("last_completed_at", Seconds),
+    sa.Column("last_result", Text, nullable=False, server_default="{}"),  # JSON, no PHI
+    sa.Column("running", Text, nullable=False, server_default="{}"),  # totals so far
+)
+
 #: Dependency order (corrections before instance_versions).
 LIFECYCLE_TABLES = (study_retention, purge_tombstones, purge_objects, corrections,
-                    instance_versions, compressed_objects)
+                    instance_versions, compressed_objects, scrub_schedule)

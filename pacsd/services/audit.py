@@ -49,6 +49,7 @@ EVENT_TYPES = frozenset({
     "visit-data",         # visit class / dates (HIS data) recorded for retention
     "purge",              # retention purge: study marked, blobs removed, finalised
     "correction",         # attribute correction: new versions of a study's instances
+    "scrub",              # a scheduled scrub of every copy completed (counts, repairs)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

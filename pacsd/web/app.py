@@ -160,6 +160,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     auth.add_auth_routes(app.router)
     from . import lifecycle
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)
+    app.cleanup_ctx.append(lifecycle.scrub_ctx)  # scheduled scrub (R-A6)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

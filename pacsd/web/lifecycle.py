@@ -16,8 +16,14 @@ and audit event for the one middleware (``web/auth.py``).
   kept versions; ``GET .../series/{series}/instances/{instance}/versions/{n}`` (read,
   audit ``study-read``): the Part 10 bytes of version n (``application/dicom``).
 * ``GET  /api/v1/storage/compression`` (read): space saved by ``[storage] compress``.
+* ``GET  /api/v1/storage/scrub`` (read): state and last result of the scheduled scrub,
+  which :func:`scrub_ctx` runs in the serve process (``[storage] scrub_every_days``).
 """
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
 
 import orjson
 from aiohttp import web
@@ -25,9 +31,13 @@ from aiohttp import web
 from .. import errors
 from ..services.compression import compression_report
 from ..services.retention import RetentionService
+from ..services.scheduled_scrub import POLL_S, ScrubScheduler
 from ..services.versions import VersionService
 from .auth import current_actor, note_audit, requires
-from .keys import ARCHIVE
+from .keys import ARCHIVE, AUDIT
+
+log = logging.getLogger(__name__)
+SCRUB = web.AppKey("scrub_scheduler", ScrubScheduler)
 
 
 def _json(body, status: int = 200) -> web.Response:
@@ -130,8 +140,47 @@ async def get_compression(request: web.Request) -> web.Response:
     return _json(await archive.run(compression_report, archive))
 
 
+@requires("read")
+async def get_scrub(request: web.Request) -> web.Response:
+    archive = request.app[ARCHIVE]
+    return _json(await archive.run(request.app[SCRUB].status))
+
+
+async def _scrub_loop(archive, scheduler: ScrubScheduler) -> None:
+    while True:
+        try:
+            report = await archive.run(scheduler.tick)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged; the next poll tries again
+            log.exception("scheduled scrub failed; retrying at the next poll")
+            report = None
+        # More of a run to do: go on after a breath; otherwise look again later.
+        await asyncio.sleep(1.0 if report is not None and not report.complete else POLL_S)
+
+
+async def scrub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The scheduled scrub of ``[storage] scrub_every_days`` (services/scheduled_scrub)."""
+    archive = app[ARCHIVE]
+    scheduler = ScrubScheduler(archive, app[AUDIT])
+    app[SCRUB] = scheduler
+    task = None
+    if archive.settings.storage.scrub_every_days > 0:
+        task = asyncio.create_task(_scrub_loop(archive, scheduler), name="pacsd-scrub")
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/storage/compression", get_compression)
+    router.add_get("/api/v1/storage/scrub", get_scrub)
     base = "/api/v1/studies/{study}"
     router.add_post(f"{base}/corrections", post_correction)
     router.add_get(f"{base}/versions", get_versions)

@@ -9,7 +9,8 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from dicomgen import make_instance
+
+from pacsd.dicom.testing import make_instance as make_ramp
 
 from pacsd.services import Archive
 from pacsd.services.audit import AuditTrail
@@ -54,8 +55,10 @@ async def test_lifecycle_flows_on_postgresql(pg_archive, tmp_path):
     a = pg_archive
     a.clock = Clock(ts(2010, 6, 1))
     a.settings.storage.compress = "jpeg-ls-lossless"
-    originals = [make_instance(seed=i, study=STUDY, series=STUDY + ".1", sop=f"{STUDY}.{i}",
-                               StudyDate="20100105", PatientID="OLD")
+    # Smooth 64x64 ramps: JPEG-LS makes them smaller, so they are stored compressed.
+    originals = [make_ramp(rows=64, columns=64, StudyInstanceUID=STUDY,
+                           SeriesInstanceUID=STUDY + ".1", SOPInstanceUID=f"{STUDY}.{i}",
+                           StudyDate="20100105", PatientID="OLD", InstanceNumber=i + 1)
                  for i in range(3)]
     for data in originals:
         await ingest(a, data)

@@ -1,5 +1,5 @@
-"""Command line for the archive's lifecycle: ``pacsd export`` (R-A11) and ``pacsd
-retention`` (R-A7). Both take the same ``--config`` / ``--data-dir`` / ``--store`` options
+"""Command line for the archive's lifecycle: ``pacsd export`` and ``pacsd import-export``
+(R-A11) and ``pacsd retention`` (R-A7). Both take the same ``--config`` / ``--data-dir`` / ``--store`` options
 as ``serve`` and ``verify``, show a progress bar on a terminal and say with the exit
 status whether they finished: 0 done / OK, 1 incomplete or problems found, 2 cannot run
 (bad arguments, settings or archive). Everything done is in the audit trail (actor
@@ -12,7 +12,7 @@ import re
 import sys
 import time
 
-COMMANDS = ("export", "retention")
+COMMANDS = ("export", "retention", "import-export")
 _DATE = re.compile(r"\d{8}")
 
 
@@ -49,6 +49,14 @@ def add_parsers(sub) -> None:
     e.add_argument("--endpoint-url", help="S3 endpoint of an s3:// target "
                                           "(default: [storage] endpoint_url)")
     e.add_argument("--region", help="S3 region of an s3:// target (default: [storage] region)")
+
+    im = sub.add_parser("import-export", help="import an export made by `pacsd export` "
+                                               "(objects, versions, retention; R-A11)")
+    _archive_options(im)
+    im.add_argument("--from", dest="from_url", required=True, metavar="URL",
+                    help="the export: a directory, file:// or s3://bucket/prefix URL")
+    im.add_argument("--endpoint-url", help="S3 endpoint of an s3:// source")
+    im.add_argument("--region", help="S3 region of an s3:// source")
 
     r = sub.add_parser("retention", help="retention periods, legal holds and purge "
                                          "(R-A7)").add_subparsers(dest="action", required=True)
@@ -109,6 +117,8 @@ def run(args, settings) -> int:
     try:
         if args.command == "export":
             return _export(args, settings)
+        if args.command == "import-export":
+            return _import(args, settings)
         return _retention(args, settings)
     except PacsdError as exc:
         print(f"pacsd: {exc.reason}", file=sys.stderr)
@@ -127,7 +137,7 @@ def _target(args, settings):
     from .services.export import Target
 
     st = settings.storage
-    return Target(args.to_url or args.verify_url,
+    return Target(getattr(args, "from_url", None) or args.to_url or args.verify_url,
                   endpoint_url=args.endpoint_url or st.endpoint_url, key=st.key,
                   secret=st.secret, region=args.region or st.region)
 
@@ -161,6 +171,30 @@ def _export(args, settings) -> int:
     for line in report.summary():
         print(line)
     return 0 if report.complete else 1
+
+
+def _import(args, settings) -> int:
+    import asyncio
+
+    from .services.import_export import Importer
+    from .services.security import LOCAL
+
+    args.to_url = args.verify_url = None
+    source = _target(args, settings)
+    archive, audit = _open(settings)
+    bar = ProgressBar("import")
+    try:
+        report = asyncio.run(Importer(archive, source, audit=audit, actor=LOCAL,
+                                      progress=bar).run())
+    finally:
+        bar.close()
+        try:
+            audit.flush_sync()
+        finally:
+            archive.close()
+    for line in report.summary():
+        print(line)
+    return 0 if report.ok else 1
 
 
 def _retention(args, settings) -> int:

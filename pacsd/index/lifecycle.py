@@ -27,8 +27,8 @@ from pacsd.errors import Conflict, NotFound
 from pacsd.index import writes
 from pacsd.index.catalogue import Catalogue
 from pacsd.index.engine import translate_errors
-from pacsd.index.lifecycle_schema import (instance_versions, purge_objects, purge_tombstones,
-                                          study_retention)
+from pacsd.index.lifecycle_schema import (corrections, instance_versions, purge_objects,
+                                          purge_tombstones, study_retention)
 from pacsd.index.schema import instances, patients, series, studies
 from pacsd.index.security_schema import audit_events
 
@@ -200,6 +200,8 @@ class Lifecycle:
             .order_by(instances.c.pk),
             "study_retention": sa.select(study_retention).where(
                 study_retention.c.study_instance_uid.in_(uids)).order_by(study_retention.c.pk),
+            "corrections": sa.select(corrections).where(
+                corrections.c.study_instance_uid.in_(uids)).order_by(corrections.c.pk),
             "instance_versions": sa.select(instance_versions).where(
                 instance_versions.c.study_instance_uid.in_(uids))
             .order_by(instance_versions.c.pk),
@@ -364,6 +366,49 @@ class Lifecycle:
             stmt = stmt.where(purge_tombstones.c.study_instance_uid == study_uid)
         with translate_errors("listing tombstones"), self.engine.connect() as c:
             return [dict(r) for r in c.execute(stmt).mappings()]
+
+
+def import_history(catalogue: Catalogue, retention_rows: list[dict],
+                   correction_rows: list[dict], version_rows: list[dict]) -> int:
+    """Import of an export (services/export.py ``import_export``): visit data and legal
+    holds, corrections and kept versions of the imported studies, in one transaction;
+    rows already present (same SOP Instance UID and version; same study's retention) are
+    kept. Returns the number of versions added."""
+    keep_r = ("visit_class", "visit_date", "discharge_date", "source", "legal_hold",
+              "hold_reason", "hold_set_at", "updated_at")
+    keep_c = ("study_instance_uid", "reason", "changes", "actor", "instance_count",
+              "created_at")
+    keep_v = ("study_instance_uid", "series_instance_uid", "sop_instance_uid", "version",
+              "sha256", "size", "transfer_syntax_uid", "created_at", "superseded_at")
+
+    def tx(conn: sa.Connection) -> int:
+        for r in retention_rows:
+            if conn.scalar(sa.select(study_retention.c.pk).where(
+                    study_retention.c.study_instance_uid == r["study_instance_uid"])) is None:
+                conn.execute(sa.insert(study_retention).values(
+                    study_instance_uid=r["study_instance_uid"], **{k: r.get(k) for k in keep_r}))
+        mapping: dict[int, int] = {}
+        for c in correction_rows:
+            pk = conn.scalar(sa.select(corrections.c.pk).where(  # a re-run finds it
+                corrections.c.study_instance_uid == c["study_instance_uid"],
+                corrections.c.created_at == c["created_at"],
+                corrections.c.reason == c["reason"]))
+            if pk is None:
+                pk = conn.scalar(sa.insert(corrections).values(
+                    **{k: c.get(k) for k in keep_c}).returning(corrections.c.pk))
+            mapping[int(c["pk"])] = pk
+        added = 0
+        for v in version_rows:
+            if conn.scalar(sa.select(instance_versions.c.pk).where(
+                    instance_versions.c.sop_instance_uid == v["sop_instance_uid"],
+                    instance_versions.c.version == v["version"])) is not None:
+                continue
+            conn.execute(sa.insert(instance_versions).values(
+                correction_fk=mapping.get(v.get("correction_fk") or -1),
+                **{k: v.get(k) for k in keep_v}))
+            added += 1
+        return added
+    return catalogue.run_write("importing history", tx)
 
 
 def require_study(facts: dict | None) -> dict:

@@ -180,3 +180,21 @@ def drop_versions(conn: sa.Connection, study_uid: str, series_uid: str | None,
     shas = list(conn.scalars(sa.select(instance_versions.c.sha256).where(*cond)))
     conn.execute(sa.delete(instance_versions).where(*cond))
     return shas
+
+
+def patient_and_studies(engine: sa.Engine, patient_id: str, issuer: str
+                        ) -> tuple[dict, list[str]] | None:
+    """A patient record's demographics and the StudyInstanceUIDs filed under it (patient
+    merge), or None when there is no such record."""
+    with translate_errors("reading a patient"), engine.connect() as c:
+        row = c.execute(sa.select(patients.c.pk, patients.c.patient_name,
+                                  patients.c.patient_birth_date, patients.c.patient_sex)
+                        .where(patients.c.patient_id == patient_id,
+                               patients.c.issuer_of_patient_id == issuer)).first()
+        if row is None:
+            return None
+        uids = list(c.scalars(sa.select(studies.c.study_instance_uid)
+                              .where(studies.c.patient_fk == row.pk)
+                              .order_by(studies.c.pk)))
+    return {"PatientName": row.patient_name, "PatientBirthDate": row.patient_birth_date,
+            "PatientSex": row.patient_sex}, uids

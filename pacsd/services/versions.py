@@ -110,6 +110,40 @@ class VersionService:
         return self.archive.store.read(sha, expected_size=size)
 
 
+def _patient_key(value: Any, name: str) -> tuple[str, str]:
+    if not isinstance(value, dict) or not isinstance(value.get("PatientID"), str) \
+            or not value["PatientID"] or len(value["PatientID"]) > 64:
+        raise errors.BadRequest(f'{name} is {{"PatientID": ..., "IssuerOfPatientID": ...}}')
+    issuer = value.get("IssuerOfPatientID") or ""
+    if not isinstance(issuer, str) or len(issuer) > 64:
+        raise errors.BadRequest(f"{name}: IssuerOfPatientID is a string")
+    return value["PatientID"], issuer
+
+
+def merge_patients(service: VersionService, source: Any, target: Any, reason: Any, *,
+                   actor: str = "") -> dict:
+    """Patient merge (R-A8): every study of the ``source`` patient record is corrected
+    to the ``target`` patient's identity and demographics — a new version of each
+    instance, the old ones kept. Per study all or nothing; a merge stopped half-way is
+    finished by running it again (merged studies no longer belong to the source)."""
+    src, dst = _patient_key(source, "from"), _patient_key(target, "to")
+    if src == dst:
+        raise errors.BadRequest("from and to are the same patient")
+    engine = service.archive.catalogue.engine
+    found_dst = vindex.patient_and_studies(engine, *dst)
+    found_src = vindex.patient_and_studies(engine, *src)
+    if found_dst is None or found_src is None:
+        raise errors.NotFound("no such patient record (from or to)")
+    demographics, _ = found_dst
+    changes: dict[str, Any] = {"PatientID": dst[0], "IssuerOfPatientID": dst[1] or None}
+    changes.update({k: v for k, v in demographics.items() if v})
+    merged = {}
+    for study in found_src[1]:
+        result = service.correct(study, changes, reason, actor=actor)
+        merged[study] = result["instances"]
+    return {"studies": merged, "reason": str(reason).strip()}
+
+
 def drop_versions(archive: Archive, study: str, series: str | None, sop: str | None
                   ) -> list[str]:
     """DELETE after expiry (``IngestService.delete``): kept versions go too; returns

@@ -12,6 +12,8 @@ and audit event for the one middleware (``web/auth.py``).
 * ``POST /api/v1/studies/{study}/corrections`` (delete — the role that corrects and
   deletes data, ``sysadmin`` — audit ``correction``): ``{"changes": {keyword: value|null},
   "reason": "..."}`` makes a new version of every instance (R-A8).
+* ``POST /api/v1/patients/merge`` (delete, audit ``correction`` per study):
+  ``{"from": {"PatientID", "IssuerOfPatientID"}, "to": {...}, "reason"}``.
 * ``GET  /api/v1/studies/{study}/versions`` (read, audit ``study-read``): corrections and
   kept versions; ``GET .../series/{series}/instances/{instance}/versions/{n}`` (read,
   audit ``study-read``): the Part 10 bytes of version n (``application/dicom``).
@@ -32,7 +34,7 @@ from .. import errors
 from ..services.compression import compression_report
 from ..services.retention import RetentionService
 from ..services.scheduled_scrub import POLL_S, ScrubScheduler
-from ..services.versions import VersionService
+from ..services.versions import VersionService, merge_patients
 from .auth import current_actor, note_audit, requires
 from .keys import ARCHIVE, AUDIT
 
@@ -112,6 +114,17 @@ async def post_correction(request: web.Request) -> web.Response:
     return _json(result, status=201)
 
 
+@requires("delete", audit="correction")
+async def post_merge(request: web.Request) -> web.Response:
+    body = await _body(request)
+    archive = request.app[ARCHIVE]
+    result = await archive.run(merge_patients, VersionService(archive), body.get("from"),
+                               body.get("to"), body.get("reason"),
+                               actor=current_actor(request).id)
+    note_audit(request, studies=result["studies"], merge=True, reason=result["reason"])
+    return _json(result, status=201)
+
+
 @requires("read", audit="study-read")
 async def get_versions(request: web.Request) -> web.Response:
     archive = request.app[ARCHIVE]
@@ -181,6 +194,7 @@ async def scrub_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/storage/compression", get_compression)
     router.add_get("/api/v1/storage/scrub", get_scrub)
+    router.add_post("/api/v1/patients/merge", post_merge)
     base = "/api/v1/studies/{study}"
     router.add_post(f"{base}/corrections", post_correction)
     router.add_get(f"{base}/versions", get_versions)

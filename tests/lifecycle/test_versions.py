@@ -170,3 +170,30 @@ async def test_R_A8_R_A6_scrub_verifies_and_repairs_kept_versions(api, tmp_path)
     assert report.repairs == 1 and report.ok
     with open(damaged, "rb") as fh:
         assert fh.read() == originals[SOPS[0]]
+
+
+async def test_R_A8_patient_merge_corrects_every_study_and_keeps_history(api):
+    client, app, originals = api
+    other = "1.2.826.0.1.3680043.9.11.2"
+    body, ctype = multipart([make_instance(study=other, series=other + ".1",
+                                           sop=other + ".1", seed=9, PatientID="PID-TRUE",
+                                           PatientName="True^Patient",
+                                           PatientBirthDate="19800202")])
+    assert (await client.post("/dicom-web/studies", data=body,
+                              headers={"Content-Type": ctype})).status == 200
+    r = await client.post("/api/v1/patients/merge", json={
+        "from": {"PatientID": "PID-OLD"}, "to": {"PatientID": "PID-TRUE"},
+        "reason": "duplicate registration"})
+    assert r.status == 201, await r.text()
+    assert (await r.json())["studies"] == {STUDY: 3}
+    found = await (await client.get("/dicom-web/studies",
+                                    params={"PatientID": "PID-TRUE"})).json()
+    assert sorted(f["0020000D"]["Value"][0] for f in found) == sorted([STUDY, other])
+    cur = pydicom.dcmread(io.BytesIO(await wado(client, SOPS[0])))
+    assert (str(cur.PatientName), cur.PatientBirthDate) == ("True^Patient", "19800202")
+    base = f"/api/v1/studies/{STUDY}/series/{SERIES}/instances/{SOPS[0]}/versions"
+    assert await (await client.get(f"{base}/1")).read() == originals[SOPS[0]]
+    assert app[ARCHIVE].catalogue.counts()["patients"] == 1
+    r = await client.post("/api/v1/patients/merge", json={
+        "from": {"PatientID": "PID-OLD"}, "to": {"PatientID": "PID-TRUE"}, "reason": "x"})
+    assert r.status == 404                       # nothing left under the old record

@@ -62,6 +62,15 @@ def _sanitize_preamble(staged: StagedFile) -> StagedFile:
     return StagedFile(staged.path, sha, size)
 
 
+def _referenced(a: Archive, sha256: str) -> bool:
+    """Whether an index row (current instance or kept version) still needs the blob;
+    when the index cannot tell, keep it (an orphan the scrubber reports, never a loss)."""
+    try:
+        return bool(a.catalogue.known_sha256([sha256]))
+    except Exception:  # noqa: BLE001 - the index may be the reason for the refusal
+        return True
+
+
 class IngestService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
@@ -115,7 +124,9 @@ class IngestService:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not
             # write ourselves belongs to an identical instance stored before; keep it.
-            if newly_written:
+            # Lifecycle (R-A8): the bytes may also be a kept earlier version (an original
+            # re-sent after a correction, one copy of it just restored): keep those.
+            if newly_written and not _referenced(a, staged.sha256):
                 try:
                     a.store.delete(staged.sha256)
                 except Exception:  # the scrubber collects orphans later (§7.2)

@@ -197,3 +197,20 @@ async def test_R_A8_patient_merge_corrects_every_study_and_keeps_history(api):
     r = await client.post("/api/v1/patients/merge", json={
         "from": {"PatientID": "PID-OLD"}, "to": {"PatientID": "PID-TRUE"}, "reason": "x"})
     assert r.status == 404                       # nothing left under the old record
+
+
+async def test_R_A8_BI26_resent_original_never_deletes_the_kept_version(api):
+    client, app, originals = api
+    assert (await correct(client, {"PatientName": "Right^Name"})).status == 201
+    archive = app[ARCHIVE]
+    import hashlib
+    sha = hashlib.sha256(originals[SOPS[0]]).hexdigest()
+    os_path = archive.store.copies[0].local_path(sha)
+    import os
+    os.unlink(os_path)  # version 1 lost one copy
+    body, ctype = multipart([originals[SOPS[0]]])
+    r = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    assert r.status == 409                     # BI-26: same UID, other content
+    assert all(c.exists(sha) for c in archive.store.copies)   # kept, even restored
+    base = f"/api/v1/studies/{STUDY}/series/{SERIES}/instances/{SOPS[0]}/versions"
+    assert await (await client.get(f"{base}/1")).read() == originals[SOPS[0]]

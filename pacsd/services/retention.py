@@ -331,7 +331,7 @@ class Purger:
                 report.resumed += 1
                 self._purge_tombstone(tomb_pk, study_uid, report)
         total = self.archive.catalogue.counts()["studies"]
-        for n, (_pk, uid) in enumerate(list(self.lifecycle.iter_study_uids()), 1):
+        for n, (_pk, uid) in enumerate(self.lifecycle.iter_study_uids(), 1):
             if self.progress is not None:
                 self.progress("studies", n, total)
             report.studies_checked += 1
@@ -350,6 +350,8 @@ class Purger:
             except errors.Conflict as e:  # a hold arrived meanwhile
                 report.held += 1
                 log.info("purge: study skipped: %s", e.reason)
+                continue
+            except errors.NotFound:  # deleted meanwhile (e.g. by a concurrent purge run)
                 continue
             report.marked += 1
             if stop_after_mark:

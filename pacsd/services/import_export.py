@@ -32,7 +32,7 @@ from ..errors import InstanceError, PacsdError
 from ..index.lifecycle import import_history
 from .archive import Archive
 from .audit import AuditTrail
-from .export import Target, redacted
+from .export_target import Target, redacted
 from .ingest import IngestService, StagedFile
 
 log = logging.getLogger(__name__)

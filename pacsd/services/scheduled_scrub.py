@@ -18,7 +18,6 @@ slice of work and returns; the serve process calls it in a loop on its worker po
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Callable
 

@@ -6,7 +6,6 @@ a controllable clock (never sleep)."""
 from __future__ import annotations
 
 import datetime as _dt
-import os
 
 import orjson
 import pytest

@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     from . import import_cli
     import_cli.add_parser(sub)  # import PATH... (docs/forwarding.md)
     sub.choices["import"].set_defaults(http=None, dicom_port=None, ae_title=None)
+    from . import lifecycle_cli
+    lifecycle_cli.add_parsers(sub)  # export / retention (R-A11, R-A7; docs/operations.md)
     return p
 
 
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             from . import import_cli
             return import_cli.run(args, settings)
+        from . import lifecycle_cli
+        if args.command in lifecycle_cli.COMMANDS:
+            return lifecycle_cli.run(args, settings)
         if args.command == "serve":
             from .server import serve
             serve(settings)

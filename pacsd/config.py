@@ -53,6 +53,14 @@ class StorageSettings:
     #: and optionally ``endpoint_url``, ``key``, ``secret``, ``region``. When non-empty it
     #: replaces ``url``; a store is acknowledged only once every copy holds it, hash-checked.
     copies: list[dict[str, Any]] = field(default_factory=list)
+    #: Lossless compression at ingest (R-A5): "none", "jpeg-ls-lossless" or
+    #: "jpeg2000-lossless". Applied to uncompressed images only when it saves space,
+    #: and only after the result decodes to identical pixels.
+    compress: str = "none"
+    #: Days between scheduled scrubs of every copy by the serve process(es) (R-A6,
+    #: reliability-matrix §3 target 3): bad copies are repaired from a valid one, the
+    #: result audited. 0 = off (run ``pacsd verify`` from cron instead).
+    scrub_every_days: float = 0.0
 
     #: Keys of one ``copies`` entry.
     COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")
@@ -364,6 +372,29 @@ class ForwardSettings:
 
 
 @dataclass
+class RetentionSettings:
+    """Retention periods, legal hold and purge (R-A7; docs/operations.md "Retention")."""
+
+    #: Apply the periods: DELETE inside retention answers 409 and ``pacsd retention
+    #: purge`` deletes only expired studies. A legal hold vetoes deletion either way.
+    enabled: bool = True
+    #: Years an outpatient study is kept from the visit.
+    outpatient_years: int = 15
+    #: Years an inpatient study is kept from discharge.
+    inpatient_years: int = 30
+    #: Class of a study whose class is unknown: "longest", "outpatient" or "inpatient".
+    default_class: str = "longest"
+
+    def check(self) -> None:
+        if self.outpatient_years < 1 or self.inpatient_years < 1:
+            raise ConfigError("[retention] outpatient_years and inpatient_years must be "
+                              "at least 1")
+        if self.default_class not in ("longest", "outpatient", "inpatient"):
+            raise ConfigError('[retention] default_class is "longest", "outpatient" or '
+                              '"inpatient"')
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -373,6 +404,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -456,6 +488,10 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     settings.security.check()
     settings.jobs.check()
     settings.forward.check()
+    settings.retention.check()
+    if settings.storage.compress not in ("none", "jpeg-ls-lossless", "jpeg2000-lossless"):
+        raise ConfigError('[storage] compress is "none", "jpeg-ls-lossless" or '
+                          '"jpeg2000-lossless"')
     return settings
 
 
@@ -464,6 +500,6 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     s = Settings()
     return {
         name: dataclasses.asdict(getattr(s, name))
-        for name in ("server", "storage", "index", "dicomweb", "dimse", "security")
-        + ("jobs",) + ("forward",)
+        for name in ("server", "storage", "index", "dicomweb", "dimse", "security",
+                     "jobs", "forward", "retention")
     }

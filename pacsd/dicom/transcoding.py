@@ -26,14 +26,16 @@ from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian,
-                         ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless)
+                         ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless,
+                         RLELossless)
 
 from pacsd.dicom.pixels import MAX_PIXELS, Source, decode_array, native_bytes
 from pacsd.errors import NotAcceptable, PacsdError
 
 _NATIVE_TARGETS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
                    DeflatedExplicitVRLittleEndian)
-_ENCODED_TARGETS = (RLELossless, JPEG2000Lossless)
+_ENCODED_TARGETS = (RLELossless, JPEG2000Lossless,
+                    JPEGLSLossless)  # JPEG-LS: pyjpegls (CharLS); [storage] compress
 _SWAP_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 

@@ -345,6 +345,9 @@ class Catalogue:
         shas = list(shas)
         if not shas:
             return set()
+        from pacsd.index.lifecycle_schema import instance_versions  # kept versions, R-A8
         with translate_errors("looking up stored objects"), self._engine.connect() as conn:
             return set(conn.scalars(sa.select(instances.c.sha256).distinct()
-                                    .where(instances.c.sha256.in_(shas))))
+                                    .where(instances.c.sha256.in_(shas)))) | set(
+                conn.scalars(sa.select(instance_versions.c.sha256).distinct()
+                             .where(instance_versions.c.sha256.in_(shas))))

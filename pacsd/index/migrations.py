@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import forward_schema, jobs_schema, schema, security_schema
+from pacsd.index import forward_schema, jobs_schema, lifecycle_schema, schema, security_schema
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -58,14 +58,21 @@ def _jobs_forward(conn: sa.Connection) -> None:
         conn, tables=list(jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES))
 
 
+def _lifecycle(conn: sa.Connection) -> None:
+    # Retention, deletion tombstones and instance versions (R-A7, R-A8): new tables only.
+    schema.metadata.create_all(conn, tables=list(lifecycle_schema.LIFECYCLE_TABLES))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
     Migration(3, "jobs queue, forward_studies, forward_items", _jobs_forward),
+    Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
 FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
+FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
 LATEST = MIGRATIONS[-1].version
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -27,6 +28,8 @@ class Archive:
         self.store = store
         self.catalogue = catalogue
         self.plugins = plugins or Plugins()
+        #: POSIX seconds; retention and versions read it, tests replace it (R-A7).
+        self.clock: Callable[[], float] = time.time
         self.executor = ThreadPoolExecutor(
             max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
 

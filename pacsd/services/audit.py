@@ -47,6 +47,13 @@ EVENT_TYPES = frozenset({
     "forward-overdue",    # a study missed the forwarding deadline (R-A9 alert)
     "job-resubmitted",    # an administrator resubmitted a dead job
     "forward-resend",     # an administrator had a stored study forwarded again
+    # Lifecycle (services/export.py, retention.py, versions.py; R-A7, R-A8, R-A11):
+    "export",             # one object exported (and one summary event per export run)
+    "legal-hold",         # a legal hold set or cleared
+    "visit-data",         # visit class / dates (HIS data) recorded for retention
+    "purge",              # retention purge: study marked, blobs removed, finalised
+    "correction",         # attribute correction: new versions of a study's instances
+    "scrub",              # a scheduled scrub of every copy completed (counts, repairs)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

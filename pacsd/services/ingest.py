@@ -18,6 +18,7 @@ from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
 from ..store import hash_stream
 from .archive import Archive
+from .compression import maybe_compress
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,15 @@ def _sanitize_preamble(staged: StagedFile) -> StagedFile:
         sha, size = hash_stream(fh)
     log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
     return StagedFile(staged.path, sha, size)
+
+
+def _referenced(a: Archive, sha256: str) -> bool:
+    """Whether an index row (current instance or kept version) still needs the blob;
+    when the index cannot tell, keep it (an orphan the scrubber reports, never a loss)."""
+    try:
+        return bool(a.catalogue.known_sha256([sha256]))
+    except Exception:  # noqa: BLE001 - the index may be the reason for the refusal
+        return True
 
 
 class IngestService:
@@ -126,6 +136,7 @@ class IngestService:
 
     def _commit_named(self, staged: StagedFile, parsed: ParsedInstance,
                       expected_study_uid: str | None) -> StoreOutcome:
+        staged, parsed = maybe_compress(self.archive, staged, parsed)  # R-A5 policy
         try:
             return self._commit(staged, parsed, expected_study_uid)
         except errors.InstanceError as exc:
@@ -150,7 +161,9 @@ class IngestService:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not
             # write ourselves belongs to an identical instance stored before; keep it.
-            if newly_written:
+            # Lifecycle (R-A8): the bytes may also be a kept earlier version (an original
+            # re-sent after a correction, one copy of it just restored): keep those.
+            if newly_written and not _referenced(a, staged.sha256):
                 try:
                     a.store.delete(staged.sha256)
                 except Exception:  # the scrubber collects orphans later (§7.2)
@@ -167,9 +180,14 @@ class IngestService:
     async def delete(self, study: str, series: str | None = None, sop: str | None = None
                      ) -> int:
         """Remove from the index (one transaction), then the blobs; returns the count.
-        (The retention issue, R-A7, adds vetoes before this point.)"""
+        Vetoed (409) inside retention or under legal hold (R-A7, services/retention.py)."""
         a = self.archive
+        from .retention import check_deletable  # lifecycle: R-A7 veto
+        await a.run(check_deletable, a, study)
         shas = await a.run(a.catalogue.delete, study, series, sop)
+        count = len(shas)
+        from .versions import drop_versions  # lifecycle: kept versions go too (R-A8)
+        shas = list(dict.fromkeys(shas + await a.run(drop_versions, a, study, series, sop)))
         for sha in shas:
             await a.run(a.store.delete, sha)
-        return len(shas)
+        return count

@@ -161,6 +161,11 @@ class Scrubber:
             checkpoint(report.last_pk)
         if stopped:
             return report
+        # Kept earlier versions (R-A8, services/versions.py) are stored objects too.
+        from ..index.lifecycle import Lifecycle
+        for _pk, sha256, size in Lifecycle(self.catalogue).iter_version_blobs():
+            self._check_object(sha256, size, report)
+            report.objects += 1
         if self.orphans:
             self._orphan_pass(report)
         report.complete = True

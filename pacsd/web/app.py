@@ -77,6 +77,7 @@ async def _archive_ctx(app: web.Application) -> AsyncIterator[None]:
     app[INGEST] = IngestService(archive)
     app[QUERY] = QueryService(archive)
     app[RETRIEVE] = RetrieveService(archive)
+    archive.clock = app.get(CLOCK, time.time)  # retention / versions (R-A7, R-A8)
     archive.plugins.fire("startup", archive=archive)
     try:
         yield
@@ -182,6 +183,9 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
     forwarding.add_routes(app.router)
+    from . import lifecycle
+    lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)
+    app.cleanup_ctx.append(lifecycle.scrub_ctx)  # scheduled scrub (R-A6)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

@@ -51,6 +51,9 @@ def make_settings(tmp_path, db_url: str | None = None, *, enabled: bool = True,
     s = Settings()
     s.server.data_dir = str(tmp_path / "data")
     s.server.worker_threads = 4
+    # These tests exercise DELETE itself; the retention veto (R-A7) has its own tests
+    # in tests/lifecycle/.
+    s.retention.enabled = False
     if db_url:
         s.index.url = db_url
     s.security.enabled = enabled

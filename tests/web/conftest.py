@@ -13,6 +13,9 @@ def settings(tmp_path) -> Settings:
     s = Settings()
     s.server.data_dir = str(tmp_path / "data")
     s.server.worker_threads = 4
+    # These tests exercise DELETE itself; the retention veto (R-A7) has its own tests
+    # in tests/lifecycle/.
+    s.retention.enabled = False
     return s
 
 

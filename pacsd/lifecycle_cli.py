@@ -1,0 +1,212 @@
+"""Command line for the archive's lifecycle: ``pacsd export`` and ``pacsd import-export``
+(R-A11) and ``pacsd retention`` (R-A7). Both take the same ``--config`` / ``--data-dir`` / ``--store`` options
+as ``serve`` and ``verify``, show a progress bar on a terminal and say with the exit
+status whether they finished: 0 done / OK, 1 incomplete or problems found, 2 cannot run
+(bad arguments, settings or archive). Everything done is in the audit trail (actor
+``local``); nothing printed names a patient.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+
+COMMANDS = ("export", "retention", "import-export")
+_DATE = re.compile(r"\d{8}")
+
+
+def _date(value: str) -> str:
+    if not _DATE.fullmatch(value):
+        raise argparse.ArgumentTypeError("dates are YYYYMMDD")
+    return value
+
+
+def _archive_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML settings file (see conf/pacsd.example.toml)")
+    p.add_argument("--data-dir", help="data directory (index, blobs); default ./pacsd-data")
+    p.add_argument("--store", action="append", default=[], metavar="URL",
+                   help="a storage copy; repeatable; replaces [storage] url/copies")
+    p.add_argument("--log-level", default="WARNING")
+    p.set_defaults(http=None, dicom_port=None, ae_title=None, peer=[])
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("export", help="copy every stored object, the index and a "
+                                      "manifest to a directory or bucket (R-A11)")
+    _archive_options(e)
+    what = e.add_mutually_exclusive_group(required=True)
+    what.add_argument("--to", metavar="URL", dest="to_url",
+                      help="target: a directory, file:// or s3://bucket/prefix URL")
+    what.add_argument("--verify", metavar="URL", dest="verify_url",
+                      help="re-check an export against its manifest")
+    e.add_argument("--study", help="only this StudyInstanceUID")
+    e.add_argument("--patient-id", help="only studies of this PatientID")
+    e.add_argument("--date-from", type=_date, metavar="YYYYMMDD",
+                   help="only studies with StudyDate on or after")
+    e.add_argument("--date-to", type=_date, metavar="YYYYMMDD",
+                   help="only studies with StudyDate on or before")
+    e.add_argument("--endpoint-url", help="S3 endpoint of an s3:// target "
+                                          "(default: [storage] endpoint_url)")
+    e.add_argument("--region", help="S3 region of an s3:// target (default: [storage] region)")
+
+    im = sub.add_parser("import-export", help="import an export made by `pacsd export` "
+                                               "(objects, versions, retention; R-A11)")
+    _archive_options(im)
+    im.add_argument("--from", dest="from_url", required=True, metavar="URL",
+                    help="the export: a directory, file:// or s3://bucket/prefix URL")
+    im.add_argument("--endpoint-url", help="S3 endpoint of an s3:// source")
+    im.add_argument("--region", help="S3 region of an s3:// source")
+
+    r = sub.add_parser("retention", help="retention periods, legal holds and purge "
+                                         "(R-A7)").add_subparsers(dest="action", required=True)
+    show = r.add_parser("show", help="the retention of one study")
+    show.add_argument("study")
+    hold = r.add_parser("hold", help="put a study under legal hold (no deletion)")
+    hold.add_argument("study")
+    hold.add_argument("--reason", required=True, help="why (no patient data)")
+    rel = r.add_parser("release", help="clear a study's legal hold")
+    rel.add_argument("study")
+    rel.add_argument("--reason", required=True, help="why (no patient data)")
+    visit = r.add_parser("visit", help="record HIS visit data of a study")
+    visit.add_argument("study")
+    visit.add_argument("--class", dest="visit_class", required=True,
+                       choices=["outpatient", "inpatient"])
+    visit.add_argument("--visit-date", type=_date, metavar="YYYYMMDD")
+    visit.add_argument("--discharge-date", type=_date, metavar="YYYYMMDD")
+    purge = r.add_parser("purge", help="delete studies whose retention has expired "
+                                       "(two-phase, resumable)")
+    purge.add_argument("--dry-run", action="store_true",
+                       help="list what would be purged, change nothing")
+    for p in (show, hold, rel, visit, purge):
+        _archive_options(p)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr (only on a terminal), redrawn at most 5x/s."""
+
+    def __init__(self, label: str, stream=None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self._last = 0.0
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and done != total):
+            return
+        self._last = now
+        if total:
+            frac = min(1.0, done / total)
+            line = f"{self.label} {phase}: [{'#' * int(frac * 30):<30}] {done}/{total} " \
+                   f"({frac:.0%})"
+        else:
+            line = f"{self.label} {phase}: {done}"
+        self.stream.write("\r" + line.ljust(72))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def run(args, settings) -> int:
+    from .errors import PacsdError
+
+    try:
+        if args.command == "export":
+            return _export(args, settings)
+        if args.command == "import-export":
+            return _import(args, settings)
+        return _retention(args, settings)
+    except PacsdError as exc:
+        print(f"pacsd: {exc.reason}", file=sys.stderr)
+        return 2
+
+
+def _open(settings):
+    from .services.archive import Archive
+    from .services.audit import AuditTrail
+
+    archive = Archive.open(settings)
+    return archive, AuditTrail(archive.catalogue)
+
+
+def _target(args, settings):
+    from .services.export import Target
+
+    st = settings.storage
+    return Target(getattr(args, "from_url", None) or args.to_url or args.verify_url,
+                  endpoint_url=args.endpoint_url or st.endpoint_url, key=st.key,
+                  secret=st.secret, region=args.region or st.region)
+
+
+def _export(args, settings) -> int:
+    from .index.lifecycle import ExportFilter
+    from .services.export import Exporter, verify_export
+    from .services.security import LOCAL
+
+    target = _target(args, settings)
+    if args.verify_url:
+        bar = ProgressBar("export")
+        try:
+            report = verify_export(target, progress=bar)
+        finally:
+            bar.close()
+        for line in report.summary():
+            print(line)
+        return 0 if report.ok else 1
+    archive, audit = _open(settings)
+    bar = ProgressBar("export")
+    try:
+        flt = ExportFilter(args.study, args.patient_id, args.date_from, args.date_to)
+        report = Exporter(archive, target, audit=audit, actor=LOCAL, progress=bar).run(flt)
+    finally:
+        bar.close()
+        try:
+            audit.flush_sync()
+        finally:
+            archive.close()
+    for line in report.summary():
+        print(line)
+    return 0 if report.complete else 1
+
+
+def _import(args, settings) -> int:
+    import asyncio
+
+    from .services.import_export import Importer
+    from .services.security import LOCAL
+
+    args.to_url = args.verify_url = None
+    source = _target(args, settings)
+    archive, audit = _open(settings)
+    bar = ProgressBar("import")
+    try:
+        report = asyncio.run(Importer(archive, source, audit=audit, actor=LOCAL,
+                                      progress=bar).run())
+    finally:
+        bar.close()
+        try:
+            audit.flush_sync()
+        finally:
+            archive.close()
+    for line in report.summary():
+        print(line)
+    return 0 if report.ok else 1
+
+
+def _retention(args, settings) -> int:
+    from .services.retention import run_cli
+
+    archive, audit = _open(settings)
+    bar = ProgressBar("purge")
+    try:
+        return run_cli(archive, audit, args, progress=bar, out=print)
+    finally:
+        bar.close()
+        try:
+            audit.flush_sync()
+        finally:
+            archive.close()

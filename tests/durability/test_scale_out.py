@@ -41,6 +41,9 @@ endpoint_url = "{opts['endpoint_url']}"
 key = "{opts['key']}"
 secret = "{opts['secret']}"
 region = "{opts['region']}"
+
+[retention]
+enabled = false   # this test deletes a new study to see every node agree (R-A7 aside)
 """)
     dirs = [tmp_path / f"node-{k}" for k in range(3)]
     for d in dirs:

@@ -4,6 +4,7 @@
     python -m benchmarks side-by-side [--profile]      # starts Orthanc and pacsd itself
     python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
+    python -m benchmarks scale [--sizes 10000,100000,1000000] [--db sqlite,postgresql]
 
 ``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
 name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
@@ -133,6 +134,30 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scale(args: argparse.Namespace) -> int:
+    from . import scale
+    from .runner import machine_info
+
+    sizes = sorted(int(x) for x in args.sizes.split(","))
+    dbs = [d.strip() for d in args.db.split(",") if d.strip()]
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    mi = machine_info()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = scale.run(sizes, dbs, n1=args.queries, n16=4 * args.queries, log=log)
+    machine = (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
+               f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}")
+    section = scale.markdown(results, command, machine)
+    path = report.save_json(results, "scale")
+    log(section)
+    if not args.no_results:
+        (Path(__file__).resolve().parent / "scale.md").write_text(section)
+        report.splice_section(Path(args.results), section)
+        log(f"written: {args.results}")
+    log(f"results: {path}")
+    return 0 if all(v["verified"] for r in results["rows"] for v in r["kinds"].values()) \
+        else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks",
                                 description="DICOMweb benchmark driver (pacsd vs others)")
@@ -156,7 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     rp = sub.add_parser("report", help="rewrite RESULTS.md from a side-by-side JSON file")
     rp.add_argument("file")
     rp.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    sc = sub.add_parser("scale", help="QIDO / metadata latency as the index grows "
+                        "(issue 6 item 3)")
+    sc.add_argument("--sizes", default="10000,100000,1000000",
+                    help="comma-separated instance counts, filled in this order")
+    sc.add_argument("--db", default="sqlite,postgresql", help="sqlite and/or postgresql")
+    sc.add_argument("--queries", type=int, default=200,
+                    help="queries per kind at concurrency 1 (4x that at 16)")
+    sc.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    sc.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)
+    if args.cmd == "scale":
+        return cmd_scale(args)
     if args.cmd == "run":
         return cmd_run(args)
     if args.cmd in ("side-by-side", "sbs"):

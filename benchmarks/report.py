@@ -278,9 +278,29 @@ def results_md(result: dict, command: str, json_path: Path, names: tuple[str, st
         "",
         profile_md(result.get("profiles") or {}),
     ]
+    scale_file = HERE / "scale.md"  # written by `python -m benchmarks scale`
+    if scale_file.exists():
+        parts += [scale_file.read_text().strip(), ""]
     if notes_file.exists():
         parts += ["## Notes and suggestions", "", notes_file.read_text().strip(), ""]
     return "\n".join(parts)
+
+
+def splice_section(results: Path, section: str) -> None:
+    """Put ``section`` (a markdown text starting with its ``## `` heading) into the file
+    ``results``: replacing the section of the same heading, else before the notes."""
+    heading = section.split("\n", 1)[0]
+    text = results.read_text() if results.exists() else ""
+    if heading in text:
+        start = text.index(heading)
+        nxt = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.strip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    elif "## Notes and suggestions" in text:
+        i = text.index("## Notes and suggestions")
+        text = text[:i] + section.strip() + "\n\n" + text[i:]
+    else:
+        text = text.rstrip() + "\n\n" + section.strip() + "\n"
+    results.write_text(text)
 
 
 def _load(v: Any) -> str:

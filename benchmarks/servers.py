@@ -94,7 +94,7 @@ class PacsdProcess(_Process):
 
     name = "pacsd"
 
-    def __init__(self, *, keep_dir: str | None = None) -> None:
+    def __init__(self, *, keep_dir: str | None = None, extra: tuple[str, ...] = ()) -> None:
         super().__init__()
         if keep_dir:
             data = Path(keep_dir)
@@ -108,7 +108,8 @@ class PacsdProcess(_Process):
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", str(data / "data"),
-             "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING"],
+             "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING",
+             *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
         base = f"http://127.0.0.1:{port}"
         try:

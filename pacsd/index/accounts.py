@@ -30,6 +30,9 @@ class UserRecord:
     locked_until: float | None
     last_login_at: float | None
     disabled: bool
+    #: Data scope (R-A12, MLPS 8): None = ``[security] default_institutions``.
+    institutions: tuple[str, ...] | None = None
+    clearances: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class TokenRecord:
     expires_at: float
     revoked_at: float | None
     last_used_at: float | None
+    #: Narrows the user's institutions; None = the user's.
+    institutions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,20 +64,32 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
 
 
+def _opt_split(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else _split(text)
+
+
+def _get(row, name: str):
+    try:
+        return getattr(row, name)
+    except AttributeError:
+        return None
+
+
 def _user(row: sa.Row) -> UserRecord:
     return UserRecord(
         pk=row.pk, username=row.username, roles=_split(row.roles),
         password_hash=row.password_hash, created_at=row.created_at,
         password_changed_at=row.password_changed_at, failed_logins=row.failed_logins,
         locked_until=row.locked_until, last_login_at=row.last_login_at,
-        disabled=bool(row.disabled))
+        disabled=bool(row.disabled), institutions=_opt_split(_get(row, "institutions")),
+        clearances=_split(_get(row, "clearances") or ""))
 
 
 def _token(row: sa.Row) -> TokenRecord:
     return TokenRecord(
         pk=row.pk, user_pk=row.user_fk, name=row.name, scopes=_split(row.scopes),
         created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
-        last_used_at=row.last_used_at)
+        last_used_at=row.last_used_at, institutions=_opt_split(_get(row, "institutions")))
 
 
 def _session(row: sa.Row) -> SessionRecord:
@@ -123,6 +140,14 @@ class Accounts:
         with translate_errors("counting users"), self.engine.connect() as conn:
             return conn.scalar(sa.select(sa.func.count()).select_from(users)
                                .where(users.c.disabled == sa.false()))
+
+    def set_scope(self, pk: int, institutions: tuple[str, ...] | None,
+                  clearances: tuple[str, ...]) -> None:
+        """Set a user's institutions (None = the settings' default) and clearances."""
+        self.catalogue.run_write("changing a user's scope", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(
+                institutions=None if institutions is None else ",".join(institutions),
+                clearances=",".join(clearances))))
 
     def set_password(self, pk: int, password_hash: str, now: float) -> None:
         self.catalogue.run_write("changing a password", lambda conn: conn.execute(
@@ -193,11 +218,13 @@ class Accounts:
 
     # --- API tokens -------------------------------------------------------------------
     def create_token(self, user_pk: int, name: str, token_sha256: str,
-                     scopes: tuple[str, ...], now: float, expires_at: float) -> int:
+                     scopes: tuple[str, ...], now: float, expires_at: float,
+                     institutions: tuple[str, ...] | None = None) -> int:
         return self.catalogue.run_write("creating a token", lambda conn: conn.execute(
             sa.insert(api_tokens).values(
                 user_fk=user_pk, name=name, token_sha256=token_sha256,
-                scopes=",".join(scopes), created_at=now, expires_at=expires_at)
+                scopes=",".join(scopes), created_at=now, expires_at=expires_at,
+                institutions=None if institutions is None else ",".join(institutions))
             .returning(api_tokens.c.pk)).scalar_one())
 
     def find_token(self, token_sha256: str) -> tuple[TokenRecord, UserRecord] | None:

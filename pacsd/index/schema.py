@@ -149,6 +149,8 @@ studies = sa.Table(
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False, index=True),
+    # Hospital / campus code captured at ingest (R-A12; access_schema.py, migration 5).
+    sa.Column("institution", Text, nullable=False, server_default="", index=True),
 )
 # Default QIDO study order is StudyDate desc, StudyTime desc, pk desc, NULLs last on both
 # databases. SQLite walks a plain index backwards (NULLs sort first ascending, so last

@@ -37,6 +37,10 @@ users = sa.Table(
     sa.Column("locked_until", Seconds),
     sa.Column("last_login_at", Seconds),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Data scope (R-A12, MLPS 8; migration 5): comma-separated institution codes (NULL =
+    # [security] default_institutions) and sensitivity-label clearances.
+    sa.Column("institutions", Text),
+    sa.Column("clearances", Text, nullable=False, server_default=""),
 )
 
 api_tokens = sa.Table(
@@ -51,6 +55,8 @@ api_tokens = sa.Table(
     sa.Column("expires_at", Seconds, nullable=False),
     sa.Column("revoked_at", Seconds),
     sa.Column("last_used_at", Seconds),
+    # Narrows the user's institutions (NULL = the user's; migration 5).
+    sa.Column("institutions", Text),
 )
 
 sessions = sa.Table(

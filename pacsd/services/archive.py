@@ -16,6 +16,7 @@ from ..index import Catalogue
 from ..plugins import Plugins
 from ..store import BlobStore
 from ..store.replicated import open_replicated
+from .scoping import Scoping, institution_getter
 
 T = TypeVar("T")
 
@@ -27,6 +28,9 @@ class Archive:
         self.store = store
         self.catalogue = catalogue
         self.plugins = plugins or Plugins()
+        #: Data scoping on every read (R-A12): services call scoping.scope_for(actor).
+        self.scoping = Scoping(settings, self.plugins)
+        catalogue.institution_of = institution_getter(settings)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
 

@@ -43,8 +43,24 @@ EVENT_TYPES = frozenset({
     "token-created", "token-revoked",
     "user-created", "user-unlocked", "password-changed",
     "audit-read",         # GET /api/v1/audit: reading the trail is itself audited
+    "labels-changed",     # sensitivity labels of a study set / removed (MLPS 8)
+    "user-scope-changed", # a user's institutions / clearances changed (R-A12, MLPS 9)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
+
+
+def store_location(store) -> str:
+    """Every storage copy of ``store``, space-separated, without credentials (R-E3
+    "where stored")."""
+    from urllib.parse import urlsplit, urlunsplit
+    out = []
+    for c in getattr(store, "copies", None) or [store]:
+        parts = urlsplit(c.url)
+        if parts.username or parts.password:
+            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=host)
+        out.append(urlunsplit(parts))
+    return " ".join(out)
 
 
 def iso_utc(ts: float) -> str:

@@ -127,12 +127,14 @@ class IngestService:
         a.plugins.fire("instance_stored", parsed=parsed, outcome=outcome)
         return outcome
 
-    async def delete(self, study: str, series: str | None = None, sop: str | None = None
-                     ) -> int:
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None,
+                     *, actor) -> int:
         """Remove from the index (one transaction), then the blobs; returns the count.
-        (The retention issue, R-A7, adds vetoes before this point.)"""
+        (The retention issue, R-A7, adds vetoes before this point.) A study outside the
+        actor's data scope is NotFound (R-A12, services/scoping.py)."""
         a = self.archive
-        shas = await a.run(a.catalogue.delete, study, series, sop)
+        scope = a.scoping.scope_for(actor, "delete")
+        shas = await a.run(lambda: a.catalogue.delete(study, series, sop, scope=scope))
         for sha in shas:
             await a.run(a.store.delete, sha)
         return len(shas)

@@ -21,6 +21,7 @@ this module; every decision and every login is written to the audit trail
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import secrets
 import time
@@ -34,9 +35,12 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from .. import errors
 from ..config import Settings
+from ..dicom import is_valid_uid
 from ..index import Accounts, Catalogue, TokenRecord, UserRecord
+from ..index.access import StudyLabels
 from ..plugins import Plugins
 from .audit import AuditTrail
+from .scoping import check_institution, check_label
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +84,18 @@ class Actor:
     user_pk: int | None = None
     session_pk: int | None = None
     token_pk: int | None = None
+    #: Data scope (R-A12, services/scoping.py): the institution codes whose studies the
+    #: actor sees (None = every institution) and the sensitivity labels it is cleared
+    #: for (None = every label; the default, an empty set, hides every labelled study).
+    institutions: frozenset[str] | None = None
+    clearances: frozenset[str] | None = frozenset()
 
     def actions(self) -> frozenset[str]:
         given = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in self.roles))
         return given if self.scopes is None else given & self.scopes
 
 
-LOCAL = Actor(id="local", name="local", roles=frozenset({"local"}))
+LOCAL = Actor(id="local", name="local", roles=frozenset({"local"}), clearances=None)
 ANONYMOUS = Actor(id="anonymous", name="")
 
 
@@ -205,6 +214,7 @@ class SecurityService:
         self.settings = settings
         self.conf = settings.security
         self.accounts = Accounts(catalogue)
+        self.labels = StudyLabels(catalogue)
         self.audit = audit
         self.plugins = plugins or Plugins()
         self._run = run
@@ -252,6 +262,47 @@ class SecurityService:
         self.audit.record("user-unlocked", actor=actor,
                           detail={"user": f"user:{user.pk}", "username": username})
 
+    def set_user_scope(self, username: str, institutions: Iterable[str] | None,
+                       clearances: Iterable[str], *, actor: Actor = LOCAL,
+                       source_ip: str = "") -> None:
+        """Set the institutions (None = ``[security] default_institutions``) and the
+        sensitivity-label clearances of a user (R-A12, MLPS 7, 8; audited, MLPS 9)."""
+        user = self._user(username)
+        insts = None if institutions is None else _codes(institutions)
+        clear = tuple(sorted({check_label(c) for c in clearances}))
+        self.accounts.set_scope(user.pk, insts, clear)
+        self.audit.record("user-scope-changed", actor=actor, source_ip=source_ip, detail={
+            "user": f"user:{user.pk}", "username": username,
+            "institutions": None if insts is None else list(insts),
+            "clearances": list(clear)})
+
+    def study_labels(self, study_uid: str) -> list[str]:
+        return self.labels.get(study_uid)
+
+    def set_study_labels(self, study_uid: str, labels: Iterable[str], *,
+                         actor: Actor = LOCAL, source_ip: str = "", device: str = ""
+                         ) -> list[str]:
+        """Replace the sensitivity labels of a study (MLPS 8; audited). Labels are kept
+        by StudyInstanceUID, so a study may be labelled before it arrives."""
+        if not is_valid_uid(study_uid):
+            raise errors.BadRequest("not a valid StudyInstanceUID")
+        labels = list(labels)
+        added, removed = self.labels.replace(study_uid, labels, self.clock(), actor.id)
+        self.audit.record("labels-changed", actor=actor, source_ip=source_ip, device=device,
+                          study_uid=study_uid,
+                          detail={"added": added, "removed": removed})
+        return self.labels.get(study_uid)
+
+    def actor_of_user(self, user: UserRecord, *, session_pk: int | None = None) -> Actor:
+        return _actor_of(user, self._institutions(user.institutions), session_pk=session_pk)
+
+    def _institutions(self, codes: Iterable[str] | None) -> frozenset[str] | None:
+        """A user's institutions; None (unrestricted) when they include ``*``."""
+        if codes is None:
+            codes = self.conf.default_institutions
+        codes = frozenset(codes)
+        return None if "*" in codes else codes
+
     def list_users(self) -> list[UserRecord]:
         return self.accounts.list_users()
 
@@ -269,10 +320,13 @@ class SecurityService:
 
     # --- API tokens ---------------------------------------------------------------------
     def create_token(self, username: str, scopes: Iterable[str], days: float, *,
-                     name: str = "", actor: Actor = LOCAL) -> tuple[int, str, float]:
+                     name: str = "", actor: Actor = LOCAL,
+                     institutions: Iterable[str] | None = None) -> tuple[int, str, float]:
         """A new API token for ``username``: (token id, the token, expiry). The token is
-        returned once and stored only as its SHA-256."""
+        returned once and stored only as its SHA-256. ``institutions`` narrows the
+        user's (a token never sees more than its user, R-A12)."""
         user = self._user(username)
+        insts = None if institutions is None else _codes(institutions)
         scopes = tuple(sorted(set(scopes)))
         bad = [s for s in scopes if s not in ACTIONS]
         if not scopes or bad:
@@ -284,10 +338,10 @@ class SecurityService:
         now = self.clock()
         expires = now + days * 86400
         pk = self.accounts.create_token(user.pk, name[:64], token_digest(token), scopes,
-                                        now, expires)
+                                        now, expires, insts)
         self.audit.record("token-created", actor=actor, detail={
             "token": f"token:{pk}", "user": f"user:{user.pk}", "scopes": list(scopes),
-            "expires_at": expires})
+            "expires_at": expires, "institutions": None if insts is None else list(insts)})
         return pk, token, expires
 
     def revoke_token(self, pk: int, *, actor: Actor = LOCAL) -> None:
@@ -339,7 +393,7 @@ class SecurityService:
                             self.conf.lockout_threshold)
         if reason:
             self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
-                              device=device, actor=_actor_of(user) if user else None,
+                              device=device, actor=self.actor_of_user(user) if user else None,
                               detail={"username": username[:64], "reason": reason})
             raise errors.Unauthorized("invalid user name or password, or account locked",
                                       headers={"WWW-Authenticate": 'Bearer realm="pacsd"'})
@@ -352,7 +406,7 @@ class SecurityService:
         expires = now + self.conf.session_absolute_timeout_s
         spk = self.accounts.create_session(user.pk, token_digest(token), now, expires,
                                            source_ip)
-        actor = _actor_of(user, session_pk=spk)
+        actor = self.actor_of_user(user, session_pk=spk)
         self.audit.record("login", actor=actor, source_ip=source_ip, device=device,
                           detail={"session": f"session:{spk}"})
         return token, expires, actor
@@ -414,7 +468,7 @@ class SecurityService:
             # Idle tracking without a write per request: at most one per interval.
             if now - sess.last_seen_at >= min(60.0, self.conf.session_idle_timeout_s / 10):
                 self.accounts.touch_session(sess.pk, now)
-            return _actor_of(user, session_pk=sess.pk)
+            return self.actor_of_user(user, session_pk=sess.pk)
         if token.startswith(TOKEN_PREFIX):
             found = self.accounts.find_token(digest)
             if found is None:
@@ -426,9 +480,38 @@ class SecurityService:
                 raise _bad_token("expired")
             if tok.last_used_at is None or now - tok.last_used_at >= 60:
                 self.accounts.touch_token(tok.pk, now)
+            insts = self._institutions(user.institutions)
+            if tok.institutions is not None:  # narrows, never widens
+                own = frozenset(tok.institutions) - {"*"}
+                insts = own if insts is None else insts & own
             return Actor(id=f"token:{tok.pk}", name=user.username, roles=frozenset(user.roles),
-                         scopes=frozenset(tok.scopes), user_pk=user.pk, token_pk=tok.pk)
+                         scopes=frozenset(tok.scopes), user_pk=user.pk, token_pk=tok.pk,
+                         institutions=insts, clearances=frozenset(user.clearances))
         raise _bad_token("unknown")
+
+    # --- DIMSE peers --------------------------------------------------------------------
+    def actor_from_association(self, calling_ae: str, address: str, called_ae: str = ""
+                               ) -> Actor | None:
+        """The actor of a DIMSE association (SEC-18): an ``actor_from_association``
+        plugin's, else the ``[dimse] actors`` entry of the calling AE title when the
+        source address is one of its ``source_ips``. With security disabled an unlisted
+        AE acts as the local operator (audited under its AE title); enabled, it is None
+        (refused, 0x0124)."""
+        calling_ae = (calling_ae or "").strip()
+        actor = self.plugins.first("actor_from_association", calling_ae=calling_ae,
+                                   address=address, called_ae=called_ae)
+        if actor is not None:
+            return actor
+        entry = self.settings.dimse.actor_table().get(calling_ae)
+        if entry is not None and _address_in(address, entry["source_ips"]):
+            return Actor(id=f"ae:{calling_ae}", name=calling_ae,
+                         roles=frozenset(entry["roles"]),
+                         institutions=self._institutions(entry["institutions"]),
+                         clearances=frozenset(entry["clearances"]))
+        if not self.enabled:
+            return Actor(id=f"ae:{calling_ae}", name=calling_ae, roles=frozenset({"local"}),
+                         clearances=None)
+        return None
 
     # --- authorization ------------------------------------------------------------------
     def permission_allowed(self, actor: Actor, action: str, resource: Resource) -> bool:
@@ -441,9 +524,28 @@ class SecurityService:
         return not any(v is False for v in votes)
 
 
-def _actor_of(user: UserRecord, *, session_pk: int | None = None) -> Actor:
+def _actor_of(user: UserRecord, institutions: frozenset[str] | None, *,
+              session_pk: int | None = None) -> Actor:
     return Actor(id=f"user:{user.pk}", name=user.username, roles=frozenset(user.roles),
-                 user_pk=user.pk, session_pk=session_pk)
+                 user_pk=user.pk, session_pk=session_pk, institutions=institutions,
+                 clearances=frozenset(user.clearances))
+
+
+def _address_in(address: str, networks: list) -> bool:
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in n for n in networks)
+
+
+def _codes(codes: Iterable[str]) -> tuple[str, ...]:
+    try:
+        return tuple(sorted({check_institution(c) for c in codes}))
+    except ValueError as exc:
+        raise errors.BadRequest(str(exc)) from None
 
 
 def open_security(settings: Settings) -> tuple[SecurityService, Catalogue]:

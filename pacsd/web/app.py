@@ -24,7 +24,7 @@ from ..config import Settings
 from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
-from . import auth
+from . import admin, auth
 from .dicomweb import qido, stow, wado, wado_uri
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, QUERY, RETRIEVE,
                    SECURITY)
@@ -157,6 +157,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    admin.add_admin_routes(app.router)  # /api/v1/admin: secadmin (R-A12, MLPS 8)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import orjson
 import pydicom
+import requests
 import pytest
 from dicomgen import make_dataset, to_part10
 from pacsd_server import Server, free_port
@@ -30,6 +32,13 @@ from pacsd.config import load_settings
 from pacsd.services.security import open_security
 
 PACS = "PACSD"
+PASSWORD = "Correct-Horse-9"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pacsd.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
 ST = {"A1": "1.2.826.0.1.3680043.10.543.11", "B1": "1.2.826.0.1.3680043.10.543.12"}
 INST = {"A1": "Hospital A", "B1": "Hospital B"}
 
@@ -166,6 +175,13 @@ source_ips = ["127.0.0.1"]
 roles = ["sysadmin"]
 source_ips = ["10.99.0.1"]
 ''')
+    # A user of institution A, made with the command line (MLPS 5: no default account).
+    pw = tmp_path / "pw"
+    pw.write_text(PASSWORD + "\n")
+    common = ["--config", str(conf), "--data-dir", str(data)]
+    made = cli("user", "add", "dr-a", "--role", "clinician", "--institution", "A",
+               "--password-file", str(pw), *common)
+    assert made.returncode == 0, made.stderr
     srv = Server(str(data), "--config", str(conf), "--ae-title", PACS, dicom_port=None)
     try:
         port = srv.dicom_port
@@ -192,9 +208,37 @@ source_ips = ["10.99.0.1"]
         assert c_move(port, "FINDA", ST["A1"]) == (0x0000, 1)
         assert len(dest.files()) == 1
         assert c_move(port, "NOBODY", ST["A1"])[0] == 0x0124
+        # The same scope over real HTTP (QIDO-RS, WADO-RS) for the user of A.
+        r = requests.post(f"{srv.url}/api/v1/auth/login",
+                          json={"username": "dr-a", "password": PASSWORD}, timeout=30)
+        auth = {"Authorization": f"Bearer {r.json()['token']}"}
+        r = requests.get(f"{srv.url}/dicom-web/studies", timeout=30,
+                         headers={**auth, "Accept": "application/dicom+json"})
+        assert [i["0020000D"]["Value"][0] for i in r.json()] == [ST["A1"]]
+        r = requests.get(f"{srv.url}/dicom-web/studies/{ST['B1']}/metadata", timeout=30,
+                         headers={**auth, "Accept": "application/dicom+json"})
+        assert r.status_code == 404
     finally:
         srv.stop()
         dest.stop()
+
+    # MLPS 8 with the command line: label A1 VIP; dr-a (no clearance) loses it.
+    labelled = cli("study", "label", ST["A1"], "--set", "VIP", *common)
+    assert labelled.returncode == 0 and labelled.stdout.strip() == "VIP", labelled.stderr
+    listed = cli("user", "list", *common)
+    assert "institutions A" in listed.stdout
+    srv = Server(str(data), "--config", str(conf), "--ae-title", PACS, dicom_port=None)
+    try:
+        r = requests.post(f"{srv.url}/api/v1/auth/login",
+                          json={"username": "dr-a", "password": PASSWORD}, timeout=30)
+        auth = {"Authorization": f"Bearer {r.json()['token']}",
+                "Accept": "application/dicom+json"}
+        assert requests.get(f"{srv.url}/dicom-web/studies", headers=auth,
+                            timeout=30).json() == []
+        assert c_find(srv.dicom_port, "FINDA") == ([], 0x0000)  # FINDA: no clearance
+        assert len(c_find(srv.dicom_port, "STORER")[0]) == 1     # nor STORER (B1 only)
+    finally:
+        srv.stop()
 
     # The audit trail (flushed at shutdown): who, which AE and address, which study,
     # where stored; the denials too.
@@ -222,7 +266,8 @@ source_ips = ["10.99.0.1"]
         ("NOBODY", "C-FIND"), ("SPOOF", "C-FIND"), ("NOBODY", "C-MOVE")}
     assert {e["actor"] for e in denied if e["device"] == "NOBODY"} == {"anonymous"}
     queries = find(event_type="query", actor="ae:FINDA")
-    assert [orjson.loads(e["detail"])["results"] for e in queries] == [1]
+    assert [orjson.loads(e["detail"])["results"] for e in queries] == [1, 0]
+    assert find(event_type="labels-changed", study_uid=ST["A1"], actor="local")
     reads = find(event_type="study-read", actor="ae:FINDA")
     assert [(orjson.loads(e["detail"])["service"], e["study_uid"], e["object_count"])
             for e in reads] == [("C-GET", ST["A1"], 1), ("C-MOVE", ST["A1"], 1)]

@@ -60,7 +60,14 @@ def add_parsers(sub) -> None:
     sc.add_argument("--default-institutions", action="store_true",
                     help="drop the user's own institutions: [security] "
                          "default_institutions apply")
-    for p in (a, pw, ul, ls, sc):
+    to = u.add_parser("totp", help="enrol a TOTP second factor (prints an otpauth:// URI "
+                                    "and, with segno installed, a QR code; MLPS 4)")
+    to.add_argument("name")
+    to.add_argument("--remove", action="store_true",
+                    help="remove the second factor (an administrator then cannot log in "
+                         "until enrolled again)")
+    to.add_argument("--no-qr", action="store_true", help="print the URI only")
+    for p in (a, pw, ul, ls, sc, to):
         _common(p)
 
     t = sub.add_parser("token", help="manage API tokens").add_subparsers(
@@ -110,6 +117,16 @@ def _read_password(args, name: str) -> str:
     return line.rstrip("\r\n")
 
 
+def _print_qr(uri: str) -> None:
+    """A terminal QR code of ``uri`` when segno (the QR library) is installed."""
+    try:
+        import segno
+    except ImportError:
+        print("(install segno for a QR code: pip install segno)", file=sys.stderr)
+        return
+    segno.make(uri, error="m").terminal(out=sys.stdout, compact=True)
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
@@ -147,6 +164,18 @@ def _dispatch(args, security) -> int:
     elif cmd == "user" and action == "passwd":
         security.set_password(args.name, _read_password(args, args.name))
         print(f"password of {args.name} changed")
+    elif cmd == "user" and action == "totp":
+        if args.remove:
+            security.remove_totp(args.name)
+            print(f"second factor of {args.name} removed")
+            return 0
+        secret, uri = security.enroll_totp(args.name)
+        print(uri)
+        if not args.no_qr:
+            _print_qr(uri)
+        print(f"Scan it (or enter the secret {secret}) in an authenticator app; {args.name} "
+              "now logs in with the password and the app's 6-digit code (\"otp\"). "
+              "Shown once.", file=sys.stderr)
     elif cmd == "user" and action == "unlock":
         security.unlock_user(args.name)
         print(f"{args.name} unlocked")

@@ -256,6 +256,12 @@ class SecuritySettings:
     #: (same PatientID + IssuerOfPatientID) has a study at one of theirs (cross-hospital
     #: history). Empty = strict separation.
     cross_institution_roles: list[str] = field(default_factory=list)
+    #: Roles that must log in with a TOTP one-time code as well as the password (MLPS 4;
+    #: enrol with `pacsd user totp NAME`). Users of other roles need one once enrolled.
+    totp_required_roles: list[str] = field(
+        default_factory=lambda: ["sysadmin", "secadmin", "auditor"])
+    #: Issuer name an authenticator app shows next to the account.
+    totp_issuer: str = "pacsd"
 
     def check(self) -> None:
         for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",

@@ -10,6 +10,8 @@ on a fresh one. What it adds:
 * ``users.institutions`` / ``users.clearances`` and ``api_tokens.institutions`` (in
   ``security_schema.py``): comma-separated codes and labels. A user's NULL institutions
   mean ``[security] default_institutions``; a token's NULL means its user's.
+* ``users.totp_secret`` / ``users.totp_last_step``: the TOTP second factor of an
+  administrator (MLPS 4; ``services/totp.py``) and the last time step used (replay).
 * ``study_labels``: sensitivity labels (``VIP``, ``psychiatry`` ...) keyed by the
   StudyInstanceUID text, not the study row, so a label survives a delete and re-ingest
   and can be set before the study arrives (a VIP's exam is labelled when it is booked).
@@ -38,6 +40,8 @@ ADDED_COLUMNS = (
     ("users", "institutions", "TEXT", ""),
     ("users", "clearances", "TEXT", "NOT NULL DEFAULT ''"),
     ("api_tokens", "institutions", "TEXT", ""),
+    ("users", "totp_secret", "TEXT", ""),
+    ("users", "totp_last_step", "BIGINT", ""),
 )
 
 

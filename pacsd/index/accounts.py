@@ -33,6 +33,7 @@ class UserRecord:
     #: Data scope (R-A12, MLPS 8): None = ``[security] default_institutions``.
     institutions: tuple[str, ...] | None = None
     clearances: tuple[str, ...] = ()
+    totp_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _user(row: sa.Row) -> UserRecord:
         password_changed_at=row.password_changed_at, failed_logins=row.failed_logins,
         locked_until=row.locked_until, last_login_at=row.last_login_at,
         disabled=bool(row.disabled), institutions=_opt_split(_get(row, "institutions")),
-        clearances=_split(_get(row, "clearances") or ""))
+        clearances=_split(_get(row, "clearances") or ""),
+        totp_secret=_get(row, "totp_secret"))
 
 
 def _token(row: sa.Row) -> TokenRecord:
@@ -148,6 +150,22 @@ class Accounts:
             sa.update(users).where(users.c.pk == pk).values(
                 institutions=None if institutions is None else ",".join(institutions),
                 clearances=",".join(clearances))))
+
+    def set_totp(self, pk: int, secret: str | None) -> None:
+        """Enrol (or with None remove) a user's TOTP secret; resets the replay marker."""
+        self.catalogue.run_write("changing a second factor", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(totp_secret=secret,
+                                                            totp_last_step=None)))
+
+    def use_totp_step(self, pk: int, step: int) -> bool:
+        """Mark time step ``step`` used; False when it (or a later one) was used already
+        (one atomic UPDATE: two processes cannot both accept one code)."""
+        def tx(conn: sa.Connection) -> bool:
+            return conn.execute(sa.update(users).where(
+                users.c.pk == pk, sa.or_(users.c.totp_last_step.is_(None),
+                                         users.c.totp_last_step < step))
+                .values(totp_last_step=step)).rowcount == 1
+        return self.catalogue.run_write("recording a second factor", tx)
 
     def set_password(self, pk: int, password_hash: str, now: float) -> None:
         self.catalogue.run_write("changing a password", lambda conn: conn.execute(

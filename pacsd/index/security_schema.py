@@ -41,6 +41,10 @@ users = sa.Table(
     # [security] default_institutions) and sensitivity-label clearances.
     sa.Column("institutions", Text),
     sa.Column("clearances", Text, nullable=False, server_default=""),
+    # TOTP second factor (MLPS 4; migration 5): base32 secret, and the last time step a
+    # code was accepted for (a code is usable once: replay protection).
+    sa.Column("totp_secret", Text),
+    sa.Column("totp_last_step", sa.BigInteger),
 )
 
 api_tokens = sa.Table(

@@ -45,6 +45,7 @@ EVENT_TYPES = frozenset({
     "audit-read",         # GET /api/v1/audit: reading the trail is itself audited
     "labels-changed",     # sensitivity labels of a study set / removed (MLPS 8)
     "user-scope-changed", # a user's institutions / clearances changed (R-A12, MLPS 9)
+    "totp-enrolled", "totp-removed",  # second factor of a user (MLPS 4)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

@@ -39,6 +39,7 @@ from ..dicom import is_valid_uid
 from ..index import Accounts, Catalogue, TokenRecord, UserRecord
 from ..index.access import StudyLabels
 from ..plugins import Plugins
+from . import totp
 from .audit import AuditTrail
 from .scoping import check_institution, check_label
 
@@ -353,8 +354,10 @@ class SecurityService:
 
     # --- login / logout -----------------------------------------------------------------
     async def login(self, username: str, password: str, *, source_ip: str = "",
-                    device: str = "") -> tuple[str, float, Actor]:
-        """Check the password; returns (session token, absolute expiry, actor).
+                    device: str = "", otp: str | None = None) -> tuple[str, float, Actor]:
+        """Check the password and, for users who need one (``totp_required_roles`` or
+        enrolled), the one-time code ``otp`` (MLPS 4); returns (session token, absolute
+        expiry, actor).
         Unauthorized on any failure (one message: which part was wrong is not told),
         TooManyRequests when this address failed too often (SEC-8)."""
         wait = self.limiter.retry_after(source_ip)
@@ -365,13 +368,14 @@ class SecurityService:
             raise errors.TooManyRequests("too many failed attempts; try again later",
                                          retry_after=wait)
         try:
-            return await self.run(self._login_sync, username, password, source_ip, device)
+            return await self.run(self._login_sync, username, password, source_ip, device,
+                                  otp)
         except errors.Unauthorized:
             self.limiter.failed(source_ip)
             raise
 
-    def _login_sync(self, username: str, password: str, source_ip: str, device: str
-                    ) -> tuple[str, float, Actor]:
+    def _login_sync(self, username: str, password: str, source_ip: str, device: str,
+                    otp: str | None = None) -> tuple[str, float, Actor]:
         now = self.clock()
         user = self.accounts.get_user(username) if len(username) <= 64 else None
         reason = ""
@@ -391,6 +395,13 @@ class SecurityService:
                 reason = "wrong password; account now locked"
                 log.warning("account user:%d locked after %d failed logins", user.pk,
                             self.conf.lockout_threshold)
+        elif self.needs_totp(user):
+            # MLPS 4: the second factor, only once the password was right. A wrong or
+            # missing code counts as a failed login (lockout: 10^6 codes are guessable).
+            reason = self._second_factor(user, otp, now)
+            if reason and self.accounts.record_login_failure(
+                    user.pk, now, self.conf.lockout_threshold, self.conf.lockout_s):
+                reason += "; account now locked"
         if reason:
             self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
                               device=device, actor=self.actor_of_user(user) if user else None,
@@ -408,8 +419,45 @@ class SecurityService:
                                            source_ip)
         actor = self.actor_of_user(user, session_pk=spk)
         self.audit.record("login", actor=actor, source_ip=source_ip, device=device,
-                          detail={"session": f"session:{spk}"})
+                          detail={"session": f"session:{spk}",
+                                  "factors": ["password", "totp"] if self.needs_totp(user)
+                                  else ["password"]})
         return token, expires, actor
+
+    # --- TOTP second factor (MLPS 4) -----------------------------------------------------
+    def needs_totp(self, user: UserRecord) -> bool:
+        """Administrators (``[security] totp_required_roles``) and anyone enrolled."""
+        return bool(user.totp_secret) or bool(
+            set(user.roles) & set(self.conf.totp_required_roles))
+
+    def _second_factor(self, user: UserRecord, otp: str | None, now: float) -> str:
+        """'' when ``otp`` is a fresh valid code, else the reason (for the audit only)."""
+        if not user.totp_secret:
+            return "second factor not enrolled (pacsd user totp)"
+        if not otp:
+            return "one-time code missing"
+        step = totp.matching_step(user.totp_secret, otp, now)
+        if step is None:
+            return "wrong one-time code"
+        if not self.accounts.use_totp_step(user.pk, step):
+            return "one-time code replayed"
+        return ""
+
+    def enroll_totp(self, username: str, *, actor: Actor = LOCAL) -> tuple[str, str]:
+        """A new TOTP secret for ``username`` (replacing any): (secret, otpauth URI).
+        Audited as ``totp-enrolled``; the secret itself is never logged or audited."""
+        user = self._user(username)
+        secret = totp.new_secret()
+        self.accounts.set_totp(user.pk, secret)
+        self.audit.record("totp-enrolled", actor=actor,
+                          detail={"user": f"user:{user.pk}", "username": username})
+        return secret, totp.provisioning_uri(secret, username, self.conf.totp_issuer)
+
+    def remove_totp(self, username: str, *, actor: Actor = LOCAL) -> None:
+        user = self._user(username)
+        self.accounts.set_totp(user.pk, None)
+        self.audit.record("totp-removed", actor=actor,
+                          detail={"user": f"user:{user.pk}", "username": username})
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

@@ -216,17 +216,22 @@ def _json(body, status: int = 200) -> web.Response:
 
 @public
 async def login(request: web.Request) -> web.Response:
-    """POST {"username", "password"} -> {"token", "expires_at", ...} (a session)."""
+    """POST {"username", "password"[, "otp"]} -> {"token", "expires_at", ...} (a
+    session). ``otp``: the TOTP code administrators must give (MLPS 4)."""
     try:
         body = orjson.loads(await request.read())
         username, password = body["username"], body["password"]
-        if not isinstance(username, str) or not isinstance(password, str):
+        otp = body.get("otp")
+        if not isinstance(username, str) or not isinstance(password, str) or \
+                not isinstance(otp, (str, type(None))):
             raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise errors.BadRequest('send JSON {"username": ..., "password": ...}') from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise errors.BadRequest('send JSON {"username": ..., "password": ...'
+                                '[, "otp": "123456"]}') from None
     security = request.app[SECURITY]
     token, expires, actor = await security.login(
-        username, password, source_ip=client_ip(request), device=client_device(request))
+        username, password, source_ip=client_ip(request), device=client_device(request),
+        otp=otp)
     return _json({"token": token, "token_type": "Bearer", "expires_at": iso_utc(expires),
                   "idle_timeout_s": security.conf.session_idle_timeout_s,
                   "user": actor.name, "roles": sorted(actor.roles)})

@@ -12,6 +12,7 @@ on a fresh one. What it adds:
   mean ``[security] default_institutions``; a token's NULL means its user's.
 * ``users.totp_secret`` / ``users.totp_last_step``: the TOTP second factor of an
   administrator (MLPS 4; ``services/totp.py``) and the last time step used (replay).
+* ``departments`` (R-E1: create / edit / delete) and ``users.department`` (its name).
 * ``study_labels``: sensitivity labels (``VIP``, ``psychiatry`` ...) keyed by the
   StudyInstanceUID text, not the study row, so a label survives a delete and re-ingest
   and can be set before the study arrives (a VIP's exam is labelled when it is booked).
@@ -31,8 +32,16 @@ study_labels = sa.Table(
     sa.Column("set_by", Text, nullable=False, server_default=""),
 )
 
+departments = sa.Table(
+    "departments", metadata,
+    sa.Column("pk", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("name", Text, nullable=False, unique=True),
+    sa.Column("description", Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.Float(), nullable=False),
+)
+
 #: Created by migration 5, or with the catalogue on a fresh database.
-ACCESS_TABLES = (study_labels,)
+ACCESS_TABLES = (study_labels, departments)
 
 #: (table, column, DDL type, extra DDL) added by migration 5 where missing.
 ADDED_COLUMNS = (
@@ -42,6 +51,7 @@ ADDED_COLUMNS = (
     ("api_tokens", "institutions", "TEXT", ""),
     ("users", "totp_secret", "TEXT", ""),
     ("users", "totp_last_step", "BIGINT", ""),
+    ("users", "department", "TEXT", ""),
 )
 
 

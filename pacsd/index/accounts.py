@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from pacsd.errors import Conflict, NotFound
 from pacsd.index.catalogue import Catalogue
 from pacsd.index.engine import translate_errors
+from pacsd.index.access_schema import departments
 from pacsd.index.security_schema import api_tokens, sessions, users
 
 
@@ -34,6 +35,7 @@ class UserRecord:
     institutions: tuple[str, ...] | None = None
     clearances: tuple[str, ...] = ()
     totp_secret: str | None = None
+    department: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def _user(row: sa.Row) -> UserRecord:
         locked_until=row.locked_until, last_login_at=row.last_login_at,
         disabled=bool(row.disabled), institutions=_opt_split(_get(row, "institutions")),
         clearances=_split(_get(row, "clearances") or ""),
-        totp_secret=_get(row, "totp_secret"))
+        totp_secret=_get(row, "totp_secret"), department=_get(row, "department"))
 
 
 def _token(row: sa.Row) -> TokenRecord:
@@ -150,6 +152,65 @@ class Accounts:
             sa.update(users).where(users.c.pk == pk).values(
                 institutions=None if institutions is None else ",".join(institutions),
                 clearances=",".join(clearances))))
+
+    def update_user(self, pk: int, **values) -> None:
+        """Set ``roles`` (tuple), ``disabled``, ``department`` of a user."""
+        if "roles" in values:
+            values["roles"] = ",".join(values["roles"])
+        self.catalogue.run_write("changing a user", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(**values)))
+
+    # --- departments (R-E1) -----------------------------------------------------------
+    def departments(self) -> list[dict]:
+        with translate_errors("listing departments"), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(departments).order_by(departments.c.name)).all()
+            counts = dict(conn.execute(sa.select(users.c.department, sa.func.count())
+                                       .group_by(users.c.department)).all())
+        return [{"name": r.name, "description": r.description,
+                 "users": counts.get(r.name, 0)} for r in rows]
+
+    def create_department(self, name: str, description: str, now: float) -> None:
+        def tx(conn: sa.Connection) -> None:
+            if conn.execute(sa.select(departments.c.pk).where(departments.c.name == name)
+                            ).first() is not None:
+                raise Conflict("a department with that name exists")
+            conn.execute(sa.insert(departments).values(name=name, description=description,
+                                                       created_at=now))
+        self.catalogue.run_write("creating a department", tx)
+
+    def update_department(self, name: str, *, new_name: str | None = None,
+                          description: str | None = None) -> None:
+        def tx(conn: sa.Connection) -> None:
+            values = {}
+            if description is not None:
+                values["description"] = description
+            if new_name is not None and new_name != name:
+                if conn.execute(sa.select(departments.c.pk).where(
+                        departments.c.name == new_name)).first() is not None:
+                    raise Conflict("a department with that name exists")
+                values["name"] = new_name
+                conn.execute(sa.update(users).where(users.c.department == name)
+                             .values(department=new_name))
+            n = conn.execute(sa.update(departments).where(departments.c.name == name)
+                             .values(**values)).rowcount if values else 1
+            if not n or conn.execute(sa.select(departments.c.pk).where(
+                    departments.c.name == (new_name or name))).first() is None:
+                raise NotFound("no such department")
+        self.catalogue.run_write("changing a department", tx)
+
+    def delete_department(self, name: str) -> None:
+        def tx(conn: sa.Connection) -> None:
+            if conn.execute(sa.select(users.c.pk).where(users.c.department == name)
+                            ).first() is not None:
+                raise Conflict("the department still has users")
+            if not conn.execute(sa.delete(departments).where(departments.c.name == name)
+                                ).rowcount:
+                raise NotFound("no such department")
+        self.catalogue.run_write("deleting a department", tx)
+
+    def department_exists(self, name: str) -> bool:
+        return self._read("reading a department", sa.select(departments.c.pk).where(
+            departments.c.name == name)) is not None
 
     def set_totp(self, pk: int, secret: str | None) -> None:
         """Enrol (or with None remove) a user's TOTP secret; resets the replay marker."""

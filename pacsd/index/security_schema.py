@@ -45,6 +45,8 @@ users = sa.Table(
     # code was accepted for (a code is usable once: replay protection).
     sa.Column("totp_secret", Text),
     sa.Column("totp_last_step", sa.BigInteger),
+    # Department name (access_schema.departments; R-E1; migration 5).
+    sa.Column("department", Text),
 )
 
 api_tokens = sa.Table(

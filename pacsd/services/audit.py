@@ -46,6 +46,8 @@ EVENT_TYPES = frozenset({
     "labels-changed",     # sensitivity labels of a study set / removed (MLPS 8)
     "user-scope-changed", # a user's institutions / clearances changed (R-A12, MLPS 9)
     "totp-enrolled", "totp-removed",  # second factor of a user (MLPS 4)
+    "user-changed",       # roles, department, disabled / enabled (admin API, MLPS 9)
+    "department-changed", # a department created, renamed / described, or deleted (R-E1)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 

@@ -277,6 +277,55 @@ class SecurityService:
             "institutions": None if insts is None else list(insts),
             "clearances": list(clear)})
 
+    _KEEP = object()
+
+    def update_user(self, username: str, *, roles: Iterable[str] | None = None,
+                    disabled: bool | None = None, department: Any = _KEEP,
+                    actor: Actor = LOCAL, source_ip: str = "") -> UserRecord:
+        """Change a user's roles, department or disabled state (audited as
+        ``user-changed``). Nobody changes their own roles or disables themselves (MLPS 6:
+        an administrator cannot widen or hand over their own duties)."""
+        user = self._user(username)
+        values: dict[str, Any] = {}
+        if roles is not None:
+            values["roles"] = check_roles(roles)
+        if disabled is not None:
+            values["disabled"] = bool(disabled)
+        if department is not self._KEEP:
+            if department is not None and not self.accounts.department_exists(department):
+                raise errors.BadRequest("no such department")
+            values["department"] = department
+        if not values:
+            raise errors.BadRequest("nothing to change")
+        if actor.user_pk == user.pk and ("roles" in values or values.get("disabled")):
+            raise errors.Forbidden("you cannot change your own roles or disable yourself")
+        self.accounts.update_user(user.pk, **values)
+        detail = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+        self.audit.record("user-changed", actor=actor, source_ip=source_ip, detail={
+            "user": f"user:{user.pk}", "username": username, **detail})
+        return self._user(username)
+
+    def departments(self) -> list[dict]:
+        return self.accounts.departments()
+
+    def change_department(self, action: str, name: str, *, new_name: str | None = None,
+                          description: str | None = None, actor: Actor = LOCAL,
+                          source_ip: str = "") -> None:
+        """``action``: create, update or delete a department (R-E1; audited)."""
+        for n in (name, new_name):
+            if n is not None and not (1 <= len(n) <= 64 and n.isprintable()):
+                raise errors.BadRequest("a department name is 1-64 printable characters")
+        if description is not None and len(description) > 256:
+            raise errors.BadRequest("a description is at most 256 characters")
+        if action == "create":
+            self.accounts.create_department(name, description or "", self.clock())
+        elif action == "update":
+            self.accounts.update_department(name, new_name=new_name, description=description)
+        else:
+            self.accounts.delete_department(name)
+        self.audit.record("department-changed", actor=actor, source_ip=source_ip, detail={
+            "action": action, "name": name, **({"new_name": new_name} if new_name else {})})
+
     def study_labels(self, study_uid: str) -> list[str]:
         return self.labels.get(study_uid)
 

@@ -45,6 +45,9 @@ def add_parsers(sub) -> None:
     pw = u.add_parser("passwd", help="set a user's password (also unlocks)")
     pw.add_argument("name")
     pw.add_argument("--password-file")
+    for p in (a, pw):
+        p.add_argument("--temporary", action="store_true",
+                       help="the user must change this password at the next login")
     ul = u.add_parser("unlock", help="lift a lockout after failed logins")
     ul.add_argument("name")
     ls = u.add_parser("list", help="list users")
@@ -151,7 +154,7 @@ def _dispatch(args, security) -> int:
     cmd, action = args.command, args.action
     if cmd == "user" and action == "add":
         password = _read_password(args, args.name)
-        pk = security.create_user(args.name, password, args.role)
+        pk = security.create_user(args.name, password, args.role, temporary=args.temporary)
         if args.institution is not None or args.clearance:
             security.set_user_scope(args.name, args.institution, args.clearance)
         print(f"user {args.name} created (user:{pk}, roles {', '.join(sorted(args.role))})")
@@ -162,7 +165,8 @@ def _dispatch(args, security) -> int:
               f"{'(default)' if insts is None else ','.join(sorted(set(insts))) or '(none)'}"
               f", clearances {','.join(sorted(set(args.clearance))) or '(none)'}")
     elif cmd == "user" and action == "passwd":
-        security.set_password(args.name, _read_password(args, args.name))
+        security.set_password(args.name, _read_password(args, args.name),
+                              temporary=args.temporary)
         print(f"password of {args.name} changed")
     elif cmd == "user" and action == "totp":
         if args.remove:

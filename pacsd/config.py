@@ -262,6 +262,16 @@ class SecuritySettings:
         default_factory=lambda: ["sysadmin", "secadmin", "auditor"])
     #: Issuer name an authenticator app shows next to the account.
     totp_issuer: str = "pacsd"
+    #: A new password may not equal the current one nor the previous N-1 (MLPS 1).
+    password_history: int = 5
+    #: Days after which a password must be changed at the next login (0 = never).
+    password_max_age_days: float = 90.0
+    #: Days without a password login after which an account is disabled at its next
+    #: login attempt (MLPS 5; 0 = never). The security administrator enables it again.
+    inactive_disable_days: float = 90.0
+    #: Reverse proxies (addresses / CIDR) whose X-Forwarded-For names the client: audit
+    #: source_ip and the login rate limit use that address. Empty = the TCP peer.
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",
@@ -271,6 +281,16 @@ class SecuritySettings:
                 raise ConfigError(f"[security] {name} must be positive")
         if self.password_min_length < 8:
             raise ConfigError("[security] password_min_length must be at least 8")
+        if self.password_history < 1:
+            raise ConfigError("[security] password_history must be at least 1")
+        if self.password_max_age_days < 0 or self.inactive_disable_days < 0:
+            raise ConfigError("[security] password_max_age_days and inactive_disable_days "
+                              "are 0 (off) or positive")
+        try:
+            [ipaddress.ip_network(str(n).strip(), strict=False) for n in self.trusted_proxies]
+        except ValueError:
+            raise ConfigError("[security] trusted_proxies: each entry must be an IP "
+                              "address or network (CIDR)") from None
         for code in [*self.default_institutions, *self.institution_map.values()]:
             if not isinstance(code, str) or not code or "," in code or len(code) > 64:
                 raise ConfigError("[security] institution codes are 1-64 characters "

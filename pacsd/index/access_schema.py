@@ -12,6 +12,9 @@ on a fresh one. What it adds:
   mean ``[security] default_institutions``; a token's NULL means its user's.
 * ``users.totp_secret`` / ``users.totp_last_step``: the TOTP second factor of an
   administrator (MLPS 4; ``services/totp.py``) and the last time step used (replay).
+* ``users.password_history`` (JSON list of previous argon2 hashes), ``must_change_password``
+  (forced change at the next login) and ``reactivated_at`` (inactivity clock restart):
+  MLPS 1, 5.
 * ``departments`` (R-E1: create / edit / delete) and ``users.department`` (its name).
 * ``study_labels``: sensitivity labels (``VIP``, ``psychiatry`` ...) keyed by the
   StudyInstanceUID text, not the study row, so a label survives a delete and re-ingest
@@ -52,6 +55,9 @@ ADDED_COLUMNS = (
     ("users", "totp_secret", "TEXT", ""),
     ("users", "totp_last_step", "BIGINT", ""),
     ("users", "department", "TEXT", ""),
+    ("users", "password_history", "TEXT", "NOT NULL DEFAULT '[]'"),
+    ("users", "must_change_password", "BOOLEAN", "NOT NULL DEFAULT FALSE"),
+    ("users", "reactivated_at", "DOUBLE PRECISION", ""),
 )
 
 

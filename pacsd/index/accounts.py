@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from pacsd.errors import Conflict, NotFound
@@ -36,6 +37,9 @@ class UserRecord:
     clearances: tuple[str, ...] = ()
     totp_secret: str | None = None
     department: str | None = None
+    password_history: tuple[str, ...] = ()
+    must_change_password: bool = False
+    reactivated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,10 @@ def _user(row: sa.Row) -> UserRecord:
         locked_until=row.locked_until, last_login_at=row.last_login_at,
         disabled=bool(row.disabled), institutions=_opt_split(_get(row, "institutions")),
         clearances=_split(_get(row, "clearances") or ""),
-        totp_secret=_get(row, "totp_secret"), department=_get(row, "department"))
+        totp_secret=_get(row, "totp_secret"), department=_get(row, "department"),
+        password_history=tuple(orjson.loads(_get(row, "password_history") or "[]")),
+        must_change_password=bool(_get(row, "must_change_password")),
+        reactivated_at=_get(row, "reactivated_at"))
 
 
 def _token(row: sa.Row) -> TokenRecord:
@@ -228,10 +235,18 @@ class Accounts:
                 .values(totp_last_step=step)).rowcount == 1
         return self.catalogue.run_write("recording a second factor", tx)
 
-    def set_password(self, pk: int, password_hash: str, now: float) -> None:
+    def set_password(self, pk: int, password_hash: str, now: float, *,
+                     history: tuple[str, ...] | None = None,
+                     must_change: bool | None = None) -> None:
+        """New password hash; ``history`` (previous hashes, newest first) and
+        ``must_change`` (forced change at the next login) when given."""
+        values: dict = {"password_hash": password_hash, "password_changed_at": now}
+        if history is not None:
+            values["password_history"] = orjson.dumps(list(history)).decode()
+        if must_change is not None:
+            values["must_change_password"] = must_change
         self.catalogue.run_write("changing a password", lambda conn: conn.execute(
-            sa.update(users).where(users.c.pk == pk).values(
-                password_hash=password_hash, password_changed_at=now)))
+            sa.update(users).where(users.c.pk == pk).values(**values)))
 
     def record_login_failure(self, pk: int, now: float, threshold: int,
                              lockout_s: float) -> bool:

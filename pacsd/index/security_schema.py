@@ -47,6 +47,11 @@ users = sa.Table(
     sa.Column("totp_last_step", sa.BigInteger),
     # Department name (access_schema.departments; R-E1; migration 5).
     sa.Column("department", Text),
+    # MLPS 1, 5 (migration 5): previous password hashes (JSON list, newest first), a
+    # forced change at the next login, and when a disabled account was enabled again.
+    sa.Column("password_history", Text, nullable=False, server_default="[]"),
+    sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("reactivated_at", Seconds),
 )
 
 api_tokens = sa.Table(

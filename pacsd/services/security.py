@@ -20,6 +20,7 @@ this module; every decision and every login is written to the audit trail
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -90,6 +91,9 @@ class Actor:
     #: for (None = every label; the default, an empty set, hides every labelled study).
     institutions: frozenset[str] | None = None
     clearances: frozenset[str] | None = frozenset()
+    #: A session whose password must be changed first (forced change, expired password):
+    #: it may only change the password, see who it is, and log out (MLPS 1).
+    must_change_password: bool = False
 
     def actions(self) -> frozenset[str]:
         given = frozenset().union(*(ROLE_ACTIONS.get(r, frozenset()) for r in self.roles))
@@ -216,6 +220,9 @@ class SecurityService:
         self.conf = settings.security
         self.accounts = Accounts(catalogue)
         self.labels = StudyLabels(catalogue)
+        #: [security] trusted_proxies, parsed (web/auth.py client_ip).
+        self.trusted_proxies = [ipaddress.ip_network(str(n).strip(), strict=False)
+                                for n in self.conf.trusted_proxies]
         self.audit = audit
         self.plugins = plugins or Plugins()
         self._run = run
@@ -238,24 +245,66 @@ class SecurityService:
 
     # --- users --------------------------------------------------------------------------
     def create_user(self, username: str, password: str, roles: Iterable[str], *,
-                    actor: Actor = LOCAL, source_ip: str = "") -> int:
+                    actor: Actor = LOCAL, source_ip: str = "", temporary: bool = False
+                    ) -> int:
+        """``temporary``: the password was chosen by an administrator, so the user must
+        change it at the first login (MLPS 1)."""
         username = check_username(username)
         roles = check_roles(roles)
         check_password_policy(username, password, self.conf.password_min_length)
         pk = self.accounts.create_user(username, roles, self.hasher.hash(password),
                                        self.clock())
+        if temporary:
+            self.accounts.update_user(pk, must_change_password=True)
         self.audit.record("user-created", actor=actor, source_ip=source_ip,
                           detail={"user": f"user:{pk}", "username": username,
                                   "roles": list(roles)})
         return pk
 
-    def set_password(self, username: str, password: str, *, actor: Actor = LOCAL) -> None:
+    def set_password(self, username: str, password: str, *, actor: Actor = LOCAL,
+                     temporary: bool = False, source_ip: str = "") -> None:
+        """A new password (policy and history apply, MLPS 1). ``temporary``: set by an
+        administrator, to be changed by the user at the next login."""
         user = self._user(username)
         check_password_policy(username, password, self.conf.password_min_length)
-        self.accounts.set_password(user.pk, self.hasher.hash(password), self.clock())
+        recent = (user.password_hash, *user.password_history)[:self.conf.password_history]
+        if any(self._verify(h, password) for h in recent):
+            raise PasswordPolicyError(f"the password must differ from the last "
+                                      f"{self.conf.password_history} passwords")
+        history = recent[:max(self.conf.password_history - 1, 0)]
+        self.accounts.set_password(user.pk, self.hasher.hash(password), self.clock(),
+                                   history=tuple(history), must_change=temporary)
         self.accounts.unlock(user.pk)
-        self.audit.record("password-changed", actor=actor,
-                          detail={"user": f"user:{user.pk}", "username": username})
+        self.audit.record("password-changed", actor=actor, source_ip=source_ip,
+                          detail={"user": f"user:{user.pk}", "username": username,
+                                  "temporary": temporary})
+
+    async def change_own_password(self, actor: Actor, old: str, new: str, *,
+                                  source_ip: str = "") -> None:
+        """A signed-in user changes their own password, proving the old one (MLPS 1)."""
+        if actor.session_pk is None or actor.user_pk is None:
+            raise errors.BadRequest("only a login session can change its password")
+
+        def change() -> None:
+            user = self.accounts.get_user_by_pk(actor.user_pk)
+            if user is None or not self._verify(user.password_hash, old):
+                self.audit.record("login-failed", outcome="failure", actor=actor,
+                                  source_ip=source_ip,
+                                  detail={"username": actor.name,
+                                          "reason": "wrong password at password change"})
+                raise errors.Forbidden("the current password is wrong")
+            self.set_password(user.username, new, actor=actor, source_ip=source_ip)
+        await self.run(change)
+
+    def password_change_required(self, user: UserRecord) -> bool:
+        max_age = self.conf.password_max_age_days
+        return user.must_change_password or (
+            max_age > 0 and self.clock() - user.password_changed_at > max_age * 86400)
+
+    def _inactive(self, user: UserRecord, now: float) -> bool:
+        days = self.conf.inactive_disable_days
+        since = max(user.created_at, user.last_login_at or 0, user.reactivated_at or 0)
+        return days > 0 and now - since > days * 86400
 
     def unlock_user(self, username: str, *, actor: Actor = LOCAL) -> None:
         user = self._user(username)
@@ -291,6 +340,8 @@ class SecurityService:
             values["roles"] = check_roles(roles)
         if disabled is not None:
             values["disabled"] = bool(disabled)
+            if not disabled and user.disabled:
+                values["reactivated_at"] = self.clock()  # restarts the inactivity clock
         if department is not self._KEEP:
             if department is not None and not self.accounts.department_exists(department):
                 raise errors.BadRequest("no such department")
@@ -344,7 +395,10 @@ class SecurityService:
         return self.labels.get(study_uid)
 
     def actor_of_user(self, user: UserRecord, *, session_pk: int | None = None) -> Actor:
-        return _actor_of(user, self._institutions(user.institutions), session_pk=session_pk)
+        actor = _actor_of(user, self._institutions(user.institutions), session_pk=session_pk)
+        if session_pk is not None and self.password_change_required(user):
+            actor = dataclasses.replace(actor, must_change_password=True)
+        return actor
 
     def _institutions(self, codes: Iterable[str] | None) -> frozenset[str] | None:
         """A user's institutions; None (unrestricted) when they include ``*``."""
@@ -435,6 +489,13 @@ class SecurityService:
             reason = "unknown user"
         elif user.disabled:
             reason = "account disabled"
+        elif self._inactive(user, now):
+            # MLPS 5: an account unused for inactive_disable_days is disabled.
+            self.accounts.update_user(user.pk, disabled=True)
+            self.audit.record("user-changed", actor=LOCAL, source_ip=source_ip, detail={
+                "user": f"user:{user.pk}", "username": user.username, "disabled": True,
+                "reason": f"inactive for {self.conf.inactive_disable_days:g} days"})
+            reason = "account disabled (inactive)"
         elif self.is_locked(user):
             reason = "account locked"
         elif not self._verify(user.password_hash, password):

@@ -149,7 +149,7 @@ async def create_user(request: web.Request) -> web.Response:
     def make():
         if dept is not None and not sec.accounts.department_exists(dept):
             raise errors.BadRequest("no such department")
-        sec.create_user(name, password, roles, **ctx)
+        sec.create_user(name, password, roles, temporary=True, **ctx)
         if dept is not None:
             sec.update_user(name, department=dept, **ctx)
         if insts is not None or clear:
@@ -184,7 +184,7 @@ async def patch_user(request: web.Request) -> web.Response:
 
     def change():
         if password is not None:
-            sec.set_password(name, password, actor=ctx["actor"])
+            sec.set_password(name, password, temporary=True, **ctx)
         if kwargs:
             sec.update_user(name, **kwargs, **ctx)
         return sec._user(name)

@@ -272,6 +272,10 @@ class SecuritySettings:
     #: Reverse proxies (addresses / CIDR) whose X-Forwarded-For names the client: audit
     #: source_ip and the login rate limit use that address. Empty = the TCP peer.
     trusted_proxies: list[str] = field(default_factory=list)
+    #: Seconds a verified session / API token is trusted without asking the database
+    #: again. Changes through the same process apply at once; other processes see a
+    #: revocation within this time (SEC-6). 0 = ask the database on every request.
+    auth_cache_ttl_s: float = 5.0
 
     def check(self) -> None:
         for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",
@@ -281,6 +285,8 @@ class SecuritySettings:
                 raise ConfigError(f"[security] {name} must be positive")
         if self.password_min_length < 8:
             raise ConfigError("[security] password_min_length must be at least 8")
+        if not 0 <= self.auth_cache_ttl_s <= 60:
+            raise ConfigError("[security] auth_cache_ttl_s is 0 to 60 seconds")
         if self.password_history < 1:
             raise ConfigError("[security] password_history must be at least 1")
         if self.password_max_age_days < 0 or self.inactive_disable_days < 0:

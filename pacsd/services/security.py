@@ -220,6 +220,8 @@ class SecurityService:
         self.conf = settings.security
         self.accounts = Accounts(catalogue)
         self.labels = StudyLabels(catalogue)
+        #: token digest -> (actor, checked at, expires at): see _remember.
+        self._cache: dict[str, tuple[Actor, float, float]] = {}
         #: [security] trusted_proxies, parsed (web/auth.py client_ip).
         self.trusted_proxies = [ipaddress.ip_network(str(n).strip(), strict=False)
                                 for n in self.conf.trusted_proxies]
@@ -275,6 +277,7 @@ class SecurityService:
         self.accounts.set_password(user.pk, self.hasher.hash(password), self.clock(),
                                    history=tuple(history), must_change=temporary)
         self.accounts.unlock(user.pk)
+        self.forget_cached()  # effective at once in this process
         self.audit.record("password-changed", actor=actor, source_ip=source_ip,
                           detail={"user": f"user:{user.pk}", "username": username,
                                   "temporary": temporary})
@@ -321,6 +324,7 @@ class SecurityService:
         insts = None if institutions is None else _codes(institutions)
         clear = tuple(sorted({check_label(c) for c in clearances}))
         self.accounts.set_scope(user.pk, insts, clear)
+        self.forget_cached()  # effective at once in this process
         self.audit.record("user-scope-changed", actor=actor, source_ip=source_ip, detail={
             "user": f"user:{user.pk}", "username": username,
             "institutions": None if insts is None else list(insts),
@@ -352,6 +356,7 @@ class SecurityService:
             raise errors.Forbidden("you cannot change your own roles or disable yourself")
         self.accounts.update_user(user.pk, **values)
         detail = {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+        self.forget_cached()  # effective at once in this process
         self.audit.record("user-changed", actor=actor, source_ip=source_ip, detail={
             "user": f"user:{user.pk}", "username": username, **detail})
         return self._user(username)
@@ -450,6 +455,7 @@ class SecurityService:
 
     def revoke_token(self, pk: int, *, actor: Actor = LOCAL) -> None:
         self.accounts.revoke_token(pk, self.clock())
+        self.forget_cached()  # effective at once in this process
         self.audit.record("token-revoked", actor=actor, detail={"token": f"token:{pk}"})
 
     def list_tokens(self, username: str | None = None) -> list[TokenRecord]:
@@ -492,6 +498,7 @@ class SecurityService:
         elif self._inactive(user, now):
             # MLPS 5: an account unused for inactive_disable_days is disabled.
             self.accounts.update_user(user.pk, disabled=True)
+            self.forget_cached()  # effective at once in this process
             self.audit.record("user-changed", actor=LOCAL, source_ip=source_ip, detail={
                 "user": f"user:{user.pk}", "username": user.username, "disabled": True,
                 "reason": f"inactive for {self.conf.inactive_disable_days:g} days"})
@@ -580,6 +587,7 @@ class SecurityService:
             raise errors.BadRequest("only a login session can log out; API tokens are "
                                     "revoked with `pacsd token revoke`")
         await self.run(self.accounts.revoke_session, actor.session_pk, self.clock())
+        self.forget_cached()  # effective at once in this process
         self.audit.record("logout", actor=actor, source_ip=source_ip, device=device,
                           detail={"session": f"session:{actor.session_pk}"})
 
@@ -597,8 +605,12 @@ class SecurityService:
         if wait is not None:
             raise errors.TooManyRequests("too many failed attempts; try again later",
                                          retry_after=wait)
+        token = token.strip()
+        cached = self._cached(token_digest(token)) if len(token) <= 256 else None
+        if cached is not None:
+            return cached
         try:
-            return await self.run(self._actor_for_token, token.strip())
+            return await self.run(self._actor_for_token, token)
         except errors.Unauthorized as exc:
             self.limiter.failed(source_ip)
             self.audit.record("login-failed", outcome="failure", source_ip=source_ip,
@@ -626,7 +638,9 @@ class SecurityService:
             # Idle tracking without a write per request: at most one per interval.
             if now - sess.last_seen_at >= min(60.0, self.conf.session_idle_timeout_s / 10):
                 self.accounts.touch_session(sess.pk, now)
-            return self.actor_of_user(user, session_pk=sess.pk)
+            actor = self.actor_of_user(user, session_pk=sess.pk)
+            self._remember(digest, actor, sess.expires_at, now)
+            return actor
         if token.startswith(TOKEN_PREFIX):
             found = self.accounts.find_token(digest)
             if found is None:
@@ -642,10 +656,44 @@ class SecurityService:
             if tok.institutions is not None:  # narrows, never widens
                 own = frozenset(tok.institutions) - {"*"}
                 insts = own if insts is None else insts & own
-            return Actor(id=f"token:{tok.pk}", name=user.username, roles=frozenset(user.roles),
-                         scopes=frozenset(tok.scopes), user_pk=user.pk, token_pk=tok.pk,
-                         institutions=insts, clearances=frozenset(user.clearances))
+            actor = Actor(id=f"token:{tok.pk}", name=user.username,
+                          roles=frozenset(user.roles), scopes=frozenset(tok.scopes),
+                          user_pk=user.pk, token_pk=tok.pk, institutions=insts,
+                          clearances=frozenset(user.clearances))
+            self._remember(digest, actor, tok.expires_at, now)
+            return actor
         raise _bad_token("unknown")
+
+    # --- the token cache ----------------------------------------------------------------
+    # A verified token's actor is kept for [security] auth_cache_ttl_s, so most requests
+    # skip the database round trip and the worker-thread hop. Changes made through this
+    # process (logout, revocation, user / scope / password changes) clear it at once;
+    # other pacsd processes see them within the TTL (SEC-6: revocation effective within
+    # the authz-cache TTL). Sessions are re-checked against the database at least once
+    # per TTL, which also keeps their idle time up to date.
+    CACHE_MAX = 10_000
+
+    def _remember(self, digest: str, actor: Actor, expires_at: float, now: float) -> None:
+        if self.conf.auth_cache_ttl_s <= 0:
+            return
+        if len(self._cache) >= self.CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (actor, now, expires_at)
+
+    def _cached(self, digest: str) -> Actor | None:
+        entry = self._cache.get(digest)
+        if entry is None:
+            return None
+        actor, checked_at, expires_at = entry
+        now = self.clock()
+        if now - checked_at >= self.conf.auth_cache_ttl_s or now >= expires_at:
+            self._cache.pop(digest, None)
+            return None
+        return actor
+
+    def forget_cached(self) -> None:
+        """Drop every cached token (after any change to accounts, sessions or tokens)."""
+        self._cache.clear()
 
     # --- DIMSE peers --------------------------------------------------------------------
     def actor_from_association(self, calling_ae: str, address: str, called_ae: str = ""

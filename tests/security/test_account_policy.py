@@ -120,3 +120,33 @@ async def test_SEC8_forwarded_for_from_an_untrusted_peer_is_ignored(api):
         "X-Forwarded-For": "203.0.113.5"}, json={"username": "kim", "password": PASSWORD})
     assert r.status == 200
     assert (await api.events(event_type="login"))[0]["source_ip"] == "127.0.0.1"
+
+
+async def test_SEC6_token_cache_revocation_from_another_process_within_ttl(api_db):
+    """Revocation through this process is immediate; through another pacsd process (a
+    second SecurityService on the same database) it takes effect within
+    auth_cache_ttl_s, measured with the injectable clock."""
+    from sechelpers import make_service
+    api = api_db
+    api.user("gw", "integration")
+    token = api.token("gw", "read")
+    auth = {"Authorization": f"Bearer {token}"}
+    me = "/api/v1/auth/me"
+    assert (await api.client.get(me, headers=auth)).status == 200
+    other, cat = make_service(api.security.settings, api.clock)  # "another process"
+    try:
+        pk = other.list_tokens("gw")[0].pk
+        other.revoke_token(pk)
+    finally:
+        cat.close()
+    ttl = api.security.conf.auth_cache_ttl_s
+    assert ttl == 5.0
+    assert (await api.client.get(me, headers=auth)).status == 200   # cached, < TTL
+    api.clock.advance(ttl)
+    r = await api.client.get(me, headers=auth)
+    assert r.status == 401 and "revoked" in r.headers["WWW-Authenticate"]
+    # Same process: a session's logout is effective at once, however fresh the cache.
+    session = {"Authorization": f"Bearer {await api.login('gw')}"}
+    assert (await api.client.get(me, headers=session)).status == 200
+    assert (await api.client.post("/api/v1/auth/logout", headers=session)).status == 204
+    assert (await api.client.get(me, headers=session)).status == 401

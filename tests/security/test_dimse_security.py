@@ -28,8 +28,9 @@ from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformat
 from pydicom.dataset import Dataset
 from sechelpers import pg_empty
 
+from pacsd import hookimpl
 from pacsd.config import load_settings
-from pacsd.services.security import open_security
+from pacsd.services.security import Actor, open_security
 
 PACS = "PACSD"
 PASSWORD = "Correct-Horse-9"
@@ -274,3 +275,36 @@ source_ips = ["10.99.0.1"]
     assert orjson.loads(reads[1]["detail"])["destination"] == "DEST"
     # No patient data in the trail (SEC-23).
     assert "P1" not in orjson.dumps(events).decode().replace(ST["A1"], "")
+
+
+class DeviceRegistry:
+    """An actor_from_association plugin: a device registry naming one modality."""
+
+    @hookimpl
+    def actor_from_association(self, calling_ae, address, called_ae):
+        if calling_ae == "REG-CT" and address == "10.0.0.7" and called_ae == PACS:
+            return Actor(id="device:ct-7", name="REG-CT", roles=frozenset({"integration"}),
+                         institutions=frozenset({"B"}))
+        return None
+
+
+def test_SEC18_actor_from_association_plugin_first_then_dimse_actors(tmp_path, clock):
+    from sechelpers import make_service, make_settings
+    settings = make_settings(tmp_path)
+    settings.dimse.actors = {"CT1": {"source_ips": ["10.0.0.0/24"], "roles": ["integration"],
+                                     "institutions": ["A"], "clearances": ["VIP"]},
+                             "REG-CT": {"roles": ["sysadmin"]}}
+    svc, cat = make_service(settings, clock)
+    try:
+        svc.plugins.register(DeviceRegistry(), name="registry")
+        plugin = svc.actor_from_association("REG-CT", "10.0.0.7", PACS)
+        assert plugin.id == "device:ct-7" and plugin.institutions == {"B"}
+        # Not the plugin's (other address): the [dimse] actors entry applies.
+        table = svc.actor_from_association("REG-CT", "10.0.0.8", PACS)
+        assert table.id == "ae:REG-CT" and table.roles == {"sysadmin"}
+        ct1 = svc.actor_from_association("CT1", "10.0.0.9", PACS)
+        assert (ct1.institutions, ct1.clearances) == ({"A"}, {"VIP"})
+        assert svc.actor_from_association("CT1", "192.168.1.9", PACS) is None  # spoof
+        assert svc.actor_from_association("OTHER", "10.0.0.9", PACS) is None
+    finally:
+        cat.close()

@@ -6,7 +6,8 @@ on a fresh one. What it adds:
 * ``studies.institution`` (in ``schema.py``): the hospital / campus code of a study,
   captured once when the study row is created at ingest (from ``[security]
   institution_attribute``, default InstitutionName, mapped by ``institution_map``).
-  Indexed: it is AND-ed into every query of a scoped actor (a bound-parameter ``IN``).
+  Indexed with the default QIDO order (``schema.INSTITUTION_ORDER``): it is AND-ed into
+  every query of a scoped actor (a bound-parameter ``IN``).
 * ``users.institutions`` / ``users.clearances`` and ``api_tokens.institutions`` (in
   ``security_schema.py``): comma-separated codes and labels. A user's NULL institutions
   mean ``[security] default_institutions``; a token's NULL means its user's.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from pacsd.index.schema import Text, metadata
+from pacsd.index.schema import INSTITUTION_ORDER, Text, metadata
 
 study_labels = sa.Table(
     "study_labels", metadata,
@@ -78,6 +79,7 @@ def migrate_access(conn: sa.Connection) -> None:
             conn.execute(sa.text(
                 "UPDATE studies SET institution = COALESCE((SELECT MIN(s.institution_name) "
                 "FROM series s WHERE s.study_fk = studies.pk), '')"))
-    if "ix_studies_institution" not in {i["name"] for i in insp.get_indexes("studies")}:
-        conn.execute(sa.text("CREATE INDEX ix_studies_institution ON studies (institution)"))
+    index = INSTITUTION_ORDER.get(conn.dialect.name)
+    if index is not None and index.name not in {i["name"] for i in insp.get_indexes("studies")}:
+        index.create(conn)
     metadata.create_all(conn, tables=list(ACCESS_TABLES))

@@ -285,7 +285,8 @@ def test_RA12_migration_5_adds_columns_and_backfills_institution(tmp_path, db_ur
                                               InstitutionName="Hospital A")))
     cat.store_instance(p, sha256="0" * 64, size=1)
     with cat.engine.begin() as conn:  # take the database back to version 2
-        conn.exec_driver_sql("DROP INDEX ix_studies_institution")
+        conn.exec_driver_sql("DROP INDEX ix_studies_institution_order_"
+                             + ("pg" if "postgresql" in db_url else "sqlite"))
         conn.exec_driver_sql("DROP TABLE study_labels")
         for table, col in (("studies", "institution"), ("users", "institutions"),
                            ("users", "clearances"), ("api_tokens", "institutions")):
@@ -298,6 +299,9 @@ def test_RA12_migration_5_adds_columns_and_backfills_institution(tmp_path, db_ur
         with cat.engine.connect() as conn:
             assert conn.scalar(sa.text("SELECT institution FROM studies")) == "Hospital A"
             assert conn.scalar(sa.text("SELECT count(*) FROM study_labels")) == 0
+        names = {i["name"] for i in sa.inspect(cat.engine).get_indexes("studies")}
+        assert names & {"ix_studies_institution_order_pg",
+                        "ix_studies_institution_order_sqlite"}
         assert PASSWORD  # the users table still works with the new columns:
         from pacsd.index import Accounts
         pk = Accounts(cat).create_user("x", ("clinician",), "h", 1.0)

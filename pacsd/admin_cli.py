@@ -186,7 +186,8 @@ def _dispatch(args, security) -> int:
     elif cmd == "user" and action == "list":
         for u in security.list_users():
             state = "disabled" if u.disabled else (
-                "locked" if security.is_locked(u) else "active")
+                "locked" if security.is_locked(u) else
+                "inactive" if security.is_inactive(u) else "active")
             insts = "(default)" if u.institutions is None else ",".join(u.institutions)
             print(f"user:{u.pk}\t{u.username}\t{','.join(u.roles)}\t{state}\t"
                   f"last login {_when(u.last_login_at)}\tinstitutions {insts}\t"

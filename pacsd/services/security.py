@@ -304,6 +304,11 @@ class SecurityService:
         return user.must_change_password or (
             max_age > 0 and self.clock() - user.password_changed_at > max_age * 86400)
 
+    def is_inactive(self, user: UserRecord) -> bool:
+        """Unused for ``inactive_disable_days`` (disabled at its next login attempt;
+        shown in the account report: ``pacsd user list``, the admin API)."""
+        return self._inactive(user, self.clock())
+
     def _inactive(self, user: UserRecord, now: float) -> bool:
         days = self.conf.inactive_disable_days
         since = max(user.created_at, user.last_login_at or 0, user.reactivated_at or 0)

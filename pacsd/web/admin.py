@@ -93,6 +93,7 @@ def _user_json(security, u) -> dict:
             "department": u.department, "institutions": None if u.institutions is None
             else list(u.institutions), "clearances": list(u.clearances),
             "disabled": u.disabled, "locked": security.is_locked(u),
+            "inactive": not u.disabled and security.is_inactive(u),
             "totp_enrolled": bool(u.totp_secret), "created_at": _iso(u.created_at),
             "last_login_at": _iso(u.last_login_at),
             "password_changed_at": _iso(u.password_changed_at)}

@@ -81,6 +81,7 @@ async def test_MLPS5_inactive_account_is_disabled_and_can_be_enabled_again(api_d
     api.user("old", "clinician")
     assert (await login(api, "old")).status == 200
     api.clock.advance(91 * DAY)
+    assert api.security.is_inactive(api.security.accounts.get_user("old"))
     assert (await login(api, "old")).status == 401
     assert (await login(api, "old")).status == 401  # stays disabled
     ev = await api.events(event_type="user-changed")

@@ -20,7 +20,7 @@ import sys
 from . import errors
 from .config import load_settings
 
-COMMANDS = ("user", "token", "audit")
+COMMANDS = ("user", "token", "audit", "study")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -45,10 +45,32 @@ def add_parsers(sub) -> None:
     pw = u.add_parser("passwd", help="set a user's password (also unlocks)")
     pw.add_argument("name")
     pw.add_argument("--password-file")
+    for p in (a, pw):
+        p.add_argument("--temporary", action="store_true",
+                       help="the user must change this password at the next login")
     ul = u.add_parser("unlock", help="lift a lockout after failed logins")
     ul.add_argument("name")
     ls = u.add_parser("list", help="list users")
-    for p in (a, pw, ul, ls):
+    sc = u.add_parser("scope", help="set a user's institutions and clearances (R-A12)")
+    sc.add_argument("name")
+    for p in (a, sc):
+        p.add_argument("--institution", action="append",
+                       help="institution (hospital / campus) code whose studies the user "
+                            "sees; repeat for several; '*' = all (default: [security] "
+                            "default_institutions)")
+        p.add_argument("--clearance", action="append", default=[],
+                       help="sensitivity label the user may see (e.g. VIP); repeat")
+    sc.add_argument("--default-institutions", action="store_true",
+                    help="drop the user's own institutions: [security] "
+                         "default_institutions apply")
+    to = u.add_parser("totp", help="enrol a TOTP second factor (prints an otpauth:// URI "
+                                    "and, with segno installed, a QR code; MLPS 4)")
+    to.add_argument("name")
+    to.add_argument("--remove", action="store_true",
+                    help="remove the second factor (an administrator then cannot log in "
+                         "until enrolled again)")
+    to.add_argument("--no-qr", action="store_true", help="print the URI only")
+    for p in (a, pw, ul, ls, sc, to):
         _common(p)
 
     t = sub.add_parser("token", help="manage API tokens").add_subparsers(
@@ -59,6 +81,8 @@ def add_parsers(sub) -> None:
                    help="one of " + ", ".join(sorted(ACTIONS)) + "; repeat or comma-separate")
     c.add_argument("--days", type=float, default=30.0, help="lifetime in days (default 30)")
     c.add_argument("--name", default="", help="a label, e.g. the system that uses it")
+    c.add_argument("--institution", action="append",
+                   help="narrow the token to these of its user's institutions; repeat")
     tl = t.add_parser("list", help="list API tokens (never the tokens themselves)")
     tl.add_argument("--user")
     r = t.add_parser("revoke", help="revoke an API token by its id")
@@ -70,6 +94,15 @@ def add_parsers(sub) -> None:
         dest="action", required=True)
     v = au.add_parser("verify", help="check the audit trail's hash chain (exit 1 if broken)")
     _common(v)
+
+    st = sub.add_parser("study", help="study security labels").add_subparsers(
+        dest="action", required=True)
+    lb = st.add_parser("label", help="show, or with --set replace, the sensitivity labels "
+                                     "of a study (MLPS 8)")
+    lb.add_argument("uid", help="StudyInstanceUID (the study need not be stored yet)")
+    lb.add_argument("--set", dest="labels", nargs="*", default=None, metavar="LABEL",
+                    help="the study's labels from now on (none = remove all)")
+    _common(lb)
 
 
 def _read_password(args, name: str) -> str:
@@ -85,6 +118,16 @@ def _read_password(args, name: str) -> str:
             raise errors.BadRequest("the passwords differ")
         return first
     return line.rstrip("\r\n")
+
+
+def _print_qr(uri: str) -> None:
+    """A terminal QR code of ``uri`` when segno (the QR library) is installed."""
+    try:
+        import segno
+    except ImportError:
+        print("(install segno for a QR code: pip install segno)", file=sys.stderr)
+        return
+    segno.make(uri, error="m").terminal(out=sys.stdout, compact=True)
 
 
 def _when(ts: float | None) -> str:
@@ -111,24 +154,49 @@ def _dispatch(args, security) -> int:
     cmd, action = args.command, args.action
     if cmd == "user" and action == "add":
         password = _read_password(args, args.name)
-        pk = security.create_user(args.name, password, args.role)
+        pk = security.create_user(args.name, password, args.role, temporary=args.temporary)
+        if args.institution is not None or args.clearance:
+            security.set_user_scope(args.name, args.institution, args.clearance)
         print(f"user {args.name} created (user:{pk}, roles {', '.join(sorted(args.role))})")
+    elif cmd == "user" and action == "scope":
+        insts = None if args.default_institutions else (args.institution or [])
+        security.set_user_scope(args.name, insts, args.clearance)
+        print(f"{args.name}: institutions "
+              f"{'(default)' if insts is None else ','.join(sorted(set(insts))) or '(none)'}"
+              f", clearances {','.join(sorted(set(args.clearance))) or '(none)'}")
     elif cmd == "user" and action == "passwd":
-        security.set_password(args.name, _read_password(args, args.name))
+        security.set_password(args.name, _read_password(args, args.name),
+                              temporary=args.temporary)
         print(f"password of {args.name} changed")
+    elif cmd == "user" and action == "totp":
+        if args.remove:
+            security.remove_totp(args.name)
+            print(f"second factor of {args.name} removed")
+            return 0
+        secret, uri = security.enroll_totp(args.name)
+        print(uri)
+        if not args.no_qr:
+            _print_qr(uri)
+        print(f"Scan it (or enter the secret {secret}) in an authenticator app; {args.name} "
+              "now logs in with the password and the app's 6-digit code (\"otp\"). "
+              "Shown once.", file=sys.stderr)
     elif cmd == "user" and action == "unlock":
         security.unlock_user(args.name)
         print(f"{args.name} unlocked")
     elif cmd == "user" and action == "list":
         for u in security.list_users():
             state = "disabled" if u.disabled else (
-                "locked" if security.is_locked(u) else "active")
+                "locked" if security.is_locked(u) else
+                "inactive" if security.is_inactive(u) else "active")
+            insts = "(default)" if u.institutions is None else ",".join(u.institutions)
             print(f"user:{u.pk}\t{u.username}\t{','.join(u.roles)}\t{state}\t"
-                  f"last login {_when(u.last_login_at)}")
+                  f"last login {_when(u.last_login_at)}\tinstitutions {insts}\t"
+                  f"clearances {','.join(u.clearances) or '-'}")
     elif cmd == "token" and action == "create":
         scopes = [s.strip() for spec in args.scope for s in spec.split(",") if s.strip()]
         pk, token, expires = security.create_token(args.user, scopes, args.days,
-                                                   name=args.name)
+                                                   name=args.name,
+                                                   institutions=args.institution)
         print(token)
         print(f"token:{pk} for {args.user}, scopes {','.join(sorted(set(scopes)))}, "
               f"expires {_when(expires)}. Shown once: store it now.", file=sys.stderr)
@@ -142,6 +210,10 @@ def _dispatch(args, security) -> int:
     elif cmd == "token" and action == "revoke":
         security.revoke_token(args.id)
         print(f"token:{args.id} revoked")
+    elif cmd == "study" and action == "label":
+        if args.labels is not None:
+            security.set_study_labels(args.uid, args.labels)
+        print(" ".join(security.study_labels(args.uid)) or "(no labels)")
     elif cmd == "audit" and action == "verify":
         result = security.audit.verify()
         if not result.ok:

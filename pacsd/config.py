@@ -150,6 +150,14 @@ class DimseSettings:
     network_timeout_s: float = 60.0
     #: Largest PDU pacsd receives, in bytes (0 = unlimited). pynetdicom's default.
     max_pdu: int = 16382
+    #: DIMSE identities (SEC-18, R-E3): calling AE title -> table with ``source_ips``
+    #: (addresses / CIDR the AE must connect from; empty = any), ``roles``,
+    #: ``institutions`` and ``clearances``. With [security] enabled an AE/address pair
+    #: listed nowhere (and named by no ``actor_from_association`` plugin) is refused with
+    #: 0x0124 on C-STORE / C-FIND / C-GET / C-MOVE.
+    actors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    ACTOR_KEYS = ("source_ips", "roles", "institutions", "clearances")
 
     def peer_addresses(self) -> dict[str, tuple[str, int]]:
         """``peers`` parsed: AE title -> (host, port); ConfigError names a bad entry."""
@@ -181,9 +189,33 @@ class DimseSettings:
             raise ConfigError("[dimse] allowed_source_ips: each entry must be an IP "
                               "address or network (CIDR)") from None
 
+    def actor_table(self) -> dict[str, dict[str, Any]]:
+        """``actors`` checked: AE title -> {source_ips: [networks], roles, institutions
+        (None = [security] default_institutions), clearances}."""
+        out: dict[str, dict[str, Any]] = {}
+        for aet, entry in self.actors.items():
+            if not isinstance(entry, dict) or set(entry) - set(self.ACTOR_KEYS) or \
+                    not 0 < len(aet.strip()) <= 16 or any(
+                        not isinstance(v, list) or not all(isinstance(x, str) for x in v)
+                        for v in entry.values()):
+                raise ConfigError(f"[dimse] actors: entry {aet!r} must be a table of lists "
+                                  "of strings: " + ", ".join(self.ACTOR_KEYS))
+            try:
+                nets = [ipaddress.ip_network(n.strip(), strict=False)
+                        for n in entry.get("source_ips", [])]
+            except ValueError:
+                raise ConfigError(f"[dimse] actors: {aet!r} source_ips must be IP "
+                                  "addresses or networks") from None
+            out[aet.strip()] = {
+                "source_ips": nets, "roles": list(entry.get("roles", [])),
+                "institutions": entry.get("institutions"),
+                "clearances": list(entry.get("clearances", []))}
+        return out
+
     def check(self) -> None:
         self.peer_addresses()
         self.source_networks()
+        self.actor_table()
         if self.max_associations < 1:
             raise ConfigError("[dimse] max_associations must be at least 1")
         if self.max_pdu < 0 or self.max_pdu > 0xFFFFFFFF:
@@ -216,6 +248,42 @@ class SecuritySettings:
     password_min_length: int = 8
     #: Longest lifetime of an API token, in days.
     token_max_days: int = 365
+    #: Data scoping (R-A12, docs/security.md "Data scoping"). Institutions a user who was
+    #: given none sees: ["*"] = every institution (a single-hospital archive); [] = none
+    #: (a multi-hospital archive: deny until the security administrator assigns some).
+    default_institutions: list[str] = field(default_factory=lambda: ["*"])
+    #: DICOM keyword whose value, captured when a study is first stored, is the study's
+    #: institution (hospital / campus code).
+    institution_attribute: str = "InstitutionName"
+    #: Maps captured values to institution codes, e.g. {"Peking Union East" = "PUMCH-E"};
+    #: unmapped values are used as they are.
+    institution_map: dict[str, str] = field(default_factory=dict)
+    #: Institution code of a study stored without the attribute.
+    institution_default: str = ""
+    #: Roles that also see a patient's studies at other institutions, when the patient
+    #: (same PatientID + IssuerOfPatientID) has a study at one of theirs (cross-hospital
+    #: history). Empty = strict separation.
+    cross_institution_roles: list[str] = field(default_factory=list)
+    #: Roles that must log in with a TOTP one-time code as well as the password (MLPS 4;
+    #: enrol with `pacsd user totp NAME`). Users of other roles need one once enrolled.
+    totp_required_roles: list[str] = field(
+        default_factory=lambda: ["sysadmin", "secadmin", "auditor"])
+    #: Issuer name an authenticator app shows next to the account.
+    totp_issuer: str = "pacsd"
+    #: A new password may not equal the current one nor the previous N-1 (MLPS 1).
+    password_history: int = 5
+    #: Days after which a password must be changed at the next login (0 = never).
+    password_max_age_days: float = 90.0
+    #: Days without a password login after which an account is disabled at its next
+    #: login attempt (MLPS 5; 0 = never). The security administrator enables it again.
+    inactive_disable_days: float = 90.0
+    #: Reverse proxies (addresses / CIDR) whose X-Forwarded-For names the client: audit
+    #: source_ip and the login rate limit use that address. Empty = the TCP peer.
+    trusted_proxies: list[str] = field(default_factory=list)
+    #: Seconds a verified session / API token is trusted without asking the database
+    #: again. Changes through the same process apply at once; other processes see a
+    #: revocation within this time (SEC-6). 0 = ask the database on every request.
+    auth_cache_ttl_s: float = 5.0
 
     def check(self) -> None:
         for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",
@@ -225,6 +293,22 @@ class SecuritySettings:
                 raise ConfigError(f"[security] {name} must be positive")
         if self.password_min_length < 8:
             raise ConfigError("[security] password_min_length must be at least 8")
+        if not 0 <= self.auth_cache_ttl_s <= 60:
+            raise ConfigError("[security] auth_cache_ttl_s is 0 to 60 seconds")
+        if self.password_history < 1:
+            raise ConfigError("[security] password_history must be at least 1")
+        if self.password_max_age_days < 0 or self.inactive_disable_days < 0:
+            raise ConfigError("[security] password_max_age_days and inactive_disable_days "
+                              "are 0 (off) or positive")
+        try:
+            [ipaddress.ip_network(str(n).strip(), strict=False) for n in self.trusted_proxies]
+        except ValueError:
+            raise ConfigError("[security] trusted_proxies: each entry must be an IP "
+                              "address or network (CIDR)") from None
+        for code in [*self.default_institutions, *self.institution_map.values()]:
+            if not isinstance(code, str) or not code or "," in code or len(code) > 64:
+                raise ConfigError("[security] institution codes are 1-64 characters "
+                                  "without a comma")
 
 
 @dataclass

@@ -79,3 +79,26 @@ def permission_allowed(actor: Any, action: str, resource: Any) -> bool | None:
     ``None`` leave the decision to pacsd's role rules: a plugin can take permissions away,
     never grant ones the actor's roles and token scopes do not give. Any plugin's
     ``False`` denies (403, audited as ``permission-denied``); an exception propagates."""
+
+
+@hookspec
+def query_filter(actor: Any, action: str) -> Any:
+    """*collect* — data-scope constraints for ``actor`` doing ``action`` (``read`` or
+    ``delete``), AND-ed with pacsd's own institution and sensitivity-label scoping into
+    every QIDO-RS, WADO-RS / WADO-URI retrieve, metadata, frames, rendered, DELETE,
+    C-FIND, C-GET and C-MOVE (R-A12, MLPS 7). Return ``None`` (no constraint), one
+    constraint or a list of them, built from :mod:`pacsd.services.scoping` (``OneOf``,
+    ``NoneOf``, ``LabelsWithin``, ``AnyOf``, ``SamePatientAs``); they become a
+    bound-parameter SQL clause. A study outside the result is not found (404, empty
+    result, no C-FIND match). Called on the event loop per request or DIMSE operation:
+    plain ``def``, quick, no blocking IO. An exception propagates (the request fails)."""
+
+
+@hookspec(firstresult=True)
+def actor_from_association(calling_ae: str, address: str, called_ae: str) -> Any:
+    """*first* — identify a DIMSE peer (SEC-18, R-E3): ``calling_ae`` and ``called_ae``
+    are the association's AE titles, ``address`` the peer's source IP. Return a
+    :class:`pacsd.services.security.Actor` (its roles authorise C-STORE / C-FIND / C-GET
+    / C-MOVE and its institutions / clearances scope them, as for HTTP), or ``None`` to
+    leave it to the next plugin and then to ``[dimse] actors``. Called once per
+    association, on a pynetdicom thread: plain ``def``, quick."""

@@ -88,6 +88,9 @@ class ParsedInstance:
     metadata: bytes
     frames: FrameIndex | None
     bulk: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: Hospital / campus code of the study (R-A12), filled in by the catalogue from
+    #: ``[security] institution_attribute`` when the study row is created.
+    institution: str = ""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from aiohttp import web
 from .config import ConfigError, Settings
 from .web import create_app
 from .web.app import INFLIGHT
-from .web.keys import INGEST, QUERY, RETRIEVE
+from .web.keys import AUDIT, INGEST, QUERY, RETRIEVE, SECURITY
 
 log = logging.getLogger("pacsd")
 
@@ -69,7 +69,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         if settings.server.dicom_port:
             from .dimse import DimseServer
             dimse = DimseServer(settings, ingest=app[INGEST], query=app[QUERY],
-                                retrieve=app[RETRIEVE], loop=loop)
+                                retrieve=app[RETRIEVE], loop=loop,
+                                security=app[SECURITY], audit=app[AUDIT])
             dimse.start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

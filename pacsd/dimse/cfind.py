@@ -48,18 +48,25 @@ def handle_find(event, ctx: ScpContext) -> Iterator[tuple[Any, Dataset | None]]:
             identifier = event.identifier
         except Exception:  # noqa: BLE001 - undecodable identifier
             raise errors.BadRequest("the identifier cannot be decoded") from None
+        actor = ctx.access.authorize(event, "read", "C-FIND")  # SEC-18
         req = parse_find(identifier, root)
-        matches = _patients(event, ctx, req) if req.level == "PATIENT" else _items(event, ctx, req)
+        matches = _patients(event, ctx, req, actor) if req.level == "PATIENT" \
+            else _items(event, ctx, req, actor)
+        sent = 0
         for item in matches:
             if item is None:  # cancelled
                 yield st.CANCEL, None
                 return
+            sent += 1
             yield st.PENDING, _response(item, req, ctx)
+        # R-E4: the keys asked for and the count, never the values (SEC-23).
+        ctx.access.record(event, "query", actor, service="C-FIND", level=req.level,
+                          keys=sorted({k for k, _ in req.params}), results=sent)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
         yield st.failure(exc, st.FIND), None
 
 
-def _items(event, ctx: ScpContext, req: FindRequest) -> Iterator[dict | None]:
+def _items(event, ctx: ScpContext, req: FindRequest, actor) -> Iterator[dict | None]:
     """Every match, one page of the index at a time; None once cancelled."""
     offset = 0
     while True:
@@ -67,7 +74,7 @@ def _items(event, ctx: ScpContext, req: FindRequest) -> Iterator[dict | None]:
             yield None
             return
         params = req.params + [("limit", str(ctx.page_size)), ("offset", str(offset))]
-        result = ctx.bridge.call(ctx.query.search(req.qido_level, params,
+        result = ctx.bridge.call(ctx.query.search(req.qido_level, params, actor=actor,
                                                   base_url=ctx.dicomweb_base))
         for item in result.items:
             if event.is_cancelled:
@@ -84,11 +91,11 @@ def _first(item: dict, tag: str) -> Any:
     return value[0] if value else None
 
 
-def _patients(event, ctx: ScpContext, req: FindRequest) -> Iterator[dict | None]:
+def _patients(event, ctx: ScpContext, req: FindRequest, actor) -> Iterator[dict | None]:
     """PATIENT level from study rows grouped by (PatientID, IssuerOfPatientID); the
     Patient-level counters are summed from the studies' counters."""
     groups: dict[tuple[Any, Any], dict] = {}
-    for item in _items(event, ctx, req):
+    for item in _items(event, ctx, req, actor):
         if item is None:
             yield None
             return

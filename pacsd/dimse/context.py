@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..config import Settings
 from ..services import IngestService, QueryService, RetrieveService
@@ -17,6 +18,8 @@ class ScpContext:
     retrieve: RetrieveService
     #: C-MOVE destinations: AE title -> (host, port) (SEC-18).
     peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: Identity, authorization and audit of the peers (``access.DimseAccess``).
+    access: Any = None
 
     @property
     def ae_title(self) -> str:

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from .. import errors
 from ..dicom import SUPPORTED_TRANSCODE_TARGETS, is_valid_uid
 from ..model import InstanceRow
+from ..services.audit import store_location
 from . import status as st
 from .context import ScpContext
 from .contexts import QR_MODELS, choose_transfer_syntax, move_contexts
@@ -44,11 +45,13 @@ UID_LIST_CHARS = 1000
 def handle_get(event, ctx: ScpContext) -> Iterator[Any]:
     """pynetdicom EVT_C_GET handler: count, then one (status, dataset) per instance."""
     try:
-        rows = _resolve(event, ctx)
+        actor = ctx.access.authorize(event, "read", "C-GET")  # SEC-18
+        rows = _resolve(event, ctx, actor)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
         yield 1  # pynetdicom needs a count before it accepts a failure status
         yield st.failure(exc, st.GET), None
         return
+    _audit_read(event, ctx, actor, rows, "C-GET")
     yield len(rows)
     yield from _suboperations(event, ctx, rows, None)
 
@@ -63,7 +66,8 @@ def handle_move(event, ctx: ScpContext) -> Iterator[Any]:
     host, port = destination
     options = {"max_pdu": ctx.settings.dimse.max_pdu}
     try:
-        rows = _resolve(event, ctx)
+        actor = ctx.access.authorize(event, "read", "C-MOVE")  # SEC-18
+        rows = _resolve(event, ctx, actor)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
         # pynetdicom only sends a failure status after the count, and associates with
         # the destination in between (Verification only): its flow, not a choice.
@@ -71,10 +75,24 @@ def handle_move(event, ctx: ScpContext) -> Iterator[Any]:
         yield 1
         yield st.failure(exc, st.MOVE), None
         return
+    _audit_read(event, ctx, actor, rows, "C-MOVE",
+                destination=(event.move_destination or "").strip())
     yield host, port, {**options, "contexts": move_contexts(rows)}
     yield len(rows)
     originator = ((event.assoc.requestor.ae_title or "").strip(), int(event.request.MessageID))
     yield from _suboperations(event, ctx, rows, originator)
+
+
+def _audit_read(event, ctx: ScpContext, actor, rows: list[InstanceRow], service: str,
+                **detail) -> None:
+    """R-E4 access audit: one ``study-read`` event per study, with the objects sent."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.study_instance_uid] = counts.get(row.study_instance_uid, 0) + 1
+    location = store_location(ctx.retrieve.archive.store)
+    for study, count in counts.items():
+        ctx.access.record(event, "study-read", actor, study_uid=study, object_count=count,
+                          location=location, service=service, **detail)
 
 
 def _suboperations(event, ctx: ScpContext, rows: list[InstanceRow],
@@ -108,13 +126,13 @@ def _stage(ctx: ScpContext, row: InstanceRow, accepted: frozenset[str]) -> str:
 
 # --- matching ---------------------------------------------------------------------------
 
-def _resolve(event, ctx: ScpContext) -> list[InstanceRow]:
+def _resolve(event, ctx: ScpContext, actor) -> list[InstanceRow]:
     root = QR_MODELS.get(str(event.request.AffectedSOPClassUID), ("STUDY", ""))[0]
     try:
         identifier = event.identifier
     except Exception:  # noqa: BLE001 - undecodable identifier
         raise errors.BadRequest("the identifier cannot be decoded") from None
-    return resolve(identifier, root, ctx)
+    return resolve(identifier, root, ctx, actor)
 
 
 def _uids(identifier: Dataset, keyword: str, required: bool) -> list[str]:
@@ -138,11 +156,12 @@ def _slices(uids: list[str]) -> Iterator[str]:
         yield "\\".join(chunk)
 
 
-def _search_all(ctx: ScpContext, level: str, params: list[tuple[str, str]]) -> Iterator[dict]:
+def _search_all(ctx: ScpContext, level: str, params: list[tuple[str, str]], actor
+                ) -> Iterator[dict]:
     offset = 0
     while True:
         page = params + [("limit", str(ctx.page_size)), ("offset", str(offset))]
-        result = ctx.bridge.call(ctx.query.search(level, page, base_url=""))
+        result = ctx.bridge.call(ctx.query.search(level, page, base_url="", actor=actor))
         yield from result.items
         offset += len(result.items)
         if not result.items or offset >= result.total:
@@ -154,8 +173,9 @@ def _first(item: dict, tag: str) -> str | None:
     return str(value[0]) if value else None
 
 
-def resolve(identifier: Dataset, root: str, ctx: ScpContext) -> list[InstanceRow]:
-    """The instances a C-GET/C-MOVE identifier names (module docstring)."""
+def resolve(identifier: Dataset, root: str, ctx: ScpContext, actor) -> list[InstanceRow]:
+    """The instances a C-GET/C-MOVE identifier names (module docstring), within the data
+    scope of ``actor`` (R-A12: outside it, a UID matches nothing)."""
     level = query_level(identifier, root)
     targets: list[tuple[str, str | None]] = []   # (study, series or None)
     only: set[str] | None = None                 # SOP Instance UIDs at IMAGE level
@@ -170,7 +190,8 @@ def resolve(identifier: Dataset, root: str, ctx: ScpContext) -> list[InstanceRow
         if issuer and "*" not in issuer and "?" not in issuer:
             params.append(("IssuerOfPatientID", issuer))
         targets = [(s, None) for s in dict.fromkeys(
-            _first(item, "0020000D") for item in _search_all(ctx, "study", params)) if s]
+            _first(item, "0020000D") for item in _search_all(ctx, "study", params, actor))
+            if s]
     elif level == "STUDY":
         targets = [(s, None) for s in _uids(identifier, "StudyInstanceUID", True)]
     else:
@@ -180,7 +201,7 @@ def resolve(identifier: Dataset, root: str, ctx: ScpContext) -> list[InstanceRow
             if len(studies) == 1:
                 targets = [(studies[0], se) for se in values]
             else:
-                targets = _parents(ctx, "series", "SeriesInstanceUID", values, studies)
+                targets = _parents(ctx, "series", "SeriesInstanceUID", values, studies, actor)
         else:
             values = _uids(identifier, "SOPInstanceUID", True)
             series = _uids(identifier, "SeriesInstanceUID", False)
@@ -188,32 +209,33 @@ def resolve(identifier: Dataset, root: str, ctx: ScpContext) -> list[InstanceRow
             if len(studies) == 1 and len(series) == 1:
                 targets = [(studies[0], series[0])]
             else:
-                targets = _parents(ctx, "instance", "SOPInstanceUID", values, studies)
-    return _rows(ctx, targets, only)
+                targets = _parents(ctx, "instance", "SOPInstanceUID", values, studies,
+                                   actor)
+    return _rows(ctx, targets, only, actor)
 
 
 def _parents(ctx: ScpContext, qido_level: str, key: str, values: list[str],
-             studies: list[str]) -> list[tuple[str, str | None]]:
+             studies: list[str], actor) -> list[tuple[str, str | None]]:
     """Relational retrieve: the (study, series) holding each UID, through the index."""
     pairs: dict[tuple[str, str | None], None] = {}
     for chunk in _slices(values):
         params = [(key, chunk)]
         if studies:
             params.append(("StudyInstanceUID", "\\".join(studies)))
-        for item in _search_all(ctx, qido_level, params):
+        for item in _search_all(ctx, qido_level, params, actor):
             study, series = _first(item, "0020000D"), _first(item, "0020000E")
             if study and series:
                 pairs[(study, series)] = None
     return list(pairs)
 
 
-def _rows(ctx: ScpContext, targets: list[tuple[str, str | None]], only: set[str] | None
-          ) -> list[InstanceRow]:
+def _rows(ctx: ScpContext, targets: list[tuple[str, str | None]], only: set[str] | None,
+          actor) -> list[InstanceRow]:
     rows: list[InstanceRow] = []
     seen: set[str] = set()
     for study, series in targets:
         try:
-            batch = ctx.bridge.call(ctx.retrieve.instances(study, series))
+            batch = ctx.bridge.call(ctx.retrieve.instances(study, series, actor=actor))
         except errors.NotFound:
             continue
         for row in batch:

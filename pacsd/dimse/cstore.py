@@ -49,15 +49,23 @@ def handle_echo(event) -> int:
 
 def handle_store(event, ctx: ScpContext) -> Any:
     """EVT_C_STORE handler: returns 0x0000 or a failure status dataset."""
+    actor = None
     try:
-        _store(event, ctx)
+        actor = ctx.access.authorize(event, "write", "C-STORE")  # SEC-18, R-E3
+        outcome = _store(event, ctx)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-        return st.failure(exc, st.STORE)
+        status = st.failure(exc, st.STORE)
+        if actor is not None:  # a refused instance is audited; a denial already was
+            ctx.access.record(event, "instances-stored", actor, outcome="failure",
+                              object_count=0, service="C-STORE",
+                              status=f"0x{int(status.Status):04X}")
+        return status
+    ctx.access.stored(event, outcome.study_instance_uid)
     failpoints.hit("dimse.before_status")
     return st.SUCCESS
 
 
-def _store(event, ctx: ScpContext) -> None:
+def _store(event, ctx: ScpContext):
     request = event.request
     ts = UID(event.context.transfer_syntax)
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
@@ -77,8 +85,7 @@ def _store(event, ctx: ScpContext) -> None:
 
     if len(raw) <= SMALL_OBJECT:
         # Durable (blob fsynced and hash-checked, index committed) once this returns.
-        ctx.bridge.call(ctx.ingest.ingest_bytes(PREAMBLE + buf.getvalue() + raw))
-        return
+        return ctx.bridge.call(ctx.ingest.ingest_bytes(PREAMBLE + buf.getvalue() + raw))
     archive = ctx.ingest.archive
     writer = archive.store.new_staging_file(
         max_size=archive.settings.dicomweb.max_instance_bytes)
@@ -91,7 +98,7 @@ def _store(event, ctx: ScpContext) -> None:
         raise
     # Durable (blob fsynced and hash-checked, index committed) once this returns; the
     # staged file is consumed either way.
-    ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size)))
+    return ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size)))
 
 
 def _check_uids(raw: bytes, ts: UID, cmd_class: str, cmd_instance: str) -> None:

@@ -32,7 +32,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from .. import __version__
 from ..config import ConfigError, Settings
-from ..services import IngestService, QueryService, RetrieveService
+from ..services import (AuditTrail, IngestService, QueryService, RetrieveService,
+                        SecurityService)
+from .access import DimseAccess
 from .bridge import Bridge
 from .cfind import handle_find
 from .context import ScpContext
@@ -73,12 +75,14 @@ class DimseServer:
     """C-ECHO, C-STORE, C-FIND, C-GET and C-MOVE SCP on ``[server] dicom_port``."""
 
     def __init__(self, settings: Settings, *, ingest: IngestService, query: QueryService,
-                 retrieve: RetrieveService, loop: asyncio.AbstractEventLoop) -> None:
+                 retrieve: RetrieveService, loop: asyncio.AbstractEventLoop,
+                 security: SecurityService, audit: AuditTrail) -> None:
         settings.dimse.check()
         self.settings = settings
         self.ctx = ScpContext(settings=settings, bridge=Bridge(loop), ingest=ingest,
                               query=query, retrieve=retrieve,
-                              peers=settings.dimse.peer_addresses())
+                              peers=settings.dimse.peer_addresses(),
+                              access=DimseAccess(security, audit))
         self._server: ThreadedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int = 0
@@ -112,6 +116,7 @@ class DimseServer:
             (evt.EVT_C_GET, handle_get, [ctx]),
             (evt.EVT_C_MOVE, handle_move, [ctx]),
             (evt.EVT_N_ACTION, handle_action, [ctx]),  # Storage Commitment (commitment.py)
+            (evt.EVT_CONN_CLOSE, _closed, [ctx]),
         ]
         ae = self._make_ae()
         handlers.append((evt.EVT_REQUESTED, on_requested, [ae.policy]))
@@ -161,6 +166,15 @@ class DimseServer:
         if self._thread is not None:
             self._thread.join(5)
         log.info("pacsd DIMSE stopped")
+
+
+def _closed(event, ctx: ScpContext) -> None:
+    """The archive audit of the association's C-STOREs (access.py)."""
+    try:
+        ctx.access.closed(event, ctx.ingest.archive.store)
+    except Exception:  # noqa: BLE001 - never break pynetdicom's close path
+        log.error("ALARM: the C-STORE audit of an association could not be queued",
+                  exc_info=True)
 
 
 def _established(server: ThreadedAssociationServer) -> list:

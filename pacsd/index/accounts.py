@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import sqlalchemy as sa
 
 from pacsd.errors import Conflict, NotFound
 from pacsd.index.catalogue import Catalogue
 from pacsd.index.engine import translate_errors
+from pacsd.index.access_schema import departments
 from pacsd.index.security_schema import api_tokens, sessions, users
 
 
@@ -30,6 +32,14 @@ class UserRecord:
     locked_until: float | None
     last_login_at: float | None
     disabled: bool
+    #: Data scope (R-A12, MLPS 8): None = ``[security] default_institutions``.
+    institutions: tuple[str, ...] | None = None
+    clearances: tuple[str, ...] = ()
+    totp_secret: str | None = None
+    department: str | None = None
+    password_history: tuple[str, ...] = ()
+    must_change_password: bool = False
+    reactivated_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class TokenRecord:
     expires_at: float
     revoked_at: float | None
     last_used_at: float | None
+    #: Narrows the user's institutions; None = the user's.
+    institutions: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -59,20 +71,36 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(x for x in text.split(",") if x)
 
 
+def _opt_split(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else _split(text)
+
+
+def _get(row, name: str):
+    try:
+        return getattr(row, name)
+    except AttributeError:
+        return None
+
+
 def _user(row: sa.Row) -> UserRecord:
     return UserRecord(
         pk=row.pk, username=row.username, roles=_split(row.roles),
         password_hash=row.password_hash, created_at=row.created_at,
         password_changed_at=row.password_changed_at, failed_logins=row.failed_logins,
         locked_until=row.locked_until, last_login_at=row.last_login_at,
-        disabled=bool(row.disabled))
+        disabled=bool(row.disabled), institutions=_opt_split(_get(row, "institutions")),
+        clearances=_split(_get(row, "clearances") or ""),
+        totp_secret=_get(row, "totp_secret"), department=_get(row, "department"),
+        password_history=tuple(orjson.loads(_get(row, "password_history") or "[]")),
+        must_change_password=bool(_get(row, "must_change_password")),
+        reactivated_at=_get(row, "reactivated_at"))
 
 
 def _token(row: sa.Row) -> TokenRecord:
     return TokenRecord(
         pk=row.pk, user_pk=row.user_fk, name=row.name, scopes=_split(row.scopes),
         created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
-        last_used_at=row.last_used_at)
+        last_used_at=row.last_used_at, institutions=_opt_split(_get(row, "institutions")))
 
 
 def _session(row: sa.Row) -> SessionRecord:
@@ -124,10 +152,101 @@ class Accounts:
             return conn.scalar(sa.select(sa.func.count()).select_from(users)
                                .where(users.c.disabled == sa.false()))
 
-    def set_password(self, pk: int, password_hash: str, now: float) -> None:
-        self.catalogue.run_write("changing a password", lambda conn: conn.execute(
+    def set_scope(self, pk: int, institutions: tuple[str, ...] | None,
+                  clearances: tuple[str, ...]) -> None:
+        """Set a user's institutions (None = the settings' default) and clearances."""
+        self.catalogue.run_write("changing a user's scope", lambda conn: conn.execute(
             sa.update(users).where(users.c.pk == pk).values(
-                password_hash=password_hash, password_changed_at=now)))
+                institutions=None if institutions is None else ",".join(institutions),
+                clearances=",".join(clearances))))
+
+    def update_user(self, pk: int, **values) -> None:
+        """Set ``roles`` (tuple), ``disabled``, ``department`` of a user."""
+        if "roles" in values:
+            values["roles"] = ",".join(values["roles"])
+        self.catalogue.run_write("changing a user", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(**values)))
+
+    # --- departments (R-E1) -----------------------------------------------------------
+    def departments(self) -> list[dict]:
+        with translate_errors("listing departments"), self.engine.connect() as conn:
+            rows = conn.execute(sa.select(departments).order_by(departments.c.name)).all()
+            counts = dict(conn.execute(sa.select(users.c.department, sa.func.count())
+                                       .group_by(users.c.department)).all())
+        return [{"name": r.name, "description": r.description,
+                 "users": counts.get(r.name, 0)} for r in rows]
+
+    def create_department(self, name: str, description: str, now: float) -> None:
+        def tx(conn: sa.Connection) -> None:
+            if conn.execute(sa.select(departments.c.pk).where(departments.c.name == name)
+                            ).first() is not None:
+                raise Conflict("a department with that name exists")
+            conn.execute(sa.insert(departments).values(name=name, description=description,
+                                                       created_at=now))
+        self.catalogue.run_write("creating a department", tx)
+
+    def update_department(self, name: str, *, new_name: str | None = None,
+                          description: str | None = None) -> None:
+        def tx(conn: sa.Connection) -> None:
+            values = {}
+            if description is not None:
+                values["description"] = description
+            if new_name is not None and new_name != name:
+                if conn.execute(sa.select(departments.c.pk).where(
+                        departments.c.name == new_name)).first() is not None:
+                    raise Conflict("a department with that name exists")
+                values["name"] = new_name
+                conn.execute(sa.update(users).where(users.c.department == name)
+                             .values(department=new_name))
+            n = conn.execute(sa.update(departments).where(departments.c.name == name)
+                             .values(**values)).rowcount if values else 1
+            if not n or conn.execute(sa.select(departments.c.pk).where(
+                    departments.c.name == (new_name or name))).first() is None:
+                raise NotFound("no such department")
+        self.catalogue.run_write("changing a department", tx)
+
+    def delete_department(self, name: str) -> None:
+        def tx(conn: sa.Connection) -> None:
+            if conn.execute(sa.select(users.c.pk).where(users.c.department == name)
+                            ).first() is not None:
+                raise Conflict("the department still has users")
+            if not conn.execute(sa.delete(departments).where(departments.c.name == name)
+                                ).rowcount:
+                raise NotFound("no such department")
+        self.catalogue.run_write("deleting a department", tx)
+
+    def department_exists(self, name: str) -> bool:
+        return self._read("reading a department", sa.select(departments.c.pk).where(
+            departments.c.name == name)) is not None
+
+    def set_totp(self, pk: int, secret: str | None) -> None:
+        """Enrol (or with None remove) a user's TOTP secret; resets the replay marker."""
+        self.catalogue.run_write("changing a second factor", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(totp_secret=secret,
+                                                            totp_last_step=None)))
+
+    def use_totp_step(self, pk: int, step: int) -> bool:
+        """Mark time step ``step`` used; False when it (or a later one) was used already
+        (one atomic UPDATE: two processes cannot both accept one code)."""
+        def tx(conn: sa.Connection) -> bool:
+            return conn.execute(sa.update(users).where(
+                users.c.pk == pk, sa.or_(users.c.totp_last_step.is_(None),
+                                         users.c.totp_last_step < step))
+                .values(totp_last_step=step)).rowcount == 1
+        return self.catalogue.run_write("recording a second factor", tx)
+
+    def set_password(self, pk: int, password_hash: str, now: float, *,
+                     history: tuple[str, ...] | None = None,
+                     must_change: bool | None = None) -> None:
+        """New password hash; ``history`` (previous hashes, newest first) and
+        ``must_change`` (forced change at the next login) when given."""
+        values: dict = {"password_hash": password_hash, "password_changed_at": now}
+        if history is not None:
+            values["password_history"] = orjson.dumps(list(history)).decode()
+        if must_change is not None:
+            values["must_change_password"] = must_change
+        self.catalogue.run_write("changing a password", lambda conn: conn.execute(
+            sa.update(users).where(users.c.pk == pk).values(**values)))
 
     def record_login_failure(self, pk: int, now: float, threshold: int,
                              lockout_s: float) -> bool:
@@ -193,11 +312,13 @@ class Accounts:
 
     # --- API tokens -------------------------------------------------------------------
     def create_token(self, user_pk: int, name: str, token_sha256: str,
-                     scopes: tuple[str, ...], now: float, expires_at: float) -> int:
+                     scopes: tuple[str, ...], now: float, expires_at: float,
+                     institutions: tuple[str, ...] | None = None) -> int:
         return self.catalogue.run_write("creating a token", lambda conn: conn.execute(
             sa.insert(api_tokens).values(
                 user_fk=user_pk, name=name, token_sha256=token_sha256,
-                scopes=",".join(scopes), created_at=now, expires_at=expires_at)
+                scopes=",".join(scopes), created_at=now, expires_at=expires_at,
+                institutions=None if institutions is None else ",".join(institutions))
             .returning(api_tokens.c.pk)).scalar_one())
 
     def find_token(self, token_sha256: str) -> tuple[TokenRecord, UserRecord] | None:

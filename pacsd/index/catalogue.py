@@ -22,19 +22,21 @@ caller acknowledges nothing in that case.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
 
 from pacsd import failpoints
-from pacsd.errors import OutOfResources
+from pacsd.errors import NotFound, OutOfResources
 from pacsd.index import migrations, qido_sql, writes
+from pacsd.index.access import scope_clause
 from pacsd.index.engine import RETRYABLE_SQLSTATES, create_engine, sqlstate, translate_errors
 from pacsd.index.qido import QidoQuery, QidoResult
 from pacsd.index.schema import instances, patients, series, studies
@@ -79,10 +81,15 @@ def _instance_row(row: sa.Row) -> InstanceRow:
     )
 
 
-def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None
-           ) -> list[sa.ColumnElement]:
-    """SEC-3: each given parent must match; a child of another parent is not found."""
+def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None,
+           access: Iterable | None = None) -> list[sa.ColumnElement]:
+    """SEC-3: each given parent must match; a child of another parent is not found.
+    ``access``: the actor's data scope (``access.py``, R-A12): a study outside it is
+    not found either, exactly like a missing one."""
     cond = [studies.c.study_instance_uid == study_uid]
+    extra = scope_clause(access)
+    if extra is not None:
+        cond.append(extra)
     if series_uid is not None:
         cond.append(series.c.series_instance_uid == series_uid)
     if sop_uid is not None:
@@ -105,6 +112,9 @@ class Catalogue:
         self._queue_lock = threading.Lock()
         #: Group commits run and writes they carried (statistics; tests use them).
         self.group_stats = {"groups": 0, "writes": 0}
+        #: ParsedInstance -> institution code of a new study (R-A12); set by the service
+        #: layer from ``[security] institution_attribute`` (services/scoping.py).
+        self.institution_of: Callable[[ParsedInstance], str] | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -226,6 +236,9 @@ class Catalogue:
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``)."""
+        if self.institution_of is not None and not p.institution:
+            p = dataclasses.replace(p, institution=self.institution_of(p))
+
         def store(conn: sa.Connection) -> StoreOutcome:
             outcome = writes.store_instance(conn, p, sha256, size)
             failpoints.hit("index.before_commit")
@@ -236,26 +249,33 @@ class Catalogue:
         return outcome
 
     def delete(self, study_uid: str, series_uid: str | None = None,
-               sop_uid: str | None = None) -> list[str]:
+               sop_uid: str | None = None, *, scope: Iterable | None = None) -> list[str]:
         """Remove a study, series or instance (and parents left empty); returns the sha256
-        of every removed instance; NotFound when nothing matched."""
-        return self._write("deleting",
-                           lambda conn: writes.delete(conn, study_uid, series_uid, sop_uid))
+        of every removed instance; NotFound when nothing matched, or when the study is
+        outside ``scope`` (checked in the same transaction, R-A12)."""
+        extra = scope_clause(scope)
+
+        def tx(conn: sa.Connection) -> list[str]:
+            if extra is not None and conn.execute(sa.select(studies.c.pk).where(
+                    studies.c.study_instance_uid == study_uid, extra)).first() is None:
+                raise NotFound("no such study, series or instance")
+            return writes.delete(conn, study_uid, series_uid, sop_uid)
+        return self._write("deleting", tx)
 
     # --- reads -------------------------------------------------------------------------
 
-    def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str
-                     ) -> InstanceRow | None:
+    def get_instance(self, study_uid: str, series_uid: str | None, sop_uid: str, *,
+                     scope: Iterable | None = None) -> InstanceRow | None:
         """One instance, only if it belongs to the given study (and series, if given)."""
         with translate_errors("reading an instance"), self._engine.connect() as conn:
             row = conn.execute(sa.select(*_ROW_COLS).select_from(_HIERARCHY)
-                               .where(*_scope(study_uid, series_uid, sop_uid))).first()
+                               .where(*_scope(study_uid, series_uid, sop_uid, scope))).first()
         return _instance_row(row) if row is not None else None
 
-    def _stream(self, cols, study_uid: str, series_uid: str | None, sop_uid: str | None
-                ) -> Iterator[sa.Row]:
+    def _stream(self, cols, study_uid: str, series_uid: str | None, sop_uid: str | None,
+                scope: Iterable | None = None) -> Iterator[sa.Row]:
         stmt = (sa.select(*cols).select_from(_HIERARCHY)
-                .where(*_scope(study_uid, series_uid, sop_uid))
+                .where(*_scope(study_uid, series_uid, sop_uid, scope))
                 .order_by(series.c.series_number.asc().nulls_last(), series.c.pk,
                           instances.c.instance_number.asc().nulls_last(), instances.c.pk))
         with translate_errors("listing instances"), self._engine.connect() as conn:
@@ -265,35 +285,39 @@ class Catalogue:
             yield from result
 
     def iter_instances(self, study_uid: str, series_uid: str | None = None,
-                       sop_uid: str | None = None) -> Iterator[InstanceRow]:
+                       sop_uid: str | None = None, *, scope: Iterable | None = None
+                       ) -> Iterator[InstanceRow]:
         """Instances ordered by SeriesNumber, InstanceNumber; streamed, never fetched whole.
         Close the iterator (or exhaust it) to release its connection."""
-        for row in self._stream(_ROW_COLS, study_uid, series_uid, sop_uid):
+        for row in self._stream(_ROW_COLS, study_uid, series_uid, sop_uid, scope):
             yield _instance_row(row)
 
     def iter_metadata(self, study_uid: str, series_uid: str | None = None,
-                      sop_uid: str | None = None) -> Iterator[bytes]:
+                      sop_uid: str | None = None, *, scope: Iterable | None = None
+                      ) -> Iterator[bytes]:
         """Each instance's DICOM JSON metadata object (bytes), same order as above."""
-        for row in self._stream((instances.c.metadata,), study_uid, series_uid, sop_uid):
+        for row in self._stream((instances.c.metadata,), study_uid, series_uid, sop_uid,
+                                scope):
             yield zlib.decompress(row.metadata)
 
     def metadata_etag(self, study_uid: str, series_uid: str | None = None,
-                      sop_uid: str | None = None) -> str | None:
+                      sop_uid: str | None = None, *, scope: Iterable | None = None
+                      ) -> str | None:
         """An opaque token (unquoted; the web layer quotes it) that changes whenever the
         metadata of the study/series/instance changes; None when nothing matches."""
         if sop_uid is not None:
             stmt = (sa.select(sa.literal("i"), instances.c.pk, instances.c.sha256)
                     .select_from(_HIERARCHY)
-                    .where(*_scope(study_uid, series_uid, sop_uid)))
+                    .where(*_scope(study_uid, series_uid, sop_uid, scope)))
         elif series_uid is not None:
             stmt = (sa.select(sa.literal("s"), series.c.pk, series.c.revision,
                               series.c.num_instances, series.c.updated_at)
                     .select_from(series.join(studies, series.c.study_fk == studies.c.pk))
-                    .where(*_scope(study_uid, series_uid, None)))
+                    .where(*_scope(study_uid, series_uid, None, scope)))
         else:
             stmt = sa.select(sa.literal("S"), studies.c.pk, studies.c.revision,
                              studies.c.num_instances, studies.c.updated_at).where(
-                studies.c.study_instance_uid == study_uid)
+                *_scope(study_uid, None, None, scope))
         with translate_errors("reading metadata"), self._engine.connect() as conn:
             row = conn.execute(stmt).first()
         if row is None:
@@ -308,12 +332,15 @@ class Catalogue:
             return {name: conn.scalar(sa.select(sa.func.count()).select_from(t))
                     for name, t in tables.items()}
 
-    def search(self, q: QidoQuery, extra_filter: sa.ColumnElement | None = None
-               ) -> QidoResult:
-        """Run a QIDO-RS query (R-A1). ``extra_filter``: a clause on ``studies`` AND-ed into
-        the query (access control, later issue)."""
+    def search(self, q: QidoQuery, extra_filter: sa.ColumnElement | None = None, *,
+               scope: Iterable | None = None) -> QidoResult:
+        """Run a QIDO-RS query (R-A1). ``scope``: the actor's data scope (R-A12,
+        ``access.py``) and ``extra_filter`` a clause on ``studies``, both AND-ed in."""
+        clause = scope_clause(scope)
+        if extra_filter is not None:
+            clause = extra_filter if clause is None else sa.and_(clause, extra_filter)
         with translate_errors("searching"), self._engine.connect() as conn:
-            return qido_sql.run(conn, q, extra_filter)
+            return qido_sql.run(conn, q, clause)
 
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import forward_schema, jobs_schema, lifecycle_schema, schema, security_schema
+from pacsd.index import (access_schema, forward_schema, jobs_schema, lifecycle_schema,
+                         schema, security_schema)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -68,12 +69,16 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
     Migration(3, "jobs queue, forward_studies, forward_items", _jobs_forward),
     Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
+    Migration(5, "access scoping: studies.institution, user/token institutions, "
+                 "clearances, study_labels", access_schema.migrate_access),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
-FRESH_TABLES = schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
+FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
+                + access_schema.ACCESS_TABLES)
 FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
-LATEST = MIGRATIONS[-1].version
+# max, not the last entry: a migration may be merged after a higher-numbered one.
+LATEST = max(m.version for m in MIGRATIONS)
 
 
 def current_version(conn: sa.Connection) -> int | None:
@@ -106,7 +111,8 @@ def migrate(engine: sa.Engine) -> int:
                 schema.metadata.create_all(conn, tables=list(FRESH_TABLES))
                 pending = MIGRATIONS
             else:
-                pending = tuple(m for m in MIGRATIONS if m.version > current)
+                pending = tuple(sorted((m for m in MIGRATIONS if m.version > current),
+                                       key=lambda m: m.version))
                 for m in pending:
                     m.apply(conn)
             conn.execute(sa.insert(schema.schema_version), [

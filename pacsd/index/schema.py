@@ -149,6 +149,8 @@ studies = sa.Table(
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False, index=True),
+    # Hospital / campus code captured at ingest (R-A12; access_schema.py, migration 5).
+    sa.Column("institution", Text, nullable=False, server_default=""),
 )
 # Default QIDO study order is StudyDate desc, StudyTime desc, pk desc, NULLs last on both
 # databases. SQLite walks a plain index backwards (NULLs sort first ascending, so last
@@ -158,6 +160,18 @@ sa.Index("ix_studies_order_sqlite", studies.c.study_date, studies.c.study_time,
 sa.Index("ix_studies_order_pg", studies.c.study_date.desc().nulls_last(),
          studies.c.study_time.desc().nulls_last(), studies.c.pk.desc()
          ).ddl_if(dialect="postgresql")
+# The same order within one institution (R-A12 scoping, access_schema.py): a scoped QIDO
+# page walks this index instead of sorting every study of the institution; it also
+# serves institution IN (...) lookups.
+INSTITUTION_ORDER = {
+    "sqlite": sa.Index("ix_studies_institution_order_sqlite", studies.c.institution,
+                       studies.c.study_date, studies.c.study_time, studies.c.pk
+                       ).ddl_if(dialect="sqlite"),
+    "postgresql": sa.Index("ix_studies_institution_order_pg", studies.c.institution,
+                           studies.c.study_date.desc().nulls_last(),
+                           studies.c.study_time.desc().nulls_last(), studies.c.pk.desc()
+                           ).ddl_if(dialect="postgresql"),
+}
 
 series = sa.Table(
     "series", metadata,

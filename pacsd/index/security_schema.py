@@ -37,6 +37,21 @@ users = sa.Table(
     sa.Column("locked_until", Seconds),
     sa.Column("last_login_at", Seconds),
     sa.Column("disabled", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Data scope (R-A12, MLPS 8; migration 5): comma-separated institution codes (NULL =
+    # [security] default_institutions) and sensitivity-label clearances.
+    sa.Column("institutions", Text),
+    sa.Column("clearances", Text, nullable=False, server_default=""),
+    # TOTP second factor (MLPS 4; migration 5): base32 secret, and the last time step a
+    # code was accepted for (a code is usable once: replay protection).
+    sa.Column("totp_secret", Text),
+    sa.Column("totp_last_step", sa.BigInteger),
+    # Department name (access_schema.departments; R-E1; migration 5).
+    sa.Column("department", Text),
+    # MLPS 1, 5 (migration 5): previous password hashes (JSON list, newest first), a
+    # forced change at the next login, and when a disabled account was enabled again.
+    sa.Column("password_history", Text, nullable=False, server_default="[]"),
+    sa.Column("must_change_password", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("reactivated_at", Seconds),
 )
 
 api_tokens = sa.Table(
@@ -51,6 +66,8 @@ api_tokens = sa.Table(
     sa.Column("expires_at", Seconds, nullable=False),
     sa.Column("revoked_at", Seconds),
     sa.Column("last_used_at", Seconds),
+    # Narrows the user's institutions (NULL = the user's; migration 5).
+    sa.Column("institutions", Text),
 )
 
 sessions = sa.Table(

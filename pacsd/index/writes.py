@@ -220,6 +220,7 @@ def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetim
         vals = _values(STUDY_COLUMNS, p.study)
         vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
         vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
+        vals["institution"] = p.institution  # R-A12 data scoping (access_schema.py)
         created = stmts("ins_study", {
             "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
             "study_json": p.study_json, "num_series": 0, "num_instances": 0,

@@ -17,6 +17,7 @@ from ..index import Catalogue
 from ..plugins import Plugins
 from ..store import BlobStore
 from ..store.replicated import open_replicated
+from .scoping import Scoping, institution_getter
 
 T = TypeVar("T")
 
@@ -30,6 +31,9 @@ class Archive:
         self.plugins = plugins or Plugins()
         #: POSIX seconds; retention and versions read it, tests replace it (R-A7).
         self.clock: Callable[[], float] = time.time
+        #: Data scoping on every read (R-A12): services call scoping.scope_for(actor).
+        self.scoping = Scoping(settings, self.plugins)
+        catalogue.institution_of = institution_getter(settings)
         self.executor = ThreadPoolExecutor(
             max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
 

@@ -54,8 +54,27 @@ EVENT_TYPES = frozenset({
     "purge",              # retention purge: study marked, blobs removed, finalised
     "correction",         # attribute correction: new versions of a study's instances
     "scrub",              # a scheduled scrub of every copy completed (counts, repairs)
+    "labels-changed",     # sensitivity labels of a study set / removed (MLPS 8)
+    "user-scope-changed", # a user's institutions / clearances changed (R-A12, MLPS 9)
+    "totp-enrolled", "totp-removed",  # second factor of a user (MLPS 4)
+    "user-changed",       # roles, department, disabled / enabled (admin API, MLPS 9)
+    "department-changed", # a department created, renamed / described, or deleted (R-E1)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
+
+
+def store_location(store) -> str:
+    """Every storage copy of ``store``, space-separated, without credentials (R-E3
+    "where stored")."""
+    from urllib.parse import urlsplit, urlunsplit
+    out = []
+    for c in getattr(store, "copies", None) or [store]:
+        parts = urlsplit(c.url)
+        if parts.username or parts.password:
+            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+            parts = parts._replace(netloc=host)
+        out.append(urlunsplit(parts))
+    return " ".join(out)
 
 
 def iso_utc(ts: float) -> str:

@@ -177,14 +177,19 @@ class IngestService:
         a.plugins.fire("instance_stored", parsed=parsed, outcome=outcome)
         return outcome
 
-    async def delete(self, study: str, series: str | None = None, sop: str | None = None
-                     ) -> int:
+    async def delete(self, study: str, series: str | None = None, sop: str | None = None,
+                     *, actor) -> int:
         """Remove from the index (one transaction), then the blobs; returns the count.
-        Vetoed (409) inside retention or under legal hold (R-A7, services/retention.py)."""
+        Vetoed (409) inside retention or under legal hold (R-A7, services/retention.py);
+        a study outside the actor's data scope is NotFound (R-A12, services/scoping.py)."""
         a = self.archive
+        scope = a.scoping.scope_for(actor, "delete")
+        # Out of scope must look missing, before any veto could tell it exists (R-A12).
+        if await a.run(lambda: a.catalogue.metadata_etag(study, scope=scope)) is None:
+            raise errors.NotFound("no such study")
         from .retention import check_deletable  # lifecycle: R-A7 veto
         await a.run(check_deletable, a, study)
-        shas = await a.run(a.catalogue.delete, study, series, sop)
+        shas = await a.run(lambda: a.catalogue.delete(study, series, sop, scope=scope))
         count = len(shas)
         from .versions import drop_versions  # lifecycle: kept versions go too (R-A8)
         shas = list(dict.fromkeys(shas + await a.run(drop_versions, a, study, series, sop)))

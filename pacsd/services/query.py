@@ -6,6 +6,7 @@ ingest); this layer only adds what depends on the request (RetrieveURL, R-A1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..index import parse_qido
 from .archive import Archive
@@ -27,11 +28,15 @@ class QueryService:
         self.archive = archive
 
     async def search(self, level: str, params: list[tuple[str, str]], *, base_url: str,
-                     study_uid: str | None = None, series_uid: str | None = None
-                     ) -> QueryResult:
+                     actor: Any, study_uid: str | None = None,
+                     series_uid: str | None = None) -> QueryResult:
+        """``actor`` (required: no caller can forget it) limits the matches to its data
+        scope (services/scoping.py, R-A12): QIDO-RS and C-FIND alike."""
         q = parse_qido(level, params, study_uid=study_uid, series_uid=series_uid,
                        max_limit=self.archive.settings.dicomweb.qido_max_limit)
-        result = await self.archive.run(self.archive.catalogue.search, q)
+        scope = self.archive.scoping.scope_for(actor, "read")
+        result = await self.archive.run(
+            lambda: self.archive.catalogue.search(q, scope=scope))
         for item in result.items:
             url = _retrieve_url(level, item, base_url)
             if url:

@@ -10,7 +10,7 @@ lossless only; ``dicom.transcode`` verifies pixels bit-exact).
 from __future__ import annotations
 
 import zlib
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
@@ -35,16 +35,25 @@ class RetrieveService:
         self.archive = archive
 
     # --- which instances ----------------------------------------------------------------
+    # Every lookup takes the actor (required) and is limited to its data scope
+    # (services/scoping.py, R-A12): outside it is NotFound, exactly like missing (SEC-9).
+    def _scope(self, actor: Any) -> tuple:
+        return self.archive.scoping.scope_for(actor, "read")
+
     async def instances(self, study: str, series: str | None = None,
-                        sop: str | None = None) -> list[InstanceRow]:
-        rows = await self.archive.run(
-            lambda: list(self.archive.catalogue.iter_instances(study, series, sop)))
+                        sop: str | None = None, *, actor: Any) -> list[InstanceRow]:
+        scope = self._scope(actor)
+        rows = await self.archive.run(lambda: list(
+            self.archive.catalogue.iter_instances(study, series, sop, scope=scope)))
         if not rows:
             raise errors.NotFound("no such study, series or instance")
         return rows
 
-    async def instance(self, study: str, series: str, sop: str) -> InstanceRow:
-        row = await self.archive.run(self.archive.catalogue.get_instance, study, series, sop)
+    async def instance(self, study: str, series: str, sop: str, *, actor: Any
+                       ) -> InstanceRow:
+        scope = self._scope(actor)
+        row = await self.archive.run(lambda: self.archive.catalogue.get_instance(
+            study, series, sop, scope=scope))
         if row is None:
             raise errors.NotFound("no such instance")
         return row
@@ -149,21 +158,24 @@ class RetrieveService:
 
     # --- metadata -------------------------------------------------------------------------
     async def metadata_etag(self, study: str, series: str | None = None,
-                            sop: str | None = None) -> str:
-        etag = await self.archive.run(self.archive.catalogue.metadata_etag, study, series, sop)
+                            sop: str | None = None, *, actor: Any) -> str:
+        scope = self._scope(actor)
+        etag = await self.archive.run(lambda: self.archive.catalogue.metadata_etag(
+            study, series, sop, scope=scope))
         if etag is None:
             raise errors.NotFound("no such study, series or instance")
         return etag
 
     async def metadata_chunks(self, study: str, series: str | None, sop: str | None,
-                              base_url: str) -> AsyncIterator[bytes]:
+                              base_url: str, *, actor: Any) -> AsyncIterator[bytes]:
         """The DICOM JSON array, from the bytes stored at ingest (never re-parsed)."""
         placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
         replacement = b'"BulkDataURI":"' + base_url.encode()
         # One worker call materialises the rows: a database cursor must not hop between
         # worker threads. Metadata is ~5-10 kB per instance, pixel data is never in it.
-        items = await self.archive.run(
-            lambda: list(self.archive.catalogue.iter_metadata(study, series, sop)))
+        scope = self._scope(actor)
+        items = await self.archive.run(lambda: list(
+            self.archive.catalogue.iter_metadata(study, series, sop, scope=scope)))
         if not items:
             raise errors.NotFound("no such study, series or instance")
         yield b"["

@@ -24,7 +24,7 @@ from ..config import Settings
 from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
-from . import auth, forwarding
+from . import admin, auth, forwarding
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, QUERY, RETRIEVE,
@@ -186,6 +186,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     from . import lifecycle
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)
     app.cleanup_ctx.append(lifecycle.scrub_ctx)  # scheduled scrub (R-A6)
+    admin.add_admin_routes(app.router)  # /api/v1/admin: secadmin (R-A12, MLPS 8)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

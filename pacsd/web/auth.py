@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import ipaddress
 import logging
 from urllib.parse import urlsplit, urlunsplit
 
@@ -45,6 +46,7 @@ AUTHENTICATED = "authenticated"
 #: Request keys: the resolved actor, and what the handler adds to its audit record.
 ACTOR = "pacsd.actor"
 AUDIT_NOTE = "pacsd.audit_note"
+CLIENT_IP = "pacsd.client_ip"
 
 
 # --- declarations -----------------------------------------------------------------------
@@ -92,7 +94,36 @@ def note_audit(request: web.Request, *, studies: dict[str, int] | None = None,
 
 
 def client_ip(request: web.Request) -> str:
-    return request.remote or ""
+    """The client's address: the TCP peer, or, when the peer is a trusted reverse proxy
+    (``[security] trusted_proxies``), the right-most X-Forwarded-For address that is not
+    itself a trusted proxy (the part of the header no client can forge)."""
+    cached = request.get(CLIENT_IP)
+    if cached is not None:
+        return cached
+    peer = request.remote or ""
+    ip = peer
+    trusted = request.app[SECURITY].trusted_proxies if SECURITY in request.app else []
+    if trusted and _in(peer, trusted):
+        hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", [])
+                for h in v.split(",")]
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # garbage: stop at the last address we could trust
+            ip = hop
+            if not _in(hop, trusted):
+                break
+    request[CLIENT_IP] = ip
+    return ip
+
+
+def _in(address: str, networks) -> bool:
+    try:
+        a = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(a in n for n in networks)
 
 
 def client_device(request: web.Request) -> str:
@@ -156,6 +187,16 @@ async def auth_middleware(request: web.Request, handler):
         else:
             actor = LOCAL
     request[ACTOR] = actor
+    if getattr(actor, "must_change_password", False) and \
+            not getattr(mi.route.handler, "pacsd_password_change_ok", False):
+        # MLPS 1: a forced or expired password is changed before anything else.
+        request.app[AUDIT].record(
+            "permission-denied", outcome="denied", actor=actor, source_ip=ip,
+            device=device, detail={"action": declared or "undeclared",
+                                   "route": mi.route.resource.canonical
+                                   if mi.route.resource else "", "method": request.method,
+                                   "reason": "password change required"})
+        raise errors.Forbidden("change your password first: POST /api/v1/auth/password")
     resource = Resource(route=mi.route.resource.canonical if mi.route.resource else "",
                         method=request.method, study_instance_uid=_study_of(request))
     if declared is None:
@@ -216,22 +257,51 @@ def _json(body, status: int = 200) -> web.Response:
 
 @public
 async def login(request: web.Request) -> web.Response:
-    """POST {"username", "password"} -> {"token", "expires_at", ...} (a session)."""
+    """POST {"username", "password"[, "otp"]} -> {"token", "expires_at", ...} (a
+    session). ``otp``: the TOTP code administrators must give (MLPS 4)."""
     try:
         body = orjson.loads(await request.read())
         username, password = body["username"], body["password"]
-        if not isinstance(username, str) or not isinstance(password, str):
+        otp = body.get("otp")
+        if not isinstance(username, str) or not isinstance(password, str) or \
+                not isinstance(otp, (str, type(None))):
             raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        raise errors.BadRequest('send JSON {"username": ..., "password": ...}') from None
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise errors.BadRequest('send JSON {"username": ..., "password": ...'
+                                '[, "otp": "123456"]}') from None
     security = request.app[SECURITY]
     token, expires, actor = await security.login(
-        username, password, source_ip=client_ip(request), device=client_device(request))
+        username, password, source_ip=client_ip(request), device=client_device(request),
+        otp=otp)
     return _json({"token": token, "token_type": "Bearer", "expires_at": iso_utc(expires),
                   "idle_timeout_s": security.conf.session_idle_timeout_s,
-                  "user": actor.name, "roles": sorted(actor.roles)})
+                  "user": actor.name, "roles": sorted(actor.roles),
+                  "password_change_required": actor.must_change_password})
 
 
+def _password_change_ok(handler):
+    """Allowed to a session that must change its password first."""
+    handler.pacsd_password_change_ok = True
+    return handler
+
+
+@_password_change_ok
+@authenticated
+async def change_password(request: web.Request) -> web.Response:
+    """POST {"password": current, "new_password": new} (a session; MLPS 1)."""
+    try:
+        body = orjson.loads(await request.read())
+        old, new = body["password"], body["new_password"]
+        if not isinstance(old, str) or not isinstance(new, str):
+            raise TypeError
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        raise errors.BadRequest('send JSON {"password": ..., "new_password": ...}') from None
+    await request.app[SECURITY].change_own_password(current_actor(request), old, new,
+                                                    source_ip=client_ip(request))
+    return web.Response(status=204)
+
+
+@_password_change_ok
 @authenticated
 async def logout(request: web.Request) -> web.Response:
     await request.app[SECURITY].logout(current_actor(request), source_ip=client_ip(request),
@@ -239,11 +309,13 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@_password_change_ok
 @authenticated
 async def whoami(request: web.Request) -> web.Response:
     actor = current_actor(request)
     return _json({"actor": actor.id, "user": actor.name, "roles": sorted(actor.roles),
-                  "actions": sorted(actor.actions())})
+                  "actions": sorted(actor.actions()),
+                  "password_change_required": actor.must_change_password})
 
 
 def _since(value: str) -> str:
@@ -285,6 +357,7 @@ async def audit_events(request: web.Request) -> web.Response:
 def add_auth_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/auth/login", login)
     router.add_post("/api/v1/auth/logout", logout)
+    router.add_post("/api/v1/auth/password", change_password)
     router.add_get("/api/v1/auth/me", whoami)
     router.add_get("/api/v1/audit", audit_events)
 

@@ -96,7 +96,8 @@ def test_upgrade_applies_only_missing_migrations(fresh_url, monkeypatch):
     assert cat.migrate() == head + 1
     assert cat.migrate() == head + 1
     assert applied == [1]
-    assert versions(cat) == [m.version for m in migrations.MIGRATIONS]  # numbers may gap
+    # Numbers need not be contiguous on a branch (each helper owns one): compare to the list.
+    assert versions(cat) == sorted(m.version for m in migrations.MIGRATIONS)
     assert "test_extra" in {c["name"] for c in sa.inspect(cat.engine).get_columns("studies")}
     cat.close()
 

@@ -10,6 +10,7 @@ from argon2 import PasswordHasher
 from pacsd.config import Settings
 from pacsd.index import Catalogue
 from pacsd.services.audit import AuditTrail
+from pacsd.services import totp
 from pacsd.services.security import SecurityService
 from pacsd.web import create_app
 from pacsd.web.keys import AUDIT, CLOCK, PASSWORD_HASHER, SECURITY
@@ -18,7 +19,7 @@ from pacsd.web.keys import AUDIT, CLOCK, PASSWORD_HASHER, SECURITY
 PASSWORD = "Correct-Horse-9"
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 ALL_TABLES = ("audit_head, audit_events, sessions, api_tokens, users, instances, series, "
-              "studies, patients")
+              "studies, patients, study_labels, departments")
 
 
 class FakeClock:
@@ -79,6 +80,8 @@ class Api:
         self.app = client.server.app
         self.security: SecurityService = self.app[SECURITY]
         self.audit: AuditTrail = self.app[AUDIT]
+        self._secrets: dict[str, str] = {}
+        self._used: dict[str, int] = {}
 
     def user(self, name: str, *roles: str) -> None:
         self.security.create_user(name, PASSWORD, roles)
@@ -86,9 +89,27 @@ class Api:
     def token(self, user: str, *scopes: str, days: float = 30) -> str:
         return self.security.create_token(user, scopes, days)[1]
 
+    def otp(self, name: str) -> str | None:
+        """A fresh TOTP code for a user who needs one (MLPS 4), enrolling on first use.
+        A code is usable once: when this user's code of the current step was used, the
+        clock moves on to the next step (30 s)."""
+        user = self.security.accounts.get_user(name)
+        if user is None or not self.security.needs_totp(user):
+            return None
+        secret = self._secrets.get(name)
+        if secret is None or user.totp_secret != secret:
+            secret = self._secrets[name] = self.security.enroll_totp(name)[0]
+        if self._used.get(name) == totp.step_of(self.clock()):
+            self.clock.advance(totp.STEP_S)
+        self._used[name] = totp.step_of(self.clock())
+        return totp.code_at(secret, self.clock())
+
     async def login(self, name: str, password: str = PASSWORD) -> str:
-        r = await self.client.post("/api/v1/auth/login",
-                                   json={"username": name, "password": password})
+        body = {"username": name, "password": password}
+        code = self.otp(name)
+        if code is not None:
+            body["otp"] = code
+        r = await self.client.post("/api/v1/auth/login", json=body)
         assert r.status == 200, await r.text()
         return (await r.json())["token"]
 

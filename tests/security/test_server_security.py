@@ -9,9 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import requests
 from pacsd_server import free_port
+
+from pacsd.services import totp
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "Correct-Horse-9"
@@ -59,6 +62,13 @@ def test_MLPS5_cli_first_user_then_secured_server_on_all_interfaces(tmp_path):
     assert token.startswith("pacsd-t-") and "Shown once" in tok.stderr
     listed = pacsd("token", "list", *common)
     assert "token:1" in listed.stdout and token not in listed.stdout
+    # MLPS 4: the administrator enrols a TOTP second factor on the server.
+    enrolled = pacsd("user", "totp", "admin", "--no-qr", *common)
+    assert enrolled.returncode == 0, enrolled.stderr
+    uri = enrolled.stdout.splitlines()[0]
+    assert uri.startswith("otpauth://totp/pacsd:admin?")
+    secret = parse_qs(urlsplit(uri).query)["secret"][0]
+    assert secret not in pacsd("audit", "verify", *common).stdout
 
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
@@ -81,10 +91,15 @@ def test_MLPS5_cli_first_user_then_secured_server_on_all_interfaces(tmp_path):
         r = requests.get(url + "/dicom-web/studies", timeout=5,
                          headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 200
-        r = requests.post(url + "/api/v1/auth/login", timeout=10,
-                          json={"username": "admin", "password": PASSWORD})
-        assert r.status_code == 200
+        login = {"username": "admin", "password": PASSWORD}
+        r = requests.post(url + "/api/v1/auth/login", timeout=10, json=login)
+        assert r.status_code == 401  # the password alone is not enough (MLPS 4)
+        code = totp.code_at(secret, time.time())
+        r = requests.post(url + "/api/v1/auth/login", timeout=10, json={**login, "otp": code})
+        assert r.status_code == 200, r.text
         session = r.json()["token"]
+        r = requests.post(url + "/api/v1/auth/login", timeout=10, json={**login, "otp": code})
+        assert r.status_code == 401  # a code works once (replay)
         r = requests.get(url + "/api/v1/audit", timeout=5,
                          headers={"Authorization": f"Bearer {session}"})
         assert r.status_code == 403  # MLPS 6: a sysadmin does not read the audit trail
@@ -97,4 +112,6 @@ def test_MLPS5_cli_first_user_then_secured_server_on_all_interfaces(tmp_path):
     v = pacsd("audit", "verify", *common)
     assert v.returncode == 0, v.stderr
     events = int(v.stdout.split("intact: ")[1].split()[0])
-    assert events == 5  # user-created, token-created, query, login, permission-denied
+    # user-created, token-created, totp-enrolled, query, login-failed (no code), login,
+    # login-failed (replayed code), permission-denied
+    assert events == 8

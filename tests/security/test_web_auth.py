@@ -16,7 +16,8 @@ from pacsd.services.security import Actor
 from pacsd.web.auth import PUBLIC, public, requires, route_action
 
 UIDS = {"study": "1.2.3.4", "series": "1.2.3.4.5", "instance": "1.2.3.4.5.6",
-        "frames": "1", "tag": "7FE00010", "version": "1"}
+        "frames": "1", "tag": "7FE00010", "version": "1", "user": "someone", "token": "1",
+        "department": "radiology"}
 RETRIEVE = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
 
 

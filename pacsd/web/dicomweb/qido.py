@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ... import errors
 from ..accept import matches, parse_accept
-from ..auth import note_audit, requires
+from ..auth import current_actor, note_audit, requires
 from ..keys import QUERY
 from .common import base_url, path_uid
 
@@ -38,6 +38,7 @@ async def _qido(request: web.Request, level: str) -> web.Response:
         raise errors.NotAcceptable("QIDO-RS answers application/dicom+json")
     params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
     result = await request.app[QUERY].search(level, params, base_url=base_url(request),
+                                             actor=current_actor(request),
                                              study_uid=study, series_uid=series)
     # R-E4: the audit names the query keys and counts, never the values (PHI, SEC-23).
     note_audit(request, level=level, keys=sorted({k for k, _ in params}),

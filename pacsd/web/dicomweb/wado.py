@@ -18,7 +18,7 @@ from ... import errors
 from ...dicom import SUPPORTED_TRANSCODE_TARGETS
 from ...model import InstanceRow
 from ..accept import matches, parse_accept
-from ..auth import note_audit, requires
+from ..auth import current_actor, note_audit, requires
 from ..keys import ARCHIVE, INGEST, RETRIEVE
 from ..middleware import STREAMING
 from .common import MultipartWriter, base_url, uids
@@ -63,7 +63,7 @@ def _choose_instance_repr(request: web.Request, rows: list[InstanceRow]) -> tupl
 async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     retrieve = request.app[RETRIEVE]
-    rows = await retrieve.instances(study, series, sop)
+    rows = await retrieve.instances(study, series, sop, actor=current_actor(request))
     note_audit(request, object_count=len(rows))
     kind, ts = _choose_instance_repr(request, rows)
     if kind == "zip":
@@ -139,7 +139,8 @@ async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
     retrieve = request.app[RETRIEVE]
     base = base_url(request)
     # The stored bytes get the base URL substituted, so it is part of the validator.
-    etag = '"%s-%08x"' % (await retrieve.metadata_etag(study, series, sop),
+    etag = '"%s-%08x"' % (await retrieve.metadata_etag(
+        study, series, sop, actor=current_actor(request)),
                           zlib.crc32(base.encode()))
     if etag in request.headers.get("If-None-Match", ""):
         return web.Response(status=304, headers={"ETag": etag})
@@ -147,7 +148,8 @@ async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
     resp.content_type = "application/dicom+json"
     resp.enable_compression()  # gzip/deflate when the client accepts it
     started = False
-    async for chunk in retrieve.metadata_chunks(study, series, sop, base):
+    async for chunk in retrieve.metadata_chunks(study, series, sop, base,
+                                                   actor=current_actor(request)):
         if not started:
             await resp.prepare(request)
             started = True
@@ -202,7 +204,7 @@ async def retrieve_frames(request: web.Request) -> web.StreamResponse:
     settings = request.app[ARCHIVE].settings.dicomweb
     numbers = parse_frame_list(request.match_info["frames"], settings.max_frames_per_request)
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(study, series, sop)
+    row = await retrieve.instance(study, series, sop, actor=current_actor(request))
     media, ts = _choose_frame_repr(request, row)
     served_ts, frames = await retrieve.frames(row, numbers, ts)
     writer = MultipartWriter(request, media, extra_params=(
@@ -244,7 +246,7 @@ async def retrieve_bulkdata(request: web.Request) -> web.StreamResponse:
     if len(tag) != 8 or any(c not in "0123456789abcdefABCDEF" for c in tag):
         raise errors.BadRequest("bulk data is addressed by an 8-hex-digit tag")
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(study, series, sop)
+    row = await retrieve.instance(study, series, sop, actor=current_actor(request))
     ranges = parse_accept(request.headers.get("Accept"))
     single = any(r.type == OCTET for r in ranges) and not any(
         r.type == "multipart/related" for r in ranges[:1])
@@ -324,7 +326,7 @@ async def retrieve_rendered(request: web.Request) -> web.Response:
     if request.path.endswith("/thumbnail") and params["viewport"] is None:
         params["viewport"] = (THUMBNAIL_SIZE, THUMBNAIL_SIZE)  # frame-level thumbnail
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(study, series, sop)
+    row = await retrieve.instance(study, series, sop, actor=current_actor(request))
     data = await retrieve.rendered(row, frame, media_type=media, **params)
     return web.Response(body=data, content_type=media)
 
@@ -334,7 +336,9 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
     choose_render_type(request.headers.get("Accept"), None)
     retrieve = request.app[RETRIEVE]
-    rows = [r for r in await retrieve.instances(study, series, sop) if r.frames is not None]
+    rows = [r for r in await retrieve.instances(study, series, sop,
+                                                actor=current_actor(request))
+            if r.frames is not None]
     if not rows:
         raise errors.NotFound("nothing with pixel data to show")
     row = rows[len(rows) // 2]
@@ -352,7 +356,8 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
 @requires("delete", audit="delete")
 async def delete(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
-    count = await request.app[INGEST].delete(study, series, sop)
+    count = await request.app[INGEST].delete(study, series, sop,
+                                            actor=current_actor(request))
     note_audit(request, object_count=count)
     return web.Response(status=204)
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ... import errors
 from ...dicom import SUPPORTED_TRANSCODE_TARGETS, is_valid_uid
-from ..auth import requires
+from ..auth import current_actor, requires
 from ..keys import RETRIEVE
 from .wado import RENDER_TYPES
 
@@ -51,7 +51,8 @@ async def wado_uri(request: web.Request) -> web.Response:
                                 "not supported")
     content_types = [c.strip() for c in q.get("contentType", "image/jpeg").split(",")]
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(uid["studyUID"], uid["seriesUID"], uid["objectUID"])
+    row = await retrieve.instance(uid["studyUID"], uid["seriesUID"], uid["objectUID"],
+                                  actor=current_actor(request))
     for ctype in content_types:
         if ctype in ("application/dicom", "*/*") and (ctype != "*/*" or row.frames is None):
             ts = q.get("transferSyntax", "*")

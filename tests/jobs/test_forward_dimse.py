@@ -240,6 +240,11 @@ async def test_sla_breach_alerts_once_and_is_visible_R_A9(aiohttp_client, tmp_pa
     city = body["destinations"]["city"]
     assert city["delivered_24h"] == 1
     assert city["upload_p50_s"] == city["upload_p95_s"] == clock.now - t0
+    page = await (await client.get("/admin/forwarding")).text()
+    delivered = page.split('<table id="delivered">', 1)[1].split("</table>")[0]
+    minutes = f"{(clock.now - t0) / 60:.1f} min"
+    assert study[0].StudyInstanceUID in delivered
+    assert f"<td class='bad'>{minutes}</td>" in delivered  # late: marked
 
 
 async def test_resend_a_stored_study_R_B2(aiohttp_client, tmp_path, clock, scp):

@@ -1,10 +1,11 @@
 """``pacsd import PATH...``: bring DICOM files into the archive (R-A3, R-H2).
 
-Files, directories (recursively, in name order) and ZIP archives (each member) go through
+Files, directories (recursively, in name order), a DICOMDIR (the folder it indexes) and
+ZIP archives (each member) go through
 the one ingest path (``IngestService``: parse, checks, durable blob, one index
 transaction), exactly like STOW-RS and C-STORE, so an imported instance is stored,
 refused or recognised as a duplicate by the same rules. Files without the Part 10 ``DICM``
-marker (README, thumbnails, DICOMDIR's own index is read by nobody) are *skipped*, not
+marker (README, thumbnails) and DICOMDIR index files themselves are *skipped*, not
 refused.
 
 Resumable by nature: an interrupted import is simply run again; what is already stored
@@ -76,6 +77,8 @@ class Source:
 
     path: str
     member: str | None = None
+    #: A DICOMDIR (media index, not an instance): skipped, its files are walked.
+    directory: bool = False
 
     def label(self) -> str:
         return f"{self.path}!{self.member}" if self.member else self.path
@@ -115,6 +118,8 @@ def collect(paths: list[str], *, zips: bool = True) -> Iterator[Source]:
     """Every candidate file, in a stable order (files, then directories walked sorted)."""
     for given in paths:
         p = Path(given)
+        if p.is_file() and p.name.upper() == "DICOMDIR":
+            p = p.parent  # a DICOMDIR lists the files below it: take them all
         if p.is_dir():
             for root, dirs, files in os.walk(p):
                 dirs.sort()
@@ -127,11 +132,14 @@ def collect(paths: list[str], *, zips: bool = True) -> Iterator[Source]:
 
 
 def _expand(path: str, zips: bool) -> Iterator[Source]:
-    if zips and _is_zip(path):
+    if os.path.basename(path).upper() == "DICOMDIR":
+        yield Source(path, directory=True)
+    elif zips and _is_zip(path):
         with zipfile.ZipFile(path) as zf:
             for info in sorted(zf.infolist(), key=lambda i: i.filename):
                 if not info.is_dir():
-                    yield Source(path, info.filename)
+                    yield Source(path, info.filename, directory=os.path.basename(
+                        info.filename).upper() == "DICOMDIR")
     else:
         yield Source(path)
 
@@ -163,6 +171,8 @@ def _stage(store, src: Source, max_bytes: int):
     it is not a Part 10 file."""
     from .services import StagedFile
 
+    if src.directory:
+        return None
     if src.member is None:
         fh = open(src.path, "rb")
     else:

@@ -196,6 +196,15 @@ class ForwardLog:
                 self.catalogue.engine.connect() as conn:
             return [_study(r) for r in conn.execute(q)]
 
+    def recent_deliveries(self, limit: int = 20) -> list[dict]:
+        """The last delivered studies, newest first (with their upload clocks)."""
+        q = sa.select(forward_studies).where(forward_studies.c.delivered_at.is_not(None)
+                                             ).order_by(forward_studies.c.delivered_at.desc()
+                                                        ).limit(limit)
+        with translate_errors("reading the forwarding log"), \
+                self.catalogue.engine.connect() as conn:
+            return [_study(r) for r in conn.execute(q)]
+
     def upload_times(self, since: float) -> dict[str, list[float]]:
         """destination -> upload times (delivered - first received, seconds) of the
         studies delivered since ``since``."""

@@ -29,6 +29,7 @@ import fnmatch
 import logging
 import re
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -178,6 +179,8 @@ class ForwardingService:
         self.senders = senders or {}
         self.audit = audit
         self.wake = wake or (lambda: None)
+        self._lock = threading.Lock()
+        self._unrecorded: list[tuple[list[Arrival], float]] = []
 
     @property
     def enabled(self) -> bool:
@@ -231,17 +234,43 @@ class ForwardingService:
         arrivals = [Arrival(d, parsed.study_instance_uid, parsed.series_instance_uid,
                             parsed.sop_instance_uid, parsed.sop_class_uid, aet)
                     for d in destinations]
-        study = parsed.study_instance_uid
+        try:
+            self._record(arrivals, self.clock())
+        except errors.PacsdError as exc:
+            # The instance is stored; only its routing could not be written (index busy
+            # or down). Kept in memory and retried by the periodic check, so a passing
+            # fault loses nothing (a crash meanwhile would: POST .../resend is the cure).
+            with self._lock:
+                self._unrecorded.append((arrivals, self.clock()))
+            log.error("forwarding: could not queue a stored instance (%s); will retry",
+                      exc.reason)
+        return destinations
 
+    def _record(self, arrivals: list[Arrival], received_at: float) -> None:
         def enqueue(conn) -> None:
-            for d in destinations:
+            for key in dict.fromkeys((a.destination, a.study_uid) for a in arrivals):
+                d, study = key
                 self.queue.enqueue_in(conn, JOB_KIND, {"destination": d, "study": study},
                                       dedupe_key=f"forward:{d}:{study}",
                                       delay_s=self.conf.batch_delay_s,
                                       max_attempts=self.conf.max_attempts)
-        self.log.record_arrivals(arrivals, self.clock(), then=enqueue)
+        self.log.record_arrivals(arrivals, received_at, then=enqueue)
         self.wake()
-        return destinations
+
+    def retry_unrecorded(self) -> int:
+        """Write the routing of instances whose first attempt failed; returns how many
+        batches are still waiting."""
+        with self._lock:
+            waiting, self._unrecorded = self._unrecorded, []
+        left = []
+        for arrivals, received_at in waiting:
+            try:
+                self._record(arrivals, received_at)
+            except errors.PacsdError:
+                left.append((arrivals, received_at))
+        with self._lock:
+            self._unrecorded[:0] = left
+            return len(self._unrecorded)
 
     # --- manual re-send (R-A10 re-upload) --------------------------------------------------
     def resend(self, study_uid: str, destination: str | None = None) -> dict[str, int]:
@@ -354,7 +383,12 @@ class ForwardingService:
         return self.conf.sla_minutes * 60.0
 
     async def check_sla(self) -> list[dict]:
-        """Alert once for each study newly over the limit; returns them."""
+        """Alert once for each study newly over the limit; returns them. Also retries
+        routing that could not be written when the instances arrived."""
+        if self._unrecorded:
+            left = await self.archive.run(self.retry_unrecorded)
+            if left:
+                log.error("forwarding: %d stored instances still wait to be queued", left)
         now = self.clock()
         late = await self.archive.run(self.log.newly_overdue, now - self.sla_s(), now)
         for study in late:

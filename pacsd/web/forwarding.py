@@ -206,6 +206,7 @@ async def page(request: web.Request) -> web.Response:
     facts = await status_facts(app)
     late = await archive.run(fwd.log.overdue, fwd.clock() - fwd.sla_s(), 50)
     dead = await archive.run(fwd.queue.list, state="dead", kind=JOB_KIND, limit=50)
+    recent = await archive.run(fwd.log.recent_deliveries, 20)
     e = html.escape
     rows = "".join(
         f"<tr><td>{e(n)}</td><td>{e(d['type'])}</td><td>{e(d['where'])}</td>"
@@ -223,6 +224,11 @@ async def page(request: web.Request) -> web.Response:
         f"<tr><td>{j.pk}</td><td>{e(str(j.payload.get('destination', '')))}</td>"
         f"<td>{e(str(j.payload.get('study', '')))}</td><td>{j.attempts}</td>"
         f"<td>{_ts(j.finished_at)}</td><td>{e(j.last_error)}</td></tr>" for j in dead)
+    recent_rows = "".join(
+        f"<tr><td>{s['id']}</td><td>{e(s['destination'])}</td><td>{e(s['study_uid'])}</td>"
+        f"<td>{_ts(s['first_received_at'])}</td><td>{_ts(s['delivered_at'])}</td>"
+        f"<td class='{'bad' if s['alerted_at'] else ''}'>"
+        f"{_fmt_s(s['delivered_at'] - s['first_received_at'])}</td></tr>" for s in recent)
     q = facts["queue"]
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pacsd forwarding</title>
@@ -242,6 +248,9 @@ queue: <b id="queued">{q['queued']}</b> queued, <b id="running">{q['running']}</
 <h2>Overdue studies</h2>
 <table id="overdue-studies"><tr><th>#</th><th>destination</th><th>study</th>
 <th>first arrival (UTC)</th><th>open for</th><th>last error</th></tr>{late_rows}</table>
+<h2>Recently delivered</h2>
+<table id="delivered"><tr><th>#</th><th>destination</th><th>study</th>
+<th>first arrival (UTC)</th><th>delivered (UTC)</th><th>upload time</th></tr>{recent_rows}</table>
 <h2>Dead letters</h2>
 <p>Resubmit with <code>POST /api/v1/forwarding/jobs/&lt;id&gt;/resubmit</code> (admin).</p>
 <table id="dead-jobs"><tr><th>job</th><th>destination</th><th>study</th><th>attempts</th>

@@ -96,6 +96,9 @@ match = {{ calling_aet = "CT0?" }}
             page = requests.get(a.url + "/admin/forwarding", timeout=10).text
             assert "upload p50" in page and "<td>city</td>" in page
             assert "–</td>" not in page.split("<td>city</td>", 1)[1].split("</tr>")[0]
+            # The study's own upload time, first arrival to confirmed delivery.
+            delivered = page.split('<table id="delivered">', 1)[1].split("</table>")[0]
+            assert study[0].StudyInstanceUID in delivered and " s</td>" in delivered
         finally:
             a.stop()
     finally:

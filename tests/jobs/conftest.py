@@ -3,37 +3,14 @@ PostgreSQL (tests/conftest.py ``pg_server_url``), and a clock tests move by hand
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
+from jobhelpers import FakeClock, clear_queue_tables
 
 from pacsd.index import Catalogue
-from pacsd.index.forward_schema import FORWARD_TABLES
-from pacsd.index.jobs_schema import jobs
-
-
-class FakeClock:
-    """POSIX seconds that only move when a test says so (no sleeps, no timing asserts)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-def clear_queue_tables(url: str) -> None:
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        for t in (jobs, *FORWARD_TABLES):
-            conn.execute(sa.delete(t))
-    engine.dispose()
 
 
 @pytest.fixture(scope="session")

@@ -240,6 +240,11 @@ async def test_sla_breach_alerts_once_and_is_visible_R_A9(aiohttp_client, tmp_pa
     city = body["destinations"]["city"]
     assert city["delivered_24h"] == 1
     assert city["upload_p50_s"] == city["upload_p95_s"] == clock.now - t0
+    page = await (await client.get("/admin/forwarding")).text()
+    delivered = page.split('<table id="delivered">', 1)[1].split("</table>")[0]
+    minutes = f"{(clock.now - t0) / 60:.1f} min"
+    assert study[0].StudyInstanceUID in delivered
+    assert f"<td class='bad'>{minutes}</td>" in delivered  # late: marked
 
 
 async def test_resend_a_stored_study_R_B2(aiohttp_client, tmp_path, clock, scp):
@@ -274,3 +279,29 @@ async def test_resend_a_stored_study_R_B2(aiohttp_client, tmp_path, clock, scp):
     events = audit.query(event_type="forward-resend")
     assert [e["outcome"] for e in events] == ["success"] * 3 + ["failure"] * 2
     assert events[0]["study_uid"] == uid and events[0]["object_count"] == 2
+
+
+async def test_routing_that_cannot_be_written_is_retried_R_B2(aiohttp_client, tmp_path,
+                                                              clock, scp, monkeypatch):
+    """The index refuses the routing write once (busy): the stored instance is not
+    lost for forwarding; the periodic check writes it and it is delivered."""
+    from pacsd import errors
+    scp.start()
+    client, app = await start(aiohttp_client, settings_for(tmp_path, scp), clock)
+    fwd = app[FORWARDING]
+    real = fwd.log.record_arrivals
+    calls = []
+
+    def flaky(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise errors.OutOfResources("index busy")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(fwd.log, "record_arrivals", flaky)
+    study = study_of(1)
+    await stow(client, study)  # stored fine; routing write failed
+    assert fwd.log.items() == [] and scp.calls == []
+    await fwd.check_sla()      # the periodic task retries it
+    await wait_for(lambda: study[0].SOPInstanceUID in scp.received)
+    assert len(calls) == 2

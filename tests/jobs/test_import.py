@@ -125,3 +125,23 @@ match = {{ Modality = "CT" }}
     finally:
         srv.stop()
         scp.stop()
+
+
+def test_import_a_dicomdir_media(tmp_path, capsys):
+    """A CD/DVD export: the DICOMDIR names the folder, its files are imported, the
+    DICOMDIR itself is skipped (not refused)."""
+    from pydicom.fileset import FileSet
+    first = make_dataset(seed=1)
+    datasets = [first, make_dataset(study=first.StudyInstanceUID,
+                                    series=first.SeriesInstanceUID, seed=2)]
+    media = tmp_path / "cd"
+    fs = FileSet()
+    for n, ds in enumerate(datasets):
+        path = tmp_path / f"{n}.dcm"
+        path.write_bytes(to_part10(ds))
+        fs.add(str(path))
+    fs.write(str(media))
+    data = tmp_path / "archive"
+    assert cli.main(["import", str(media / "DICOMDIR"), "--data-dir", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "stored: 2" in out and "skipped (not DICOM): 1" in out and "refused: 0" in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -162,7 +163,7 @@ def test_purge_removes_old_done_jobs_only(catalogue, clock):
 def test_two_workers_on_one_postgresql_claim_every_job_exactly_once(pg_jobs_url):
     """R-B2 scale-out: two pacsd workers (separate engines, as separate processes have)
     share one PostgreSQL; SKIP LOCKED hands each job to exactly one of them."""
-    from conftest import clear_queue_tables
+    from jobhelpers import clear_queue_tables
 
     clear_queue_tables(pg_jobs_url)
     producer = Catalogue(pg_jobs_url)
@@ -182,6 +183,7 @@ def test_two_workers_on_one_postgresql_claim_every_job_exactly_once(pg_jobs_url)
                     return
                 for job in batch:
                     claimed[name].append(job.pk)
+                    time.sleep(0.002)  # some work, so both workers overlap under load
                     assert q.complete(job)
         finally:
             cat.close()

@@ -121,7 +121,7 @@ async def test_restart_resumes_jobs_of_a_crashed_process(db_url, tmp_path, clock
 
 @pytest.mark.postgres
 async def test_two_runners_on_one_postgresql_run_each_job_once(pg_jobs_url, tmp_path):
-    from conftest import clear_queue_tables
+    from jobhelpers import clear_queue_tables
 
     clear_queue_tables(pg_jobs_url)
     archives = [open_archive(tmp_path, pg_jobs_url, n) for n in ("one", "two")]
@@ -132,7 +132,7 @@ async def test_two_runners_on_one_postgresql_run_each_job_once(pg_jobs_url, tmp_
 
         async def handler(job, n=n):
             runs.append((f"runner-{n}", job.payload["i"]))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.02)
 
         svc.register("t.pg", handler)
         services.append(svc)

@@ -79,6 +79,7 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
     from .dimse.context import ScpContext
     from .dimse.pull import PullError, Puller, RemoteStudy
     from .services import Archive, IngestService, QueryService, RetrieveService
+    from .services.security import LOCAL
     from .services.forward import ForwardingService
     from .services.jobs import JobFailed, JobService, queue_from_settings
 
@@ -108,7 +109,8 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
 
         async def local_count(uid: str) -> int:
             try:
-                return len(await retrieve.instances(uid))
+                # the operator at the console: the whole archive (services.security)
+                return len(await retrieve.instances(uid, actor=LOCAL))
             except errors.NotFound:
                 return 0
 

@@ -62,7 +62,13 @@ def handle_action(event, ctx: ScpContext) -> tuple[int, Dataset | None]:
         return 0x0115, None  # invalid argument value
     assoc = event.assoc
     calling = (assoc.requestor.ae_title or "").strip()
-    ok, failed = check(ctx, refs)
+    try:
+        # Committing is part of storing: the peer needs ``write``; what it may have
+        # committed is looked up within its data scope (R-A12).
+        actor = ctx.access.authorize(event, "write", "N-ACTION")
+    except errors.Forbidden:
+        return 0x0124, None  # refused: not authorised
+    ok, failed = check(ctx, refs, actor)
     ds = report_dataset(transaction, ok, failed)
     log.info("storage commitment: %d committed, %d failed", len(ok), len(failed))
     same = calling not in ctx.peers
@@ -83,12 +89,12 @@ def handle_action(event, ctx: ScpContext) -> tuple[int, Dataset | None]:
     return 0x0000, None
 
 
-def check(ctx: ScpContext, refs: list[tuple[str, str]]
+def check(ctx: ScpContext, refs: list[tuple[str, str]], actor
           ) -> tuple[list[tuple[str, str]], list[tuple[str, str, int]]]:
     """(committed, failed with reason) for the referenced instances."""
     ok, failed = [], []
     for sop_class, sop_uid in refs:
-        reason = _durable(ctx, sop_class, sop_uid)
+        reason = _durable(ctx, sop_class, sop_uid, actor)
         if reason is None:
             ok.append((sop_class, sop_uid))
         else:
@@ -96,10 +102,11 @@ def check(ctx: ScpContext, refs: list[tuple[str, str]]
     return ok, failed
 
 
-def _durable(ctx: ScpContext, sop_class: str, sop_uid: str) -> int | None:
+def _durable(ctx: ScpContext, sop_class: str, sop_uid: str, actor) -> int | None:
     try:
         result = ctx.bridge.call(ctx.query.search(
-            "instance", [("SOPInstanceUID", sop_uid), ("limit", "1")], base_url=""))
+            "instance", [("SOPInstanceUID", sop_uid), ("limit", "1")], base_url="",
+            actor=actor))
     except errors.PacsdError:
         return NO_SUCH_OBJECT_INSTANCE
     if not result.items:
@@ -114,7 +121,7 @@ def _durable(ctx: ScpContext, sop_class: str, sop_uid: str) -> int | None:
         return CLASS_INSTANCE_CONFLICT
     try:
         row = ctx.bridge.call(ctx.retrieve.instance(first("0020000D"), first("0020000E"),
-                                                    sop_uid))
+                                                    sop_uid, actor=actor))
     except errors.PacsdError:
         return NO_SUCH_OBJECT_INSTANCE
     store = ctx.retrieve.archive.store

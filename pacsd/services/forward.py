@@ -360,7 +360,7 @@ class ForwardingService:
     async def _row(self, item: PendingItem) -> InstanceRow | None:
         try:
             return await self.retrieve.instance(item.study_uid, item.series_uid,
-                                                item.sop_uid)
+                                                item.sop_uid, actor=_FORWARDER)
         except errors.NotFound:
             return None
 

@@ -13,6 +13,7 @@ from dicomgen import make_instance
 
 from pacsd import cli
 from pacsd.errors import OutOfResources
+from pacsd.services.security import LOCAL
 from pacsd.services import IngestService
 from pacsd.services.audit import AuditTrail
 from pacsd.services.retention import (Purger, RetentionService, RetentionVeto, add_years,
@@ -92,14 +93,14 @@ async def test_R_A7_delete_vetoed_inside_retention_with_reason(archive, clock):
     ingest_svc = IngestService(archive)
     clock.t = ts(2025, 1, 5)  # the last day inside retention
     with pytest.raises(RetentionVeto) as exc:
-        await ingest_svc.delete(OUT)
+        await ingest_svc.delete(OUT, actor=LOCAL)
     assert exc.value.http_status == 409
     assert "until 2025-01-05" in exc.value.reason and "outpatient" in exc.value.reason
     with pytest.raises(RetentionVeto):  # series and instance level too
-        await ingest_svc.delete(OUT, OUT + ".1", OUT + ".9.0")
+        await ingest_svc.delete(OUT, OUT + ".1", OUT + ".9.0", actor=LOCAL)
     assert archive.catalogue.counts()["instances"] == 6
     clock.t = ts(2025, 1, 6)  # expired: DELETE is allowed
-    assert await ingest_svc.delete(OUT) == 2
+    assert await ingest_svc.delete(OUT, actor=LOCAL) == 2
     assert not archive.store.exists(out[0])
 
 
@@ -109,14 +110,14 @@ async def test_R_A7_legal_hold_vetoes_even_after_expiry(archive, clock):
     clock.t = ts(2100)
     svc.set_hold(INP, True, "court order 17")
     with pytest.raises(RetentionVeto) as exc:
-        await IngestService(archive).delete(INP)
+        await IngestService(archive).delete(INP, actor=LOCAL)
     assert "legal hold" in exc.value.reason
     archive.settings.retention.enabled = False  # a hold holds without retention rules too
     with pytest.raises(RetentionVeto):
-        await IngestService(archive).delete(INP)
+        await IngestService(archive).delete(INP, actor=LOCAL)
     archive.settings.retention.enabled = True
     svc.set_hold(INP, False, "order lifted")
-    assert await IngestService(archive).delete(INP) == 2
+    assert await IngestService(archive).delete(INP, actor=LOCAL) == 2
 
 
 async def test_R_A7_purge_two_phase_all_copies_audited(archive, clock):

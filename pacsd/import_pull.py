@@ -79,6 +79,8 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
     from .dimse.context import ScpContext
     from .dimse.pull import PullError, Puller, RemoteStudy
     from .services import Archive, IngestService, QueryService, RetrieveService
+    from .dimse.access import DimseAccess
+    from .services.audit import AuditTrail
     from .services.security import LOCAL
     from .services.forward import ForwardingService
     from .services.jobs import JobFailed, JobService, queue_from_settings
@@ -99,7 +101,9 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
         retrieve = RetrieveService(archive)
         ctx = ScpContext(settings=settings, bridge=Bridge(asyncio.get_running_loop()),
                          ingest=IngestService(archive), query=QueryService(archive),
-                         retrieve=retrieve)
+                         retrieve=retrieve,
+                         access=DimseAccess(None, AuditTrail(archive.catalogue, immediate=True),
+                                            fixed_actor=LOCAL))
         puller = Puller(settings, peer, host, port, ctx)
         try:
             studies = await asyncio.to_thread(puller.find_studies, **(filters or {}))

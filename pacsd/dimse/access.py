@@ -30,9 +30,14 @@ from ..services.security import Actor, Resource
 class DimseAccess:
     """Per-server state: actors per association and the C-STORE audit tallies."""
 
-    def __init__(self, security: Any, audit: Any) -> None:
+    def __init__(self, security: Any, audit: Any, *, fixed_actor: Actor | None = None
+                 ) -> None:
+        """``fixed_actor``: every association acts for this actor, already authorised —
+        the operator who started ``pacsd import --from-peer`` receiving the C-STOREs of
+        its own C-GET (``security`` may then be None)."""
         self.security = security
         self.audit = audit
+        self.fixed_actor = fixed_actor
         self._lock = threading.Lock()
         self._actors: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._stored: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -45,6 +50,8 @@ class DimseAccess:
                 (assoc.acceptor.ae_title or "").strip())
 
     def actor(self, assoc) -> Actor | None:
+        if self.fixed_actor is not None:
+            return self.fixed_actor
         with self._lock:
             if assoc in self._actors:
                 return self._actors[assoc]
@@ -57,6 +64,8 @@ class DimseAccess:
     def authorize(self, event, action: str, service: str) -> Actor:
         """The association's actor, allowed ``action``; Forbidden (0x0124) otherwise."""
         assoc = event.assoc
+        if self.fixed_actor is not None:
+            return self.fixed_actor
         actor = self.actor(assoc)
         calling, address, _ = self.peer(assoc)
         resource = Resource(route=f"dimse:{service}", method=service)

@@ -19,6 +19,8 @@ reason and whether retrying can help.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import logging
 from dataclasses import dataclass
 
@@ -184,6 +186,9 @@ class Puller:
         finally:
             if assoc.is_established:
                 assoc.release()
+            if self.ctx.access is not None:  # the archive audit of what arrived (R-E3)
+                self.ctx.access.closed(SimpleNamespace(assoc=assoc),
+                                       self.ctx.ingest.archive.store)
 
     # --- C-MOVE ---------------------------------------------------------------------------
     def move_study(self, study: RemoteStudy) -> SubOperations:

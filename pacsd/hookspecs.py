@@ -79,3 +79,28 @@ def permission_allowed(actor: Any, action: str, resource: Any) -> bool | None:
     ``None`` leave the decision to pacsd's role rules: a plugin can take permissions away,
     never grant ones the actor's roles and token scopes do not give. Any plugin's
     ``False`` denies (403, audited as ``permission-denied``); an exception propagates."""
+
+
+@hookspec
+def register_tables() -> Any:
+    """*collect* — the plugin's own tables: return a
+    :class:`pacsd.plugin_api.PluginSchema` (name, SQLAlchemy ``MetaData``, migrations
+    1..N) or a list of them. Called when the archive opens, right after the core schema
+    is migrated; each plugin's versions are recorded under its name (no core migration
+    number needed). Table names must start with ``<name>_``. Errors stop the start-up."""
+
+
+@hookspec
+def api_ready(api: Any) -> None:
+    """*fire* — once per server, when the public plugin surface
+    (:class:`pacsd.plugin_api.PluginAPI`: ingest, retrieve, query, audit, plugin tables)
+    is ready, after ``startup`` and before requests are served. Keep the ``api`` (or get
+    it in a handler with ``pacsd.plugin_api.api_of(request)``)."""
+
+
+@hookspec
+def register_commands(subparsers: Any) -> None:
+    """*collect* — add ``pacsd <command>`` sub-commands: ``subparsers`` is argparse's
+    sub-parsers object. Set ``set_defaults(pacsd_command=fn)`` on the parser; pacsd
+    calls ``fn(args, settings)`` and exits with its return value (an int). Commands come
+    from installed (entry-point) plugins. Errors propagate."""

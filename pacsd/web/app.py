@@ -26,8 +26,9 @@ from ..services import (Archive, AuditTrail, IngestService, QueryService, Retrie
                         SecurityService)
 from . import auth
 from .dicomweb import qido, stow, wado, wado_uri
-from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, QUERY, RETRIEVE,
-                   SECURITY)
+from ..services.plugin_api import PluginAPI
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, PLUGIN_API, QUERY,
+                   RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
         for route in auth.undeclared_routes(app):
             log.warning("route %s declares no permission: it answers 403 (SEC-21)", route)
     await audit.start()
+    # The public plugin surface (R-E6): plugins use it instead of internals.
+    app[PLUGIN_API] = PluginAPI(archive, app[INGEST], app[QUERY], app[RETRIEVE], audit)
+    archive.plugins.fire("api_ready", api=app[PLUGIN_API])
     try:
         yield
     finally:

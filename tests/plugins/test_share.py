@@ -1,0 +1,195 @@
+"""pacsd-share against a real ``pacsd serve`` (security enabled, plugin pip-installed):
+links, QR codes, the token-for-cookie exchange, the second factor, scope, expiry,
+revocation and the audit trail (R-C3, R-C5, R-C6, R-E5; SEC-1..SEC-12, SEC-17)."""
+from __future__ import annotations
+
+import base64
+import io
+import sqlite3
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from sharehelpers import create_link, open_link, setup_site
+
+
+@pytest.fixture(scope="module")
+def site(plugin_site, tmp_path_factory):
+    srv, site = setup_site(tmp_path_factory.mktemp("share"), plugin_site)
+    try:
+        yield site
+    finally:
+        srv.stop()
+
+
+def test_R_C3_R_E5_link_is_opaque_and_comes_with_a_qr_code(site):
+    A = site.studies["A"][0]
+    link = create_link(site, [A], days=7)
+    url = link["url"]
+    assert "/plugins/share/s/" in url
+    token = url.rsplit("/", 1)[1]
+    assert len(base64.urlsafe_b64decode(token + "==")) >= 16   # >= 128 bits (SEC-8)
+    for secret in ("P1", "19800131", "Zhang", A):                # SEC-11: no PHI in it
+        assert secret not in url
+    png = Image.open(io.BytesIO(base64.b64decode(link["qr_png_base64"])))
+    assert png.format == "PNG" and png.size[0] == png.size[1] >= 21 * 8
+    assert link["qr_svg"].lstrip().startswith("<svg")
+    assert link["studies"] == [A] and link["kind"] == "exam"
+    listed = site.staff.get(site.url + "/api/v1/plugins/share/links",
+                            params={"study": A}).json()["links"]
+    assert link["id"] in [x["id"] for x in listed]
+    assert all("token" not in x and "url" not in x for x in listed)  # stored hashed only
+
+
+def test_SEC_10_landing_exchanges_the_token_for_a_cookie_and_redirects(site):
+    link = create_link(site, [site.studies["A"][0]])
+    phone = requests.Session()
+    r = phone.get(link["url"], allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"] == "/plugins/share/"
+    cookie = r.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Path=/plugins/share/" in cookie and "Secure" not in cookie  # plain HTTP here
+    assert r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Cache-Control"] == "no-store"
+    token = link["url"].rsplit("/", 1)[1]
+    assert token not in cookie
+    # The cookie alone, before the second factor, shows no patient data.
+    r = phone.get(site.url + "/plugins/share/exams", allow_redirects=False)
+    assert r.status_code == 401
+    form = phone.get(site.url + "/plugins/share/")
+    assert form.status_code == 200 and "出生日期" in form.text and "Chest CT" not in form.text
+
+
+def test_R_C3_second_factor_then_exam_list_thumbnails_and_images(site):
+    A, seriesA, sopA = site.studies["A"]
+    phone = open_link(site, create_link(site, [A])["url"], answer="1980-01-31")
+    r = phone.get(site.url + "/plugins/share/exams")
+    assert r.status_code == 200 and "Chest CT" in r.text
+    assert "Knee MR" not in r.text and "Other CT" not in r.text
+    assert "Zhang" not in r.text and "Z***" in r.text          # masked name
+    r = phone.get(site.url + f"/plugins/share/exams/{A}")
+    assert r.status_code == 200 and f"/plugins/share/img/{A}/{seriesA}/" in r.text
+    r = phone.get(site.url + f"/plugins/share/img/{A}/{seriesA}/{sopA}/thumbnail")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size[0] <= 256
+    r = phone.get(site.url + f"/plugins/share/img/{A}/{seriesA}/{sopA}/rendered")
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
+    r = phone.get(site.url + f"/plugins/share/exams/{A}/series/{seriesA}?i=2")
+    assert r.status_code == 200 and "第 3 / 3 张" in r.text
+
+
+def test_R_C5_patient_space_hides_sensitive_studies_and_phone_factor(site):
+    A, B = site.studies["A"][0], site.studies["B"][0]
+    link = create_link(site, [A], kind="patient", hide=[B], factor="phone",
+                       phone="+86 138 0013 4321")
+    assert link["studies"] == [A] and link["hidden"] == [B]
+    phone = open_link(site, link["url"], answer="4321")
+    r = phone.get(site.url + "/plugins/share/exams")
+    assert "Chest CT" in r.text and "Knee MR" not in r.text
+    assert phone.get(site.url + f"/plugins/share/exams/{B}").status_code == 403
+    both = create_link(site, [A], kind="patient", factor="phone", phone="13800134321")
+    r = open_link(site, both["url"], answer="4321").get(site.url + "/plugins/share/exams")
+    assert "Chest CT" in r.text and "Knee MR" in r.text and "Other CT" not in r.text
+
+
+def test_SEC_1_SEC_3_SEC_9_SEC_12_share_for_A_cannot_read_B(site):
+    A, seriesA, sopA = site.studies["A"]
+    B, seriesB, sopB = site.studies["B"]
+    C, seriesC, sopC = site.studies["C"]
+    phone = open_link(site, create_link(site, [A])["url"])
+    u = site.url + "/plugins/share"
+    forbidden = [f"/exams/{B}", f"/exams/{C}", f"/exams/{B}/series/{seriesB}",
+                 f"/img/{B}/{seriesB}/{sopB}/thumbnail", f"/img/{C}/{seriesC}/{sopC}/rendered",
+                 f"/img/{A}/{seriesB}/{sopB}/thumbnail",        # SEC-3: B's child under A
+                 f"/img/{A}/{seriesA}/{sopB}/rendered"]
+    bodies = set()
+    for path in forbidden:
+        r = phone.get(u + path)
+        assert r.status_code == 403, path
+        bodies.add(r.text)
+    r = phone.get(u + "/exams/1.2.3.4.5.6.7.8.9")                # does not exist (SEC-9)
+    assert len(bodies) == 1 and r.status_code == 403 and r.text in bodies
+    # SEC-12: the other study of the same patient is not listed as a prior.
+    assert "Knee MR" not in phone.get(u + "/exams").text
+    # The share cookie is not a credential anywhere else (DICOMweb, staff API).
+    for path in (f"/dicom-web/studies/{A}/metadata", "/dicom-web/studies",
+                 f"/dicom-web/studies/{A}/series/{seriesA}/instances/{sopA}/rendered"):
+        assert phone.get(site.url + path).status_code == 401, path
+    r = phone.post(site.url + "/api/v1/plugins/share/links", json={"studies": [B]})
+    assert r.status_code == 401                                   # SEC-5
+
+
+def test_SEC_6_revoked_and_expired_links_and_sessions_are_refused(site):
+    A = site.studies["A"][0]
+    link = create_link(site, [A])
+    phone = open_link(site, link["url"])
+    assert phone.get(site.url + "/plugins/share/exams").status_code == 200
+    r = site.staff.delete(site.url + f"/api/v1/plugins/share/links/{link['id']}")
+    assert r.status_code == 204
+    r = phone.get(site.url + "/plugins/share/exams", allow_redirects=False)
+    assert r.status_code == 401                                  # session dies with it
+    r = requests.get(link["url"], allow_redirects=False)
+    assert r.status_code == 401 and 'error="revoked"' in r.headers["WWW-Authenticate"]
+    assert "撤销" in r.text
+    expiring = create_link(site, [A])
+    db = sqlite3.connect(site.data / "index.db")
+    with db:
+        db.execute("UPDATE share_links SET expires_at = ? WHERE id = ?",
+                   (time.time() - 1, expiring["id"]))
+    db.close()
+    r = requests.get(expiring["url"], allow_redirects=False)
+    assert r.status_code == 401 and 'error="expired"' in r.headers["WWW-Authenticate"]
+    r = requests.get(site.url + "/plugins/share/s/" + "x" * 43, allow_redirects=False)
+    assert r.status_code == 401 and 'error="unknown"' in r.headers["WWW-Authenticate"]
+
+
+def test_SEC_8_wrong_answers_lock_the_link(site):
+    link = create_link(site, [site.studies["A"][0]])
+    phone = open_link(site, link["url"], answer=None)
+    verify = site.url + "/plugins/share/verify"
+    for _ in range(2):
+        r = phone.post(verify, data={"answer": "19990101"}, headers={"Origin": site.url},
+                       allow_redirects=False)
+        assert r.status_code == 303 and r.headers["Location"] == "/plugins/share/?e=1"
+    r = phone.post(verify, data={"answer": "19990101"}, headers={"Origin": site.url})
+    assert r.status_code == 401 and "锁定" in r.text               # max_attempts = 3
+    r = phone.post(verify, data={"answer": "19800131"}, headers={"Origin": site.url})
+    assert r.status_code == 401                                    # right answer too late
+    r = requests.get(link["url"], allow_redirects=False)           # a new session too
+    assert 'error="locked"' in r.headers["WWW-Authenticate"]
+
+
+def test_SEC_17_cross_site_post_is_refused(site):
+    phone = open_link(site, create_link(site, [site.studies["A"][0]])["url"], answer=None)
+    r = phone.post(site.url + "/plugins/share/verify", data={"answer": "19800131"},
+                   headers={"Origin": "https://evil.example"}, allow_redirects=False)
+    assert r.status_code == 403
+    assert phone.get(site.url + "/plugins/share/exams").status_code == 401
+
+
+def test_R_C6_SEC_10_every_grant_access_and_denial_is_audited_without_the_token(site):
+    A, seriesA, sopA = site.studies["A"]
+    link = create_link(site, [A])
+    phone = open_link(site, link["url"])
+    phone.get(site.url + f"/plugins/share/img/{A}/{seriesA}/{sopA}/thumbnail")
+    phone.get(site.url + f"/plugins/share/exams/{site.studies['B'][0]}")
+    requests.get(site.url + "/plugins/share/s/" + "y" * 43)
+    events = site.auditor.get(site.url + "/api/v1/audit", params={"limit": 1000}).json()
+    events = events["events"]
+    mine = [e for e in events if e["detail"].get("link") == link["id"]
+            or e["actor"] == f"share:{link['id']}"]
+    types = {(e["event_type"], e["outcome"]) for e in mine}
+    assert {("share.created", "success"), ("share.opened", "success"),
+            ("share.verified", "success"), ("study-read", "success"),
+            ("study-read", "failure"), ("share.denied", "denied")} <= types
+    reads = [e for e in mine if e["event_type"] == "study-read"]
+    assert {e["study_uid"] for e in reads if e["outcome"] == "success"} == {A}
+    refused = [e for e in reads if e["outcome"] == "failure"]
+    assert [(e["study_uid"], e["detail"]["status"]) for e in refused] == \
+        [(site.studies["B"][0], 403)]
+    assert any(e["event_type"] == "share.denied" and e["detail"].get("reason") == "unknown"
+               for e in events)
+    token = link["url"].rsplit("/", 1)[1]
+    assert token not in str(events)

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from dicomgen import make_dataset, make_instance, to_part10
 
-from conftest import ROOT, pip_install
+from pluginsite import ROOT, pip_install
 from pacsd import hookimpl
 from pacsd.config import Settings
 from pacsd.errors import PacsdError

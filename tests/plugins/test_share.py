@@ -66,7 +66,7 @@ def test_R_C3_second_factor_then_exam_list_thumbnails_and_images(site):
     A, seriesA, sopA = site.studies["A"]
     phone = open_link(site, create_link(site, [A])["url"], answer="1980-01-31")
     r = phone.get(site.url + "/plugins/share/exams")
-    assert r.status_code == 200 and "Chest CT" in r.text
+    assert r.status_code == 200 and "Chest CT" in r.text and "City Hospital" in r.text
     assert "Knee MR" not in r.text and "Other CT" not in r.text
     assert "Zhang" not in r.text and "Z***" in r.text          # masked name
     r = phone.get(site.url + f"/plugins/share/exams/{A}")
@@ -75,7 +75,7 @@ def test_R_C3_second_factor_then_exam_list_thumbnails_and_images(site):
     assert r.status_code == 200 and r.headers["Content-Type"] == "image/jpeg"
     assert Image.open(io.BytesIO(r.content)).size[0] <= 256
     r = phone.get(site.url + f"/plugins/share/img/{A}/{seriesA}/{sopA}/rendered")
-    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (64, 64)
+    assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (128, 128)
     r = phone.get(site.url + f"/plugins/share/exams/{A}/series/{seriesA}?i=2")
     assert r.status_code == 200 and "第 3 / 3 张" in r.text
 
@@ -163,9 +163,13 @@ def test_SEC_8_wrong_answers_lock_the_link(site):
 
 def test_SEC_17_cross_site_post_is_refused(site):
     phone = open_link(site, create_link(site, [site.studies["A"][0]])["url"], answer=None)
-    r = phone.post(site.url + "/plugins/share/verify", data={"answer": "19800131"},
-                   headers={"Origin": "https://evil.example"}, allow_redirects=False)
-    assert r.status_code == 403
+    verify = site.url + "/plugins/share/verify"
+    for headers in ({"Origin": "https://evil.example"},
+                    {"Sec-Fetch-Site": "cross-site", "Origin": "null"},
+                    {"Sec-Fetch-Site": "same-site", "Origin": site.url}):
+        r = phone.post(verify, data={"answer": "19800131"}, headers=headers,
+                       allow_redirects=False)
+        assert r.status_code == 403, headers
     assert phone.get(site.url + "/plugins/share/exams").status_code == 401
 
 

@@ -220,16 +220,18 @@ async def home(request: web.Request) -> web.Response:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """SEC-17: a cookie-authenticated POST must come from our own pages."""
+    """SEC-17: a cookie-authenticated POST must come from our own pages. Browsers say so
+    in ``Sec-Fetch-Site``; with ``Referrer-Policy: no-referrer`` their ``Origin`` of a
+    form post is ``null``, so a non-null Origin is checked only when there is no
+    Sec-Fetch-Site. Neither header (old clients, scripts): the SameSite=Lax cookie
+    already keeps cross-site form posts from carrying the session."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site == "same-origin"
     origin = request.headers.get("Origin")
     if origin and origin != "null":
         return urlsplit(origin).netloc == request.host
-    referer = request.headers.get("Referer")
-    if referer:
-        return urlsplit(referer).netloc == request.host
-    # Neither header (old clients, scripts): the SameSite=Lax cookie already keeps
-    # cross-site form posts from carrying the session.
-    return origin is None
+    return True
 
 
 @public
@@ -311,11 +313,17 @@ async def exams(request: web.Request) -> web.Response:
     link = _scope(request)
     api = api_of(request)
     found = await _studies(api, link)
-    items = [{"uid": _v(s, "0020000D"), "description": _v(s, "00081030"),
-              "modalities": " ".join((s.get("00080061", {}).get("Value") or [])),
-              "date": _date(_v(s, "00080020")), "institution": _v(s, "00080080"),
-              "series": _v(s, "00201206", "0"), "images": _v(s, "00201208", "0")}
-             for s in found]
+    items = []
+    for s in found:
+        uid = _v(s, "0020000D")
+        # The hospital is a series attribute (General Equipment): R-C4 lists by it.
+        first = await api.search("series", {"includefield": "00080080", "limit": "1"},
+                                 study_uid=uid)
+        items.append({"uid": uid, "description": _v(s, "00081030"),
+                      "modalities": " ".join((s.get("00080061", {}).get("Value") or [])),
+                      "date": _date(_v(s, "00080020")),
+                      "institution": _v(first[0], "00080080") if first else "",
+                      "series": _v(s, "00201206", "0"), "images": _v(s, "00201208", "0")})
     name = mask_name(_v(found[0], "00100010")) if found else ""
     note_audit(request, results=len(items), link=link.id)
     return _html(pages.exams(items, name))
@@ -364,8 +372,13 @@ async def series_view(request: web.Request) -> web.Response:
         index = min(max(int(request.query.get("i", "0")), 0), len(sops) - 1)
     except ValueError:
         index = 0
+    found = await api.search("study", {"StudyInstanceUID": uid})
+    title = _v(found[0], "00081030") if found else ""
+    series = match[0]
+    sub = " · ".join(x for x in (series["modality"], series["description"],
+                                 f"#{series['number']}" if series["number"] else "") if x)
     note_audit(request, link=link.id)
-    return _html(pages.viewer(uid, series_uid, match[0]["description"], sops, index))
+    return _html(pages.viewer(uid, series_uid, title, sops, index, sub))
 
 
 @requires("read", audit="study-read")

@@ -28,7 +28,7 @@ letter-spacing:2px}button{margin-top:14px;width:100%;font-size:18px;padding:13px
 border:0;border-radius:8px;background:#1a73e8;color:#fff;font-weight:600}.err{
 background:#5c1f1f;color:#ffd7d7;border-radius:8px;padding:10px 12px;margin:0 0 12px}
 .view{background:#000;margin:0 -16px;display:flex;justify-content:center}.view img{
-max-width:100%;max-height:68vh;display:block}.nav{display:flex;justify-content:space-between;
+width:100%;height:auto;max-height:68vh;object-fit:contain;display:block}.nav{display:flex;justify-content:space-between;
 align-items:center;margin-top:12px}.nav a,.nav span.off{display:inline-block;padding:10px 18px;
 border-radius:8px;background:#1b2733;color:#8ab4f8;text-decoration:none;border:1px solid
 #26323f}.nav span.off{color:#4d5964}footer{color:#6b7785;font-size:12px;text-align:center;
@@ -59,7 +59,7 @@ def factor_form(kind: str, error: str | None, attempts_left: int) -> str:
                                 "0000", "numeric")
     else:
         q_zh, q_en, ph, mode = ("请输入出生日期", "Your date of birth (YYYYMMDD)",
-                                "19800131", "numeric")
+                                "YYYYMMDD", "numeric")
     err = ""
     if error:
         err = (f'<div class="err" role="alert">{escape(error)}<br>'
@@ -89,11 +89,11 @@ def exams(items: list[dict], name: str) -> str:
                 f'<a class="card" href="{PREFIX}/exams/{_q(it["uid"])}">'
                 f'<div class="row"><strong>{escape(it["description"] or "检查 Exam")}'
                 f'</strong><span class="mod">{escape(it["modalities"] or "—")}</span></div>'
-                f'<div class="muted">{escape(it["date"])} · {escape(it["institution"])}</div>'
+                f'<div class="muted">{escape(" · ".join(x for x in (it["date"], it["institution"]) if x))}</div>'
                 f'<div class="muted">{it["series"]} 个序列 series · {it["images"]} 张图像 images'
                 f"</div></a>")
         body = "".join(cards)
-    who = f'<p class="muted">{escape(name)}</p>' if name else ""
+    who = f'<p class="muted">患者 Patient: {escape(name)}</p>' if name else ""
     return page("我的检查", "My exams", who + body)
 
 
@@ -111,7 +111,8 @@ def study(study_uid: str, title: str, date: str, series: list[dict]) -> str:
     return page(title or "检查", "Exam", body, back=f"{PREFIX}/exams")
 
 
-def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int) -> str:
+def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int,
+           subtitle: str = "") -> str:
     n = len(sops)
     base = f"{PREFIX}/exams/{_q(study_uid)}/series/{_q(series_uid)}"
     img = (f'{PREFIX}/img/{_q(study_uid)}/{_q(series_uid)}/{_q(sops[index])}/rendered')
@@ -120,7 +121,8 @@ def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: 
         if 0 <= i < n:
             return f'<a href="{base}?i={i}">{label}</a>'
         return f'<span class="off">{label}</span>'
-    body = (f'<div class="view"><img id="image" alt="image {index + 1}" src="{img}"></div>'
+    sub = f'<p class="muted">{escape(subtitle)}</p>' if subtitle else ""
+    body = (f'{sub}<div class="view"><img id="image" alt="image {index + 1}" src="{img}"></div>'
             f'<div class="nav">{nav(index - 1, "‹ 上一张")}'
             f'<span class="muted">第 {index + 1} / {n} 张</span>'
             f'{nav(index + 1, "下一张 ›")}</div>')

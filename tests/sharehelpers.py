@@ -8,10 +8,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import requests
 from dicomgen import make_dataset, multipart, to_part10
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "Correct-Horse-9"
 
 
@@ -37,6 +38,19 @@ def login(url: str, user: str) -> requests.Session:
     return s
 
 
+def phantom(size: int = 128, seed: int = 0) -> bytes:
+    """A CT-like disc phantom (stored values = HU + 1024): air, body, two organs and a
+    bright bone, shifted a little per ``seed`` so slices differ. Invented data."""
+    y, x = np.mgrid[0:size, 0:size] / (size - 1) * 2 - 1
+    img = np.zeros((size, size)) - 1000.0
+    img[x**2 / 0.8 + y**2 / 0.6 < 1] = 40            # soft tissue
+    shift = 0.05 * seed
+    img[(x + 0.35) ** 2 + (y - shift) ** 2 < 0.06] = -800   # lungs
+    img[(x - 0.35) ** 2 + (y - shift) ** 2 < 0.06] = -800
+    img[x**2 + (y - 0.45) ** 2 < 0.015] = 900            # spine (posterior)
+    return (img + 1024).clip(0, 4095).astype("<u2").tobytes()
+
+
 def populate(site: Site) -> None:
     """Study A (CT, 3 images) and B (MR) of patient P1, C of patient P2."""
     specs = {
@@ -50,13 +64,17 @@ def populate(site: Site) -> None:
     }
     for name, spec in specs.items():
         n = spec.pop("n")
-        first = make_dataset(rows=64, columns=64, seed=1, **spec)
+        first = make_dataset(rows=128, columns=128, seed=1, **spec)
         parts = [first]
         for i in range(1, n):
             ds = make_dataset(study=first.StudyInstanceUID, series=first.SeriesInstanceUID,
-                              rows=64, columns=64, seed=i + 1, **spec)
+                              rows=128, columns=128, seed=i + 1, **spec)
             ds.InstanceNumber = i + 1
             parts.append(ds)
+        for i, ds in enumerate(parts):
+            ds.PixelData = phantom(128, i)
+            ds.WindowCenter, ds.WindowWidth = 40, 400
+            ds.PixelSpacing = [2.5, 2.5]
         body, ctype = multipart([to_part10(d) for d in parts])
         r = site.staff.post(site.url + "/dicom-web/studies", data=body,
                             headers={"Content-Type": ctype})

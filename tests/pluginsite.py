@@ -10,8 +10,10 @@ other checkouts on the machine share. In-process tests put DIR on ``sys.path``;
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,10 @@ FIRST_PARTY = ("pacsd-share", "pacsd-efilm")
 
 
 def pip_install(src: Path, target: Path) -> None:
+    # Build from a copy: setuptools leaves build/ and *.egg-info beside the sources.
+    copy = Path(tempfile.mkdtemp(prefix="plugin-src-")) / src.name
+    shutil.copytree(src, copy, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    src = copy
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
            "--disable-pip-version-check", "--target", str(target), str(src)]
     try:

@@ -197,3 +197,32 @@ def test_R_C6_SEC_10_every_grant_access_and_denial_is_audited_without_the_token(
                for e in events)
     token = link["url"].rsplit("/", 1)[1]
     assert token not in str(events)
+
+
+def test_R_C3_R_E6_cli_creates_a_link_with_qr_files_and_lists_plugins(site, plugin_site,
+                                                                        tmp_path):
+    import json
+    import os
+
+    from sharehelpers import ROOT, pacsd
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin_site), str(ROOT)])}
+    conf = site.data.parent / "pacsd.toml"
+    common = ("--data-dir", str(site.data), "--config", str(conf))
+    listed = pacsd(env, "plugins", "--json")
+    names = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert {"share", "efilm"} <= set(names)
+    assert "register_tables" in names["share"]["hooks"]
+    png, svg = tmp_path / "qr.png", tmp_path / "qr.svg"
+    made = pacsd(env, "share", "create", "--study", site.studies["A"][0], "--days", "2",
+                 "--base-url", site.url, "--qr-png", str(png), "--qr-svg", str(svg), *common)
+    assert made.returncode == 0, made.stderr
+    out = json.loads(made.stdout)
+    assert out["url"].startswith(site.url + "/plugins/share/s/")
+    assert Image.open(png).format == "PNG" and svg.read_text().lstrip().startswith("<svg")
+    phone = open_link(site, out["url"])
+    assert "Chest CT" in phone.get(site.url + "/plugins/share/exams").text
+    gone = pacsd(env, "share", "revoke", str(out["id"]), *common)
+    assert gone.returncode == 0 and gone.stdout.strip() == "revoked"
+    r = requests.get(out["url"], allow_redirects=False)
+    assert 'error="revoked"' in r.headers["WWW-Authenticate"]

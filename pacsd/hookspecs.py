@@ -104,3 +104,11 @@ def register_commands(subparsers: Any) -> None:
     sub-parsers object. Set ``set_defaults(pacsd_command=fn)`` on the parser; pacsd
     calls ``fn(args, settings)`` and exits with its return value (an int). Commands come
     from installed (entry-point) plugins. Errors propagate."""
+
+
+@hookspec
+def plugin_event(api: Any, event: str, payload: dict) -> Any:
+    """*fire* — an event one plugin announced with ``await api.emit(event, **payload)``
+    (``event`` named ``<plugin>.<what>``, e.g. ``reports.final``), so plugins work
+    together without importing each other. An implementation may return an awaitable;
+    ``emit`` awaits it. Errors are logged and isolated, like every *fire* hook."""

@@ -13,8 +13,11 @@ SQLAlchemy connection (call them through :meth:`PluginAPI.run`).
 """
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import orjson
@@ -29,6 +32,7 @@ from .query import QueryService
 from .retrieve import RetrieveService
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class PluginAPI:
@@ -43,6 +47,7 @@ class PluginAPI:
         self._retrieve = retrieve
         self._audit = audit
         self._state: dict[str, dict[str, Any]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     # --- settings and state ---------------------------------------------------------
     @property
@@ -151,3 +156,36 @@ class PluginAPI:
 
     async def flush_audit(self) -> None:
         await self._audit.flush()
+
+    # --- plugins working together ---------------------------------------------------------
+    async def emit(self, event: str, **payload: Any) -> None:
+        """Announce ``event`` to every plugin's ``plugin_event`` hook; awaitables they
+        return are awaited here. One plugin's error is logged and stops no other."""
+        for impl in reversed(self._archive.plugins.pm.hook.plugin_event.get_hookimpls()):
+            try:
+                result = impl.function(api=self, event=event, payload=dict(payload))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("plugin %s failed on event %s", impl.plugin_name, event)
+
+    def spawn(self, coro: Awaitable[Any], name: str = "plugin-task") -> asyncio.Task:
+        """Run ``coro`` in the background (slow work such as sending a message). The
+        server waits for spawned tasks at shutdown (``drain``); errors are logged."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s failed", name, exc_info=t.exception())
+        task.add_done_callback(done)
+        return task
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        """Wait for spawned tasks (shutdown); cancel those still running after that."""
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        for t in pending:
+            t.cancel()

@@ -103,6 +103,7 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await app[PLUGIN_API].drain(archive.settings.server.shutdown_timeout_s)
         await audit.stop()  # flush what is queued before the archive closes
 
 

@@ -214,3 +214,54 @@ def test_R_E6_SEC_21_pip_installed_plugin_serves_its_routes_deny_by_default(
         assert e.value.code in (401, 403)
     finally:
         srv.stop()
+
+
+class Emitter:
+    @hookimpl
+    def register_routes(self, router, settings):
+        @requires("read")
+        async def fire(request):
+            from aiohttp import web
+            await api_of(request).emit("emitter.ping", n=int(request.query["n"]))
+            return web.json_response({})
+        router.add_post("/api/v1/plugins/emitter/fire", fire)
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.seen: list = []
+
+    @hookimpl
+    def plugin_event(self, api, event, payload):
+        self.seen.append(("sync", event, payload["n"]))
+
+        async def later():
+            self.seen.append(("awaited", event, payload["n"]))
+
+            async def background():
+                self.seen.append(("spawned", payload["n"]))
+            api.spawn(background())
+        return later()
+
+
+class BrokenListener:
+    @hookimpl
+    def plugin_event(self, api, event, payload):
+        raise RuntimeError("a buggy listener")
+
+
+async def test_R_E6_plugin_events_reach_other_plugins_and_spawned_work_is_drained(
+        aiohttp_client, tmp_path):
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    plugins = Plugins()
+    listener = Listener()
+    plugins.register(Emitter(), "emitter")
+    plugins.register(BrokenListener(), "broken")
+    plugins.register(listener, "listener")
+    client = await aiohttp_client(create_app(settings, plugins))
+    r = await client.post("/api/v1/plugins/emitter/fire?n=7")
+    assert r.status == 200
+    assert listener.seen[:2] == [("sync", "emitter.ping", 7), ("awaited", "emitter.ping", 7)]
+    await client.close()                                      # shutdown drains the task
+    assert ("spawned", 7) in listener.seen

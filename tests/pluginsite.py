@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("pacsd-share", "pacsd-efilm")
+FIRST_PARTY = ("pacsd-share", "pacsd-efilm", "pacsd-reports", "pacsd-notify")
 
 
 def pip_install(src: Path, target: Path) -> None:

@@ -534,3 +534,23 @@ def register_routes(router, settings):
 def register_commands(subparsers):
     from .cli import add_parser
     add_parser(subparsers)
+
+
+@hookimpl
+def plugin_event(api, event, payload):
+    """A final report with the patient's phone (pacsd-reports) gets an exam link with the
+    phone as second factor; ``share.link-created`` hands it to a notification plugin."""
+    if event == "reports.final" and payload.get("phone"):
+        return _link_for_report(api, payload)
+    return None
+
+
+async def _link_for_report(api, payload: dict) -> None:
+    study, phone = payload["study_uid"], payload["phone"]
+    token, link = await make_link(api, {"studies": [study], "factor": "phone",
+                                        "phone": phone}, "reports.final")
+    url = link_url(api, token, f"http://{api.settings.server.http}")
+    api.audit("share.created", study_uid=study,
+              detail={"link": link.id, "via": "reports.final", "kind": link.kind})
+    await api.emit("share.link-created", url=url, link_id=link.id, study_uid=study,
+                   notify_to=phone, purpose="report-final")

@@ -44,8 +44,12 @@ def phone():
 
 
 def _images_loaded(page) -> bool:
-    return page.evaluate("Array.from(document.images).every(i => i.complete && "
-                         "i.naturalWidth > 0)")
+    """Every image on the page decoded (lazy ones scrolled into view first)."""
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("Array.from(document.images).every(i => i.complete && "
+                           "i.naturalWidth > 0)", timeout=30000)
+    page.evaluate("window.scrollTo(0, 0)")
+    return True
 
 
 def test_R_C3_R_C4_SEC_10_phone_opens_link_verifies_and_views_images(site, phone):
@@ -91,3 +95,57 @@ def test_R_C3_R_C4_SEC_10_phone_opens_link_verifies_and_views_images(site, phone
     resp = page.goto(link["url"])
     assert resp.status == 401 and "撤销" in page.inner_text("main")
     page.screenshot(path=str(SHOTS / "share-06-revoked.png"))
+
+
+def test_R_C1_R_C2_R_C4_R_B5_report_sms_link_opens_efilm_and_report_on_the_phone(
+        site, phone):
+    """The issue's end-to-end path: a stored study gets an e-film, a final report with the
+    patient's phone; the test SMS channel prints the link (server log); the phone opens
+    it, answers with the phone's last digits and sees report, e-film and images."""
+    import io
+    import re
+    import time
+
+    from PIL import Image
+
+    A = site.studies["A"][0]
+    r = site.staff.post(site.url + f"/api/v1/plugins/efilm/studies/{A}?layout=2x2")
+    assert r.status_code == 201, r.text
+    out = io.BytesIO()
+    Image.new("RGB", (600, 800), "white").save(out, format="PDF")
+    r = site.staff.post(site.url + f"/api/v1/plugins/reports/studies/{A}",
+                        params={"status": "final", "phone": "13800134321"},
+                        data=out.getvalue(), headers={"Content-Type": "application/pdf"})
+    assert r.status_code == 201, r.text
+    log = site.data / "server.log"
+    found = None
+    for _ in range(300):                                     # bounded: the send is async
+        found = re.search(r"TEST SMS to 138\*\*\*\*4321: .*?(http\S+)", log.read_text())
+        if found:
+            break
+        time.sleep(0.05)
+    assert found, "the test SMS channel printed no link"
+    url = found.group(1)
+    page = phone.new_page()
+    page.goto(url)
+    assert "手机号" in page.inner_text("main")               # phone digits asked
+    page.fill("input#answer", "4321")
+    page.click("button[type=submit]")
+    page.wait_for_url(site.url + "/plugins/share/exams")
+    page.click("a.card")
+    page.wait_for_load_state("load")
+    main = page.inner_text("main")
+    assert "报告" in main and "电子胶片" in main and "影像" in main
+    assert page.locator("a.report").count() == 1
+    assert _images_loaded(page)
+    page.screenshot(path=str(SHOTS / "share-07-exam-with-report-and-efilm.png"),
+                    full_page=True)
+    href = page.locator("a.report").get_attribute("href")
+    pdf = page.request.get(site.url + href)                  # the page's cookies
+    assert pdf.status == 200 and pdf.body() == out.getvalue()
+    page.locator("h2:has-text('电子胶片') + .grid a.tile").click()
+    page.wait_for_load_state("load")
+    assert _images_loaded(page)
+    size = page.evaluate("[document.images[0].naturalWidth, document.images[0].naturalHeight]")
+    assert size == [1600, 2000]                              # the stored film sheet
+    page.screenshot(path=str(SHOTS / "share-08-efilm.png"))

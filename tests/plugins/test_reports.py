@@ -65,9 +65,13 @@ async def test_R_C2_preliminary_then_final_replaces_it_and_is_announced(ctx):
     r = await upload(client, study, final, status="final", phone="13800134321")
     f = await r.json()
     assert r.status == 201 and f["replaced"] == [p["id"]]
-    assert listener.events == [("reports.final", {"study_uid": study, "report_id": f["id"],
-                                                  "kind": "radiology",
-                                                  "phone": "13800134321"})]
+    assert listener.events[0] == ("reports.final", {"study_uid": study,
+                                                    "report_id": f["id"],
+                                                    "kind": "radiology",
+                                                    "phone": "13800134321"})
+    # pacsd-share (installed too) answered with a link for the notification plugins.
+    assert [e for e, _ in listener.events] == ["reports.final", "share.link-created"]
+    assert listener.events[1][1]["study_uid"] == study
     r = await client.get(f"/api/v1/plugins/reports/studies/{study}")
     rows = (await r.json())["reports"]
     assert [(x["id"], x["status"]) for x in rows] == [(f["id"], "final"),

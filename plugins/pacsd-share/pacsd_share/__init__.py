@@ -329,20 +329,41 @@ async def exams(request: web.Request) -> web.Response:
     return _html(pages.exams(items, name))
 
 
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+
+
 async def _series(api, study: str) -> list[dict]:
+    """Series of a study with their images; e-film series (ImageType EFILM) flagged;
+    Encapsulated PDFs other than e-films listed as the series' documents (reports)."""
     out = []
     for s in await api.search("series", {"includefield": "all"}, study_uid=study):
         uid = _v(s, "0020000E")
-        inst = await api.search("instance", {}, study_uid=study, series_uid=uid)
+        inst = await api.search("instance", {"includefield": "all"}, study_uid=study,
+                                series_uid=uid)
         inst.sort(key=lambda i: int(_v(i, "00200013", "0") or 0))
         sops = [_v(i, "00080018") for i in inst
-                if _v(i, "00280010")]  # with Rows: an image, not an SR / KOS
+                if _v(i, "00280010")]  # with Rows: an image, not an SR / KOS / PDF
+        docs = [{"sop": _v(i, "00080018"), "title": _v(i, "00420010"),
+                 "label": _v(i, "00700080"), "date": _date(_v(i, "00080023"))}
+                for i in inst if _v(i, "00080016") == ENCAPSULATED_PDF
+                and _v(i, "00420010") != "E-film"]
+        efilm = any("EFILM" in (i.get("00080008", {}).get("Value") or []) for i in inst)
         out.append({"uid": uid, "modality": _v(s, "00080060"),
                     "description": _v(s, "0008103E"), "number": _v(s, "00200011"),
                     "images": len(sops), "sop": sops[len(sops) // 2] if sops else "",
-                    "sops": sops})
+                    "sops": sops, "docs": docs, "efilm": efilm})
     out.sort(key=lambda s: int(s["number"] or 0))
     return out
+
+
+def _reports(series: list[dict]) -> list[dict]:
+    """Report documents, newest first; a preliminary is not shown once a final exists
+    (R-C2: the final replaces it after review)."""
+    docs = [dict(d, series=s["uid"]) for s in series for d in s["docs"]]
+    docs.reverse()
+    if any(d["label"] == "FINAL" for d in docs):
+        docs = [d for d in docs if d["label"] != "PRELIMINARY"]
+    return docs
 
 
 @requires("read", audit="study-read")
@@ -356,7 +377,34 @@ async def study(request: web.Request) -> web.Response:
     series = await _series(api, uid)
     note_audit(request, link=link.id)
     return _html(pages.study(uid, _v(found[0], "00081030"), _date(_v(found[0], "00080020")),
-                             series))
+                             [s for s in series if s["sops"]], _reports(series)))
+
+
+@requires("read", audit="study-read")
+async def document(request: web.Request) -> web.Response:
+    """A report PDF (Encapsulated PDF of the study; SEC-3 hierarchy checked)."""
+    import io as _io
+
+    from pydicom import dcmread
+
+    link = _scope(request)
+    api = api_of(request)
+    mi = request.match_info
+    try:
+        row = await api.instance(mi["study"], mi["series"], mi["sop"])
+    except errors.NotFound:
+        raise errors.Forbidden("not part of this share") from None
+    if row.sop_class_uid != ENCAPSULATED_PDF:
+        raise errors.Forbidden("not part of this share")
+    ds = dcmread(_io.BytesIO(await api.read_instance(row)))
+    pdf = bytes(ds.EncapsulatedDocument)
+    if ds.get("EncapsulatedDocumentLength"):
+        pdf = pdf[:int(ds.EncapsulatedDocumentLength)]
+    note_audit(request, object_count=1, link=link.id)
+    return web.Response(body=pdf, content_type="application/pdf",
+                        headers={"Cache-Control": "private, no-store",
+                                 "Content-Disposition": "inline; filename=report.pdf",
+                                 "X-Content-Type-Options": "nosniff"})
 
 
 @requires("read", audit="study-read")
@@ -525,6 +573,7 @@ def register_routes(router, settings):
     router.add_get(PREFIX + "/exams/{study}", study)
     router.add_get(PREFIX + "/exams/{study}/series/{series}", series_view)
     router.add_get(PREFIX + "/img/{study}/{series}/{sop}/{kind:thumbnail|rendered}", image)
+    router.add_get(PREFIX + "/doc/{study}/{series}/{sop}/report.pdf", document)
     router.add_post(API + "/links", create)
     router.add_get(API + "/links", list_)
     router.add_delete(API + "/links/{id}", revoke)

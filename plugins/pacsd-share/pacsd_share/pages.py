@@ -33,6 +33,7 @@ align-items:center;margin-top:12px}.nav a,.nav span.off{display:inline-block;pad
 border-radius:8px;background:#1b2733;color:#8ab4f8;text-decoration:none;border:1px solid
 #26323f}.nav span.off{color:#4d5964}footer{color:#6b7785;font-size:12px;text-align:center;
 margin-top:24px}
+h2.sec{font-size:16px;margin:18px 0 10px;font-weight:600}
 """
 
 
@@ -97,18 +98,36 @@ def exams(items: list[dict], name: str) -> str:
     return page("我的检查", "My exams", who + body)
 
 
-def study(study_uid: str, title: str, date: str, series: list[dict]) -> str:
-    tiles = []
-    for s in series:
-        thumb = (f'{PREFIX}/img/{_q(study_uid)}/{_q(s["uid"])}/{_q(s["sop"])}/thumbnail'
-                 if s["sop"] else "")
-        tiles.append(
-            f'<a class="tile" href="{PREFIX}/exams/{_q(study_uid)}/series/{_q(s["uid"])}">'
+def _tile(study_uid: str, s: dict) -> str:
+    thumb = (f'{PREFIX}/img/{_q(study_uid)}/{_q(s["uid"])}/{_q(s["sop"])}/thumbnail'
+             if s["sop"] else "")
+    return (f'<a class="tile" href="{PREFIX}/exams/{_q(study_uid)}/series/{_q(s["uid"])}">'
             f'<img alt="series {escape(str(s["number"]))}" src="{thumb}" loading="lazy">'
             f'<div>{escape(s["modality"])} · {escape(s["description"] or "序列 Series")}'
             f'<br><span class="muted">{s["images"]} 张 images</span></div></a>')
-    body = (f'<p class="muted">{escape(date)}</p><div class="grid">{"".join(tiles)}</div>')
-    return page(title or "检查", "Exam", body, back=f"{PREFIX}/exams")
+
+
+def study(study_uid: str, title: str, date: str, series: list[dict],
+          reports: list[dict] | None = None) -> str:
+    """R-C4: report, e-film and images as separate entries."""
+    parts = [f'<p class="muted">{escape(date)}</p>']
+    if reports:
+        parts.append('<h2 class="sec">报告 <span class="en">Report</span></h2>')
+        for d in reports:
+            href = (f'{PREFIX}/doc/{_q(study_uid)}/{_q(d["series"])}/{_q(d["sop"])}'
+                    "/report.pdf")
+            parts.append(f'<a class="card report" href="{href}"><strong>'
+                         f'{escape(d["title"] or "报告 Report")}</strong>'
+                         f'<div class="muted">{escape(d["date"])} · PDF</div></a>')
+    films = [s for s in series if s.get("efilm")]
+    if films:
+        parts.append('<h2 class="sec">电子胶片 <span class="en">E-film</span></h2>'
+                     f'<div class="grid">{"".join(_tile(study_uid, s) for s in films)}</div>')
+    images = [s for s in series if not s.get("efilm")]
+    if images:
+        parts.append('<h2 class="sec">影像 <span class="en">Images</span></h2>'
+                     f'<div class="grid">{"".join(_tile(study_uid, s) for s in images)}</div>')
+    return page(title or "检查", "Exam", "".join(parts), back=f"{PREFIX}/exams")
 
 
 def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int,

@@ -42,8 +42,19 @@ def _schema(version: int) -> PluginSchema:
     return PluginSchema("demo", md, tuple(steps))
 
 
-def test_R_E6_plugin_tables_are_created_upgraded_and_versioned_per_plugin(tmp_path):
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request, tmp_path):
+    if request.param == "sqlite":
+        eng = sa.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    else:
+        eng = sa.create_engine(request.getfixturevalue("pg_server_url"))
+        with eng.begin() as conn:  # the session database is shared: start clean
+            conn.execute(sa.text("DROP TABLE IF EXISTS demo_notes, plugin_schema_version"))
+    yield eng
+    eng.dispose()
+
+
+def test_R_E6_plugin_tables_are_created_upgraded_and_versioned_per_plugin(engine):
     assert migrate_plugin(engine, _schema(1)) == 1
     assert plugin_versions(engine) == {"demo": 1}
     with engine.begin() as conn:

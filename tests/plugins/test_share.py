@@ -103,7 +103,9 @@ def test_SEC_1_SEC_3_SEC_9_SEC_12_share_for_A_cannot_read_B(site):
     forbidden = [f"/exams/{B}", f"/exams/{C}", f"/exams/{B}/series/{seriesB}",
                  f"/img/{B}/{seriesB}/{sopB}/thumbnail", f"/img/{C}/{seriesC}/{sopC}/rendered",
                  f"/img/{A}/{seriesB}/{sopB}/thumbnail",        # SEC-3: B's child under A
-                 f"/img/{A}/{seriesA}/{sopB}/rendered"]
+                 f"/img/{A}/{seriesA}/{sopB}/rendered",
+                 f"/doc/{B}/{seriesB}/{sopB}/report.pdf",
+                 f"/doc/{A}/{seriesA}/{sopA}/report.pdf"]             # not a document
     bodies = set()
     for path in forbidden:
         r = phone.get(u + path)

@@ -112,3 +112,12 @@ def plugin_event(api: Any, event: str, payload: dict) -> Any:
     (``event`` named ``<plugin>.<what>``, e.g. ``reports.final``), so plugins work
     together without importing each other. An implementation may return an awaitable;
     ``emit`` awaits it. Errors are logged and isolated, like every *fire* hook."""
+
+
+@hookspec
+def study_stable(api: Any, study_uid: str) -> Any:
+    """*fire* — a study received no new instance for ``[server] stable_age_s`` seconds
+    (Orthanc's StableStudy): the moment for work on the whole study, such as an e-film by
+    rule. Fires again only after the study changes again. May return an awaitable,
+    which is awaited; errors are logged and isolated. Tracked per process: with several
+    pacsd processes, each fires for the instances it stored."""

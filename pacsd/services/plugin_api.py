@@ -48,6 +48,7 @@ class PluginAPI:
         self._audit = audit
         self._state: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._daemons: set[asyncio.Task] = set()
 
     # --- settings and state ---------------------------------------------------------
     @property
@@ -161,22 +162,34 @@ class PluginAPI:
     async def emit(self, event: str, **payload: Any) -> None:
         """Announce ``event`` to every plugin's ``plugin_event`` hook; awaitables they
         return are awaited here. One plugin's error is logged and stops no other."""
-        for impl in reversed(self._archive.plugins.pm.hook.plugin_event.get_hookimpls()):
+        await self.fire_async("plugin_event", api=self, event=event, payload=dict(payload))
+
+    async def fire_async(self, hook: str, **kwargs: Any) -> None:
+        """Call every implementation of a *fire* hook whose implementations may return
+        awaitables (``plugin_event``, ``study_stable``); errors are logged, isolated."""
+        for impl in reversed(getattr(self._archive.plugins.pm.hook, hook).get_hookimpls()):
             try:
-                result = impl.function(api=self, event=event, payload=dict(payload))
+                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("plugin %s failed on event %s", impl.plugin_name, event)
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook)
 
-    def spawn(self, coro: Awaitable[Any], name: str = "plugin-task") -> asyncio.Task:
+    def has_hook(self, hook: str) -> bool:
+        """Whether any plugin implements ``hook``."""
+        return bool(getattr(self._archive.plugins.pm.hook, hook).get_hookimpls())
+
+    def spawn(self, coro: Awaitable[Any], name: str = "plugin-task", *,
+              daemon: bool = False) -> asyncio.Task:
         """Run ``coro`` in the background (slow work such as sending a message). The
-        server waits for spawned tasks at shutdown (``drain``); errors are logged."""
+        server waits for spawned tasks at shutdown (``drain``); a ``daemon`` task (a
+        watcher loop) is cancelled then instead. Errors are logged."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
+        (self._daemons if daemon else self._tasks).add(task)
 
         def done(t: asyncio.Task) -> None:
             self._tasks.discard(t)
+            self._daemons.discard(t)
             if not t.cancelled() and t.exception() is not None:
                 log.error("background task %s failed", name, exc_info=t.exception())
         task.add_done_callback(done)
@@ -184,6 +197,8 @@ class PluginAPI:
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for spawned tasks (shutdown); cancel those still running after that."""
+        for t in list(self._daemons):
+            t.cancel()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)

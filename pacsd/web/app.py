@@ -27,6 +27,7 @@ from ..services import (Archive, AuditTrail, IngestService, QueryService, Retrie
 from . import auth
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.plugin_api import PluginAPI
+from ..services.stability import StudyStability
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, PLUGIN_API, QUERY,
                    RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
@@ -166,5 +167,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         plugins = Plugins()
         plugins.load(settings.plugins)
     app[PLUGINS] = plugins
+    if not plugins.pm.has_plugin("pacsd.stability"):
+        # Built-in, registered like a third-party plugin: fires study_stable.
+        plugins.register(StudyStability(settings.server.stable_age_s), "pacsd.stability")
     plugins.collect("register_routes", router=app.router, settings=settings)
     return app

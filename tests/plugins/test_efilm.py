@@ -151,3 +151,31 @@ async def test_R_C1_patient_name_is_masked_per_policy(client):
     assert sheet.mask_name("王小明", "partial") == "王**"
     assert sheet.mask_name("Wang^Wu", "full") == "***"
     assert sheet.mask_name("Wang^Wu", "none") == "Wang Wu"
+
+
+async def test_R_C1_efilm_by_rule_when_the_study_becomes_stable(aiohttp_client, tmp_path,
+                                                                with_plugin_site):
+    import asyncio
+
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    settings.server.stable_age_s = 0.1
+    settings.plugins = {"efilm": {"auto": True}}
+    plugins = Plugins()
+    plugins.load(settings.plugins)
+    client = await aiohttp_client(create_app(settings, plugins))
+    images = ct_study(3)
+    await stow(client, images)
+    study = images[0].StudyInstanceUID
+    films = []
+    for _ in range(500):                                      # bounded wait
+        r = await client.get(f"/dicom-web/studies/{study}/series", params={"Modality": "OT"})
+        films = await r.json()
+        if films:
+            break
+        await asyncio.sleep(0.05)
+    assert len(films) == 1 and films[0]["0008103E"]["Value"] == ["E-film 电子胶片"]
+    r = await client.get("/api/v1/audit", params={"type": "efilm.created"})
+    events = (await r.json())["events"]
+    assert [e["detail"]["rule"] for e in events] == ["study-stable"]
+    assert events[0]["study_uid"] == study

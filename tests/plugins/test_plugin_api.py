@@ -276,3 +276,44 @@ async def test_R_E6_plugin_events_reach_other_plugins_and_spawned_work_is_draine
     assert listener.seen[:2] == [("sync", "emitter.ping", 7), ("awaited", "emitter.ping", 7)]
     await client.close()                                      # shutdown drains the task
     assert ("spawned", 7) in listener.seen
+
+
+class StableListener:
+    def __init__(self) -> None:
+        self.stable: list[str] = []
+
+    @hookimpl
+    def study_stable(self, api, study_uid):
+        async def note():
+            self.stable.append(study_uid)
+        return note()
+
+
+async def test_R_C1_study_stable_fires_once_a_study_is_quiet(aiohttp_client, tmp_path):
+    import asyncio
+
+    from dicomgen import multipart
+
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    settings.server.stable_age_s = 0.1
+    plugins = Plugins()
+    listener = StableListener()
+    plugins.register(listener, "stable")
+    client = await aiohttp_client(create_app(settings, plugins))
+    assert "pacsd.stability" in plugins.names()               # built-in, like any plugin
+    a, b = make_dataset(), make_dataset()
+    for ds in (a, b):
+        body, ctype = multipart([to_part10(ds)])
+        r = await client.post("/dicom-web/studies", data=body,
+                              headers={"Content-Type": ctype})
+        assert r.status == 200
+    for _ in range(500):                                      # bounded wait
+        if len(listener.stable) >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(listener.stable) == sorted([a.StudyInstanceUID, b.StudyInstanceUID])
+    body, ctype = multipart([to_part10(a)])                   # identical re-send: no change
+    await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    await client.close()                                      # the watcher is cancelled
+    assert len(listener.stable) == 2

@@ -29,6 +29,7 @@ DEFAULTS = {
     "width_px": 1600,        # sheet size in pixels (portrait 14x17-inch film ratio)
     "height_px": 2000,
     "font_path": "",         # a TrueType/OpenType font with CJK glyphs; "" = search
+    "auto": False,           # make the film by rule when the study becomes stable
 }
 
 
@@ -190,3 +191,35 @@ async def preview(request: web.Request) -> web.Response:
 def register_routes(router, settings):
     router.add_post(API + "/studies/{study}", create)
     router.add_get(API + "/studies/{study}/preview.{ext:png|pdf}", preview)
+
+
+async def has_film(api, study: str) -> bool:
+    for s in await api.search("series", {"Modality": "OT"}, study_uid=study):
+        for i in await api.search("instance", {"includefield": "00080008"}, study_uid=study,
+                                  series_uid=_v(s, "0020000E")):
+            if "EFILM" in (i.get("00080008", {}).get("Value") or []):
+                return True
+    return False
+
+
+async def _auto_film(api, study: str) -> None:
+    if await has_film(api, study):
+        return  # one film per study by rule; more on demand
+    try:
+        film = await make_film(api, study)
+    except errors.PacsdError as e:  # e.g. a study of reports only: nothing to film
+        api.audit("efilm.skipped", outcome="failure", study_uid=study,
+                  detail={"reason": e.reason[:80], "rule": "study-stable"})
+        return
+    stored = await store_film(api, study, film)
+    api.audit("efilm.created", study_uid=study, object_count=2,
+              detail={"rule": "study-stable", "layout": film["layout"],
+                      "series": stored["series"]})
+
+
+@hookimpl
+def study_stable(api, study_uid):
+    """R-C1 "by rule": film a study once it is stable, when ``auto`` is on."""
+    if conf(api)["auto"]:
+        return _auto_film(api, study_uid)
+    return None

@@ -228,3 +228,23 @@ def test_R_C3_R_E6_cli_creates_a_link_with_qr_files_and_lists_plugins(site, plug
     assert gone.returncode == 0 and gone.stdout.strip() == "revoked"
     r = requests.get(out["url"], allow_redirects=False)
     assert 'error="revoked"' in r.headers["WWW-Authenticate"]
+
+
+def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
+    """Last in this module: it exhausts the loopback address's budget (rate_limit 20)."""
+    import secrets
+
+    statuses = []
+    for _ in range(25):
+        r = requests.get(site.url + "/plugins/share/s/" + secrets.token_urlsafe(32),
+                         allow_redirects=False)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1
+    assert statuses[0] == 401 and statuses[-1] == 429
+    assert statuses == sorted(statuses)                  # once limited, stays limited
+    valid = create_link(site, [site.studies["A"][0]])    # even a good link waits now
+    assert requests.get(valid["url"], allow_redirects=False).status_code == 429
+    events = site.auditor.get(site.url + "/api/v1/audit",
+                              params={"type": "share.denied", "limit": 1000}).json()["events"]
+    assert any(e["detail"].get("reason") == "rate-limited" for e in events)

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import web
 
-from pacsd.plugin_api import (Actor, api_of, client_device, client_ip, current_actor,
-                              errors, hookimpl, note_audit, public, requires)
+from pacsd.plugin_api import (Actor, RateLimiter, api_of, client_device, client_ip,
+                              current_actor, errors, hookimpl, note_audit, public, requires)
 
 from . import links as L
 from . import pages
@@ -42,6 +42,8 @@ DEFAULTS = {
     "cache_ttl_s": 30.0,       # revocation takes effect within this on other processes
     "qr_scale": 8,             # QR module size in pixels (PNG)
     "qr_error": "m",           # QR error correction level: l, m, q, h
+    "rate_limit": 20,          # refused link openings per address before 429 (SEC-8)
+    "rate_window_s": 300.0,    # ... within this sliding window
 }
 SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -64,7 +66,9 @@ def register_tables():
 
 @hookimpl
 def api_ready(api):
-    api.plugin_state(NAME).update(sessions={})
+    c = conf(api)
+    api.plugin_state(NAME).update(sessions={}, limiter=RateLimiter(
+        int(c["rate_limit"]), float(c["rate_window_s"]), time.time))
 
 
 def _cache(api) -> dict:
@@ -170,12 +174,20 @@ async def landing(request: web.Request) -> web.Response:
     """GET /plugins/share/s/{token}: exchange the URL token for a session cookie and
     redirect to a token-free URL (SEC-10). The token never appears in the audit trail."""
     api = api_of(request)
+    limiter = api.plugin_state(NAME)["limiter"]
+    ip = client_ip(request)
+    wait = limiter.retry_after(ip)
+    if wait is not None:   # SEC-8: token guessing from one address
+        _audit(request, "denied", "denied", reason="rate-limited", step="landing")
+        raise errors.TooManyRequests("too many invalid links from this address",
+                                     retry_after=wait)
     token = request.match_info["token"]
     link = await api.run(api.read, lambda c: L.link_by_token(c, token)) \
         if 20 <= len(token) <= 100 else None
     now = time.time()
     reason = "unknown" if link is None else link.state(now)
     if reason != "ok":
+        limiter.failed(ip)
         _audit(request, "denied", "denied", link.id if link else None, reason=reason,
                step="landing")
         return _denied_page(reason)

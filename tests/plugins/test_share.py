@@ -230,6 +230,34 @@ def test_R_C3_R_E6_cli_creates_a_link_with_qr_files_and_lists_plugins(site, plug
     assert 'error="revoked"' in r.headers["WWW-Authenticate"]
 
 
+def test_R_C5_doctor_shares_the_image_being_viewed_and_R_C4_keyword_search(site):
+    A, seriesA, _ = site.studies["A"]
+    r = site.staff.get(site.url + f"/dicom-web/studies/{A}/series/{seriesA}/instances")
+    sops = sorted((i["00200013"]["Value"][0], i["00080018"]["Value"][0]) for i in r.json())
+    second = sops[1][1]
+    link = create_link(site, [A], series=seriesA, sop=second)
+    assert link["focus"] == {"series": seriesA, "sop": second}
+    phone = requests.Session()
+    phone.get(link["url"])
+    r = phone.post(site.url + "/plugins/share/verify", data={"answer": "19800131"},
+                   headers={"Origin": site.url}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"?sop={second}")
+    r = phone.get(site.url + r.headers["Location"])
+    assert "第 2 / 3 张" in r.text and f"/{second}/rendered" in r.text
+    B, seriesB, sopB = site.studies["B"]
+    r = site.staff.post(site.url + "/api/v1/plugins/share/links",
+                        json={"studies": [A], "series": seriesB, "sop": sopB})
+    assert r.status_code == 400                            # not an image of that study
+    space = create_link(site, [A], kind="patient")
+    phone = open_link(site, space["url"])
+    r = phone.get(site.url + "/plugins/share/exams", params={"q": "knee"})
+    assert "Knee MR" in r.text and "Chest CT" not in r.text
+    r = phone.get(site.url + "/plugins/share/exams", params={"q": "city 2026"})
+    assert "Chest CT" in r.text and "Knee MR" not in r.text
+    r = phone.get(site.url + "/plugins/share/exams", params={"q": "<script>"})
+    assert "<script>" not in r.text and "&lt;script&gt;" in r.text   # SEC-24
+
+
 def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
     """Last in this module: it exhausts the loopback address's budget (rate_limit 20)."""
     import secrets
@@ -248,3 +276,28 @@ def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
     events = site.auditor.get(site.url + "/api/v1/audit",
                               params={"type": "share.denied", "limit": 1000}).json()["events"]
     assert any(e["detail"].get("reason") == "rate-limited" for e in events)
+
+
+def test_R_E6_share_tables_upgrade_from_version_1(tmp_path, with_plugin_site):
+    import sqlalchemy as sa
+
+    from pacsd.index.plugin_tables import migrate_plugin, plugin_versions
+    from pacsd.plugin_api import Migration, PluginSchema
+    from pacsd_share import links as L
+
+    v1 = sa.MetaData()
+    for table in L.md.sorted_tables:                      # version 1: no focus column
+        table.to_metadata(v1)
+    v1.tables["share_links"]._columns.remove(v1.tables["share_links"].c.focus)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'v1.db'}")
+    migrate_plugin(engine, PluginSchema("share", v1, (Migration(1, "v1", v1.create_all),)))
+    assert "focus" not in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
+    assert migrate_plugin(engine, L.SCHEMA) == 2
+    assert "focus" in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
+    assert plugin_versions(engine) == {"share": 2}
+    with engine.begin() as conn:
+        token, link = L.create_link(conn, kind="exam", patient_id="P", studies=["1.2"],
+                                    hidden=[], factor_kind="phone", factor_value="1234",
+                                    created_by="t", ttl_s=60, focus={"series": "1", "sop": "2"})
+    with engine.connect() as conn:
+        assert L.link_by_token(conn, token).focus == {"series": "1", "sop": "2"}

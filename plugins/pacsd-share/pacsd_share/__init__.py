@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import io
 import time
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 from aiohttp import web
@@ -200,6 +200,14 @@ async def landing(request: web.Request) -> web.Response:
     raise resp
 
 
+def _start(link: L.Link) -> str:
+    """Where a verified session starts: the shared image, else the exam list."""
+    if link.focus and link.studies:
+        return (f"{PREFIX}/exams/{quote(link.studies[0], safe='')}/series/"
+                f"{quote(link.focus['series'], safe='')}?sop={quote(link.focus['sop'], safe='')}")
+    return PREFIX + "/exams"
+
+
 def _is_tls(request: web.Request) -> bool:
     return request.secure or request.headers.get("X-Forwarded-Proto", "") == "https"
 
@@ -225,7 +233,7 @@ async def home(request: web.Request) -> web.Response:
     if sess.link.state(now) != "ok":
         return _denied_page(sess.link.state(now))
     if sess.verified:
-        raise web.HTTPSeeOther(PREFIX + "/exams", headers=SECURITY_HEADERS)
+        raise web.HTTPSeeOther(_start(sess.link), headers=SECURITY_HEADERS)
     left = int(conf(api)["max_attempts"]) - sess.link.failed_attempts
     error = "答案不正确 · Wrong answer" if request.query.get("e") else None
     return _html(pages.factor_form(sess.link.factor_kind, error, left))
@@ -265,7 +273,7 @@ async def verify(request: web.Request) -> web.Response:
     _forget(api)
     if result == "ok":
         _audit(request, "verified", link=sess.link.id)
-        raise web.HTTPSeeOther(PREFIX + "/exams", headers=SECURITY_HEADERS)
+        raise web.HTTPSeeOther(_start(sess.link), headers=SECURITY_HEADERS)
     _audit(request, "denied", "denied", sess.link.id,
            reason="wrong-factor" if result == "wrong" else result, step="verify")
     if result == "wrong":
@@ -337,8 +345,14 @@ async def exams(request: web.Request) -> web.Response:
                       "institution": _v(first[0], "00080080") if first else "",
                       "series": _v(s, "00201206", "0"), "images": _v(s, "00201208", "0")})
     name = mask_name(_v(found[0], "00100010")) if found else ""
-    note_audit(request, results=len(items), link=link.id)
-    return _html(pages.exams(items, name))
+    q = request.query.get("q", "").strip()[:64]
+    if q:  # R-C4: keyword search across the patient's hospitals and exams
+        words = q.lower().split()
+        items = [it for it in items if all(
+            w in " ".join((it["description"], it["modalities"], it["date"],
+                           it["institution"])).lower() for w in words)]
+    note_audit(request, results=len(items), link=link.id, search=bool(q))
+    return _html(pages.exams(items, name, q))
 
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -432,6 +446,8 @@ async def series_view(request: web.Request) -> web.Response:
         index = min(max(int(request.query.get("i", "0")), 0), len(sops) - 1)
     except ValueError:
         index = 0
+    if request.query.get("sop") in sops:
+        index = sops.index(request.query["sop"])
     found = await api.search("study", {"StudyInstanceUID": uid})
     title = _v(found[0], "00081030") if found else ""
     series = match[0]
@@ -519,6 +535,16 @@ async def make_link(api, body: dict, created_by: str) -> tuple[str, L.Link]:
         answer = L.normalise_factor("phone", str(body.get("phone", "")))
         if len(answer) != 4:
             raise errors.BadRequest("factor phone needs the patient's phone number")
+    focus = None
+    if body.get("series") or body.get("sop"):
+        # R-C5: a doctor shares the image being viewed; the link opens on it.
+        if kind != "exam" or len(studies) != 1:
+            raise errors.BadRequest("an image share names one study, its series and sop")
+        try:
+            await api.instance(studies[0], str(body.get("series")), str(body.get("sop")))
+        except errors.NotFound:
+            raise errors.BadRequest("no such image in that study") from None
+        focus = {"series": str(body["series"]), "sop": str(body["sop"])}
     try:
         days = float(body.get("days", conf(api)["link_ttl_days"]))
     except (TypeError, ValueError):
@@ -528,7 +554,7 @@ async def make_link(api, body: dict, created_by: str) -> tuple[str, L.Link]:
     return await api.run(api.write, lambda c: L.create_link(
         c, kind=kind, patient_id=patient or None, studies=studies, hidden=list(hidden),
         factor_kind=factor, factor_value=answer, created_by=created_by,
-        ttl_s=days * 86400))
+        ttl_s=days * 86400, focus=focus))
 
 
 def _json(body, status: int = 200) -> web.Response:

@@ -44,6 +44,7 @@ links = sa.Table(
     sa.Column("revoked_at", sa.Float),
     sa.Column("failed_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("locked_at", sa.Float),
+    sa.Column("focus", sa.Text),   # version 2: JSON {"series", "sop"} of a shared image
 )
 sessions = sa.Table(
     "share_sessions", md,
@@ -56,7 +57,10 @@ sessions = sa.Table(
 )
 
 SCHEMA = PluginSchema("share", md, (
+    # Version 1 had no focus column; a fresh database gets the current tables instead.
     Migration(1, "share_links, share_sessions", lambda conn: md.create_all(conn)),
+    Migration(2, "share_links.focus (share the image being viewed, R-C5)",
+              lambda conn: conn.execute(sa.text("ALTER TABLE share_links ADD COLUMN focus TEXT"))),
 ))
 FACTORS = ("birthdate", "phone")
 
@@ -93,6 +97,7 @@ class Link:
     locked_at: float | None
     created_by: str
     created_at: float
+    focus: dict | None = None
 
     def state(self, now: float) -> str:
         """``ok`` or why the link cannot be used: revoked / locked / expired."""
@@ -109,7 +114,7 @@ class Link:
                 "hidden": list(self.hidden), "factor": self.factor_kind,
                 "created_by": self.created_by, "created_at": self.created_at,
                 "expires_at": self.expires_at, "revoked": self.revoked_at is not None,
-                "locked": self.locked_at is not None}
+                "locked": self.locked_at is not None, "focus": self.focus}
 
 
 def _link(row) -> Link:
@@ -118,12 +123,14 @@ def _link(row) -> Link:
                 hidden=tuple(orjson.loads(row.hidden)), factor_kind=row.factor_kind,
                 expires_at=row.expires_at, revoked_at=row.revoked_at,
                 failed_attempts=row.failed_attempts, locked_at=row.locked_at,
-                created_by=row.created_by, created_at=row.created_at)
+                created_by=row.created_by, created_at=row.created_at,
+                focus=orjson.loads(row.focus) if row.focus else None)
 
 
 def create_link(conn, *, kind: str, patient_id: str | None, studies: list[str],
                 hidden: list[str], factor_kind: str, factor_value: str, created_by: str,
-                ttl_s: float, now: float | None = None) -> tuple[str, Link]:
+                ttl_s: float, now: float | None = None, focus: dict | None = None
+                ) -> tuple[str, Link]:
     """Insert a link; returns (the token, shown once, and the link)."""
     now = time.time() if now is None else now
     token, salt = new_token(), secrets.token_hex(16)
@@ -133,7 +140,8 @@ def create_link(conn, *, kind: str, patient_id: str | None, studies: list[str],
         factor_kind=factor_kind, factor_salt=salt,
         factor_sha256=_factor_hash(salt, factor_kind, factor_value),
         created_by=created_by[:64], created_at=now, expires_at=now + ttl_s,
-        failed_attempts=0)).inserted_primary_key[0]
+        failed_attempts=0, focus=orjson.dumps(focus).decode() if focus else None)
+    ).inserted_primary_key[0]
     return token, get_link(conn, pk)
 
 

@@ -34,6 +34,8 @@ border-radius:8px;background:#1b2733;color:#8ab4f8;text-decoration:none;border:1
 #26323f}.nav span.off{color:#4d5964}footer{color:#6b7785;font-size:12px;text-align:center;
 margin-top:24px}
 h2.sec{font-size:16px;margin:18px 0 10px;font-weight:600}
+form.search{background:none;border:0;padding:0;margin:0 0 12px}form.search input{
+font-size:16px;letter-spacing:0;padding:10px 12px}
 """
 
 
@@ -79,7 +81,10 @@ def _q(s: str) -> str:
     return quote(s, safe="")
 
 
-def exams(items: list[dict], name: str) -> str:
+def exams(items: list[dict], name: str, q: str = "") -> str:
+    search = (f'<form class="search" method="get" action="{PREFIX}/exams">'
+              f'<input name="q" value="{escape(q)}" placeholder="搜索 医院/检查/日期 Search" '
+              f'aria-label="search"></form>')
     if not items:
         body = ('<div class="card">暂无检查<br><span class="muted">No exams shared</span>'
                 "</div>")
@@ -95,7 +100,7 @@ def exams(items: list[dict], name: str) -> str:
                 f"</div></a>")
         body = "".join(cards)
     who = f'<p class="muted">患者 Patient: {escape(name)}</p>' if name else ""
-    return page("我的检查", "My exams", who + body)
+    return page("我的检查", "My exams", who + search + body)
 
 
 def _tile(study_uid: str, s: dict) -> str:

@@ -46,8 +46,15 @@ def phone():
 def _images_loaded(page) -> bool:
     """Every image on the page decoded (lazy ones scrolled into view first)."""
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && "
-                           "i.naturalWidth > 0)", timeout=30000)
+    # Polled with evaluate (wait_for_function would eval() a string, which the pages'
+    # Content-Security-Policy forbids); bounded.
+    for _ in range(300):
+        if page.evaluate("Array.from(document.images).every(i => i.complete && "
+                         "i.naturalWidth > 0)"):
+            break
+        page.wait_for_timeout(100)
+    else:
+        return False
     page.evaluate("window.scrollTo(0, 0)")
     return True
 

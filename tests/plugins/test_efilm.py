@@ -167,15 +167,16 @@ async def test_R_C1_efilm_by_rule_when_the_study_becomes_stable(aiohttp_client, 
     images = ct_study(3)
     await stow(client, images)
     study = images[0].StudyInstanceUID
-    films = []
-    for _ in range(500):                                      # bounded wait
-        r = await client.get(f"/dicom-web/studies/{study}/series", params={"Modality": "OT"})
-        films = await r.json()
-        if films:
+    events = []
+    for _ in range(600):               # bounded wait: audited once SC and PDF are stored
+        r = await client.get("/api/v1/audit", params={"type": "efilm.created"})
+        events = (await r.json())["events"]
+        if events:
             break
         await asyncio.sleep(0.05)
-    assert len(films) == 1 and films[0]["0008103E"]["Value"] == ["E-film 电子胶片"]
-    r = await client.get("/api/v1/audit", params={"type": "efilm.created"})
-    events = (await r.json())["events"]
     assert [e["detail"]["rule"] for e in events] == ["study-stable"]
+    r = await client.get(f"/dicom-web/studies/{study}/series", params={"Modality": "OT"})
+    films = await r.json()
+    assert len(films) == 1 and films[0]["0008103E"]["Value"] == ["E-film 电子胶片"]
+    assert films[0]["0020000E"]["Value"] == [events[0]["detail"]["series"]]
     assert events[0]["study_uid"] == study

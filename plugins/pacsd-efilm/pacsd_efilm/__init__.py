@@ -181,7 +181,7 @@ async def preview(request: web.Request) -> web.Response:
     """GET /api/v1/plugins/efilm/studies/{study}/preview.png|pdf: the sheet, not stored."""
     api = api_of(request)
     film = await make_film(api, request.match_info["study"], **_params(request))
-    kind = request.match_info["ext"]
+    kind = "png" if request.path.endswith(".png") else "pdf"
     note_audit(request, layout=film["layout"], window=film["window"])
     return web.Response(body=film[kind], content_type="image/png" if kind == "png"
                         else "application/pdf", headers={"Cache-Control": "no-store"})
@@ -190,7 +190,8 @@ async def preview(request: web.Request) -> web.Response:
 @hookimpl
 def register_routes(router, settings):
     router.add_post(API + "/studies/{study}", create)
-    router.add_get(API + "/studies/{study}/preview.{ext:png|pdf}", preview)
+    router.add_get(API + "/studies/{study}/preview.png", preview)
+    router.add_get(API + "/studies/{study}/preview.pdf", preview)
 
 
 async def has_film(api, study: str) -> bool:

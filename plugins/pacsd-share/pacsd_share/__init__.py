@@ -100,16 +100,21 @@ def actor_from_request(request):
         return None
     token = request.cookies.get(COOKIE)
     if not token:
-        raise errors.Unauthorized("open the link you were given again")
+        raise _reopen()
     api = api_of(request)
     sess = _session(api, token)
     now = time.time()
     if sess is None or not sess.verified or sess.expires_at <= now \
             or sess.link.state(now) != "ok":
-        raise errors.Unauthorized("this share session is not valid: open the link again")
+        raise _reopen("this share session is not valid: open the link again")
     request["share.session"] = sess
     return Actor(id=f"share:{sess.link.id}", name=f"share link {sess.link.id}",
                  roles=frozenset({"guest"}))
+
+
+def _reopen(reason: str = "open the link you were given again") -> errors.Unauthorized:
+    return errors.Unauthorized(reason, headers={
+        "WWW-Authenticate": 'Bearer realm="pacsd-share", error="invalid_token"'})
 
 
 @hookimpl
@@ -128,7 +133,7 @@ def _scope(request) -> L.Link:
     the same answer whether or not such a study exists, SEC-1, SEC-9)."""
     sess = request.get("share.session")
     if sess is None or not current_actor(request).id.startswith("share:"):
-        raise errors.Unauthorized("open the link you were given again")
+        raise _reopen()
     study = request.match_info.get("study")
     if study is not None and study not in sess.link.studies:
         api_of(request).audit("share.denied", outcome="denied",
@@ -468,7 +473,7 @@ async def image(request: web.Request) -> web.Response:
         row = await api.instance(mi["study"], mi["series"], mi["sop"])
     except errors.NotFound:
         raise errors.Forbidden("not part of this share") from None
-    if mi["kind"] == "thumbnail":
+    if request.path.endswith("/thumbnail"):
         body, ctype = await api.thumbnail(row, 256), "image/jpeg"
     else:
         body = await api.rendered(row, 1, media_type="image/jpeg", quality=88)
@@ -610,7 +615,8 @@ def register_routes(router, settings):
     router.add_get(PREFIX + "/exams", exams)
     router.add_get(PREFIX + "/exams/{study}", study)
     router.add_get(PREFIX + "/exams/{study}/series/{series}", series_view)
-    router.add_get(PREFIX + "/img/{study}/{series}/{sop}/{kind:thumbnail|rendered}", image)
+    router.add_get(PREFIX + "/img/{study}/{series}/{sop}/thumbnail", image)
+    router.add_get(PREFIX + "/img/{study}/{series}/{sop}/rendered", image)
     router.add_get(PREFIX + "/doc/{study}/{series}/{sop}/report.pdf", document)
     router.add_post(API + "/links", create)
     router.add_get(API + "/links", list_)

@@ -96,6 +96,17 @@ def test_R_C3_R_C4_SEC_10_phone_opens_link_verifies_and_views_images(site, phone
     page.wait_for_load_state("load")
     assert "第 2 / 3 张" in page.inner_text(".nav") and _images_loaded(page)
     page.screenshot(path=str(SHOTS / "share-05-image.png"))
+    # R-C4: a swipe to the left shows the next image.
+    page.evaluate("""() => {
+        const t = (x) => new Touch({identifier: 1, target: document.body, clientX: x,
+                                    clientY: 400});
+        document.dispatchEvent(new TouchEvent('touchstart', {touches: [t(300)],
+                                                             changedTouches: [t(300)]}));
+        document.dispatchEvent(new TouchEvent('touchend', {touches: [],
+                                                           changedTouches: [t(120)]}));
+    }""")
+    page.wait_for_url("**?i=2")
+    assert "第 3 / 3 张" in page.inner_text(".nav")
 
     r = site.staff.delete(site.url + f"/api/v1/plugins/share/links/{link['id']}")
     assert r.status_code == 204

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import secrets
 import time
 from urllib.parse import quote, urlsplit
 
@@ -459,7 +460,10 @@ async def series_view(request: web.Request) -> web.Response:
     sub = " · ".join(x for x in (series["modality"], series["description"],
                                  f"#{series['number']}" if series["number"] else "") if x)
     note_audit(request, link=link.id)
-    return _html(pages.viewer(uid, series_uid, title, sops, index, sub))
+    nonce = secrets.token_urlsafe(16)  # the page's one script (swipe), nothing else runs
+    csp = SECURITY_HEADERS["Content-Security-Policy"] + f"; script-src 'nonce-{nonce}'"
+    return _html(pages.viewer(uid, series_uid, title, sops, index, sub, nonce),
+                 headers={"Content-Security-Policy": csp})
 
 
 @requires("read", audit="study-read")

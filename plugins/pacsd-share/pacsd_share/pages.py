@@ -135,19 +135,32 @@ def study(study_uid: str, title: str, date: str, series: list[dict],
     return page(title or "检查", "Exam", "".join(parts), back=f"{PREFIX}/exams")
 
 
+_SWIPE = """(function(){var x=null,y=null;
+document.addEventListener('touchstart',function(e){x=e.touches[0].clientX;
+y=e.touches[0].clientY;},{passive:true});
+document.addEventListener('touchend',function(e){if(x===null)return;
+var dx=e.changedTouches[0].clientX-x,dy=e.changedTouches[0].clientY-y;x=null;
+if(Math.abs(dx)<50||Math.abs(dx)<Math.abs(dy)*1.5)return;
+var a=document.querySelector(dx<0?'a[data-nav=next]':'a[data-nav=prev]');
+if(a)location.href=a.href;},{passive:true});})();"""
+
+
 def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int,
-           subtitle: str = "") -> str:
+           subtitle: str = "", nonce: str = "") -> str:
     n = len(sops)
     base = f"{PREFIX}/exams/{_q(study_uid)}/series/{_q(series_uid)}"
     img = (f'{PREFIX}/img/{_q(study_uid)}/{_q(series_uid)}/{_q(sops[index])}/rendered')
 
-    def nav(i: int, label: str) -> str:
+    def nav(i: int, label: str, rel: str) -> str:
         if 0 <= i < n:
-            return f'<a href="{base}?i={i}">{label}</a>'
+            return f'<a data-nav="{rel}" href="{base}?i={i}">{label}</a>'
         return f'<span class="off">{label}</span>'
     sub = f'<p class="muted">{escape(subtitle)}</p>' if subtitle else ""
     body = (f'{sub}<div class="view"><img id="image" alt="image {index + 1}" src="{img}"></div>'
-            f'<div class="nav">{nav(index - 1, "‹ 上一张")}'
+            f'<div class="nav">{nav(index - 1, "‹ 上一张", "prev")}'
             f'<span class="muted">第 {index + 1} / {n} 张</span>'
-            f'{nav(index + 1, "下一张 ›")}</div>')
+            f'{nav(index + 1, "下一张 ›", "next")}</div>')
+    if nonce:  # swipe left / right for the next / previous image (R-C4)
+        body += f'<script nonce="{nonce}">{_SWIPE}</script>'
+
     return page(title or "图像", "Images", body, back=f"{PREFIX}/exams/{_q(study_uid)}")

@@ -150,3 +150,48 @@ async def test_R_B5_wechat_template_message_channel(aiohttp_server):
     token, body = seen[-1]
     assert token == "tok" and body["touser"] == "openid-1" and body["template_id"] == "T1"
     assert body["url"] == "https://pacs.example/s/x"
+
+
+@pytest.mark.postgres
+async def test_R_C3_R_B5_share_and_notify_tables_on_postgresql(
+        aiohttp_client, aiohttp_server, tmp_path, monkeypatch, with_plugin_site,
+        pg_server_url):
+    """The plugins' own tables and migrations on the real PostgreSQL (scale-out)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(pg_server_url)
+    with engine.begin() as conn:     # the session database may hold another test's rows
+        for t in ("share_sessions", "share_links", "notify_deliveries", "reports_reports"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {t} CASCADE"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS plugin_schema_version"))
+    engine.dispose()
+    gw = Gateway(fail_first=0)
+    server = await start_gateway(aiohttp_server, gw)
+    original = Settings
+
+    def on_pg():
+        s = original()
+        s.index.url = pg_server_url
+        return s
+    monkeypatch.setattr(__import__(__name__), "Settings", on_pg)
+    client, study = await make_client(aiohttp_client, tmp_path, monkeypatch,
+                                      str(server.make_url("")).rstrip("/"))
+    r = await client.post(f"/api/v1/plugins/reports/studies/{study}",
+                          params={"status": "final", "phone": "13800134321"},
+                          data=pdf(), headers={"Content-Type": "application/pdf"})
+    assert r.status == 201
+    [d] = await deliveries(client)
+    assert d["status"] == "sent"
+    url = gw.received[0]["content"]
+    path = url[url.index("http"):].split("://", 1)[1].split("/", 1)[1]
+    assert (await client.get("/" + path, allow_redirects=False)).status == 303
+    r = await client.post("/plugins/share/verify", data={"answer": "4321"},
+                          allow_redirects=False)
+    assert r.status == 303
+    assert "Head CT" in await (await client.get("/plugins/share/exams")).text()
+    engine = sa.create_engine(pg_server_url)
+    with engine.connect() as conn:
+        versions = dict(conn.execute(sa.text(
+            "SELECT plugin, max(version) FROM plugin_schema_version GROUP BY plugin")).all())
+    engine.dispose()
+    assert versions == {"share": 2, "notify": 1, "reports": 1}

@@ -50,26 +50,70 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["import"].set_defaults(http=None, dicom_port=None, ae_title=None)
     from . import lifecycle_cli
     lifecycle_cli.add_parsers(sub)  # export / retention (R-A11, R-A7; docs/operations.md)
+    pl = sub.add_parser("plugins", help="list the plugins pacsd loads: name, version, hooks")
+    pl.add_argument("--config", help="TOML settings file (plugins named in [plugins.*])")
+    pl.add_argument("--json", action="store_true", help="print JSON")
+    pl.set_defaults(data_dir=None, http=None, dicom_port=None, ae_title=None,
+                    log_level="WARNING")
+    _plugin_commands(sub)
     return p
+
+
+def _plugin_commands(sub) -> None:
+    """Sub-commands of installed plugins (``register_commands`` hook, R-E6)."""
+    from .plugins import Plugins
+
+    plugins = Plugins()
+    try:
+        plugins.load(None)
+    except Exception as exc:  # a broken plugin must not take the whole CLI down
+        print(f"pacsd: could not load plugins: {exc}", file=sys.stderr)
+        return
+    plugins.collect("register_commands", subparsers=sub)
+
+
+def _plugins(settings, args) -> int:
+    import json
+
+    from .plugins import Plugins
+
+    plugins = Plugins()
+    plugins.load(settings.plugins)
+    rows = plugins.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no plugins loaded")
+    for row in rows:
+        print(f"{row['name']}\t{row['version'] or '-'}\t{', '.join(row['hooks'])}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+    level = str(getattr(args, "log_level", "WARNING")).upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from . import admin_cli
         if args.command in admin_cli.COMMANDS:
             return admin_cli.run(args)
-        settings = load_settings(args.config, server__data_dir=args.data_dir,
-                                 server__http=args.http, server__dicom_port=args.dicom_port,
-                                 server__ae_title=args.ae_title)
+        # Plugin commands may omit the common options (register_commands).
+        opt = lambda name: getattr(args, name, None)  # noqa: E731
+        settings = load_settings(opt("config"), server__data_dir=opt("data_dir"),
+                                 server__http=opt("http"), server__dicom_port=opt("dicom_port"),
+                                 server__ae_title=opt("ae_title"))
         for spec in getattr(args, "peer", None) or ():
             settings.dimse.add_peer(spec)
         if getattr(args, "store", None):
             settings.storage.copies = [{"url": url} for url in args.store]
         if args.command == "verify":
             return _verify(settings, args)
+        if args.command == "plugins":
+            return _plugins(settings, args)
+        if getattr(args, "pacsd_command", None) is not None:
+            return int(args.pacsd_command(args, settings) or 0)
         if args.command == "import":
             from . import import_cli
             return import_cli.run(args, settings)

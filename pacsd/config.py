@@ -38,6 +38,9 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
     #: Worker threads for blocking work (file IO, parsing, index).
     worker_threads: int = 16
+    #: A study is "stable" after this many seconds without a new instance: the
+    #: study_stable plugin hook fires (e-film by rule); 0 disables it.
+    stable_age_s: float = 60.0
 
 
 @dataclass

@@ -102,3 +102,45 @@ def actor_from_association(calling_ae: str, address: str, called_ae: str) -> Any
     / C-MOVE and its institutions / clearances scope them, as for HTTP), or ``None`` to
     leave it to the next plugin and then to ``[dimse] actors``. Called once per
     association, on a pynetdicom thread: plain ``def``, quick."""
+
+
+@hookspec
+def register_tables() -> Any:
+    """*collect* — the plugin's own tables: return a
+    :class:`pacsd.plugin_api.PluginSchema` (name, SQLAlchemy ``MetaData``, migrations
+    1..N) or a list of them. Called when the archive opens, right after the core schema
+    is migrated; each plugin's versions are recorded under its name (no core migration
+    number needed). Table names must start with ``<name>_``. Errors stop the start-up."""
+
+
+@hookspec
+def api_ready(api: Any) -> None:
+    """*fire* — once per server, when the public plugin surface
+    (:class:`pacsd.plugin_api.PluginAPI`: ingest, retrieve, query, audit, plugin tables)
+    is ready, after ``startup`` and before requests are served. Keep the ``api`` (or get
+    it in a handler with ``pacsd.plugin_api.api_of(request)``)."""
+
+
+@hookspec
+def register_commands(subparsers: Any) -> None:
+    """*collect* — add ``pacsd <command>`` sub-commands: ``subparsers`` is argparse's
+    sub-parsers object. Set ``set_defaults(pacsd_command=fn)`` on the parser; pacsd
+    calls ``fn(args, settings)`` and exits with its return value (an int). Commands come
+    from installed (entry-point) plugins. Errors propagate."""
+
+
+@hookspec
+def plugin_event(api: Any, event: str, payload: dict) -> Any:
+    """*fire* — an event one plugin announced with ``await api.emit(event, **payload)``
+    (``event`` named ``<plugin>.<what>``, e.g. ``reports.final``), so plugins work
+    together without importing each other. An implementation may return an awaitable;
+    ``emit`` awaits it. Errors are logged and isolated, like every *fire* hook."""
+
+
+@hookspec
+def study_stable(api: Any, study_uid: str) -> Any:
+    """*fire* — a study received no new instance for ``[server] stable_age_s`` seconds
+    (Orthanc's StableStudy): the moment for work on the whole study, such as an e-film by
+    rule. Fires again only after the study changes again. May return an awaitable,
+    which is awaited; errors are logged and isolated. Tracked per process: with several
+    pacsd processes, each fires for the instances it stored."""

@@ -55,3 +55,20 @@ class Plugins:
         """First result: implementations are called in turn until one returns something
         other than None (the hookspec is ``firstresult``); errors propagate."""
         return getattr(self.pm.hook, hook)(**kwargs)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded plugin: name, version (its distribution's, or the module's
+        ``__version__``), the distribution it came from, and the hooks it implements
+        (``pacsd plugins``)."""
+        dists = {id(plugin): dist for plugin, dist in self.pm.list_plugin_distinfo()}
+        out = []
+        for name, plugin in sorted(self.pm.list_name_plugin(), key=lambda np: np[0]):
+            dist = dists.get(id(plugin))
+            version = (dist.version if dist is not None
+                       else str(getattr(plugin, "__version__", "") or ""))
+            hooks = sorted(impl_hook.name for impl_hook in self.pm.get_hookcallers(plugin)
+                           or ())
+            out.append({"name": name, "version": version,
+                        "distribution": dist.project_name if dist is not None else "",
+                        "hooks": hooks})
+        return out

@@ -27,4 +27,6 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# First-party plugins (issue 7), each its own distribution in the `pacsd` entry-point group.
+for plugin in plugins/pacsd-*/; do python3 -m pip install -q --disable-pip-version-check -e "$plugin"; done
 exec python3 -m pytest "$@"

@@ -14,6 +14,7 @@ from typing import Any, Callable, TypeVar
 from ..config import ConfigError, Settings
 from ..errors import BadRequest
 from ..index import Catalogue
+from ..index.plugin_tables import migrate_plugins
 from ..plugins import Plugins
 from ..store import BlobStore
 from ..store.replicated import open_replicated
@@ -45,6 +46,9 @@ class Archive:
             catalogue = Catalogue(settings.index_url,
                                   busy_timeout_s=settings.index.busy_timeout_s)
             catalogue.migrate()
+            if plugins is not None:
+                # Plugin-owned tables, versioned per plugin (R-E6; index/plugin_tables.py).
+                migrate_plugins(catalogue.engine, plugins.collect("register_tables"))
         except BaseException:
             store.close()
             raise

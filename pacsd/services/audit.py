@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +62,14 @@ EVENT_TYPES = frozenset({
     "department-changed", # a department created, renamed / described, or deleted (R-E1)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
+#: A plugin's own event types are namespaced ``<plugin>.<event>`` (e.g. ``share.accessed``)
+#: so they never collide with core ones (docs/plugin_hooks.md "Plugin API").
+PLUGIN_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,30}\.[a-z][a-z0-9-]{0,40}$")
+
+
+def is_event_type(name: str) -> bool:
+    """A core event type or a plugin-namespaced one."""
+    return name in EVENT_TYPES or bool(PLUGIN_EVENT.match(name))
 
 
 def store_location(store) -> str:
@@ -111,7 +120,7 @@ class AuditTrail:
                detail: dict | None = None) -> None:
         """Queue one event (thread-safe; cheap). ``actor`` is a security Actor or None
         (anonymous). Never put patient data in ``detail``."""
-        if event_type not in EVENT_TYPES or outcome not in OUTCOMES:
+        if not is_event_type(event_type) or outcome not in OUTCOMES:
             raise ValueError(f"unknown audit event type or outcome: {event_type}/{outcome}")
         ev = {
             "event_time": iso_utc(self.clock()), "event_type": event_type,

@@ -65,6 +65,10 @@ ROLE_ACTIONS: dict[str, frozenset[str]] = {
     # The implicit operator of an archive running with [security] enabled = false
     # (loopback only, SEC-20). Not a role a user can hold.
     "local": ACTIONS,
+    # A plugin's confined actor (a patient's share link, a kiosk): it may read, and the
+    # plugin's permission_allowed hook vetoes everything outside its scope (SEC-1,
+    # SEC-12). Not a role a user can hold.
+    "guest": frozenset({"read"}),
 }
 SESSION_PREFIX = "pacsd-s-"
 TOKEN_PREFIX = "pacsd-t-"

@@ -27,8 +27,10 @@ from ..services import (Archive, AuditTrail, IngestService, QueryService, Retrie
 from . import admin, auth, forwarding
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
-from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, QUERY, RETRIEVE,
-                   SECURITY)
+from ..services.plugin_api import PluginAPI
+from ..services.stability import StudyStability
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, PLUGIN_API, QUERY,
+                   RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
 
 log = logging.getLogger(__name__)
@@ -98,9 +100,13 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
         for route in auth.undeclared_routes(app):
             log.warning("route %s declares no permission: it answers 403 (SEC-21)", route)
     await audit.start()
+    # The public plugin surface (R-E6): plugins use it instead of internals.
+    app[PLUGIN_API] = PluginAPI(archive, app[INGEST], app[QUERY], app[RETRIEVE], audit)
+    archive.plugins.fire("api_ready", api=app[PLUGIN_API])
     try:
         yield
     finally:
+        await app[PLUGIN_API].drain(archive.settings.server.shutdown_timeout_s)
         await audit.stop()  # flush what is queued before the archive closes
 
 
@@ -191,5 +197,8 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         plugins = Plugins()
         plugins.load(settings.plugins)
     app[PLUGINS] = plugins
+    if not plugins.pm.has_plugin("pacsd.stability"):
+        # Built-in, registered like a third-party plugin: fires study_stable.
+        plugins.register(StudyStability(settings.server.stable_age_s), "pacsd.stability")
     plugins.collect("register_routes", router=app.router, settings=settings)
     return app

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from .. import errors
 from ..dicom import is_valid_uid
-from ..services.audit import EVENT_TYPES, iso_utc
+from ..services.audit import EVENT_TYPES, is_event_type, iso_utc
 from ..services.security import ACTIONS, LOCAL, Actor, Resource
 from .keys import ARCHIVE, AUDIT, SECURITY
 
@@ -55,7 +55,7 @@ def requires(action: str, *, audit: str | None = None):
     """Declare the action a handler needs (and, optionally, the audit event it writes)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}; one of {sorted(ACTIONS)}")
-    if audit is not None and audit not in EVENT_TYPES:
+    if audit is not None and not is_event_type(audit):
         raise ValueError(f"unknown audit event type {audit!r}")
 
     def mark(handler):
@@ -334,8 +334,9 @@ async def audit_events(request: web.Request) -> web.Response:
     q = request.query
     since = _since(q["since"]) if q.get("since") else None
     etype = q.get("type") or None
-    if etype is not None and etype not in EVENT_TYPES:
-        raise errors.BadRequest("type is one of " + ", ".join(sorted(EVENT_TYPES)))
+    if etype is not None and not is_event_type(etype):
+        raise errors.BadRequest("type is one of " + ", ".join(sorted(EVENT_TYPES))
+                                + " or a plugin's <plugin>.<event>")
     try:
         limit = int(q.get("limit", "100"))
         after = int(q["after"]) if q.get("after") else None

@@ -8,6 +8,7 @@ from aiohttp import web
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
 from ..services.jobs import JobService
+from ..services.plugin_api import PluginAPI
 
 ARCHIVE = web.AppKey("archive", Archive)
 INGEST = web.AppKey("ingest", IngestService)
@@ -22,3 +23,5 @@ JOBS = web.AppKey("jobs", JobService)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 #: Optional, set before start-up: an argon2 PasswordHasher (tests use cheap parameters).
 PASSWORD_HASHER: web.AppKey[object] = web.AppKey("password_hasher")
+#: The public plugin surface (pacsd.plugin_api.api_of(request)), set at start-up.
+PLUGIN_API = web.AppKey("plugin_api", PluginAPI)

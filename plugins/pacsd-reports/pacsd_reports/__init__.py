@@ -1,0 +1,222 @@
+"""pacsd-reports: reports linked to exams (R-C2), built on ``pacsd.plugin_api`` only.
+
+A report arrives as a PDF (``POST /api/v1/plugins/reports/studies/{study}``), is wrapped
+as a DICOM Encapsulated PDF in a new series of the same study and stored through the one
+ingest path; its state lives in the plugin's table. States: ``preliminary`` (CT and
+night-emergency reads), ``final`` (after review), ``replaced`` (a later final of the same
+kind supersedes every earlier report of that kind; the objects stay archived). A
+preliminary cannot follow a final. A final report is announced as the plugin event
+``reports.final`` (other plugins: share link, SMS).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import time
+
+import orjson
+import sqlalchemy as sa
+from aiohttp import web
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pacsd.plugin_api import (Migration, PluginSchema, api_of, current_actor, errors,
+                              hookimpl, note_audit, requires)
+
+__version__ = "0.1.0"
+NAME = "reports"
+API = "/api/v1/plugins/reports"
+KINDS = ("radiology", "ultrasound", "endoscopy", "pathology", "ecg")
+STATES = ("preliminary", "final")
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+DEFAULTS = {"max_bytes": 20 * 1024 * 1024}
+COPIED = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+          "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+          "StudyID", "ReferringPhysicianName", "StudyDescription")
+TITLES = {"preliminary": "初步报告 Preliminary report", "final": "正式报告 Final report"}
+
+md = sa.MetaData()
+reports = sa.Table(
+    "reports_reports", md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_uid", sa.String(64), nullable=False, index=True),
+    sa.Column("series_uid", sa.String(64), nullable=False),
+    sa.Column("sop_uid", sa.String(64), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("replaced_by", sa.Integer),
+)
+
+
+@hookimpl
+def register_tables():
+    return PluginSchema(NAME, md, (
+        Migration(1, "reports_reports", lambda conn: md.create_all(conn)),))
+
+
+def _row(r) -> dict:
+    return {"id": r.id, "study": r.study_uid, "series": r.series_uid, "sop": r.sop_uid,
+            "kind": r.kind, "status": r.status, "created_by": r.created_by,
+            "created_at": r.created_at, "replaced_by": r.replaced_by}
+
+
+def list_reports(conn, study: str) -> list[dict]:
+    rows = conn.execute(sa.select(reports).where(reports.c.study_uid == study)
+                        .order_by(reports.c.id.desc())).all()
+    out = [_row(r) for r in rows]
+    out.sort(key=lambda r: r["status"] == "replaced")   # current ones first
+    return out
+
+
+def check_transition(conn, study: str, kind: str, status: str) -> None:
+    has_final = conn.execute(sa.select(sa.func.count()).select_from(reports).where(
+        reports.c.study_uid == study, reports.c.kind == kind,
+        reports.c.status == "final")).scalar()
+    if status == "preliminary" and has_final:
+        raise errors.Conflict("the report is final already; upload a final to amend it")
+
+
+def record(conn, *, study, series, sop, kind, status, actor) -> tuple[int, list[int]]:
+    """Insert the report; a final replaces every earlier current report of its kind."""
+    pk = conn.execute(sa.insert(reports).values(
+        study_uid=study, series_uid=series, sop_uid=sop, kind=kind, status=status,
+        created_by=actor[:64], created_at=time.time())).inserted_primary_key[0]
+    replaced: list[int] = []
+    if status == "final":
+        older = conn.execute(sa.select(reports.c.id).where(
+            reports.c.study_uid == study, reports.c.kind == kind, reports.c.id != pk,
+            reports.c.status.in_(STATES))).scalars().all()
+        if older:
+            conn.execute(sa.update(reports).where(reports.c.id.in_(older))
+                         .values(status="replaced", replaced_by=pk))
+            replaced = list(older)
+    return pk, replaced
+
+
+def encapsulate(attrs: dict, pdf: bytes, *, kind: str, status: str) -> tuple[str, str, bytes]:
+    """(SeriesInstanceUID, SOPInstanceUID, Part 10) of the report as Encapsulated PDF."""
+    ds = Dataset()
+    for kw in COPIED:
+        if attrs.get(kw) is not None:
+            setattr(ds, kw, attrs[kw])
+    now = _dt.datetime.now()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID, ds.SOPInstanceUID = ENCAPSULATED_PDF, generate_uid()
+    ds.SeriesInstanceUID, ds.Modality = generate_uid(), "DOC"
+    ds.SeriesNumber, ds.InstanceNumber = 9800, 1
+    ds.SeriesDescription = f"Report {kind} ({status})"
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.ConversionType = "WSD"
+    ds.DocumentTitle = TITLES[status]
+    ds.ContentLabel = status.upper()
+    ds.ConceptNameCodeSequence = Sequence()
+    ds.BurnedInAnnotation = "YES"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = pdf + (b"\0" if len(pdf) % 2 else b"")
+    ds.EncapsulatedDocumentLength = len(pdf)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = (ds.SOPClassUID,
+                                                                     ds.SOPInstanceUID)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return ds.SeriesInstanceUID, ds.SOPInstanceUID, out.getvalue()
+
+
+def pdf_of(part10: bytes) -> bytes:
+    ds = dcmread(io.BytesIO(part10))
+    data = bytes(ds.EncapsulatedDocument)
+    n = ds.get("EncapsulatedDocumentLength")
+    return data[:int(n)] if n else data
+
+
+async def _read_pdf(request, limit: int) -> bytes:
+    if request.content_type != "application/pdf":
+        raise errors.UnsupportedMediaType("send the report as application/pdf")
+    chunks, size = [], 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"a report is at most {limit} bytes")
+        chunks.append(chunk)
+    pdf = b"".join(chunks)
+    if not pdf.startswith(b"%PDF-"):
+        raise errors.BadRequest("the body is not a PDF")
+    return pdf
+
+
+@requires("write", audit="reports.uploaded")
+async def upload(request: web.Request) -> web.Response:
+    """POST .../studies/{study}?status=preliminary|final&kind=radiology[&phone=...]"""
+    api = api_of(request)
+    study = request.match_info["study"]
+    status = request.query.get("status", "final")
+    kind = request.query.get("kind", "radiology")
+    if status not in STATES or kind not in KINDS:
+        raise errors.BadRequest("status is preliminary or final; kind is one of "
+                                + ", ".join(KINDS))
+    limit = int({**DEFAULTS, **api.plugin_settings(NAME)}["max_bytes"])
+    pdf = await _read_pdf(request, limit)
+    rows = await api.instances(study)                      # 404 for an unknown study
+    await api.run(api.read, lambda c: check_transition(c, study, kind, status))
+    ds = dcmread(io.BytesIO(await api.read_instance(rows[0])), stop_before_pixels=True)
+    attrs = {kw: ds.get(kw) for kw in COPIED if kw in ds}
+    series, sop, part10 = encapsulate(attrs, pdf, kind=kind, status=status)
+    await api.store_instance(part10, expected_study_uid=study)
+    actor = current_actor(request).id
+    pk, replaced = await api.run(api.write, lambda c: record(
+        c, study=study, series=series, sop=sop, kind=kind, status=status, actor=actor))
+    note_audit(request, studies={study: 1}, report=pk, status=status, kind=kind,
+               replaced=replaced)
+    if status == "final":
+        # Other plugins take it from here (share link, SMS). The phone number, when
+        # given, travels in the event only; it is not stored by this plugin.
+        await api.emit("reports.final", study_uid=study, report_id=pk, kind=kind,
+                       phone=request.query.get("phone", ""))
+    body = {"id": pk, "study": study, "series": series, "sop": sop, "kind": kind,
+            "status": status, "replaced": replaced}
+    return web.Response(body=orjson.dumps(body), status=201, content_type="application/json")
+
+
+@requires("read", audit="query")
+async def listing(request: web.Request) -> web.Response:
+    api = api_of(request)
+    study = request.match_info["study"]
+    rows = await api.run(api.read, lambda c: list_reports(c, study))
+    note_audit(request, results=len(rows))
+    return web.Response(body=orjson.dumps({"reports": rows}),
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+@requires("read", audit="study-read")
+async def download(request: web.Request) -> web.Response:
+    api = api_of(request)
+    study = request.match_info["study"]
+    try:
+        pk = int(request.match_info["id"])
+    except ValueError:
+        raise errors.NotFound("no such report") from None
+    rows = await api.run(api.read, lambda c: list_reports(c, study))
+    match = [r for r in rows if r["id"] == pk]
+    if not match:
+        raise errors.NotFound("no such report")
+    r = match[0]
+    row = await api.instance(study, r["series"], r["sop"])
+    pdf = pdf_of(await api.read_instance(row))
+    note_audit(request, object_count=1, report=pk)
+    return web.Response(body=pdf, content_type="application/pdf",
+                        headers={"Cache-Control": "no-store",
+                                 "X-Report-Status": r["status"]})
+
+
+@hookimpl
+def register_routes(router, settings):
+    router.add_post(API + "/studies/{study}", upload)
+    router.add_get(API + "/studies/{study}", listing)
+    router.add_get(API + "/studies/{study}/{id}.pdf", download)

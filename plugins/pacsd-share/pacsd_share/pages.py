@@ -1,0 +1,166 @@
+"""The patient's phone pages (R-C4 first slice, R-C3): mobile-first, server-rendered HTML,
+Chinese first with English, no JavaScript. Every DICOM text is escaped (SEC-24)."""
+from __future__ import annotations
+
+from html import escape
+from urllib.parse import quote
+
+PREFIX = "/plugins/share"
+
+_CSS = """
+*{box-sizing:border-box}body{margin:0;font:16px/1.45 -apple-system,"PingFang SC",
+"Microsoft YaHei","Noto Sans CJK SC",sans-serif;background:#0f1419;color:#e8eaed}
+header{position:sticky;top:0;background:#16202b;padding:14px 16px;border-bottom:1px solid
+#26323f;display:flex;align-items:center;gap:12px}header a{color:#8ab4f8;text-decoration:none;
+font-size:15px}h1{font-size:19px;margin:0;font-weight:600}main{padding:14px 16px 40px}
+.en{color:#9aa4ae;font-size:13px;font-weight:400}.card{display:block;background:#1b2733;
+border-radius:12px;padding:14px 16px;margin:0 0 12px;color:inherit;text-decoration:none;
+border:1px solid #26323f}.card .row{display:flex;justify-content:space-between;gap:8px}
+.mod{background:#2b5278;color:#cfe3ff;border-radius:6px;padding:1px 8px;font-size:13px;
+font-weight:600}.muted{color:#9aa4ae;font-size:14px}.grid{display:grid;
+grid-template-columns:1fr 1fr;gap:10px}.tile{background:#000;border-radius:10px;
+overflow:hidden;color:inherit;text-decoration:none;border:1px solid #26323f}.tile img{
+width:100%;aspect-ratio:1;object-fit:contain;display:block;background:#000}.tile div{
+padding:6px 8px;font-size:13px}form{background:#1b2733;border-radius:12px;padding:18px 16px;
+border:1px solid #26323f}label{display:block;margin:0 0 8px}input{width:100%;font-size:20px;
+padding:12px;border-radius:8px;border:1px solid #3c4a58;background:#0f1419;color:#fff;
+letter-spacing:2px}button{margin-top:14px;width:100%;font-size:18px;padding:13px;
+border:0;border-radius:8px;background:#1a73e8;color:#fff;font-weight:600}.err{
+background:#5c1f1f;color:#ffd7d7;border-radius:8px;padding:10px 12px;margin:0 0 12px}
+.view{background:#000;margin:0 -16px;display:flex;justify-content:center}.view img{
+width:100%;height:auto;max-height:68vh;object-fit:contain;display:block}.nav{display:flex;justify-content:space-between;
+align-items:center;margin-top:12px}.nav a,.nav span.off{display:inline-block;padding:10px 18px;
+border-radius:8px;background:#1b2733;color:#8ab4f8;text-decoration:none;border:1px solid
+#26323f}.nav span.off{color:#4d5964}footer{color:#6b7785;font-size:12px;text-align:center;
+margin-top:24px}
+h2.sec{font-size:16px;margin:18px 0 10px;font-weight:600}
+form.search{background:none;border:0;padding:0;margin:0 0 12px}form.search input{
+font-size:16px;letter-spacing:0;padding:10px 12px}
+"""
+
+
+def page(title_zh: str, title_en: str, body: str, back: str | None = None) -> str:
+    back_link = (f'<a href="{escape(back)}" aria-label="back">‹ 返回</a>' if back else "")
+    return (f'<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+            f'<meta name="referrer" content="no-referrer">'
+            f"<title>{escape(title_zh)} · {escape(title_en)}</title><style>{_CSS}</style>"
+            f"</head><body><header>{back_link}<h1>{escape(title_zh)} "
+            f'<span class="en">{escape(title_en)}</span></h1></header><main>{body}'
+            f"<footer>pacsd · 影像云胶片 Cloud film</footer></main></body></html>")
+
+
+def message(title_zh: str, title_en: str, text_zh: str, text_en: str) -> str:
+    return page(title_zh, title_en,
+                f'<div class="card"><p>{escape(text_zh)}</p>'
+                f'<p class="muted">{escape(text_en)}</p></div>')
+
+
+def factor_form(kind: str, error: str | None, attempts_left: int) -> str:
+    if kind == "phone":
+        q_zh, q_en, ph, mode = ("请输入登记手机号的后四位", "Last four digits of your phone number",
+                                "0000", "numeric")
+    else:
+        q_zh, q_en, ph, mode = ("请输入出生日期", "Your date of birth (YYYYMMDD)",
+                                "YYYYMMDD", "numeric")
+    err = ""
+    if error:
+        err = (f'<div class="err" role="alert">{escape(error)}<br>'
+               f"剩余 {attempts_left} 次 · {attempts_left} attempts left</div>")
+    body = (f'{err}<form method="post" action="{PREFIX}/verify">'
+            f'<label for="answer">{escape(q_zh)}<br><span class="en">{escape(q_en)}</span>'
+            f'</label><input id="answer" name="answer" inputmode="{mode}" '
+            f'autocomplete="off" placeholder="{ph}" required maxlength="16">'
+            f'<button type="submit">查看影像 · View images</button></form>'
+            f'<p class="muted">为保护您的隐私，首次查看前需要验证身份。<br>'
+            f'To protect your privacy, please confirm who you are first.</p>')
+    return page("身份验证", "Verify", body)
+
+
+def _q(s: str) -> str:
+    return quote(s, safe="")
+
+
+def exams(items: list[dict], name: str, q: str = "") -> str:
+    search = (f'<form class="search" method="get" action="{PREFIX}/exams">'
+              f'<input name="q" value="{escape(q)}" placeholder="搜索 医院/检查/日期 Search" '
+              f'aria-label="search"></form>')
+    if not items:
+        body = ('<div class="card">暂无检查<br><span class="muted">No exams shared</span>'
+                "</div>")
+    else:
+        cards = []
+        for it in items:
+            cards.append(
+                f'<a class="card" href="{PREFIX}/exams/{_q(it["uid"])}">'
+                f'<div class="row"><strong>{escape(it["description"] or "检查 Exam")}'
+                f'</strong><span class="mod">{escape(it["modalities"] or "—")}</span></div>'
+                f'<div class="muted">{escape(" · ".join(x for x in (it["date"], it["institution"]) if x))}</div>'
+                f'<div class="muted">{it["series"]} 个序列 series · {it["images"]} 张图像 images'
+                f"</div></a>")
+        body = "".join(cards)
+    who = f'<p class="muted">患者 Patient: {escape(name)}</p>' if name else ""
+    return page("我的检查", "My exams", who + search + body)
+
+
+def _tile(study_uid: str, s: dict) -> str:
+    thumb = (f'{PREFIX}/img/{_q(study_uid)}/{_q(s["uid"])}/{_q(s["sop"])}/thumbnail'
+             if s["sop"] else "")
+    return (f'<a class="tile" href="{PREFIX}/exams/{_q(study_uid)}/series/{_q(s["uid"])}">'
+            f'<img alt="series {escape(str(s["number"]))}" src="{thumb}" loading="lazy">'
+            f'<div>{escape(s["modality"])} · {escape(s["description"] or "序列 Series")}'
+            f'<br><span class="muted">{s["images"]} 张 images</span></div></a>')
+
+
+def study(study_uid: str, title: str, date: str, series: list[dict],
+          reports: list[dict] | None = None) -> str:
+    """R-C4: report, e-film and images as separate entries."""
+    parts = [f'<p class="muted">{escape(date)}</p>']
+    if reports:
+        parts.append('<h2 class="sec">报告 <span class="en">Report</span></h2>')
+        for d in reports:
+            href = (f'{PREFIX}/doc/{_q(study_uid)}/{_q(d["series"])}/{_q(d["sop"])}'
+                    "/report.pdf")
+            parts.append(f'<a class="card report" href="{href}"><strong>'
+                         f'{escape(d["title"] or "报告 Report")}</strong>'
+                         f'<div class="muted">{escape(d["date"])} · PDF</div></a>')
+    films = [s for s in series if s.get("efilm")]
+    if films:
+        parts.append('<h2 class="sec">电子胶片 <span class="en">E-film</span></h2>'
+                     f'<div class="grid">{"".join(_tile(study_uid, s) for s in films)}</div>')
+    images = [s for s in series if not s.get("efilm")]
+    if images:
+        parts.append('<h2 class="sec">影像 <span class="en">Images</span></h2>'
+                     f'<div class="grid">{"".join(_tile(study_uid, s) for s in images)}</div>')
+    return page(title or "检查", "Exam", "".join(parts), back=f"{PREFIX}/exams")
+
+
+_SWIPE = """(function(){var x=null,y=null;
+document.addEventListener('touchstart',function(e){x=e.touches[0].clientX;
+y=e.touches[0].clientY;},{passive:true});
+document.addEventListener('touchend',function(e){if(x===null)return;
+var dx=e.changedTouches[0].clientX-x,dy=e.changedTouches[0].clientY-y;x=null;
+if(Math.abs(dx)<50||Math.abs(dx)<Math.abs(dy)*1.5)return;
+var a=document.querySelector(dx<0?'a[data-nav=next]':'a[data-nav=prev]');
+if(a)location.href=a.href;},{passive:true});})();"""
+
+
+def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int,
+           subtitle: str = "", nonce: str = "") -> str:
+    n = len(sops)
+    base = f"{PREFIX}/exams/{_q(study_uid)}/series/{_q(series_uid)}"
+    img = (f'{PREFIX}/img/{_q(study_uid)}/{_q(series_uid)}/{_q(sops[index])}/rendered')
+
+    def nav(i: int, label: str, rel: str) -> str:
+        if 0 <= i < n:
+            return f'<a data-nav="{rel}" href="{base}?i={i}">{label}</a>'
+        return f'<span class="off">{label}</span>'
+    sub = f'<p class="muted">{escape(subtitle)}</p>' if subtitle else ""
+    body = (f'{sub}<div class="view"><img id="image" alt="image {index + 1}" src="{img}"></div>'
+            f'<div class="nav">{nav(index - 1, "‹ 上一张", "prev")}'
+            f'<span class="muted">第 {index + 1} / {n} 张</span>'
+            f'{nav(index + 1, "下一张 ›", "next")}</div>')
+    if nonce:  # swipe left / right for the next / previous image (R-C4)
+        body += f'<script nonce="{nonce}">{_SWIPE}</script>'
+
+    return page(title or "图像", "Images", body, back=f"{PREFIX}/exams/{_q(study_uid)}")

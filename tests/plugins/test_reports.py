@@ -1,0 +1,101 @@
+"""pacsd-reports (R-C2): a PDF report becomes an Encapsulated PDF in the exam's study;
+preliminary then final (the final replaces the preliminary after review); a final is
+announced to other plugins as ``reports.final``."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image, ImageDraw
+
+from dicomgen import make_dataset, multipart, to_part10
+from pacsd import hookimpl
+from pacsd.config import Settings
+from pacsd.plugins import Plugins
+from pacsd.web import create_app
+
+
+def pdf(text: str) -> bytes:
+    img = Image.new("RGB", (400, 200), "white")
+    ImageDraw.Draw(img).text((20, 20), text, fill="black")
+    out = io.BytesIO()
+    img.save(out, format="PDF")
+    return out.getvalue()
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list = []
+
+    @hookimpl
+    def plugin_event(self, api, event, payload):
+        self.events.append((event, payload))
+
+
+@pytest.fixture
+async def ctx(aiohttp_client, tmp_path, with_plugin_site):
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    plugins = Plugins()
+    plugins.load({})
+    assert "reports" in plugins.names()
+    listener = Listener()
+    plugins.register(listener, "listener")
+    client = await aiohttp_client(create_app(settings, plugins))
+    ds = make_dataset(Modality="CT", PatientID="P7")
+    body, ctype = multipart([to_part10(ds)])
+    r = await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
+    assert r.status == 200
+    return client, ds.StudyInstanceUID, listener
+
+
+async def upload(client, study, body, **query):
+    return await client.post(f"/api/v1/plugins/reports/studies/{study}", data=body,
+                             params=query, headers={"Content-Type": "application/pdf"})
+
+
+async def test_R_C2_preliminary_then_final_replaces_it_and_is_announced(ctx):
+    client, study, listener = ctx
+    prelim, final = pdf("preliminary: no acute finding"), pdf("final: no acute finding")
+    r = await upload(client, study, prelim, status="preliminary", kind="radiology")
+    assert r.status == 201, await r.text()
+    p = await r.json()
+    assert p["status"] == "preliminary" and p["replaced"] == []
+    assert listener.events == []                              # not final yet
+    r = await upload(client, study, final, status="final", phone="13800134321")
+    f = await r.json()
+    assert r.status == 201 and f["replaced"] == [p["id"]]
+    assert listener.events[0] == ("reports.final", {"study_uid": study,
+                                                    "report_id": f["id"],
+                                                    "kind": "radiology",
+                                                    "phone": "13800134321"})
+    # pacsd-share (installed too) answered with a link for the notification plugins.
+    assert [e for e, _ in listener.events] == ["reports.final", "share.link-created"]
+    assert listener.events[1][1]["study_uid"] == study
+    r = await client.get(f"/api/v1/plugins/reports/studies/{study}")
+    rows = (await r.json())["reports"]
+    assert [(x["id"], x["status"]) for x in rows] == [(f["id"], "final"),
+                                                      (p["id"], "replaced")]
+    assert rows[1]["replaced_by"] == f["id"]
+    r = await client.get(f"/api/v1/plugins/reports/studies/{study}/{f['id']}.pdf")
+    assert r.status == 200 and await r.read() == final
+    assert r.headers["X-Report-Status"] == "final"
+    # Both objects are in the exam's study as Encapsulated PDF (history kept).
+    r = await client.get(f"/dicom-web/studies/{study}/instances",
+                         params={"SOPClassUID": "1.2.840.10008.5.1.4.1.1.104.1"})
+    assert {i["00080018"]["Value"][0] for i in await r.json()} == {p["sop"], f["sop"]}
+    r = await upload(client, study, prelim, status="preliminary")
+    assert r.status == 409                                    # no preliminary after final
+
+
+async def test_R_C2_bad_uploads_are_refused_precisely(ctx):
+    client, study, _ = ctx
+    assert (await upload(client, study, b"not a pdf")).status == 400
+    assert (await upload(client, study, pdf("x"), status="draft")).status == 400
+    assert (await upload(client, study, pdf("x"), kind="xray")).status == 400
+    assert (await upload(client, "1.2.3.4.5", pdf("x"))).status == 404
+    r = await client.post(f"/api/v1/plugins/reports/studies/{study}", data=pdf("x"),
+                          headers={"Content-Type": "text/plain"})
+    assert r.status == 415
+    r = await client.get(f"/api/v1/plugins/reports/studies/{study}")
+    assert (await r.json())["reports"] == []                  # nothing half-stored

@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import requests
 from dicomgen import make_dataset, multipart, to_part10
+
+from pacsd.services import totp
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "Correct-Horse-9"
@@ -30,9 +34,12 @@ def pacsd(env: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def login(url: str, user: str) -> requests.Session:
+def login(url: str, user: str, totp_secret: str | None = None) -> requests.Session:
     s = requests.Session()
-    r = s.post(url + "/api/v1/auth/login", json={"username": user, "password": PASSWORD})
+    body = {"username": user, "password": PASSWORD}
+    if totp_secret is not None:  # auditors log in with a second factor (MLPS 4)
+        body["otp"] = totp.code_at(totp_secret, time.time())
+    r = s.post(url + "/api/v1/auth/login", json=body)
     r.raise_for_status()
     s.headers["Authorization"] = "Bearer " + r.json()["token"]
     return s
@@ -98,6 +105,10 @@ def setup_site(tmp_path: Path, plugin_site: Path):
         made = pacsd(env, "user", "add", user, "--role", role, "--password-file", str(pw),
                      "--data-dir", str(data), "--config", str(conf))
         assert made.returncode == 0, made.stderr
+    enrolled = pacsd(env, "user", "totp", "aud", "--no-qr", "--data-dir", str(data),
+                     "--config", str(conf))
+    assert enrolled.returncode == 0, enrolled.stderr
+    secret = parse_qs(urlsplit(enrolled.stdout.splitlines()[0]).query)["secret"][0]
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = env["PYTHONPATH"]
     try:
@@ -108,7 +119,7 @@ def setup_site(tmp_path: Path, plugin_site: Path):
         else:
             os.environ["PYTHONPATH"] = old
     site = Site(url=srv.url, data=data, staff=login(srv.url, "rad"),
-                auditor=login(srv.url, "aud"))
+                auditor=login(srv.url, "aud", secret))
     populate(site)
     return srv, site
 

@@ -7,7 +7,9 @@ same checks and durability apply); reads take the one retrieve path (hash-checke
 queries are QIDO-RS queries; audit events join the same hash-chained trail. The methods
 do **no** authorization of their own: a plugin route declares what it needs
 (``@requires``) and its handler decides which studies it may touch (e.g. a share link's
-scope). Plugin tables (declared with ``register_tables``) are reached with
+scope). Reads see the whole archive by default (:data:`PLUGIN_ACTOR`); pass ``actor=``
+(e.g. ``pacsd.plugin_api.current_actor(request)``) to read within that actor's data scope
+(R-A12), exactly as DICOMweb would. Plugin tables (declared with ``register_tables``) are reached with
 :meth:`PluginAPI.read` / :meth:`PluginAPI.write`, which run blocking functions of a
 SQLAlchemy connection (call them through :meth:`PluginAPI.run`).
 """
@@ -30,6 +32,10 @@ from .audit import AuditTrail
 from .ingest import IngestService, StagedFile
 from .query import QueryService
 from .retrieve import RetrieveService
+from .security import Actor
+
+#: Whom plugin reads act for unless given an actor: the plugin itself, whole archive.
+PLUGIN_ACTOR = Actor(id="plugin", name="plugin", roles=frozenset({"local"}), clearances=None)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -104,33 +110,37 @@ class PluginAPI:
     # --- query --------------------------------------------------------------------------
     async def search(self, level: str, params: Mapping[str, str] | Iterable[tuple[str, str]]
                      = (), *, study_uid: str | None = None, series_uid: str | None = None,
-                     base_url: str = "") -> list[dict]:
+                     base_url: str = "", actor: Any = PLUGIN_ACTOR) -> list[dict]:
         """A QIDO-RS query (``level`` study / series / instance, ``params`` QIDO
         parameters such as ``{"PatientID": "P1", "includefield": "all"}``); returns DICOM
         JSON objects."""
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
         result = await self._query.search(level, pairs, base_url=base_url,
-                                          study_uid=study_uid, series_uid=series_uid)
+                                          study_uid=study_uid, series_uid=series_uid,
+                                          actor=actor)
         return result.items
 
     # --- retrieve -----------------------------------------------------------------------
     async def instances(self, study: str, series: str | None = None,
-                        sop: str | None = None) -> list[InstanceRow]:
+                        sop: str | None = None, *, actor: Any = PLUGIN_ACTOR
+                        ) -> list[InstanceRow]:
         """Instances of a study / series (NotFound when none). Each child belongs to the
         parent named (SEC-3)."""
-        return await self._retrieve.instances(study, series, sop)
+        return await self._retrieve.instances(study, series, sop, actor=actor)
 
-    async def instance(self, study: str, series: str, sop: str) -> InstanceRow:
-        return await self._retrieve.instance(study, series, sop)
+    async def instance(self, study: str, series: str, sop: str, *,
+                       actor: Any = PLUGIN_ACTOR) -> InstanceRow:
+        return await self._retrieve.instance(study, series, sop, actor=actor)
 
     async def read_instance(self, row: InstanceRow) -> bytes:
         """The stored Part 10 bytes, sha256-verified."""
         return await self._retrieve.read_verified(row)
 
     async def metadata(self, study: str, series: str | None = None,
-                       sop: str | None = None) -> list[dict]:
+                       sop: str | None = None, *, actor: Any = PLUGIN_ACTOR) -> list[dict]:
         """DICOM JSON metadata (as WADO-RS /metadata; bulk data URIs left relative)."""
-        chunks = [c async for c in self._retrieve.metadata_chunks(study, series, sop, "")]
+        chunks = [c async for c in self._retrieve.metadata_chunks(study, series, sop, "",
+                                                                   actor=actor)]
         return orjson.loads(b"".join(chunks))
 
     async def rendered(self, row: InstanceRow, frame: int = 1, *,

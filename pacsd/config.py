@@ -38,6 +38,9 @@ class ServerSettings:
     shutdown_timeout_s: float = 30.0
     #: Worker threads for blocking work (file IO, parsing, index).
     worker_threads: int = 16
+    #: Directory of the built web viewer served at /viewer; empty = viewer-web/dist of
+    #: the source checkout (R-D1, docs/viewer.md).
+    viewer_dir: str = ""
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .dicomweb import qido, stow, wado, wado_uri
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, PASSWORD_HASHER, QUERY, RETRIEVE,
                    SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
+from .viewer import add_viewer_routes
 
 log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
@@ -157,6 +158,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    add_viewer_routes(app, settings)  # the web viewer at /viewer (R-D1)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

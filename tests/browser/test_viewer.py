@@ -1,0 +1,252 @@
+"""The web viewer in a real browser (R-D1, R-D2, R-3.2.6, R-3.2.7, R-3.3.18, R-3.3.20).
+
+Each test drives headless chromium against a real pacsd serving the built viewer, with
+synthetic studies of known pixel values (conftest.py), and asserts what a doctor sees:
+rendered pixels, HU under the pointer, measured millimetres, window changes."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from viewerdata import BLOCK_HU, CT, hu, shot
+
+
+def open_worklist(page, server):
+    page.goto(server.url + "/viewer/")
+    page.wait_for_selector("#studies tbody tr")
+
+
+def open_study(page, server, uid):
+    page.goto(f"{server.url}/viewer/#/study/{uid}")
+    page.wait_for_function(f"document.body.dataset.loaded === '{uid}'", timeout=30000)
+    wait_rendered(page, 0)
+
+
+def wait_rendered(page, i):
+    page.wait_for_function("i => window.pacsdViewer.rendered(i)", arg=i, timeout=30000)
+    wait_stable(page, i)
+
+
+def wait_stable(page, i):
+    """Wait until the viewport's geometry stops changing (panels filling in can resize
+    it), so page coordinates computed from image pixels stay valid."""
+    last = None
+    for _ in range(50):
+        now = page.evaluate("i => window.pacsdViewer.imageToPage(i, 0, 0)", i)
+        if now is not None and now == last:
+            return
+        last = now
+        page.wait_for_timeout(150)
+    raise AssertionError("viewport geometry never settled")
+
+
+def canvas_pixels(page, i=0) -> np.ndarray:
+    png = page.locator(f'#grid .pane[data-index="{i}"]').screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+
+
+def test_r_d2_worklist_lists_studies_with_total_and_thumbnails(page, server, studies):
+    open_worklist(page, server)
+    status = page.locator("#status")
+    assert status.get_attribute("data-total") == "14"
+    assert status.inner_text().startswith("1–14 of 14") or "of 14" in status.inner_text()
+    shot(page, "worklist")
+    assert page.errors == []
+
+
+def test_r_d1_study_renders_known_pixels(page, server, studies):
+    open_study(page, server, studies["current"])
+    px = canvas_pixels(page)
+    shot(page, "viewer-1x1")
+    assert px.std() > 10, "the viewport is blank"
+    assert page.errors == []
+
+
+def drag(page, i, start, end):
+    x0, y0 = page.evaluate("a => window.pacsdViewer.imageToPage(...a)", [i, *start])
+    x1, y1 = page.evaluate("a => window.pacsdViewer.imageToPage(...a)", [i, *end])
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    # Small steps, as a hand moves: the tool starts the drag at the first move event.
+    steps = max(4, int(max(abs(x1 - x0), abs(y1 - y0)) / 4))
+    page.mouse.move(x0 + (x1 - x0) / steps, y0 + (y1 - y0) / steps)
+    page.mouse.move(x1, y1, steps=steps)
+    page.mouse.up()
+
+
+def click_image(page, i, at):
+    x, y = page.evaluate("a => window.pacsdViewer.imageToPage(...a)", [i, *at])
+    page.mouse.click(x, y)
+    # Pause like a hand: Cornerstone holds a press within 400 ms of a click as a possible
+    # double click (DOUBLE_CLICK_TOLERANCE_MS), which would swallow the next drag.
+    page.wait_for_timeout(450)
+
+
+def wait_completed(page, n):
+    page.wait_for_function("n => window.pacsdViewer.completed >= n", arg=n)
+
+
+def measurements(page):
+    return page.evaluate("window.pacsdViewer.measurements()")
+
+
+def test_r_3_2_7_window_presets_and_live_window_level(page, server, studies):
+    """R-D1 / R-3.2.7: a CT preset sets exactly its window; dragging W/L changes it; both
+    change the rendered pixels."""
+    open_study(page, server, studies["current"])
+    before = canvas_pixels(page)
+    options = page.locator("#preset option").all_inner_texts()
+    assert any(o.startswith("Lung (1500/-600)") for o in options), options
+    page.select_option("#preset", label="Lung (1500/-600)")
+    page.wait_for_function("window.pacsdViewer.properties(0).voiRange.lower === -1350")
+    voi = page.evaluate("window.pacsdViewer.properties(0).voiRange")
+    assert (voi["lower"], voi["upper"]) == (-1350, 150)
+    overlay = page.locator('#grid .pane[data-index="0"] .overlay')
+    assert overlay.get_attribute("data-ww") == "1500"
+    assert overlay.get_attribute("data-wc") == "-600"
+    lung = canvas_pixels(page)
+    assert np.abs(lung - before).mean() > 5, "the preset did not change the image"
+    shot(page, "viewer-lung-window")
+    page.click('[data-tool="WindowLevel"]')
+    drag(page, 0, (64, 64), (90, 100))
+    after = page.evaluate("window.pacsdViewer.properties(0).voiRange")
+    assert after != voi
+    assert np.abs(canvas_pixels(page) - lung).mean() > 1
+
+
+def test_r_3_2_6_length_is_millimetres_from_pixel_spacing(page, server, studies):
+    """R-D1 distance: 80 pixels along a row at 0.5 mm PixelSpacing measure 40.0 mm."""
+    open_study(page, server, studies["current"])
+    page.click('[data-tool="Length"]')
+    drag(page, 0, (20, 100), (100, 100))
+    wait_completed(page, 1)
+    (m,) = measurements(page)
+    assert m["tool"] == "Length" and m["unit"] == "mm"
+    assert abs(m["length"] - 80 * CT["spacing"]) < 0.6  # within about one pixel
+    text = page.locator('#measurements li[data-tool="Length"]').inner_text()
+    assert text == f"Length: {m['length']:.2f} mm"
+    shot(page, "viewer-length")
+
+
+def test_r_3_2_6_point_ct_value_is_stored_times_slope_plus_intercept(page, server, studies):
+    """R-D1 CT value: the probe reads HU = stored x RescaleSlope + RescaleIntercept."""
+    open_study(page, server, studies["current"])
+    page.click('[data-tool="Probe"]')
+    click_image(page, 0, (100, 20))
+    wait_completed(page, 1)
+    (m,) = measurements(page)
+    assert m["unit"] == "HU"
+    col, row = m["index"][0], m["index"][1]
+    assert m["value"] == hu(row, col, 0)
+    assert abs(col - 100) <= 1 and abs(row - 20) <= 1
+    assert page.locator('#measurements li[data-tool="Probe"]').inner_text() == \
+        f"Point: {hu(row, col, 0):.1f} HU"
+
+
+def test_r_3_2_6_ellipse_area_reports_hu_statistics(page, server, studies):
+    """R-D1 area with mean / min / max HU: an ellipse inside the 1000 HU block."""
+    open_study(page, server, studies["current"])
+    page.click('[data-tool="EllipticalROI"]')
+    drag(page, 0, (48, 48), (52, 52))
+    wait_completed(page, 1)
+    (m,) = measurements(page)
+    assert m["unit"] == "HU"
+    assert m["mean"] == m["min"] == m["max"] == BLOCK_HU
+    assert m["area"] > 0 and m["areaUnit"] == "mm²"
+    shot(page, "viewer-ellipse")
+
+
+def test_r_3_2_6_angle_and_cardiothoracic_ratio(page, server, studies):
+    """R-D1 angle (a right angle) and cardiothoracic ratio (two horizontal diameters)."""
+    open_study(page, server, studies["current"])
+    page.click('[data-tool="Angle"]')
+    # Angle: three clicks / drags — first segment, then the second arm.
+    drag(page, 0, (20, 20), (60, 20))
+    click_image(page, 0, (60, 60))
+    wait_completed(page, 1)
+    angle = next(m for m in measurements(page) if m["tool"] == "Angle")
+    assert abs(angle["angle"] - 90) < 1.5
+    page.click('[data-action="ctr"]')
+    drag(page, 0, (10, 110), (110, 110))   # thoracic diameter: 100 px
+    wait_completed(page, 2)
+    drag(page, 0, (40, 90), (90, 90))      # cardiac diameter: 50 px
+    wait_completed(page, 3)
+    page.wait_for_selector('#measurements li[data-tool="CTR"]')
+    shot(page, "viewer-angle-ctr")
+    ratio = page.evaluate("window.pacsdViewer.ctrRatio()")
+    assert abs(ratio - 0.5) < 0.02
+    assert page.locator('#measurements li[data-tool="CTR"]').inner_text() == \
+        "Cardiothoracic ratio: 0.50"
+    shot(page, "viewer-angle-ctr")
+
+
+def test_r_3_2_7_rotate_flip_invert_reset(page, server, studies):
+    open_study(page, server, studies["current"])
+    base = canvas_pixels(page)
+    page.click('[data-action="rotr"]')
+    assert page.evaluate("window.pacsdViewer.presentation(0).rotation") == 90
+    rotated = canvas_pixels(page)
+    # The gradient ran left to right; after R90 it runs top to bottom.
+    h, w = rotated.shape
+    assert rotated[h // 4, w // 2] < rotated[3 * h // 4, w // 2]
+    page.click('[data-action="rotl"]')
+    assert page.evaluate("window.pacsdViewer.presentation(0).rotation") % 360 == 0
+    page.click('[data-action="fliph"]')
+    assert page.evaluate("window.pacsdViewer.presentation(0).flipHorizontal") is True
+    flipped = canvas_pixels(page)
+    assert flipped[h // 2, w // 4] > flipped[h // 2, 3 * w // 4]  # bright side now left
+    page.click('[data-action="flipv"]')
+    assert page.evaluate("window.pacsdViewer.presentation(0).flipVertical") is True
+    page.click('[data-action="invert"]')
+    assert page.evaluate("window.pacsdViewer.properties(0).invert") is True
+    shot(page, "viewer-flipped-inverted")
+    page.click('[data-action="reset"]')
+    pres = page.evaluate("window.pacsdViewer.presentation(0)")
+    assert not pres.get("flipHorizontal") and not pres.get("flipVertical")
+    assert not page.evaluate("window.pacsdViewer.properties(0).invert")
+    assert np.abs(canvas_pixels(page) - base).mean() < 2
+
+
+def test_r_3_2_7_cine_and_stack_scroll(page, server, studies):
+    open_study(page, server, studies["current"])
+    x, y = page.evaluate("window.pacsdViewer.imageToPage(0, 64, 64)")
+    page.mouse.move(x, y)
+    page.mouse.wheel(0, 300)
+    page.wait_for_function("window.pacsdViewer.imageIndex(0) > 0")
+    page.evaluate("window.pacsdViewer.setImageIndex(0, 0)")
+    page.fill("#fps", "30")
+    assert page.inner_text("#fps-label") == "30 fps"
+    page.click('[data-action="cine"]')
+    assert page.evaluate("window.pacsdViewer.cinePlaying(0)") is True
+    page.wait_for_function("window.pacsdViewer.imageIndex(0) >= 3")
+    page.click('[data-action="cine"]')
+    assert "on" not in (page.get_attribute('[data-action="cine"]', "class") or "")
+    assert page.evaluate("window.pacsdViewer.cinePlaying(0)") is False
+
+
+def test_r_d1_layouts_compare_prior_and_sync_scroll(page, server, studies):
+    """R-D1 / R-3.1.17: the history panel lists the patient's studies; Compare shows the
+    prior CT beside the current one; with Sync on, scrolling one scrolls the other."""
+    open_study(page, server, studies["current"])
+    rows = page.locator("#history li")
+    rows.first.wait_for()
+    assert rows.count() == 2
+    page.locator(f'#history li[data-study="{studies["prior"]}"] button').click()
+    wait_rendered(page, 1)
+    panes = page.evaluate("window.pacsdViewer.panes()")
+    assert [p["studyUid"] for p in panes] == [studies["current"], studies["prior"]]
+    assert canvas_pixels(page, 1).std() > 10
+    page.check("#sync")
+    x, y = page.evaluate("window.pacsdViewer.imageToPage(0, 64, 64)")
+    page.mouse.click(x, y)
+    page.mouse.wheel(0, 400)
+    page.wait_for_function("window.pacsdViewer.imageIndex(0) > 0")
+    page.wait_for_function("window.pacsdViewer.imageIndex(1) === window.pacsdViewer.imageIndex(0)")
+    shot(page, "viewer-compare-1x2")
+    page.select_option("#layout", "2x2")
+    page.wait_for_function("document.querySelectorAll('#grid .pane').length === 4")
+    wait_rendered(page, 1)
+    shot(page, "viewer-2x2")
+    assert page.errors == []

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 # System packages: DCMTK (DIMSE peer tests). Installed only when missing and when we may.
 need_apt=()
 command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: ${need_apt[*]}"
@@ -25,4 +26,6 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+# The web viewer (viewer-web/): npm ci, its unit tests, the build the browser tests use.
+bash scripts/build-viewer.sh
 exec python3 -m pytest "$@"

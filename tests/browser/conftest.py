@@ -86,7 +86,8 @@ def server(tmp_path_factory, viewer_dist, studies):
                                 date="20240305", desc="CT chest prior"))
         mr = make_dataset(study=studies["other"], rows=32, columns=32, seed=3,
                           PatientName="Zhou^Bo", PatientID="VW-002", StudyDate="20230101",
-                          Modality="MR", StudyDescription="MR knee")
+                          Modality="MR", StudyDescription="MR knee",
+                          BodyPartExamined="KNEE", InstitutionName="North Clinic")
         stow(srv.url, [to_part10(mr)])
         # Filler studies so the worklist has more than one page (R-D2 paging).
         stow(srv.url, [to_part10(make_dataset(rows=8, columns=8, seed=i,

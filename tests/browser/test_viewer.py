@@ -56,6 +56,74 @@ def test_r_d2_worklist_lists_studies_with_total_and_thumbnails(page, server, stu
     assert page.errors == []
 
 
+def search(page, **fields):
+    page.click('#search button[type="reset"]')
+    page.wait_for_function("document.querySelector('#status').dataset.total === '14'")
+    for name, v in fields.items():
+        if name == "modality":
+            page.select_option('#search select[name="modality"]', v)
+        else:
+            page.fill(f'#search [name="{name}"]', v)
+    page.evaluate("document.querySelector('#status').dataset.total = ''")
+    page.click('#search button[type="submit"]')
+    page.wait_for_function("document.querySelector('#status').dataset.total !== ''")
+    names = page.locator("#studies tbody td.name").all_inner_texts()
+    return int(page.get_attribute("#status", "data-total")), names
+
+
+def test_r_3_3_18_worklist_search_fields_map_to_qido(page, server, studies):
+    """R-D2 / R-3.3.18 / R-3.3.20: name (fuzzy, any case), exam type, date range, body
+    part, institution, accession; each answer is exactly the matching studies."""
+    open_worklist(page, server)
+    assert search(page, patientName="LIN") == (2, ["Lin, Alice", "Lin, Alice"])
+    assert search(page, modality="MR") == (1, ["Zhou, Bo"])
+    total, names = search(page, dateFrom="2024-01-01", dateTo="2024-12-31")
+    assert (total, names) == (1, ["Lin, Alice"])
+    assert page.locator("#studies tbody td.date").all_inner_texts() == ["2024-03-05"]
+    assert search(page, bodyPart="chest") == (2, ["Lin, Alice", "Lin, Alice"])
+    assert search(page, institution="North") == (1, ["Zhou, Bo"])
+    assert search(page, bodyPart="chest", dateFrom="2025-01-01") == (1, ["Lin, Alice"])
+    assert search(page, accession="A00120250310") == (1, ["Lin, Alice"])
+    assert search(page, patientName="nobody") == (0, [])
+    assert page.inner_text("#status") == "No studies found"
+    shot(page, "worklist-search")
+
+
+def test_r_3_3_21_worklist_sort_and_paging_with_total(page, server):
+    """R-D2 / R-3.3.21: sort by name and time; pages of 10 over X-Total-Count = 14."""
+    open_worklist(page, server)
+    page.select_option("#sort", "name:asc")
+    names = page.locator("#studies tbody td.name").all_inner_texts()
+    assert names == sorted(names) and names[-1] == "Zhou, Bo"
+    page.select_option("#sort", "date:asc")
+    dates = page.locator("#studies tbody td.date").all_inner_texts()
+    assert dates == sorted(dates)
+    page.select_option("#pagesize", "10")
+    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 10")
+    assert page.inner_text("#status") == "1–10 of 14 studies"
+    assert page.is_disabled("#prev") and not page.is_disabled("#next")
+    page.click("#next")
+    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 4")
+    assert page.inner_text("#status") == "11–14 of 14 studies"
+    assert page.inner_text("#pageno") == "page 2 / 2"
+    assert page.is_disabled("#next")
+    page.click("#prev")
+    page.wait_for_function("document.querySelectorAll('#studies tbody tr').length === 10")
+
+
+def test_r_d2_worklist_thumbnails_and_open_study(page, server, studies):
+    open_worklist(page, server)
+    row = page.locator(f'#studies tbody tr[data-study="{studies["current"]}"]')
+    page.wait_for_function(
+        "uid => { const i = document.querySelector(`tr[data-study='${uid}'] img.thumb`);"
+        " return i && i.complete && i.naturalWidth > 0; }", arg=studies["current"])
+    row.click()
+    page.wait_for_function(f"document.body.dataset.loaded === '{studies['current']}'")
+    wait_rendered(page, 0)
+    assert page.locator(".series-thumb").count() == 1
+    assert page.locator(".series-thumb").inner_text().startswith("CT #2 Axial 5mm")
+
+
 def test_r_d1_study_renders_known_pixels(page, server, studies):
     open_study(page, server, studies["current"])
     px = canvas_pixels(page)

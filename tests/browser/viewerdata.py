@@ -47,6 +47,7 @@ def ct_series(study: str, *, name: str, pid: str, date: str, desc: str,
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.FrameOfReferenceUID = frame_of_ref
         ds.BodyPartExamined = "CHEST"
+        ds.InstitutionName = "Central Hospital"
         out.append(to_part10(ds))
     return out
 

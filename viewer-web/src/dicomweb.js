@@ -91,6 +91,36 @@ export function buildStudyQuery(filters = {}, page = {}) {
   return p;
 }
 
+/** Series-level worklist filters (R-D2 body part, institution): pacsd, like the
+ * standard's study-level QIDO, matches them on /series only. Returns the /series query,
+ * or null when none is given. */
+export function buildSeriesFilterQuery(filters = {}) {
+  const body = (filters.bodyPart ?? '').toString().trim().toUpperCase();
+  const inst = (filters.institution ?? '').toString().trim();
+  if (!body && !inst) return null;
+  const p = new URLSearchParams();
+  if (body) p.set('BodyPartExamined', body);
+  if (inst) p.set('InstitutionName', wrapWildcard(inst));
+  p.set('includefield', TAG.StudyInstanceUID);
+  p.set('limit', '1000');
+  return p;
+}
+
+/** Split UIDs into comma-separated lists whose length stays within a QIDO-RS value
+ * limit (pacsd: 1024 characters). */
+export function uidChunks(uids, maxLen = 1024) {
+  const out = [];
+  let cur = [];
+  let len = 0;
+  for (const u of uids) {
+    if (cur.length && len + 1 + u.length > maxLen) { out.push(cur.join(',')); cur = []; len = 0; }
+    len += (cur.length ? 1 : 0) + u.length;
+    cur.push(u);
+  }
+  if (cur.length) out.push(cur.join(','));
+  return out;
+}
+
 /** Sort keys of the worklist (R-D2: time, name, type). Returns a new array. */
 export const SORT_KEYS = {
   date: (s) => `${value(s, TAG.StudyDate) || ''}${value(s, TAG.StudyTime) || ''}`,

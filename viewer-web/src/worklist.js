@@ -1,7 +1,10 @@
 // The worklist / search page (R-D2, R-3.3.18, R-3.3.20, R-3.3.21): QIDO-RS study search,
 // sort, paging with the server's X-Total-Count, series thumbnails via WADO-RS.
 import { dicomJson, thumbnailUrl } from './api.js';
-import { TAG, value, values, buildStudyQuery, sortStudies, pageInfo, formatName, formatDicomDate } from './dicomweb.js';
+import {
+  TAG, value, values, buildStudyQuery, buildSeriesFilterQuery, uidChunks, sortStudies, pageInfo,
+  formatName, formatDicomDate,
+} from './dicomweb.js';
 
 const state = { offset: 0, filters: {}, items: [], total: 0 };
 
@@ -12,7 +15,7 @@ function esc(s) {
 function formFilters() {
   const f = document.getElementById('search');
   return Object.fromEntries(['patientName', 'patientId', 'accession', 'modality', 'dateFrom',
-    'dateTo', 'description', 'referring'].map((k) => [k, f.elements[k].value]));
+    'dateTo', 'description', 'referring', 'bodyPart', 'institution'].map((k) => [k, f.elements[k].value]));
 }
 
 function limit() { return Number(document.getElementById('pagesize').value) || 25; }
@@ -29,7 +32,10 @@ export async function search(offset = 0) {
   }
   status.textContent = 'Searching…';
   try {
-    const { items, total } = await dicomJson('/studies', params);
+    const seriesQuery = buildSeriesFilterQuery(state.filters);
+    const { items, total } = seriesQuery
+      ? await searchBySeries(seriesQuery, offset)
+      : await dicomJson('/studies', params);
     state.items = items;
     state.offset = offset;
     state.total = total ?? items.length + offset;
@@ -37,6 +43,20 @@ export async function search(offset = 0) {
   } catch (e) {
     status.textContent = `Search failed: ${e.message}`;
   }
+}
+
+/** Body part / institution (series-level keys): the studies holding a matching series,
+ * then the study filters on those, paged here (the total is exact). */
+async function searchBySeries(seriesQuery, offset) {
+  const { items: series } = await dicomJson('/series', seriesQuery);
+  const uids = [...new Set(series.map((s) => value(s, TAG.StudyInstanceUID)).filter(Boolean))];
+  const all = [];
+  for (const chunk of uidChunks(uids)) {
+    const p = buildStudyQuery({ ...state.filters, studyUid: chunk }, { limit: 1000 });
+    all.push(...(await dicomJson('/studies', p)).items);
+  }
+  const sorted = sortStudies(all, 'date', 'desc');
+  return { items: sorted.slice(offset, offset + limit()), total: sorted.length };
 }
 
 function render() {

@@ -1,7 +1,7 @@
 // node --test: pure helpers of the viewer (R-D2 worklist query, R-D1 presets).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildStudyQuery, sortStudies, pageInfo, value, formatName, wadorsImageIds, TAG } from '../src/dicomweb.js';
+import { buildStudyQuery, buildSeriesFilterQuery, uidChunks, sortStudies, pageInfo, value, formatName, wadorsImageIds, TAG } from '../src/dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from '../src/presets.js';
 
 test('R-D2: worklist fields map to QIDO-RS study keys', () => {
@@ -61,4 +61,16 @@ test('R-D1: wadors image IDs, ordered by InstanceNumber, one per frame', () => {
     'wadors:http://h/dicom-web/studies/1.2/series/1.3/instances/9.1/frames/2',
     'wadors:http://h/dicom-web/studies/1.2/series/1.3/instances/9.2/frames/1']);
   assert.equal(formatName('Doe^John'), 'Doe, John');
+});
+
+test('R-D2: body part and institution become a series-level query', () => {
+  assert.equal(buildSeriesFilterQuery({ patientName: 'x' }), null);
+  const p = buildSeriesFilterQuery({ bodyPart: 'chest', institution: 'First Hospital' });
+  assert.equal(p.get('BodyPartExamined'), 'CHEST');
+  assert.equal(p.get('InstitutionName'), '*First Hospital*');
+  assert.equal(p.get('includefield'), '0020000D');
+  const uids = Array.from({ length: 40 }, (_, i) => `1.2.826.0.1.3680043.8.498.${String(i).padStart(30, '7')}`);
+  const chunks = uidChunks(uids);
+  assert.ok(chunks.every((c) => c.length <= 1024));
+  assert.deepEqual(chunks.join(',').split(','), uids);
 });

@@ -10,6 +10,7 @@ from pydicom.uid import generate_uid
 from dicomgen import make_dataset, multipart, to_part10
 
 SHOTS = Path(__file__).resolve().parent / "screenshots"
+ROOT_DIR = Path(__file__).resolve().parents[2]
 
 #: The synthetic CT (R-D1 checks): 128 x 128, 0.5 mm pixels, 10 slices 5 mm apart,
 #: RescaleSlope 2, RescaleIntercept -1024. HU(row, col, slice) = 4*col + 2*slice, except a

@@ -318,3 +318,29 @@ def test_r_d1_layouts_compare_prior_and_sync_scroll(page, server, studies):
     wait_rendered(page, 1)
     shot(page, "viewer-2x2")
     assert page.errors == []
+
+
+def test_r_3_1_11_progressive_thumbnail_first_then_full_frames(page, server, studies):
+    """R-D1 / R-3.1.11 progressive loading: while the frames are still on their way the
+    pane already shows the series' rendered thumbnail; once the first full frame has
+    rendered, the thumbnail gives way to it."""
+    held, released = [], []
+
+    def hold(route):
+        route.continue_() if released else held.append(route)
+
+    page.route("**/frames/**", hold)
+    page.goto(f"{server.url}/viewer/#/study/{studies['current']}")
+    page.wait_for_function("() => { const i = document.querySelector('#grid img.preview');"
+                           " return i && i.complete && i.naturalWidth > 0; }")
+    assert held, "no frame was requested"
+    assert not page.evaluate("window.pacsdViewer.rendered(0)")
+    preview = canvas_pixels(page)
+    assert preview.std() > 10, "the preview is blank"
+    shot(page, "viewer-progressive-preview")
+    released.append(True)
+    for route in held:
+        route.continue_()
+    page.wait_for_function(f"document.body.dataset.loaded === '{studies['current']}'")
+    wait_rendered(page, 0)
+    assert page.locator("#grid img.preview").count() == 0

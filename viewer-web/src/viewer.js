@@ -151,9 +151,10 @@ async function seriesImageIds(studyUid, seriesUid) {
 
 /** Load a series into viewport i (default: the active one). */
 export async function showSeries(studyUid, seriesUid, i = state.active) {
+  const preview = showPreview(studyUid, seriesUid, i);
   const { ids, first } = await seriesImageIds(studyUid, seriesUid);
   const vp = viewport(i);
-  if (!vp || !ids.length) return;
+  if (!vp || !ids.length) { preview.remove(); return; }
   state.panes[i] = { studyUid, seriesUid, modality: value(first, TAG.Modality) || '',
     description: value(first, TAG.SeriesDescription) || '' };
   await vp.setStack(ids, 0);
@@ -162,6 +163,24 @@ export async function showSeries(studyUid, seriesUid, i = state.active) {
   if (document.getElementById('sync')?.checked) applySync();
   document.querySelectorAll('.series-thumb').forEach((t) => t.classList.toggle('shown',
     state.panes.some((p) => p && p.seriesUid === t.dataset.series)));
+}
+
+/** Progressive loading (R-3.1.11): the series' small rendered thumbnail fills the pane
+ * at once, and gives way to the full-fidelity frame when it has rendered. */
+function showPreview(studyUid, seriesUid, i) {
+  const pane = document.querySelector(`#grid .pane[data-index="${i}"]`);
+  pane?.querySelector('img.preview')?.remove();
+  const img = document.createElement('img');
+  img.className = 'preview';
+  img.alt = '';
+  if (!pane) return img;
+  pane.append(img);
+  thumbnailUrl(`/studies/${studyUid}/series/${seriesUid}`).then((u) => {
+    if (u && img.isConnected) img.src = u;
+  });
+  const done = () => img.remove();
+  pane.querySelector('.vp').addEventListener(Enums.Events.IMAGE_RENDERED, done, { once: true });
+  return img;
 }
 
 function updateOverlay(i) {

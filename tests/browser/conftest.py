@@ -80,8 +80,10 @@ def server(tmp_path_factory, viewer_dist, studies):
     conf.write_text(f'[server]\nviewer_dir = "{viewer_dist}"\n')
     srv = Server(str(data), "--config", str(conf))
     try:
-        stow(srv.url, ct_series(studies["current"], name="Lin^Alice", pid="VW-001",
-                                date="20250310", desc="CT chest"))
+        same = dict(name="Lin^Alice", pid="VW-001", date="20250310", desc="CT chest",
+                    frame_of_ref=generate_uid())
+        stow(srv.url, ct_series(studies["current"], **same)
+             + ct_series(studies["current"], coronal=True, slices=4, **same))
         stow(srv.url, ct_series(studies["prior"], name="Lin^Alice", pid="VW-001",
                                 date="20240305", desc="CT chest prior"))
         mr = make_dataset(study=studies["other"], rows=32, columns=32, seed=3,

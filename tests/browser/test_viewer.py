@@ -120,8 +120,9 @@ def test_r_d2_worklist_thumbnails_and_open_study(page, server, studies):
     row.click()
     page.wait_for_function(f"document.body.dataset.loaded === '{studies['current']}'")
     wait_rendered(page, 0)
-    assert page.locator(".series-thumb").count() == 1
-    assert page.locator(".series-thumb").inner_text().startswith("CT #2 Axial 5mm")
+    assert page.locator(".series-thumb").count() == 2
+    assert page.locator(".series-thumb").first.inner_text().startswith("CT #2 Axial 5mm")
+    assert page.locator(".series-thumb").last.inner_text().startswith("CT #3 Coronal")
 
 
 def test_r_d1_study_renders_known_pixels(page, server, studies):
@@ -344,3 +345,31 @@ def test_r_3_1_11_progressive_thumbnail_first_then_full_frames(page, server, stu
     page.wait_for_function(f"document.body.dataset.loaded === '{studies['current']}'")
     wait_rendered(page, 0)
     assert page.locator("#grid img.preview").count() == 0
+
+
+def test_r_d1_reference_lines_between_orthogonal_series(page, server, studies):
+    """R-D1 reference lines: with the axial series active, the coronal viewport shows a
+    line where the axial plane cuts it; without the option, none."""
+    open_study(page, server, studies["current"])
+    page.select_option("#layout", "1x2")
+    page.wait_for_function("document.querySelectorAll('#grid .pane').length === 2")
+    page.evaluate("""async () => { const p = window.pacsdViewer.panes()[0];
+        const s = [...document.querySelectorAll('.series-thumb')].map(b => b.dataset.series);
+        await window.pacsdViewer.showSeries(p.studyUid, s[0], 0);
+        await window.pacsdViewer.showSeries(p.studyUid, s[1], 1); }""")
+    wait_rendered(page, 0)
+    wait_rendered(page, 1)
+    lines = '#grid .pane[data-index="1"] svg line'
+    assert page.locator(lines).count() == 0
+    page.locator('#grid .pane[data-index="0"]').click()
+    page.check("#reflines")
+    page.wait_for_selector(lines, state="attached")  # a horizontal line has no height
+    # The axial plane (z of the slice shown) is a horizontal line in the coronal view.
+    # Axial slice 1 is at z = 0: coronal row (45 - 0) / 0.5 = 90.
+    box = page.locator(lines).first.bounding_box()
+    assert box["height"] < 3 and box["width"] > 50
+    _, row90 = page.evaluate("window.pacsdViewer.imageToPage(1, 64, 90)")
+    assert abs(box["y"] + box["height"] / 2 - row90) < 4
+    shot(page, "viewer-reference-lines")
+    page.uncheck("#reflines")
+    page.wait_for_function(f"document.querySelectorAll('{lines}').length === 0")

@@ -27,9 +27,12 @@ def hu(row: int, col: int, k: int) -> int:
 
 
 def ct_series(study: str, *, name: str, pid: str, date: str, desc: str,
-              slices: int = CT["slices"]) -> list[bytes]:
+              slices: int = CT["slices"], coronal: bool = False,
+              frame_of_ref: str | None = None) -> list[bytes]:
+    """Axial slices at z = 0, 5, ... mm; or (``coronal``) a series number 3 of coronal
+    slices at y = 0, 6.4, ... mm through the same volume (rows run down from z = 45)."""
     n = CT["size"]
-    series, frame_of_ref = generate_uid(), generate_uid()
+    series, frame_of_ref = generate_uid(), frame_of_ref or generate_uid()
     out = []
     for k in range(slices):
         grid = np.fromfunction(lambda r, c: 4 * c + 2 * k, (n, n), dtype=int)
@@ -41,11 +44,16 @@ def ct_series(study: str, *, name: str, pid: str, date: str, desc: str,
         ds.PatientName, ds.PatientID, ds.StudyDate = name, pid, date
         ds.StudyDescription, ds.SeriesDescription = desc, "Axial 5mm"
         ds.AccessionNumber = f"A{pid[-3:]}{date}"
-        ds.InstanceNumber, ds.SeriesNumber = k + 1, 2
+        ds.InstanceNumber, ds.SeriesNumber = k + 1, 3 if coronal else 2
         ds.PixelSpacing = [CT["spacing"], CT["spacing"]]
         ds.SliceThickness = 5
-        ds.ImagePositionPatient = [0, 0, 5 * k]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        if coronal:
+            ds.SeriesDescription = "Coronal"
+            ds.ImagePositionPatient = [0, 6.4 * k, 45]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+        else:
+            ds.ImagePositionPatient = [0, 0, 5 * k]
+            ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.FrameOfReferenceUID = frame_of_ref
         ds.BodyPartExamined = "CHEST"
         ds.InstitutionName = "Central Hospital"

@@ -7,7 +7,7 @@ import {
 import {
   init as toolsInit, addTool, ToolGroupManager, Enums as ToolEnums, WindowLevelTool, PanTool,
   ZoomTool, StackScrollTool, LengthTool, AngleTool, EllipticalROITool, PlanarFreehandROITool,
-  ProbeTool, annotation, utilities as toolUtils, synchronizers, SynchronizerManager,
+  ProbeTool, ReferenceLinesTool, annotation, utilities as toolUtils, synchronizers, SynchronizerManager,
 } from '@cornerstonejs/tools';
 import { init as loaderInit, wadors } from '@cornerstonejs/dicom-image-loader';
 import { config, dicomJson, thumbnailUrl, authHeaders } from './api.js';
@@ -30,7 +30,7 @@ const state = {
   panes: [],                 // per viewport: { studyUid, seriesUid, modality } or null
   seriesCache: new Map(),    // `${study}/${series}` -> image id list
   studies: new Map(),        // studyUid -> study DICOM JSON
-  primaryTool: 'WindowLevel', ctrMode: false, cine: new Set(), completed: 0,
+  primaryTool: 'WindowLevel', ctrMode: false, refLines: false, cine: new Set(), completed: 0,
 };
 
 async function start() {
@@ -41,9 +41,10 @@ async function start() {
     maxWebWorkers: Math.max(1, Math.min(2, navigator.hardwareConcurrency || 1)),
     beforeSend: () => authHeaders(),
   });
-  for (const T of Object.values(TOOLS)) addTool(T);
+  for (const T of [...Object.values(TOOLS), ReferenceLinesTool]) addTool(T);
   const g = ToolGroupManager.createToolGroup(GROUP);
   for (const name of Object.keys(TOOLS)) g.addTool(TOOLS[name].toolName);
+  g.addTool(ReferenceLinesTool.toolName);
   // Mouse: primary = chosen tool; middle = pan; right = zoom; wheel = scroll.
   // Touch: one finger = chosen tool (choose "Scroll" to swipe through images), two-finger
   // pinch = zoom, three fingers = pan (R-D1 touch / phone support).
@@ -132,8 +133,20 @@ export async function setLayout(layout) {
   document.getElementById('layout').value = layout;
 }
 
+/** Reference lines (R-D1): the active viewport's image plane drawn as a line in the
+ * other viewports that show an intersecting (e.g. orthogonal) series. */
+export function setReferenceLines(on) {
+  const g = state.group;
+  state.refLines = on;
+  if (!on) { g.setToolDisabled(ReferenceLinesTool.toolName); state.engine.render(); return; }
+  g.setToolConfiguration(ReferenceLinesTool.toolName, { sourceViewportId: viewportId(state.active) });
+  g.setToolEnabled(ReferenceLinesTool.toolName);
+  state.engine.render();
+}
+
 function activate(i) {
   state.active = i;
+  if (state.refLines) setReferenceLines(true);
   document.querySelectorAll('#grid .pane').forEach((p) => p.classList.toggle('active', Number(p.dataset.index) === i));
   refreshPresets();
 }
@@ -463,6 +476,7 @@ export function bindToolbar() {
   document.getElementById('preset').onchange = (e) => { applyPreset(e.target.value); e.target.value = ''; };
   document.getElementById('layout').onchange = (e) => setLayout(e.target.value);
   document.getElementById('sync').onchange = applySync;
+  document.getElementById('reflines').onchange = (e) => setReferenceLines(e.target.checked);
   // Any change of the grid's size (window, toolbar wrapping, phone rotation) re-fits.
   let pending = 0;
   new ResizeObserver(() => {
@@ -476,7 +490,7 @@ export const hook = {
   get ready() { return state.started; },
   /** Annotations completed so far (a drawing finishes with its mouse-up). */
   get completed() { return state.completed; },
-  measurements, ctrRatio, applyWindow, setPrimaryTool, compareStudy, setLayout,
+  measurements, ctrRatio, applyWindow, setPrimaryTool, compareStudy, setLayout, showSeries,
   panes: () => state.panes.slice(0, state.engine?.getViewports().length || 0),
   /** Page (CSS pixel) coordinates of image pixel (column x, row y) in viewport i. */
   imageToPage(i, x, y) {

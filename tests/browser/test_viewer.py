@@ -271,6 +271,16 @@ def test_r_3_2_7_rotate_flip_invert_reset(page, server, studies):
     page.click('[data-action="invert"]')
     assert page.evaluate("window.pacsdViewer.properties(0).invert") is True
     shot(page, "viewer-flipped-inverted")
+    page.click('[data-action="invert"]')
+    page.click('[data-action="sharpen"]')
+    assert page.evaluate("window.pacsdViewer.properties(0).sharpening") == 1
+    sharp = canvas_pixels(page)
+    page.click('[data-action="smooth"]')
+    props = page.evaluate("window.pacsdViewer.properties(0)")
+    assert props["smoothing"] == 1 and not props.get("sharpening")
+    smooth = canvas_pixels(page)
+    # The block's edges: sharpening steepens them, smoothing softens them.
+    assert np.abs(np.diff(sharp, axis=1)).max() > np.abs(np.diff(smooth, axis=1)).max()
     page.click('[data-action="reset"]')
     pres = page.evaluate("window.pacsdViewer.presentation(0)")
     assert not pres.get("flipHorizontal") and not pres.get("flipVertical")

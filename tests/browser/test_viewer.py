@@ -312,6 +312,7 @@ def test_r_d1_layouts_compare_prior_and_sync_scroll(page, server, studies):
     rows = page.locator("#history li")
     rows.first.wait_for()
     assert rows.count() == 2
+    assert page.locator(f'#history li[data-study="{studies["current"]}"] button').is_disabled()
     page.locator(f'#history li[data-study="{studies["prior"]}"] button').click()
     wait_rendered(page, 1)
     panes = page.evaluate("window.pacsdViewer.panes()")
@@ -383,3 +384,27 @@ def test_r_d1_reference_lines_between_orthogonal_series(page, server, studies):
     shot(page, "viewer-reference-lines")
     page.uncheck("#reflines")
     page.wait_for_function(f"document.querySelectorAll('{lines}').length === 0")
+
+
+def test_r_d1_second_screen_window_kept_in_sync(page, server, studies):
+    """R-D1 "1-3 screens": + Screen opens the study in another window; scrolling in the
+    first window scrolls the same series in the second; when the first window opens
+    another study, the second follows."""
+    open_study(page, server, studies["current"])
+    with page.expect_popup() as popup_info:
+        page.click("#new-screen")
+    second = popup_info.value
+    second.wait_for_function(f"document.body.dataset.loaded === '{studies['current']}'")
+    assert second.evaluate("document.body.dataset.screen") == "2"
+    wait_rendered(second, 0)
+    x, y = page.evaluate("window.pacsdViewer.imageToPage(0, 64, 64)")
+    page.mouse.move(x, y)
+    page.mouse.wheel(0, 300)
+    page.wait_for_function("window.pacsdViewer.imageIndex(0) > 0")
+    index = page.evaluate("window.pacsdViewer.imageIndex(0)")
+    second.wait_for_function("n => window.pacsdViewer.imageIndex(0) === n", arg=index)
+    page.evaluate(f"location.hash = '#/study/{studies['prior']}'")
+    second.wait_for_function(f"document.body.dataset.loaded === '{studies['prior']}'")
+    wait_rendered(second, 0)
+    second.screenshot(path=str(shot(page, "viewer-screen-1").with_name("viewer-screen-2.png")))
+    assert second.evaluate("window.pacsdViewer.panes()[0].studyUid") == studies["prior"]

@@ -4,6 +4,7 @@ import { loadConfig, setUnauthorizedHandler } from './api.js';
 import { askLogin } from './login.js';
 import { bindWorklist, search } from './worklist.js';
 import { bindToolbar, openStudy, closeViewer, hook } from './viewer.js';
+import { initScreens, openScreen, announceStudy, screenNumber } from './screens.js';
 
 window.pacsdViewer = hook;
 
@@ -12,8 +13,10 @@ async function route() {
   document.body.dataset.page = m ? 'viewer' : 'worklist';
   if (m) {
     try {
+      document.body.dataset.screen = String(screenNumber());
       await openStudy(m[1]);
       document.body.dataset.loaded = m[1];
+      announceStudy(m[1]);
     } catch (e) {
       document.getElementById('patient').textContent = `Cannot open the study: ${e.message}`;
       console.error(e);
@@ -29,6 +32,11 @@ async function main() {
   setUnauthorizedHandler(askLogin);
   bindWorklist();
   bindToolbar();
+  initScreens();
+  document.getElementById('new-screen').onclick = () => {
+    const m = location.hash.match(/^#\/study\/([0-9.]+)/);
+    if (m) openScreen(m[1]);
+  };
   window.addEventListener('hashchange', route);
   await route();
 }

@@ -123,6 +123,7 @@ export async function setLayout(layout) {
     inputs.push({ viewportId: viewportId(i), type: Enums.ViewportType.STACK, element: el,
       defaultOptions: { background: [0, 0, 0] } });
     el.addEventListener(Enums.Events.IMAGE_RENDERED, () => updateOverlay(i));
+    el.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => notifyImage(i));
   }
   state.engine.setViewports(inputs);
   for (const inp of inputs) state.group.addViewport(inp.viewportId, ENGINE);
@@ -142,6 +143,28 @@ export function setReferenceLines(on) {
   g.setToolConfiguration(ReferenceLinesTool.toolName, { sourceViewportId: viewportId(state.active) });
   g.setToolEnabled(ReferenceLinesTool.toolName);
   state.engine.render();
+}
+
+const imageListeners = [];
+/** Call fn({ studyUid, seriesUid, index }) whenever a viewport shows another image. */
+export function onImageChange(fn) { imageListeners.push(fn); }
+
+function notifyImage(i) {
+  const p = state.panes[i];
+  const vp = viewport(i);
+  if (!p || !vp) return;
+  const e = { studyUid: p.studyUid, seriesUid: p.seriesUid, index: vp.getCurrentImageIdIndex() };
+  for (const fn of imageListeners) fn(e);
+}
+
+/** Show image `index` in every viewport showing this series (other screens' scrolling). */
+export function jumpTo(seriesUid, index) {
+  state.panes.forEach((p, i) => {
+    const vp = viewport(i);
+    if (p && vp && p.seriesUid === seriesUid && vp.getCurrentImageIdIndex() !== index) {
+      vp.setImageIdIndex(index);
+    }
+  });
 }
 
 function activate(i) {
@@ -407,9 +430,10 @@ async function historyPanel(study) {
     const current = state.panes.some((p) => p && p.studyUid === uid);
     li.innerHTML = `<span>${formatDicomDate(value(s, TAG.StudyDate))} ${values(s, TAG.ModalitiesInStudy).join('/')} ${value(s, TAG.StudyDescription) || ''}</span>`;
     const b = document.createElement('button');
-    b.textContent = current ? 'Open' : 'Compare';
+    b.textContent = current ? 'Shown' : 'Compare';
     b.className = 'compare';
-    b.onclick = () => compareStudy(uid);
+    b.disabled = current;
+    b.onclick = () => { b.textContent = 'Shown'; b.disabled = true; return compareStudy(uid); };
     li.append(b);
     ul.append(li);
   }

@@ -77,5 +77,24 @@ def test_r_d1_secured_viewer_signs_in_then_renders(chromium, secured):
         wait_rendered(page, 0)
         assert canvas_pixels(page).std() > 10
         shot(page, "secured-viewer")
+        # The session ends while reading: the next frame answers 401, the viewer asks to
+        # sign in again and then shows the image the doctor scrolled to.
+        token = page.evaluate("sessionStorage.getItem('pacsd.token')")
+        r = requests.post(secured.url + "/api/v1/auth/logout", timeout=5,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 204
+        x, y = page.evaluate("window.pacsdViewer.imageToPage(0, 64, 64)")
+        page.mouse.move(x, y)
+        page.mouse.wheel(0, 120)
+        page.wait_for_selector("#login[open]")
+        page.fill('#login [name="username"]', "dr-lin")
+        page.fill('#login [name="password"]', PASSWORD)
+        page.click('#login button[type="submit"]')
+        page.wait_for_function("t => sessionStorage.getItem('pacsd.token') !== t", arg=token)
+        # The overlay's image number follows what was actually rendered.
+        page.wait_for_function(
+            "() => { const o = document.querySelector('#grid .pane .overlay');"
+            " return Number(o.dataset.image) > 1"
+            " && Number(o.dataset.image) === window.pacsdViewer.imageIndex(0) + 1; }")
     finally:
         ctx.close()

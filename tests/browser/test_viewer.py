@@ -138,10 +138,12 @@ def drag(page, i, start, end):
     x1, y1 = page.evaluate("a => window.pacsdViewer.imageToPage(...a)", [i, *end])
     page.mouse.move(x0, y0)
     page.mouse.down()
-    # Small steps, as a hand moves: the tool starts the drag at the first move event.
-    steps = max(4, int(max(abs(x1 - x0), abs(y1 - y0)) / 4))
-    page.mouse.move(x0 + (x1 - x0) / steps, y0 + (y1 - y0) / steps)
-    page.mouse.move(x1, y1, steps=steps)
+    # Small steps, as a hand moves; the first ones a pixel long, since Cornerstone may
+    # anchor the drawing at the first move events rather than at the press itself.
+    dist = max(abs(x1 - x0), abs(y1 - y0), 1)
+    for px in (1, 2):
+        page.mouse.move(x0 + (x1 - x0) * px / dist, y0 + (y1 - y0) * px / dist)
+    page.mouse.move(x1, y1, steps=max(4, int(dist / 4)))
     page.mouse.up()
 
 

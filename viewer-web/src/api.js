@@ -35,6 +35,8 @@ export class HttpError extends Error {
 
 let onUnauthorized = null;
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+/** Ask for a new sign-in (e.g. an image frame answered 401); resolves once signed in. */
+export function reauthorize() { return onUnauthorized ? onUnauthorized() : Promise.resolve(); }
 
 export async function request(url, { accept = 'application/dicom+json', ...opts } = {}) {
   const r = await fetch(url, { ...opts, headers: { Accept: accept, ...authHeaders(), ...(opts.headers || {}) } });

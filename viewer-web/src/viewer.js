@@ -10,7 +10,7 @@ import {
   ProbeTool, ReferenceLinesTool, annotation, utilities as toolUtils, synchronizers, SynchronizerManager,
 } from '@cornerstonejs/tools';
 import { init as loaderInit, wadors } from '@cornerstonejs/dicom-image-loader';
-import { config, dicomJson, thumbnailUrl, authHeaders } from './api.js';
+import { config, dicomJson, thumbnailUrl, authHeaders, reauthorize } from './api.js';
 import { TAG, value, values, formatName, formatDicomDate, wadorsImageIds, buildStudyQuery } from './dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from './presets.js';
 
@@ -40,6 +40,7 @@ async function start() {
   loaderInit({
     maxWebWorkers: Math.max(1, Math.min(2, navigator.hardwareConcurrency || 1)),
     beforeSend: () => authHeaders(),
+    errorInterceptor: (err) => onFrameError(err),
   });
   for (const T of [...Object.values(TOOLS), ReferenceLinesTool]) addTool(T);
   const g = ToolGroupManager.createToolGroup(GROUP);
@@ -62,6 +63,22 @@ async function start() {
     eventTarget.addEventListener(ev, onAnnotation);
   }
   setPrimaryTool('WindowLevel');
+}
+
+/** A frame answered 401 (the session ended while reading): sign in again, then reload
+ * what each viewport was showing, at the image it was on. */
+let relogin = null;
+function onFrameError(err) {
+  if (err?.status !== 401 || relogin) return;
+  relogin = reauthorize().then(async () => {
+    relogin = null;
+    const vps = state.engine.getViewports();
+    await Promise.all(vps.map((vp, i) => {
+      const p = state.panes[i];
+      const index = vp.getCurrentImageIdIndex();
+      return p ? vp.setStack(vp.getImageIds(), index).then(() => vp.render()) : null;
+    }));
+  });
 }
 
 export function setPrimaryTool(name) {

@@ -13,6 +13,7 @@ import { init as loaderInit, wadors } from '@cornerstonejs/dicom-image-loader';
 import { config, dicomJson, thumbnailUrl, authHeaders, reauthorize } from './api.js';
 import { TAG, value, values, formatName, formatDicomDate, wadorsImageIds, buildStudyQuery } from './dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from './presets.js';
+import { fromAnnotations, ctrRatio, describe } from './measurements.js';
 
 const ENGINE = 'pacsd-engine';
 const GROUP = 'pacsd-tools';
@@ -343,37 +344,12 @@ function registerPairs(vps) {
   }
 }
 
-// --- measurements -------------------------------------------------------------------
-
-function stats(a) {
-  const cs = a.data?.cachedStats || {};
-  return Object.values(cs)[0] || {};
-}
+// --- measurements (values and texts: measurements.js) ----------------------------------
 
 /** Measurements on screen, as plain values (also the test hook's answer). */
 export function measurements() {
-  const out = [];
-  for (const a of annotation.state.getAllAnnotations()) {
-    const s = stats(a);
-    const tool = a.metadata.toolName;
-    const m = { uid: a.annotationUID, tool, ctr: Boolean(a.pacsdCtr) };
-    if (tool === 'Length') Object.assign(m, { length: s.length, unit: s.unit });
-    else if (tool === 'Angle') Object.assign(m, { angle: s.angle });
-    else if (tool === 'Probe') Object.assign(m, { value: s.value, unit: s.modalityUnit, index: s.index });
-    else Object.assign(m, { area: s.area, areaUnit: s.areaUnit, mean: s.mean, min: s.min, max: s.max,
-      stdDev: s.stdDev, unit: s.modalityUnit });
-    out.push(m);
-  }
-  return out;
+  return fromAnnotations(annotation.state.getAllAnnotations());
 }
-
-/** Cardiothoracic ratio from the last two CTR diameters: cardiac / thoracic. */
-export function ctrRatio(list = measurements()) {
-  const d = list.filter((m) => m.ctr && m.length > 0).slice(-2).map((m) => m.length);
-  return d.length === 2 ? Math.min(...d) / Math.max(...d) : null;
-}
-
-const fmt = (v, n = 2) => (typeof v === 'number' && Number.isFinite(v) ? v.toFixed(n) : '–');
 
 function onAnnotation(ev) {
   const a = ev.detail?.annotation;
@@ -387,17 +363,8 @@ function onAnnotation(ev) {
 function renderMeasurements() {
   const ul = document.getElementById('measurements');
   if (!ul) return;
-  const list = measurements();
-  const rows = list.map((m) => {
-    let text;
-    if (m.tool === 'Length') text = `${m.ctr ? 'CTR diameter' : 'Length'}: ${fmt(m.length)} ${m.unit || ''}`;
-    else if (m.tool === 'Angle') text = `Angle: ${fmt(m.angle, 1)}°`;
-    else if (m.tool === 'Probe') text = `Point: ${fmt(m.value, 1)} ${m.unit || ''}`;
-    else text = `${m.tool === 'EllipticalROI' ? 'Ellipse' : 'Freehand'}: area ${fmt(m.area)} ${m.areaUnit || ''}, mean ${fmt(m.mean, 1)}, min ${fmt(m.min, 1)}, max ${fmt(m.max, 1)} ${m.unit || ''}`;
-    return `<li data-tool="${m.tool}">${text}</li>`;
-  });
-  const r = ctrRatio(list);
-  if (r !== null) rows.push(`<li data-tool="CTR" class="ctr">Cardiothoracic ratio: ${r.toFixed(2)}</li>`);
+  const rows = describe(measurements()).map(({ tool, text }) =>
+    `<li data-tool="${tool}"${tool === 'CTR' ? ' class="ctr"' : ''}>${text}</li>`);
   ul.innerHTML = rows.join('') || '<li class="empty">No measurements</li>';
 }
 
@@ -531,7 +498,7 @@ export const hook = {
   get ready() { return state.started; },
   /** Annotations completed so far (a drawing finishes with its mouse-up). */
   get completed() { return state.completed; },
-  measurements, ctrRatio, applyWindow, setPrimaryTool, compareStudy, setLayout, showSeries,
+  measurements, ctrRatio: () => ctrRatio(measurements()), applyWindow, setPrimaryTool, compareStudy, setLayout, showSeries,
   panes: () => state.panes.slice(0, state.engine?.getViewports().length || 0),
   /** Page (CSS pixel) coordinates of image pixel (column x, row y) in viewport i. */
   imageToPage(i, x, y) {

@@ -41,6 +41,9 @@ class ServerSettings:
     #: A study is "stable" after this many seconds without a new instance: the
     #: study_stable plugin hook fires (e-film by rule); 0 disables it.
     stable_age_s: float = 60.0
+    #: Directory of the built web viewer served at /viewer; empty = viewer-web/dist of
+    #: the source checkout (R-D1, docs/viewer.md).
+    viewer_dir: str = ""
 
 
 @dataclass

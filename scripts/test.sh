@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 # findscu, ...) that `command -v` would find instead of DCMTK's.
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: ${need_apt[*]}"
@@ -29,4 +30,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # First-party plugins (issue 7), each its own distribution in the `pacsd` entry-point group.
 for plugin in plugins/pacsd-*/; do python3 -m pip install -q --disable-pip-version-check -e "$plugin"; done
+# The web viewer (viewer-web/): npm ci, its unit tests, the build the browser tests use.
+bash scripts/build-viewer.sh
 exec python3 -m pytest "$@"

@@ -32,6 +32,7 @@ from ..services.stability import StudyStability
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, PLUGIN_API, QUERY,
                    RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, on_prepare
+from .viewer import add_viewer_routes
 
 log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
@@ -193,6 +194,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)
     app.cleanup_ctx.append(lifecycle.scrub_ctx)  # scheduled scrub (R-A6)
     admin.add_admin_routes(app.router)  # /api/v1/admin: secadmin (R-A12, MLPS 8)
+    add_viewer_routes(app, settings)  # the web viewer at /viewer (R-D1)
     if plugins is None:
         plugins = Plugins()
         plugins.load(settings.plugins)

@@ -4,7 +4,8 @@ The viewer is a static single-page app built with Vite (``npm ci && npm run buil
 ``viewer-web/``); it talks only DICOMweb and pacsd's JSON API, so its files are public
 assets (``@public``): every piece of patient data it fetches is authorized and audited by
 the DICOMweb routes themselves. Files come from ``[server] viewer_dir`` (default: the
-``viewer-web/dist`` beside the ``pacsd`` package, i.e. in the source checkout). When the
+``viewer-web/dist`` beside the ``pacsd`` package, i.e. in the source checkout, else in the
+current directory — ``scripts/serve.sh`` installs pacsd and runs it in the checkout). When the
 build is missing, ``/viewer`` answers a 404 page that says how to build it.
 
 ``/viewer/config.json`` is generated (unless the build ships one): it tells the app where
@@ -50,7 +51,11 @@ def viewer_dir(settings: Settings) -> Path:
     configured = getattr(settings.server, "viewer_dir", "")
     if configured:
         return Path(configured).expanduser().resolve()
-    return (Path(__file__).resolve().parents[2] / "viewer-web" / "dist")
+    beside_package = Path(__file__).resolve().parents[2] / "viewer-web" / "dist"
+    if beside_package.is_dir():
+        return beside_package  # a source checkout or an editable install
+    in_cwd = Path.cwd() / "viewer-web" / "dist"  # an installed pacsd run in the checkout
+    return in_cwd if in_cwd.is_dir() else beside_package
 
 
 def _file(root: Path, rel: str) -> Path | None:

@@ -160,7 +160,9 @@ class OrthancProcess(_Process):
 
     name = "orthanc"
 
-    def __init__(self) -> None:
+    def __init__(self, *, aet: str = "ORTHANCBENCH", extra: dict | None = None) -> None:
+        """``extra``: more configuration keys (e.g. ``DicomModalities`` for tests that use
+        Orthanc as a peer PACS)."""
         super().__init__()
         binary, plugin = find_orthanc()
         self.tmp = tempfile.TemporaryDirectory(prefix="orthanc-bench-")
@@ -174,7 +176,7 @@ class OrthancProcess(_Process):
             "HttpServerEnabled": True,
             "HttpPort": http_port,
             "DicomServerEnabled": True,
-            "DicomAet": "ORTHANCBENCH",
+            "DicomAet": aet,
             "DicomPort": dicom_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
@@ -182,6 +184,8 @@ class OrthancProcess(_Process):
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                          "Ssl": False},
         }
+        self.config.update(extra or {})
+        self.http_port, self.dicom_port, self.aet = http_port, dicom_port, aet
         cfg = root / "orthanc.json"
         cfg.write_text(json.dumps(self.config, indent=2))
         log = root / "orthanc.log"

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
+# Orthanc + its DICOMweb plugin: the other PACS in tests/e2e/test_orthanc_peer.py.
+[ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing system packages: ${need_apt[*]}"

@@ -44,6 +44,15 @@ class ServerSettings:
     #: Directory of the built web viewer served at /viewer; empty = viewer-web/dist of
     #: the source checkout (R-D1, docs/viewer.md).
     viewer_dir: str = ""
+    #: TLS certificate chain and private key (PEM files). When set, HTTP is served as
+    #: HTTPS and ``dicom_tls_port`` may be used (pacsd/tls.py, MLPS 3).
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: DICOM over TLS listener port (2762 is the registered one); 0 = off.
+    dicom_tls_port: int = 0
+    #: CA certificates (PEM); when set, the DICOM TLS listener requires client
+    #: certificates issued by them (mutual TLS).
+    tls_client_ca: str = ""
 
 
 @dataclass

@@ -22,6 +22,7 @@ import signal
 
 from aiohttp import web
 
+from . import tls
 from .config import ConfigError, Settings
 from .web import create_app
 from .web.app import INFLIGHT
@@ -50,7 +51,8 @@ def check_startup_security(settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     check_startup_security(settings)
-    if settings.server.dicom_port:
+    tls.check(settings)
+    if settings.server.dicom_port or settings.server.dicom_tls_port:
         from .dimse.server import check_exposure
         check_exposure(settings)  # before anything listens
     host, port = settings.http_host_port
@@ -58,15 +60,17 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    ssl_context = tls.server_context(settings)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
-    log.info("pacsd listening on http://%s:%d%s (data in %s)", host, port,
-             settings.dicomweb.root, settings.data_path)
+    log.info("pacsd listening on %s://%s:%d%s (data in %s)",
+             "https" if ssl_context else "http", host, port, settings.dicomweb.root,
+             settings.data_path)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     dimse = None
     try:
-        if settings.server.dicom_port:
+        if settings.server.dicom_port or settings.server.dicom_tls_port:
             from .dimse import DimseServer
             dimse = DimseServer(settings, ingest=app[INGEST], query=app[QUERY],
                                 retrieve=app[RETRIEVE], loop=loop,

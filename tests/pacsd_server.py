@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,10 +22,12 @@ class Server:
     detected from pacsd's INFO log line, so keep the default log level."""
 
     def __init__(self, data_dir: str, *extra: str, dicom_port: int | None = 0,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, https_ca: str | None = None) -> None:
+        """``https_ca``: the server speaks HTTPS with a certificate from this CA file."""
         self.port = free_port()
         self.dicom_port = free_port() if dicom_port is None else dicom_port
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if https_ca else 'http'}://127.0.0.1:{self.port}"
+        ssl_context = ssl.create_default_context(cafile=https_ca) if https_ca else None
         self.log = open(os.path.join(data_dir, "server.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", data_dir,
@@ -35,7 +38,8 @@ class Server:
         deadline = time.monotonic() + 30
         while True:
             try:
-                urllib.request.urlopen(self.url + "/api/v1/health", timeout=1).read()
+                urllib.request.urlopen(self.url + "/api/v1/health", timeout=1,
+                                       context=ssl_context).read()
                 if self.dicom_port and not self._dimse_listening():
                     raise OSError("DIMSE not listening yet")
                 return

@@ -118,9 +118,13 @@ def setup_site(tmp_path: Path, plugin_site: Path):
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = old
-    site = Site(url=srv.url, data=data, staff=login(srv.url, "rad"),
-                auditor=login(srv.url, "aud", secret))
-    populate(site)
+    try:
+        site = Site(url=srv.url, data=data, staff=login(srv.url, "rad"),
+                    auditor=login(srv.url, "aud", secret))
+        populate(site)
+    except BaseException:
+        srv.stop()  # never leave a server behind when the set-up fails
+        raise
     return srv, site
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "pacsd"
 
-LAYER = {"errors": 0, "model": 0, "failpoints": 0, "config": 1, "dicom": 2, "store": 2, "index": 3,
+LAYER = {"errors": 0, "model": 0, "failpoints": 0, "config": 1, "tls": 1, "dicom": 2, "store": 2, "index": 3,
          "plugins": 2, "hookspecs": 1, "jobs": 3, "services": 4, "web": 5, "dimse": 5,
          "server": 6, "cli": 6}
 #: Adapters may use these lower modules directly (pure helpers, no data access).
-ADAPTER_ALLOWED = {"errors", "model", "failpoints", "config", "dicom", "services", "web", "dimse",
+ADAPTER_ALLOWED = {"errors", "model", "failpoints", "config", "tls", "dicom", "services", "web", "dimse",
                    "plugins", "hookspecs"}
 FORBIDDEN_THIRD_PARTY = {"store": {"pydicom", "aiohttp", "sqlalchemy"},
                          "dicom": {"aiohttp", "sqlalchemy", "fsspec", "s3fs"},

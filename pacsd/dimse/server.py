@@ -30,7 +30,7 @@ from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from .. import __version__
+from .. import __version__, tls
 from ..config import ConfigError, Settings
 from ..services import (AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
@@ -83,9 +83,9 @@ class DimseServer:
                               query=query, retrieve=retrieve,
                               peers=settings.dimse.peer_addresses(),
                               access=DimseAccess(security, audit))
-        self._server: ThreadedAssociationServer | None = None
-        self._thread: threading.Thread | None = None
-        self.port: int = 0
+        self._servers: list[tuple[ThreadedAssociationServer, threading.Thread]] = []
+        self.port: int = 0      # the plain DICOM listener's bound port (0: none)
+        self.tls_port: int = 0  # the DICOM-over-TLS listener's (0: none)
 
     def _make_ae(self) -> PacsdAE:
         s, d = self.settings.server, self.settings.dimse
@@ -103,8 +103,8 @@ class DimseServer:
         return ae
 
     def start(self) -> int:
-        """Listen on the HTTP host (loopback by default, SEC-20) and ``dicom_port``;
-        returns the bound port."""
+        """Listen on the HTTP host (loopback by default, SEC-20) on ``dicom_port`` and,
+        with TLS, ``dicom_tls_port``; returns the plain port (else the TLS one)."""
         check_exposure(self.settings)
         configure_pynetdicom()
         host, _ = self.settings.http_host_port
@@ -120,52 +120,64 @@ class DimseServer:
         ]
         ae = self._make_ae()
         handlers.append((evt.EVT_REQUESTED, on_requested, [ae.policy]))
-        port = self.settings.server.dicom_port
-        try:
-            server = ae.make_server(
-                (host, port), ae_title=self.settings.server.ae_title,
-                contexts=supported_contexts() + [commitment_context()],
-                evt_handlers=handlers,
-                server_class=ThreadedAssociationServer, request_handler=RequestHandler)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen for DICOM on {host}:{port}: "
-                              f"{exc.strerror or type(exc).__name__}") from None
-        self._server = server
-        self.port = int(server.server_address[1])
-        self._thread = threading.Thread(target=server.serve_forever, name="pacsd-dimse",
-                                        daemon=True)
-        self._thread.start()
-        log.info("pacsd DIMSE listening on %s:%d as AE %s", host, self.port,
-                 self.settings.server.ae_title)
-        return self.port
+        listeners = []
+        if self.settings.server.dicom_port:
+            listeners.append((self.settings.server.dicom_port, None))
+        if self.settings.server.dicom_tls_port:  # DICOM over TLS (pacsd/tls.py)
+            listeners.append((self.settings.server.dicom_tls_port,
+                              tls.server_context(self.settings, client_ca=True)))
+        for port, ssl_context in listeners:
+            try:
+                server = ae.make_server(
+                    (host, port), ae_title=self.settings.server.ae_title,
+                    contexts=supported_contexts() + [commitment_context()],
+                    ssl_context=ssl_context, evt_handlers=handlers,
+                    server_class=ThreadedAssociationServer, request_handler=RequestHandler)
+            except OSError as exc:
+                self.stop(0)
+                raise ConfigError(f"cannot listen for DICOM on {host}:{port}: "
+                                  f"{exc.strerror or type(exc).__name__}") from None
+            thread = threading.Thread(target=server.serve_forever, name="pacsd-dimse",
+                                      daemon=True)
+            thread.start()
+            self._servers.append((server, thread))
+            bound = int(server.server_address[1])
+            if ssl_context is None:
+                self.port = bound
+            else:
+                self.tls_port = bound
+            log.info("pacsd DIMSE%s listening on %s:%d as AE %s",
+                     " (TLS)" if ssl_context else "", host, bound,
+                     self.settings.server.ae_title)
+        return self.port or self.tls_port
 
     @property
     def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server else 0
+        return sum(len(server.active_associations) for server, _ in self._servers)
 
     def stop(self, timeout: float) -> None:
         """Blocking: run it off the event loop (``asyncio.to_thread``), which must keep
         running meanwhile to serve the associations' service calls."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        socketserver.BaseServer.shutdown(server)  # no new associations
-        server.server_close()
+        servers, self._servers = self._servers, []
+        for server, _ in servers:
+            socketserver.BaseServer.shutdown(server)  # no new associations
+            server.server_close()
         # Only established associations can have work in flight. A connection that never
         # sent its A-ASSOCIATE-RQ would hold pynetdicom's thread until acse_timeout_s:
         # it is simply dropped (the association threads are daemons).
         deadline = time.monotonic() + timeout
-        while _established(server) and time.monotonic() < deadline:
+        while any(_established(s) for s, _ in servers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = _established(server)
-        if left:
-            log.warning("%d DIMSE association(s) still open after %ss; aborting them",
-                        len(left), timeout)
-            for assoc in left:
-                assoc.abort()
-        if self._thread is not None:
-            self._thread.join(5)
-        log.info("pacsd DIMSE stopped")
+        for server, thread in servers:
+            left = _established(server)
+            if left:
+                log.warning("%d DIMSE association(s) still open after %ss; aborting them",
+                            len(left), timeout)
+                for assoc in left:
+                    assoc.abort()
+            thread.join(5)
+        if servers:
+            log.info("pacsd DIMSE stopped")
 
 
 def _closed(event, ctx: ScpContext) -> None:

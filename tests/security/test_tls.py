@@ -1,0 +1,150 @@
+"""TLS on the listeners (MLPS 3, PS3.15 B.1; pacsd/tls.py): a real ``pacsd serve`` with a
+certificate from a test CA made here serves HTTPS (plain HTTP on that port fails), and a
+DICOM-over-TLS listener that requires client certificates accepts C-ECHO and C-STORE from
+a modality with one and refuses the handshake without one. Bad configurations stop the
+start-up with a clear message."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import ipaddress
+import ssl
+import subprocess
+import sys
+
+import pydicom
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from dicomgen import make_dataset, to_part10
+from pacsd_server import Server, free_port
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+SINGLE = {"Accept": "application/dicom; transfer-syntax=*"}
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _cert(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool = False,
+          ip: str | None = None) -> x509.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(minutes=5))
+         .not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ip:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _write(path, cert=None, key=None) -> str:
+    data = b""
+    if cert is not None:
+        data += cert.public_bytes(serialization.Encoding.PEM)
+    if key is not None:
+        data += key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("pacsd test CA", ca_key, _name("pacsd test CA"), ca_key, ca=True)
+    srv_key = ec.generate_private_key(ec.SECP256R1())
+    srv = _cert("pacsd", srv_key, ca.subject, ca_key, ip="127.0.0.1")
+    cli_key = ec.generate_private_key(ec.SECP256R1())
+    cli = _cert("CT01", cli_key, ca.subject, ca_key)
+    return {"ca": _write(tmp_path / "ca.pem", ca),
+            "cert": _write(tmp_path / "server.pem", srv),
+            "key": _write(tmp_path / "server.key", key=srv_key),
+            "client_cert": _write(tmp_path / "client.pem", cli),
+            "client_key": _write(tmp_path / "client.key", key=cli_key)}
+
+
+def _config(tmp_path, pki, tls_port: int) -> str:
+    path = tmp_path / "pacsd.toml"
+    path.write_text(f"""
+[server]
+tls_cert = "{pki['cert']}"
+tls_key = "{pki['key']}"
+dicom_tls_port = {tls_port}
+tls_client_ca = "{pki['ca']}"
+""")
+    return str(path)
+
+
+def _modality(pki, with_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki["ca"])
+    if with_cert:
+        ctx.load_cert_chain(pki["client_cert"], pki["client_key"])
+    return ctx
+
+
+def test_MLPS3_https_and_dicom_tls_with_client_certificates(tmp_path, pki):
+    tls_port = free_port()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    srv = Server(str(data_dir), "--config", _config(tmp_path, pki, tls_port),
+                 https_ca=pki["ca"])
+    try:
+        assert srv.url.startswith("https://")
+        assert requests.get(srv.url + "/api/v1/health", verify=pki["ca"],
+                            timeout=10).status_code == 200
+        with pytest.raises(requests.ConnectionError):  # no plain HTTP on the TLS port
+            requests.get(srv.url.replace("https://", "http://") + "/api/v1/health",
+                         timeout=10)
+
+        ae = AE(ae_title="CT01")
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        ae.acse_timeout = ae.network_timeout = 20
+        assoc = ae.associate("127.0.0.1", tls_port, ae_title="PACSD",
+                             tls_args=(_modality(pki, True), "127.0.0.1"))
+        assert assoc.is_established
+        try:
+            assert assoc.send_c_echo().Status == 0x0000
+            ds = pydicom.dcmread(io.BytesIO(to_part10(make_dataset(seed=3, Modality="CT"))))
+            assert assoc.send_c_store(ds).Status == 0x0000
+        finally:
+            assoc.release()
+        r = requests.get(f"{srv.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/"
+                         f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+                         headers=SINGLE, verify=pki["ca"], timeout=30)
+        assert r.status_code == 200 and ds.PixelData in r.content
+
+        # Mutual TLS: a peer without a client certificate never gets an association.
+        refused = ae.associate("127.0.0.1", tls_port, ae_title="PACSD",
+                               tls_args=(_modality(pki, False), "127.0.0.1"))
+        assert not refused.is_established
+        # A plain (non-TLS) association to the TLS port fails as well.
+        plain = ae.associate("127.0.0.1", tls_port, ae_title="PACSD")
+        assert not plain.is_established
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("server_toml, message", [
+    ('tls_cert = "{cert}"', "tls_cert and tls_key go together"),
+    ("dicom_tls_port = 2762", "dicom_tls_port needs tls_cert and tls_key"),
+    ('tls_cert = "{cert}"\ntls_key = "/nonexistent/key.pem"', "cannot read"),
+])
+def test_MLPS3_bad_tls_configuration_stops_the_start_up(tmp_path, pki, server_toml, message):
+    config = tmp_path / "pacsd.toml"
+    config.write_text("[server]\n" + server_toml.format(cert=pki["cert"]) + "\n")
+    run = subprocess.run([sys.executable, "-m", "pacsd.cli", "serve", "--config", str(config),
+                          "--data-dir", str(tmp_path / "d"), "--http",
+                          f"127.0.0.1:{free_port()}", "--dicom-port", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert message in run.stderr

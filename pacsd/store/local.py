@@ -26,7 +26,7 @@ import os
 import tempfile
 from typing import Iterator
 
-from pacsd import failpoints
+import pacsd.failpoints as failpoints
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, hash_stream, is_sha256,

@@ -50,7 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from pacsd import failpoints
+import pacsd.failpoints as failpoints
 from pacsd.errors import (BadRequest, DataUnavailable, NotFound, OutOfResources,
                           PacsdError)
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,

@@ -33,12 +33,13 @@ def secured(tmp_path_factory, viewer_dist):
     pw = data / "pw"
     pw.write_text(PASSWORD + "\n")
     common = ["--data-dir", str(data), "--config", str(conf), "--password-file", str(pw)]
-    pacsd("user", "add", "pacs-admin", "--role", "sysadmin", *common)
+    # Uploads as an integration account (administrators need a TOTP code, MLPS 4).
+    pacsd("user", "add", "uploader", "--role", "integration", *common)
     pacsd("user", "add", "dr-lin", "--role", "radiologist", *common)
     srv = Server(str(data), "--config", str(conf))
     try:
         login = requests.post(srv.url + "/api/v1/auth/login", timeout=10,
-                              json={"username": "pacs-admin", "password": PASSWORD})
+                              json={"username": "uploader", "password": PASSWORD})
         token = login.json()["token"]
         study = generate_uid()
         body, ctype = multipart(ct_series(study, name="Lin^Alice", pid="VW-001",

@@ -258,11 +258,14 @@ async def test_resend_a_stored_study_R_B2(aiohttp_client, tmp_path, clock, scp):
     await wait_for(lambda: len(scp.received) == 2)
     await wait_for(lambda: all(j.state == "done" for j in q.list(kind="forward.study")))
     scp.received.clear()
+    # Forwarding is at-least-once: under heavy load a batch job that overlapped the
+    # study's second arrival may have sent one instance twice; count from here.
+    calls_before = len(scp.calls)
     uid = study[0].StudyInstanceUID
     r = await client.post(f"/api/v1/forwarding/studies/{uid}/resend")
     assert r.status == 200 and (await r.json())["queued"] == {"city": 2}
     await wait_for(lambda: len(scp.received) == 2)
-    assert len(scp.calls) == 4
+    assert len(scp.calls) - calls_before == 2
     # By the rules the US study goes nowhere; named explicitly it goes.
     r = await client.post(f"/api/v1/forwarding/studies/{unrouted.StudyInstanceUID}/resend")
     assert (await r.json())["queued"] == {}

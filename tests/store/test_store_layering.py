@@ -9,7 +9,7 @@ import sys
 import pacsd.store
 
 ALLOWED_THIRD_PARTY = {"fsspec", "s3fs"}
-ALLOWED_PACSD = ("pacsd.errors", "pacsd.store")
+ALLOWED_PACSD = ("pacsd.errors", "pacsd.failpoints", "pacsd.store")  # L0 + own layer
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:

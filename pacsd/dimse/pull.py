@@ -162,6 +162,51 @@ class Puller:
                 assoc.release()
         return list(out.values())
 
+    def find_instances(self, study_uid: str) -> dict[str, str]:
+        """The SOP Instance UIDs the peer holds for one study (reconciliation, R-A10):
+        SERIES level, then IMAGE level per series (hierarchical Study Root, so a strict
+        PACS answers too), on one association. Returns SOP Instance UID -> Series UID."""
+        ae = self._ae()
+        contexts = [build_context(StudyRootQueryRetrieveInformationModelFind,
+                                  list(COMMAND_TRANSFER_SYNTAXES))]
+        assoc = self._associate(ae, contexts)
+        out: dict[str, str] = {}
+        try:
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "SERIES"
+            ident.StudyInstanceUID = study_uid
+            ident.SeriesInstanceUID = ""
+            series = [str(ds.get("SeriesInstanceUID", "") or "").strip()
+                      for ds in self._matches(assoc, ident)]
+            for uid in dict.fromkeys(s for s in series if s):
+                ident = Dataset()
+                ident.QueryRetrieveLevel = "IMAGE"
+                ident.StudyInstanceUID = study_uid
+                ident.SeriesInstanceUID = uid
+                ident.SOPInstanceUID = ""
+                for ds in self._matches(assoc, ident):
+                    sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+                    if sop:
+                        out[sop] = uid
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+    def _matches(self, assoc, ident: Dataset) -> list[Dataset]:
+        found_all = []
+        for status, found in assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise PullError("C-FIND: no response from the peer")
+            if code in (0xFF00, 0xFF01):
+                if found is not None:
+                    found_all.append(found)
+            elif code != 0x0000:
+                raise PullError(f"C-FIND failed with status 0x{code:04X}",
+                                retry=(code & 0xFF00) == 0xA700)
+        return found_all
+
     # --- C-GET ----------------------------------------------------------------------------
     def get_study(self, study: RemoteStudy) -> SubOperations:
         if self.ctx is None:

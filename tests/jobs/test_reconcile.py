@@ -204,3 +204,51 @@ def test_R_A10_manifest_mode_export_manifest_and_plain_csv(tmp_path, capsys):
     report = orjson.loads(report_file.read_bytes())
     assert {x["study"]: x["status"] for x in report["studies"]} == {
         b[0].StudyInstanceUID: "equal", "1.2.3.9": "missing-here"}
+
+
+def test_R_A10_fetch_by_c_move_into_the_running_server_and_send_to_a_destination(tmp_path):
+    """--method move: the hospital PACS C-MOVEs to the running pacsd; --send-to: the
+    objects go to a [forward.destinations] dimse entry."""
+    import subprocess
+    import sys
+
+    here = tmp_path / "here"
+    here.mkdir()
+    hospital_port = free_port()
+    conf = here / "pacsd.toml"
+    conf.write_text('[server]\nae_title = "PACSA"\n'
+                    '[forward.destinations.hospital]\ntype = "dimse"\n'
+                    f'ae_title = "HOSPITAL"\nhost = "127.0.0.1"\nport = {hospital_port}\n'
+                    '[forward.destinations.web]\ntype = "dicomweb"\n'
+                    'url = "http://127.0.0.1:9/dicom-web/studies"\n')
+    only_peer, only_here = _study(8, 2, "REC-8"), _study(9, 1, "REC-9")
+    _import(tmp_path, here, only_here)
+    a = Server(str(here), "--config", str(conf), dicom_port=None)
+    d = tmp_path / "hospital"
+    d.mkdir()
+    peer = Server(str(d), "--ae-title", "HOSPITAL", "--peer",
+                  f"PACSA=127.0.0.1:{a.dicom_port}", dicom_port=hospital_port)
+    try:
+        _stow(peer, only_peer)
+        base = [sys.executable, "-m", "pacsd.cli", "reconcile", "--peer",
+                f"HOSPITAL=127.0.0.1:{hospital_port}", "--config", str(conf),
+                "--data-dir", str(here)]
+
+        def run(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run(base + list(extra), capture_output=True, text=True,
+                                  timeout=120)
+
+        r = run("--send", "--send-to", "nowhere")
+        assert r.returncode == 2 and "no [forward.destinations] entry" in r.stderr
+        r = run("--send", "--send-to", "web")
+        assert r.returncode == 2 and "must be of type" in r.stderr
+        r = run("--fetch", "--method", "move", "--send", "--send-to", "hospital")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert f"fetched {_uid(only_peer)}: 2 instances stored" in r.stdout
+        assert f"sent {_uid(only_here)}: 1 instances sent" in r.stdout
+        r = run()
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "equal: 2" in r.stdout
+    finally:
+        peer.stop()
+        a.stop()

@@ -16,10 +16,10 @@ CSV ``StudyInstanceUID,SOPInstanceUID[,sha256]`` (header optional); objects are 
 (listed, not here), *extra* (here, in a study of the manifest or matching the filters, not
 listed) or *different-hash* (the stored sha256 is not the listed one).
 
-Remedies (peer mode): ``--fetch`` retrieves each study with objects missing here from the
-peer through the pull machinery (C-GET into this process, or C-MOVE to the running
-server's AE title with ``--method move``; what is already stored comes back as a
-duplicate); ``--send`` sends the objects the peer lacks with the forwarding C-STORE SCU
+Remedies (peer mode): ``--fetch`` retrieves what is missing here from the peer through
+the pull machinery (``Puller.get_study`` / ``move_study``: C-GET into this process, or
+C-MOVE to the running server's AE title with ``--method move``) — a study missing here
+whole, otherwise only the missing instances (IMAGE level, per series); ``--send`` sends the objects the peer lacks with the forwarding C-STORE SCU
 (``dimse/scu.py``) — to the peer's address, or to the ``[forward.destinations]`` entry
 named by ``--send-to``. Every run is written to the audit trail as ``reconcile`` events
 (one summary event, one per study fetched or sent; UIDs and counts only).
@@ -38,6 +38,7 @@ import io
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import orjson
 
@@ -47,6 +48,8 @@ from .config import ConfigError, ForwardDestination, Settings
 DEVICE = "pacsd reconcile"
 #: SOP UIDs listed per study and side in the table (the JSON report has them all).
 DEFAULT_LIST_CAP = 10
+#: SOP Instance UIDs per IMAGE-level C-GET / C-MOVE of --fetch.
+FETCH_BATCH = 100
 STATUSES = ("missing-here", "missing-at-peer", "different", "equal")
 
 
@@ -270,6 +273,7 @@ async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: 
             raise errors.OutOfResources(f"C-FIND at {peer}: {exc.reason}") from None
         local = await _local_studies(archive, filters)
         uids = sorted(set(remote) | set(local))
+        placement: dict[str, dict[str, str]] = {}  # study -> peer's SOP UID -> series
         for i, uid in enumerate(uids, 1):
             r = remote.get(uid)
             there = r.instances if r is not None else None
@@ -293,6 +297,7 @@ async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: 
                     sops = await asyncio.to_thread(puller.find_instances, uid)
                 except PullError as exc:
                     raise errors.OutOfResources(f"C-FIND at {peer}: {exc.reason}") from None
+                placement[uid] = sops
                 rows = await _local_instances(archive, uid)
                 d = StudyDiff(uid, "equal", len(rows), there if there is not None
                               else len(sops), missing_here=sorted(set(sops) - set(rows)),
@@ -320,7 +325,14 @@ async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: 
                 get = puller.get_study if method == "get" else puller.move_study
                 before = len(await _local_instances(archive, s.study))
                 try:
-                    ops = await asyncio.to_thread(get, study)
+                    if s.here is None:  # the whole study
+                        ops = await asyncio.to_thread(get, study)
+                    else:  # only the missing instances: IMAGE level, per series
+                        ops = SimpleNamespace(failed=0, completed=0)
+                        for sops in _batches(s.missing_here, placement.get(s.study, {})):
+                            part = await asyncio.to_thread(get, study, sops)
+                            ops.failed += part.failed
+                            ops.completed += part.completed
                 except PullError as exc:
                     report.fetched[s.study] = f"failed: {exc.reason}"
                     outcome = "failure"
@@ -328,7 +340,8 @@ async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: 
                     after = await _local_instances(archive, s.study)
                     still = [u for u in s.missing_here if u not in after]
                     report.fetched[s.study] = (
-                        f"{len(after) - before} instances stored"
+                        f"{ops.completed} sent by the peer, {len(after) - before} "
+                        "instances stored"
                         + (f", {ops.failed} sub-operations failed" if ops.failed else "")
                         + (f", {len(still)} still missing" if still else ""))
                     outcome = "failure" if still else "success"
@@ -369,6 +382,16 @@ async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: 
     finally:
         archive.close()
     return report
+
+
+def _batches(missing: list[str], series_of: dict[str, str], size: int = FETCH_BATCH):
+    """``{sop: series}`` groups of one series and at most ``size`` instances."""
+    by_series: dict[str, list[str]] = {}
+    for sop in missing:
+        by_series.setdefault(series_of.get(sop, ""), []).append(sop)
+    for series, sops in by_series.items():
+        for start in range(0, len(sops), size):
+            yield {sop: series for sop in sops[start:start + size]}
 
 
 def _send_destination(settings: Settings, peer: str, host: str, port: int,

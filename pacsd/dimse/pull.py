@@ -208,7 +208,9 @@ class Puller:
         return found_all
 
     # --- C-GET ----------------------------------------------------------------------------
-    def get_study(self, study: RemoteStudy) -> SubOperations:
+    def get_study(self, study: RemoteStudy, sops: dict[str, str] | None = None
+                  ) -> SubOperations:
+        """``sops`` (SOP Instance UID -> Series UID): only these, at IMAGE level."""
         if self.ctx is None:
             raise PullError("C-GET needs the ingest context", retry=False)
         classes = list(study.sop_classes or COMMON_SOP_CLASSES)
@@ -225,7 +227,7 @@ class Puller:
         handlers = [(evt.EVT_C_STORE, handle_store, [self.ctx])]
         assoc = self._associate(ae, contexts, ext_neg=roles, evt_handlers=handlers)
         try:
-            return _final(assoc.send_c_get(_retrieve_identifier(study),
+            return _final(assoc.send_c_get(_retrieve_identifier(study, sops),
                                            StudyRootQueryRetrieveInformationModelGet),
                           "C-GET")
         finally:
@@ -236,13 +238,14 @@ class Puller:
                                        self.ctx.ingest.archive.store)
 
     # --- C-MOVE ---------------------------------------------------------------------------
-    def move_study(self, study: RemoteStudy) -> SubOperations:
+    def move_study(self, study: RemoteStudy, sops: dict[str, str] | None = None
+                   ) -> SubOperations:
         ae = self._ae()
         contexts = [build_context(StudyRootQueryRetrieveInformationModelMove,
                                   list(COMMAND_TRANSFER_SYNTAXES))]
         assoc = self._associate(ae, contexts)
         try:
-            return _final(assoc.send_c_move(_retrieve_identifier(study),
+            return _final(assoc.send_c_move(_retrieve_identifier(study, sops),
                                             self.settings.server.ae_title,
                                             StudyRootQueryRetrieveInformationModelMove),
                           "C-MOVE")
@@ -251,10 +254,18 @@ class Puller:
                 assoc.release()
 
 
-def _retrieve_identifier(study: RemoteStudy) -> Dataset:
+def _retrieve_identifier(study: RemoteStudy, sops: dict[str, str] | None = None
+                         ) -> Dataset:
     ident = Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = study.study_uid
+    if sops:  # some instances only (reconcile, R-A10): IMAGE level, one series
+        series = set(sops.values())
+        if len(series) != 1:
+            raise PullError("an IMAGE-level retrieve names one series", retry=False)
+        ident.QueryRetrieveLevel = "IMAGE"
+        ident.SeriesInstanceUID = series.pop()
+        ident.SOPInstanceUID = list(sops)
     return ident
 
 

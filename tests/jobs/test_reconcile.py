@@ -101,8 +101,9 @@ def test_R_A10_reconcile_with_a_pacs_names_exactly_the_differences(tmp_path, cap
         # Remedies: fetch what is missing here, send what the peer lacks.
         assert cli.main(s.args + ["--fetch", "--send"]) == 1
         out = capsys.readouterr().out
-        assert f"fetched {_uid(s.only_peer)}: 2 instances stored" in out
-        assert f"fetched {_uid(s.mixed)}: 2 instances stored" in out
+        assert f"fetched {_uid(s.only_peer)}: 2 sent by the peer, 2 instances stored" in out
+        # only the two missing instances were requested (IMAGE level), not the whole study
+        assert f"fetched {_uid(s.mixed)}: 2 sent by the peer, 2 instances stored" in out
         assert f"sent {_uid(s.only_here)}: 1 instances sent" in out
         assert f"sent {_uid(s.mixed)}: 1 instances sent" in out
         # A second reconcile finds both sides equal, even instance by instance.
@@ -244,7 +245,7 @@ def test_R_A10_fetch_by_c_move_into_the_running_server_and_send_to_a_destination
         assert r.returncode == 2 and "must be of type" in r.stderr
         r = run("--fetch", "--method", "move", "--send", "--send-to", "hospital")
         assert r.returncode == 1, r.stdout + r.stderr
-        assert f"fetched {_uid(only_peer)}: 2 instances stored" in r.stdout
+        assert f"fetched {_uid(only_peer)}: 2 sent by the peer, 2 instances stored" in r.stdout
         assert f"sent {_uid(only_here)}: 1 instances sent" in r.stdout
         r = run()
         assert r.returncode == 0, r.stdout + r.stderr

@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import csv
 import io
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,7 +72,8 @@ def add_parser(sub) -> None:
     src.add_argument("--peer", action=_PeerAction, metavar="AET[=HOST:PORT]",
                      help="the PACS to compare with ([dimse] peers, or give its address)")
     src.add_argument("--manifest", metavar="FILE",
-                     help="a manifest.csv of pacsd export, or StudyInstanceUID,"
+                     help="a manifest.csv of pacsd export (or the export folder), or "
+                          "StudyInstanceUID,"
                           "SOPInstanceUID[,sha256] lines")
     p.add_argument("--study-date", default="", metavar="RANGE",
                    help="StudyDate match, e.g. 20240101-20240131")
@@ -413,6 +415,8 @@ def read_manifest(path: str) -> dict[str, dict[str, str]]:
     """StudyInstanceUID -> {SOPInstanceUID: sha256 or ""}. A pacsd export manifest.csv
     (header with study_instance_uid, sop_instance_uid, sha256; the current version of an
     object wins over older ones) or plain ``study,sop[,sha256]`` rows (header optional)."""
+    if os.path.isdir(path):  # an export folder: its manifest.csv
+        path = os.path.join(path, "manifest.csv")
     try:
         with open(path, encoding="utf-8", newline="") as fh:
             text = fh.read()

@@ -167,6 +167,9 @@ def test_R_A10_manifest_mode_export_manifest_and_plain_csv(tmp_path, capsys):
     manifest = export / "manifest.csv"
     assert cli.main(["reconcile", "--manifest", str(manifest), "--data-dir", str(here)]) == 0
     assert "equal: 2" in capsys.readouterr().out
+    # The export folder itself names its manifest.csv.
+    assert cli.main(["reconcile", "--manifest", str(export), "--data-dir", str(here)]) == 0
+    assert "equal: 2" in capsys.readouterr().out
 
     # Tamper: one object's hash changed, one object listed that is not here, one dropped.
     rows = list(csv.DictReader(manifest.open()))
@@ -205,6 +208,14 @@ def test_R_A10_manifest_mode_export_manifest_and_plain_csv(tmp_path, capsys):
     report = orjson.loads(report_file.read_bytes())
     assert {x["study"]: x["status"] for x in report["studies"]} == {
         b[0].StudyInstanceUID: "equal", "1.2.3.9": "missing-here"}
+    # Unreadable or malformed manifests stop with exit status 2.
+    assert cli.main(["reconcile", "--manifest", str(tmp_path / "none.csv"),
+                     "--data-dir", str(here)]) == 2
+    plain.write_text("1.2.3.9\n")
+    assert cli.main(["reconcile", "--manifest", str(plain), "--data-dir", str(here)]) == 2
+    assert "manifest line 1" in capsys.readouterr().err
+    assert cli.main(["reconcile", "--manifest", str(manifest), "--fetch",
+                     "--data-dir", str(here)]) == 2
 
 
 def test_R_A10_fetch_by_c_move_into_the_running_server_and_send_to_a_destination(tmp_path):

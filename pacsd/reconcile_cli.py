@@ -198,16 +198,11 @@ async def _local_studies(archive, filters: dict) -> dict[str, int]:
 
     retrieve = RetrieveService(archive)
     out: dict[str, int] = {}
-    if filters.get("study_uids"):
-        for uid in filters["study_uids"]:
-            try:
-                out[uid] = len(await retrieve.instances(uid, actor=LOCAL))
-            except errors.NotFound:
-                pass
-        return out
     query = QueryService(archive)
-    params = [(k, v) for k, v in (("StudyDate", filters.get("study_date", "")),
-                                  ("PatientID", filters.get("patient_id", ""))) if v]
+    params = [(k, v) for k, v in (
+        ("StudyDate", filters.get("study_date", "")),
+        ("PatientID", filters.get("patient_id", "")),
+        ("StudyInstanceUID", ",".join(filters.get("study_uids") or []))) if v]
     page = max(1, archive.settings.dicomweb.qido_max_limit)
     offset = 0
     while True:

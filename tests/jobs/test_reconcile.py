@@ -264,3 +264,18 @@ def test_R_A10_fetch_by_c_move_into_the_running_server_and_send_to_a_destination
     finally:
         peer.stop()
         a.stop()
+
+
+def test_R_A10_report_table_caps_the_uid_lists_and_json_has_them_all():
+    from pacsd.reconcile_cli import Reconciliation, StudyDiff
+    r = Reconciliation("peer X", [
+        StudyDiff("1.1", "different", 2, 14, missing_here=[f"1.1.{n}" for n in range(12)]),
+        StudyDiff("1.2", "equal", 3, 3)])
+    lines = r.lines(5, manifest=False)
+    assert sum(1 for x in lines if x.startswith("    missing here: 1.1.")) == 5
+    assert "    missing here: ... 7 more (see --json)" in lines
+    assert not any("1.2" == x.split()[-1] for x in lines)  # equal studies: summary only
+    assert "equal: 1" in lines and "different: 1" in lines
+    assert "instances missing here: 12" in lines
+    full = orjson.loads(r.as_json())
+    assert len(full["studies"][0]["missing_here"]) == 12 and not r.equal

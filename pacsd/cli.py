@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["import"].set_defaults(http=None, dicom_port=None, ae_title=None)
     from . import lifecycle_cli
     lifecycle_cli.add_parsers(sub)  # export / retention (R-A11, R-A7; docs/operations.md)
+    from . import reconcile_cli
+    reconcile_cli.add_parser(sub)  # reconcile with a PACS or a manifest (R-A10)
     pl = sub.add_parser("plugins", help="list the plugins pacsd loads: name, version, hooks")
     pl.add_argument("--config", help="TOML settings file (plugins named in [plugins.*])")
     pl.add_argument("--json", action="store_true", help="print JSON")
@@ -117,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             from . import import_cli
             return import_cli.run(args, settings)
+        if args.command == "reconcile":
+            from . import reconcile_cli
+            return reconcile_cli.run(args, settings)
         from . import lifecycle_cli
         if args.command in lifecycle_cli.COMMANDS:
             return lifecycle_cli.run(args, settings)

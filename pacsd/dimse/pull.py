@@ -162,8 +162,55 @@ class Puller:
                 assoc.release()
         return list(out.values())
 
+    def find_instances(self, study_uid: str) -> dict[str, str]:
+        """The SOP Instance UIDs the peer holds for one study (reconciliation, R-A10):
+        SERIES level, then IMAGE level per series (hierarchical Study Root, so a strict
+        PACS answers too), on one association. Returns SOP Instance UID -> Series UID."""
+        ae = self._ae()
+        contexts = [build_context(StudyRootQueryRetrieveInformationModelFind,
+                                  list(COMMAND_TRANSFER_SYNTAXES))]
+        assoc = self._associate(ae, contexts)
+        out: dict[str, str] = {}
+        try:
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "SERIES"
+            ident.StudyInstanceUID = study_uid
+            ident.SeriesInstanceUID = ""
+            series = [str(ds.get("SeriesInstanceUID", "") or "").strip()
+                      for ds in self._matches(assoc, ident)]
+            for uid in dict.fromkeys(s for s in series if s):
+                ident = Dataset()
+                ident.QueryRetrieveLevel = "IMAGE"
+                ident.StudyInstanceUID = study_uid
+                ident.SeriesInstanceUID = uid
+                ident.SOPInstanceUID = ""
+                for ds in self._matches(assoc, ident):
+                    sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+                    if sop:
+                        out[sop] = uid
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return out
+
+    def _matches(self, assoc, ident: Dataset) -> list[Dataset]:
+        found_all = []
+        for status, found in assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind):
+            code = getattr(status, "Status", None)
+            if code is None:
+                raise PullError("C-FIND: no response from the peer")
+            if code in (0xFF00, 0xFF01):
+                if found is not None:
+                    found_all.append(found)
+            elif code != 0x0000:
+                raise PullError(f"C-FIND failed with status 0x{code:04X}",
+                                retry=(code & 0xFF00) == 0xA700)
+        return found_all
+
     # --- C-GET ----------------------------------------------------------------------------
-    def get_study(self, study: RemoteStudy) -> SubOperations:
+    def get_study(self, study: RemoteStudy, sops: dict[str, str] | None = None
+                  ) -> SubOperations:
+        """``sops`` (SOP Instance UID -> Series UID): only these, at IMAGE level."""
         if self.ctx is None:
             raise PullError("C-GET needs the ingest context", retry=False)
         classes = list(study.sop_classes or COMMON_SOP_CLASSES)
@@ -180,7 +227,7 @@ class Puller:
         handlers = [(evt.EVT_C_STORE, handle_store, [self.ctx])]
         assoc = self._associate(ae, contexts, ext_neg=roles, evt_handlers=handlers)
         try:
-            return _final(assoc.send_c_get(_retrieve_identifier(study),
+            return _final(assoc.send_c_get(_retrieve_identifier(study, sops),
                                            StudyRootQueryRetrieveInformationModelGet),
                           "C-GET")
         finally:
@@ -191,13 +238,14 @@ class Puller:
                                        self.ctx.ingest.archive.store)
 
     # --- C-MOVE ---------------------------------------------------------------------------
-    def move_study(self, study: RemoteStudy) -> SubOperations:
+    def move_study(self, study: RemoteStudy, sops: dict[str, str] | None = None
+                   ) -> SubOperations:
         ae = self._ae()
         contexts = [build_context(StudyRootQueryRetrieveInformationModelMove,
                                   list(COMMAND_TRANSFER_SYNTAXES))]
         assoc = self._associate(ae, contexts)
         try:
-            return _final(assoc.send_c_move(_retrieve_identifier(study),
+            return _final(assoc.send_c_move(_retrieve_identifier(study, sops),
                                             self.settings.server.ae_title,
                                             StudyRootQueryRetrieveInformationModelMove),
                           "C-MOVE")
@@ -206,10 +254,18 @@ class Puller:
                 assoc.release()
 
 
-def _retrieve_identifier(study: RemoteStudy) -> Dataset:
+def _retrieve_identifier(study: RemoteStudy, sops: dict[str, str] | None = None
+                         ) -> Dataset:
     ident = Dataset()
     ident.QueryRetrieveLevel = "STUDY"
     ident.StudyInstanceUID = study.study_uid
+    if sops:  # some instances only (reconcile, R-A10): IMAGE level, one series
+        series = set(sops.values())
+        if len(series) != 1:
+            raise PullError("an IMAGE-level retrieve names one series", retry=False)
+        ident.QueryRetrieveLevel = "IMAGE"
+        ident.SeriesInstanceUID = series.pop()
+        ident.SOPInstanceUID = list(sops)
     return ident
 
 

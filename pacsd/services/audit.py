@@ -60,6 +60,7 @@ EVENT_TYPES = frozenset({
     "totp-enrolled", "totp-removed",  # second factor of a user (MLPS 4)
     "user-changed",       # roles, department, disabled / enabled (admin API, MLPS 9)
     "department-changed", # a department created, renamed / described, or deleted (R-E1)
+    "reconcile",          # pacsd reconcile: a comparison, a fetch or a send (R-A10)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 #: A plugin's own event types are namespaced ``<plugin>.<event>`` (e.g. ``share.accessed``)

@@ -46,7 +46,6 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.tag import Tag
 
 from ..errors import Unprocessable
 from .deid_table import TABLE
@@ -185,8 +184,15 @@ def _identifiers(ds: Dataset) -> list[str]:
         for v in _values(value):
             text = str(v)
             found.add(text)
-            found.update(p for p in re.split(r"[\^=]", text))
-    return sorted((s.strip() for s in found if len(s.strip()) >= 3), key=len, reverse=True)
+            for group in text.split("="):          # alphabetic, ideographic, phonetic
+                parts = [p.strip() for p in group.split("^") if p.strip()]
+                found.update(parts)
+                found.update(("".join(parts), " ".join(parts), " ".join(reversed(parts)),
+                              "".join(reversed(parts))))
+    # Short ASCII fragments ("Li") would cut ordinary words; ideographic names are short.
+    return sorted((s for s in (f.strip() for f in found)
+                   if len(s) >= 3 or (len(s) >= 2 and not s.isascii())),
+                  key=len, reverse=True)
 
 
 def _values(value) -> list:
@@ -340,6 +346,3 @@ def _rebuild_meta(ds: Dataset) -> None:
     ds.file_meta = meta
     ds.preamble = b"\0" * 128
 
-
-def tag_of(keyword: str) -> int:
-    return int(Tag(keyword))

@@ -143,6 +143,20 @@ def test_R_E7_R_H3_options_change_the_result_as_specified():
         Profile(secret=SECRET, options=frozenset({"retain-everything"}))
 
 
+def test_R_E7_SEC_25_gb18030_person_name_removed_and_cleaned_from_descriptors():
+    ds = rich_dataset(SOP1)
+    ds.SpecificCharacterSet = "GB18030"
+    ds.PatientName = "Zhang^Sanfeng=张^三丰"
+    ds.StudyDescription = "张三丰 胸部CT Zhang Sanfeng"
+    raw_name = "张三丰".encode("gb18030")
+    assert raw_name in to_part10(ds)
+    out = deid(ds, "clean-descriptors")
+    assert out.StudyDescription == "* 胸部CT *"
+    raw = to_part10(out)
+    assert raw_name not in raw and "张".encode("gb18030") + "^".encode() not in raw
+    assert b"Sanfeng" not in raw
+
+
 def test_R_H3_SEC_25_uid_mapping_consistent_within_an_export_different_across_exports():
     a1 = deid(rich_dataset(SOP1, ref_sop=SOP2))
     a2 = deid(rich_dataset(SOP2, ref_sop=SOP1, seed=1))

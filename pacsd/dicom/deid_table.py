@@ -273,20 +273,39 @@ TABLE = """
 (3006,00A6) ROIInterpreter | Z |
 (3006,0088) ROIObservationDescription | X | desc=C
 (3006,0085) ROIObservationLabel | X | desc=C
-(300A,0006) RTPlanDate | X | dates=K
+(300A,0615) RTAccessoryDeviceSlotID | Z |
+(300A,0611) RTAccessoryHolderSlotID | Z |
+(3010,005A) RTPhysicianIntentNarrative | Z | desc=C
+(300A,0006) RTPlanDate | X/D | dates=K
 (300A,0004) RTPlanDescription | X | desc=C
-(300A,0002) RTPlanLabel | D |
-(300A,0003) RTPlanName | X |
-(300A,0007) RTPlanTime | X | dates=K
+(300A,0002) RTPlanLabel | D | desc=C
+(300A,0003) RTPlanName | X | desc=C
+(300A,0007) RTPlanTime | X/D | dates=K
+(3010,0054) RTPrescriptionLabel | D | desc=C
+(300A,062A) RTToleranceSetLabel | D | desc=C
+(3010,0056) RTTreatmentApproachLabel | X/D | desc=C
+(3010,003B) RTTreatmentPhaseUID | U |
 (300A,0619) RadiationDoseIdentificationLabel | X | desc=C
 (300A,0623) RadiationDoseInVivoMeasurementLabel | X | desc=C
 (0018,0030) Radionuclide | X |
 (0032,1030) ReasonForStudy | X | desc=C
 (0040,2001) ReasonForTheImagingServiceRequest | X | desc=C
+(0040,1002) ReasonForTheRequestedProcedure | X | desc=C
+(0032,1066) ReasonForVisit | X | desc=C
+(0032,1067) ReasonForVisitCodeSequence | X | desc=C
+(300A,073A) RecordedRTControlPointDateTime | D | dates=K
+(3010,000B) ReferencedConceptualVolumeUID | U |
 (0040,A13A) ReferencedDateTime | D | dates=K
 (0400,0402) ReferencedDigitalSignatureSequence | X |
+(300A,0083) ReferencedDoseReferenceUID | U |
+(3010,006F) ReferencedDosimetricObjectiveUID | U |
+(3010,0031) ReferencedFiducialsUID | U |
 (3006,0024) ReferencedFrameOfReferenceUID | U |
+(0040,4023) ReferencedGeneralPurposeScheduledProcedureStepTransactionUID | U |
 (0008,1140) ReferencedImageSequence | X/Z/U* |
+(0040,A172) ReferencedObservationUIDTrial | U |
+(0038,0004) ReferencedPatientAliasSequence | X |
+(0010,1100) ReferencedPatientPhotoSequence | X |
 (0008,1120) ReferencedPatientSequence | X |
 (0008,1111) ReferencedPerformedProcedureStepSequence | X/Z/D |
 (0400,0403) ReferencedSOPInstanceMACSequence | X |
@@ -330,15 +349,18 @@ TABLE = """
 (0040,0007) ScheduledProcedureStepDescription | X | desc=C
 (0040,0004) ScheduledProcedureStepEndDate | X | dates=K
 (0040,0005) ScheduledProcedureStepEndTime | X | dates=K
-(0040,0011) ScheduledProcedureStepLocation | X |
+(0040,4008) ScheduledProcedureStepExpirationDateTime | X | dates=K
+(0040,0011) ScheduledProcedureStepLocation | X | dev=K
+(0040,4010) ScheduledProcedureStepModificationDateTime | X | dates=K
 (0040,0002) ScheduledProcedureStepStartDate | X | dates=K
+(0040,4005) ScheduledProcedureStepStartDateTime | X | dates=K
 (0040,0003) ScheduledProcedureStepStartTime | X | dates=K
 (0040,0001) ScheduledStationAETitle | X | dev=K
 (0040,4027) ScheduledStationGeographicLocationCodeSequence | X | dev=K
 (0040,0010) ScheduledStationName | X | dev=K
 (0040,4025) ScheduledStationNameCodeSequence | X | dev=K
-(0032,1020) ScheduledStudyLocation | X |
-(0032,1021) ScheduledStudyLocationAETitle | X |
+(0032,1020) ScheduledStudyLocation | X | dev=K
+(0032,1021) ScheduledStudyLocationAETitle | X | dev=K
 (0018,1010) SecondaryCaptureDeviceID | X | dev=K
 (0018,1016) SecondaryCaptureDeviceManufacturer | X | dev=K
 (0018,1018) SecondaryCaptureDeviceManufacturerModelName | X | dev=K
@@ -349,17 +371,26 @@ TABLE = """
 (0008,0031) SeriesTime | X/D | dates=K
 (0038,0062) ServiceEpisodeDescription | X | desc=C
 (0038,0060) ServiceEpisodeID | X |
+(300A,01B2) SetupTechniqueDescription | X | desc=C
+(300A,01A6) ShieldingDeviceDescription | X | desc=C
+(0040,06FA) SlideIdentifier | X |
 (0010,21A0) SmokingStatus | X | pat=K
 (0018,1020) SoftwareVersions | X/Z/D | dev=K
+(3010,0015) SourceConceptualVolumeUID | U |
+(0018,936A) SourceEndDateTime | D | dates=K
+(0034,0005) SourceIdentifier | D |
 (0008,2112) SourceImageSequence | X/Z/U* |
 (300A,0216) SourceManufacturer | X | dev=K
-(3008,0105) SourceSerialNumber | X | dev=K
-(0038,0050) SpecialNeeds | X | pat=C desc=C
+(3008,0105) SourceSerialNumber | X/Z | dev=K
+(0018,9369) SourceStartDateTime | D | dates=K
+(0038,0050) SpecialNeeds | X | pat=C
+(0040,050A) SpecimenAccessionNumber | X |
 (0040,0602) SpecimenDetailedDescription | X | desc=C
 (0040,0551) SpecimenIdentifier | D |
-(0040,0610) SpecimenPreparationSequence | X |
+(0040,0610) SpecimenPreparationSequence | Z |
 (0040,0600) SpecimenShortDescription | X | desc=C
 (0040,0554) SpecimenUID | U |
+(0018,9516) StartAcquisitionDateTime | X/D | dates=K
 (0008,1010) StationName | X/Z/D | dev=K
 (0088,0140) StorageMediaFileSetUID | U |
 (3006,0008) StructureSetDate | X | dates=K
@@ -367,12 +398,16 @@ TABLE = """
 (3006,0002) StructureSetLabel | D |
 (3006,0004) StructureSetName | X |
 (3006,0009) StructureSetTime | X | dates=K
+(0032,4000) StudyComments | X | desc=C
 (0008,0020) StudyDate | Z | dates=K
 (0008,1030) StudyDescription | X | desc=C
 (0020,0010) StudyID | Z |
+(0032,0012) StudyIDIssuer | X |
 (0020,000D) StudyInstanceUID | U |
 (0008,0030) StudyTime | Z | dates=K
 (0020,0200) SynchronizationFrameOfReferenceUID | U |
+(0018,2042) TargetUID | U |
+(0040,A354) TelephoneNumberTrial | X |
 (0040,DB0D) TemplateExtensionCreatorUID | U |
 (0040,DB0C) TemplateExtensionOrganizationUID | U |
 (4000,4000) TextComments | X |

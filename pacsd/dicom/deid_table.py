@@ -214,6 +214,8 @@ TABLE = """
 (0010,1001) OtherPatientNames | X |
 (0008,0024) OverlayDate | X | dates=K
 (0008,0034) OverlayTime | X | dates=K
+(300A,0760) OverrideDateTime | D | dates=K
+(0028,1199) PaletteColorLookupTableUID | U |
 (0040,A07A) ParticipantSequence | X |
 (0040,A082) ParticipationDateTime | X | dates=K
 (0010,1040) PatientAddress | X |

@@ -17,9 +17,12 @@ remove, K keep, C clean, U replace UID consistently; combinations ``Z/D``, ``X/Z
 dictionary does not know, and the repeating-group rows (curves 50xx, overlay data and
 comments 60xx), are handled in :mod:`pacsd.dicom.deid` by group rules.
 
-The rows below were transcribed from the standard's table (not from another
-implementation); tests/security/test_deid.py checks that every keyword matches its tag in
-pydicom's data dictionary.
+The rows below were written from the standard's table (not from another
+implementation); the patient, performed-step, R, S and T sections were checked against
+the standard's text row by row, the rest still need that cross-check (the table is a
+subset of the current edition's rows; attributes missing from it are kept, except person
+names and non-DICOM UIDs, see :mod:`pacsd.dicom.deid`). tests/security/test_deid.py checks
+that every keyword matches its tag in pydicom's data dictionary.
 """
 from __future__ import annotations
 

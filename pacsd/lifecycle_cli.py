@@ -49,6 +49,16 @@ def add_parsers(sub) -> None:
     e.add_argument("--endpoint-url", help="S3 endpoint of an s3:// target "
                                           "(default: [storage] endpoint_url)")
     e.add_argument("--region", help="S3 region of an s3:// target (default: [storage] region)")
+    e.add_argument("--deidentify", action="store_true",
+                   help="de-identified research export: PS3.15 Annex E Basic Application "
+                        "Level Confidentiality Profile, new UIDs, no index dump (R-H3, R-E7)")
+    e.add_argument("--deid-option", action="append", default=[], metavar="NAME",
+                   help="with --deidentify: retain-full-dates, retain-patient-characteristics,"
+                        " retain-device-identity, retain-institution-identity, "
+                        "clean-descriptors, allow-burned-in; repeatable")
+    e.add_argument("--authorization", metavar="'REF: reason'",
+                   help="with --deidentify (required): the authorization record, e.g. "
+                        "'IRB-2025-017: lung nodule study' (R-G2; audited)")
 
     im = sub.add_parser("import-export", help="import an export made by `pacsd export` "
                                                "(objects, versions, retention; R-A11)")
@@ -157,6 +167,8 @@ def _export(args, settings) -> int:
         for line in report.summary():
             print(line)
         return 0 if report.ok else 1
+    if args.deidentify or args.authorization or args.deid_option:
+        return _research_export(args, settings, target)
     archive, audit = _open(settings)
     bar = ProgressBar("export")
     try:
@@ -210,3 +222,42 @@ def _retention(args, settings) -> int:
             audit.flush_sync()
         finally:
             archive.close()
+
+
+def _research_export(args, settings, target) -> int:
+    """``pacsd export --deidentify`` (services/research_export.py; R-H3, R-G2)."""
+    from .errors import BadRequest
+    from .index.lifecycle import ExportFilter
+    from .services.export_target import redacted
+    from .services.research_export import Authorization, ResearchExporter, parse_options
+    from .services.security import LOCAL
+
+    if not args.deidentify:
+        raise BadRequest("--authorization and --deid-option go with --deidentify")
+    archive, audit = _open(settings)
+    try:
+        try:
+            authorization = Authorization.parse(args.authorization)
+            options, allow = parse_options(args.deid_option)
+        except BadRequest as exc:
+            # The refused attempt is itself on the audit trail (R-G2, MLPS 9).
+            audit.record("research-export", actor=LOCAL, outcome="denied",
+                         location=redacted(target.url),
+                         detail={"reason": exc.reason})
+            raise
+        bar = ProgressBar("de-identified export")
+        try:
+            flt = ExportFilter(args.study, args.patient_id, args.date_from, args.date_to)
+            report = ResearchExporter(archive, target, authorization=authorization,
+                                      options=options, allow_burned_in=allow, audit=audit,
+                                      actor=LOCAL, progress=bar).run(flt)
+        finally:
+            bar.close()
+    finally:
+        try:
+            audit.flush_sync()
+        finally:
+            archive.close()
+    for line in report.summary():
+        print(line)
+    return 0 if report.complete else 1

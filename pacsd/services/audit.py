@@ -61,6 +61,8 @@ EVENT_TYPES = frozenset({
     "user-changed",       # roles, department, disabled / enabled (admin API, MLPS 9)
     "department-changed", # a department created, renamed / described, or deleted (R-E1)
     "reconcile",          # pacsd reconcile: a comparison, a fetch or a send (R-A10)
+    "research-export",    # de-identified research export: per study, plus a summary with
+                          # the authorization record (R-H3, R-G2; services/research_export.py)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 #: A plugin's own event types are namespaced ``<plugin>.<event>`` (e.g. ``share.accessed``)

@@ -3,7 +3,8 @@ import './style.css';
 import { loadConfig, setUnauthorizedHandler } from './api.js';
 import { askLogin } from './login.js';
 import { bindWorklist, search } from './worklist.js';
-import { bindToolbar, openStudy, closeViewer, hook } from './viewer.js';
+import { bindToolbar, openStudy, closeViewer, currentImage, hook } from './viewer.js';
+import { bindShare, probeShare } from './share.js';
 import { initScreens, openScreen, announceStudy, screenNumber } from './screens.js';
 
 window.pacsdViewer = hook;
@@ -17,6 +18,7 @@ async function route() {
       await openStudy(m[1]);
       document.body.dataset.loaded = m[1];
       announceStudy(m[1]);
+      await probeShare(m[1]);
     } catch (e) {
       document.getElementById('patient').textContent = `Cannot open the study: ${e.message}`;
       console.error(e);
@@ -32,6 +34,7 @@ async function main() {
   setUnauthorizedHandler(askLogin);
   bindWorklist();
   bindToolbar();
+  bindShare(currentImage);
   initScreens();
   document.getElementById('new-screen').onclick = () => {
     const m = location.hash.match(/^#\/study\/([0-9.]+)/);

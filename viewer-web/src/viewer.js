@@ -14,6 +14,7 @@ import { config, dicomJson, thumbnailUrl, authHeaders, reauthorize } from './api
 import { TAG, value, values, formatName, formatDicomDate, wadorsImageIds, buildStudyQuery } from './dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from './presets.js';
 import { fromAnnotations, ctrRatio, describe } from './measurements.js';
+import { uidsOfImageId } from './share.js';
 
 const ENGINE = 'pacsd-engine';
 const GROUP = 'pacsd-tools';
@@ -455,6 +456,17 @@ export async function openStudy(studyUid) {
   historyPanel(study).catch((e) => console.warn('history', e));
 }
 
+/** The image shown in the active viewport (what the Share button shares, R-C5):
+ * {studyUid, seriesUid, sopUid, label}, or null when the viewport is empty. */
+export function currentImage() {
+  const vp = viewport();
+  const uids = uidsOfImageId(vp?.getCurrentImageId?.());
+  if (!uids) return null;
+  const p = state.panes[state.active];
+  const label = `${p?.modality || ''} ${p?.description || ''} · ${vp.getCurrentImageIdIndex() + 1}/${vp.getImageIds().length}`.trim();
+  return { ...uids, label };
+}
+
 export function closeViewer() {
   if (!state.started) return;
   for (const vp of state.engine.getViewports()) stopCine(vp.id);
@@ -516,4 +528,5 @@ export const hook = {
   setImageIndex: (i, n) => viewport(i).setImageIdIndex(n),
   rendered: (i) => Boolean(viewport(i)?.getImageData() && viewport(i).getProperties().voiRange),
   cinePlaying: (i) => state.cine.has(viewportId(i)),
+  currentImage,
 };

@@ -178,6 +178,11 @@ def fill(url: str, insts: list[Inst], batch: int = 5000, log=print) -> float:
             done = start + len(chunk)
             if done % 50000 < batch:
                 log(f"  filled {done} of {len(insts)} ({time.perf_counter() - t0:.0f} s)")
+        # Planner statistics, as a database in service has them (autovacuum would get
+        # there minutes later; without them PostgreSQL picked sequential scans).
+        with cat.engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
     finally:
         cat.close()
     return time.perf_counter() - t0

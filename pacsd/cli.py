@@ -136,36 +136,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- pacsd verify (R-A6 scrub; reliability-matrix FT-5..FT-9, FT-13) -----------------------
 
-class _ProgressBar:
-    """A one-line progress bar on stderr (only on a terminal), redrawn at most 5x/s."""
-
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        import time
-
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and done != total):
-            return
-        self._last = now
-        if total:
-            frac = min(1.0, done / total)
-            bar = "#" * int(frac * 30)
-            line = f"verify {phase}: [{bar:<30}] {done}/{total} ({frac:.0%})"
-        else:
-            line = f"verify {phase}: {done}"
-        self.stream.write("\r" + line.ljust(72))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def _verify(settings, args) -> int:
     """Exit status: 0 every copy OK after the run, 1 problems remain, 2 cannot run."""
     import json
@@ -183,7 +153,9 @@ def _verify(settings, args) -> int:
         print(f"pacsd: cannot open the archive: {exc.reason}", file=sys.stderr)
         return 2
     state_path = settings.data_path / "verify.progress"
-    bar = _ProgressBar()
+    from .progress import ProgressBar
+
+    bar = ProgressBar("verify")
     try:
         scrubber = Scrubber(archive.store, archive.catalogue, repair=args.repair,
                             orphans=not args.no_orphans, orphan_grace_s=args.orphan_grace_s,

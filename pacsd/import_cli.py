@@ -21,11 +21,12 @@ failed; 2 the import could not run (bad settings, archive unavailable).
 """
 from __future__ import annotations
 
+from .progress import ProgressBar
+
 import argparse
 import asyncio
 import os
 import sys
-import time
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -144,26 +145,14 @@ def _expand(path: str, zips: bool) -> Iterator[Source]:
         yield Source(path)
 
 
-class _Progress:
-    """One line on stderr, redrawn at most 5 times a second, only on a terminal."""
+def import_progress(stream=None):
+    """The progress line of ``pacsd import PATH``: ``progress(report, final=False)``."""
+    bar = ProgressBar("import", stream)
 
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, r: Report, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and not final):
-            return
-        self._last = now
-        frac = r.done / r.total if r.total else 1.0
-        bar = "#" * int(frac * 30)
-        self.stream.write(f"\rimport: [{bar:<30}] {r.done}/{r.total} stored {r.stored} "
-                          f"dup {r.duplicate} refused {sum(r.refused.values())}  ")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
+    def progress(r: Report, final: bool = False) -> None:
+        bar("", r.done, r.total, final=final, note=f"stored {r.stored} dup {r.duplicate} "
+            f"refused {sum(r.refused.values())}")
+    return progress
 
 
 def _stage(store, src: Source, max_bytes: int):
@@ -266,7 +255,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not args.paths:
         print("pacsd: import needs PATH... or --from-peer AET", file=sys.stderr)
         return 2
-    progress = _Progress()
+    progress = import_progress()
     try:
         report = asyncio.run(run_import(settings, args.paths, jobs=args.jobs,
                                         zips=not args.no_zip, forward=not args.no_forward,

@@ -18,10 +18,13 @@ pull could not start (unknown peer, peer down).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from .progress import ProgressBar
+
 import argparse
 import asyncio
 import sys
-import time
 from dataclasses import dataclass, field
 
 from . import errors
@@ -52,29 +55,9 @@ class PullReport:
         return out
 
 
-class _Progress:
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, r: PullReport, todo: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and not final):
-            return
-        self._last = now
-        done = r.pulled + len(r.failed)
-        frac = done / todo if todo else 1.0
-        self.stream.write(f"\rpull: [{'#' * int(frac * 30):<30}] {done}/{todo} studies, "
-                          f"{r.instances} instances  ")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 async def run_pull(settings: Settings, peer: str, *, method: str = "get",
                    filters: dict | None = None, jobs: int = 2, forward: bool = True,
-                   progress: _Progress | None = None) -> PullReport:
+                   progress: Callable[..., None] | None = None) -> PullReport:
     from .dimse.bridge import Bridge
     from .dimse.context import ScpContext
     from .dimse.pull import PullError, Puller, RemoteStudy
@@ -171,7 +154,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         report = asyncio.run(run_pull(settings, args.from_peer.strip(), method=args.method,
                                       filters=filters, jobs=args.jobs,
-                                      forward=not args.no_forward, progress=_Progress()))
+                                      forward=not args.no_forward, progress=_pull_progress()))
     except ConfigError:
         raise
     except errors.PacsdError as exc:
@@ -180,3 +163,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for line in report.lines():
         print(line)
     return 1 if report.failed else 0
+
+
+def _pull_progress() -> Callable[..., None]:
+    bar = ProgressBar("pull")
+
+    def progress(r: PullReport, todo: int, final: bool = False) -> None:
+        bar("studies", r.pulled + len(r.failed), todo, final=final,
+            note=f"{r.instances} instances")
+    return progress

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
+
+from .progress import ProgressBar
 
 COMMANDS = ("export", "retention", "import-export")
 _DATE = re.compile(r"\d{8}")
@@ -90,35 +91,6 @@ def add_parsers(sub) -> None:
                        help="list what would be purged, change nothing")
     for p in (show, hold, rel, visit, purge):
         _archive_options(p)
-
-
-class ProgressBar:
-    """A one-line progress bar on stderr (only on a terminal), redrawn at most 5x/s."""
-
-    def __init__(self, label: str, stream=None) -> None:
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, phase: str, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and done != total):
-            return
-        self._last = now
-        if total:
-            frac = min(1.0, done / total)
-            line = f"{self.label} {phase}: [{'#' * int(frac * 30):<30}] {done}/{total} " \
-                   f"({frac:.0%})"
-        else:
-            line = f"{self.label} {phase}: {done}"
-        self.stream.write("\r" + line.ljust(72))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def run(args, settings) -> int:

@@ -31,13 +31,14 @@ comparison could not run (unknown or unreachable peer, unreadable manifest).
 """
 from __future__ import annotations
 
+from .progress import ProgressBar
+
 import argparse
 import asyncio
 import csv
 import io
 import os
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
@@ -169,24 +170,6 @@ class Reconciliation:
 
 def _n(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-class _Progress:
-    def __init__(self, stream=None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self._last = 0.0
-
-    def __call__(self, what: str, done: int, total: int, final: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and not final):
-            return
-        self._last = now
-        frac = done / total if total else 1.0
-        self.stream.write(f"\rreconcile {what}: [{'#' * int(frac * 30):<30}] {done}/{total}  ")
-        if final:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 # --- the local side --------------------------------------------------------------------------
@@ -509,7 +492,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.manifest and (args.fetch or args.send):
         print("pacsd: --fetch and --send need --peer", file=sys.stderr)
         return 2
-    progress = _Progress()
+    progress = ProgressBar("reconcile")
     try:
         if peer:
             report = asyncio.run(reconcile_peer(

@@ -7,7 +7,8 @@ import io
 
 import pytest
 
-from pacsd.cli import _ProgressBar, _parser
+from pacsd.cli import _parser
+from pacsd.progress import ProgressBar
 from pacsd.config import ConfigError, Settings, load_settings
 
 
@@ -75,11 +76,13 @@ class _Tty(io.StringIO):
 
 def test_progress_bar_draws_on_a_terminal_only():
     out = _Tty()
-    bar = _ProgressBar(out)
+    bar = ProgressBar("verify", out)
     bar("objects", 5, 10)
-    bar("objects", 10, 10)
+    bar("objects", 10, 10, note="2 repaired")
     bar.close()
-    assert "[###############" in out.getvalue() and "10/10 (100%)" in out.getvalue()
+    text = out.getvalue()
+    assert "verify objects: [###############" in text and "10/10 (100%) 2 repaired" in text
+    assert text.endswith("\n") and text.count("\n") == 1
     quiet = io.StringIO()
-    _ProgressBar(quiet)("objects", 1, 2)
+    ProgressBar("verify", quiet)("objects", 1, 2)
     assert quiet.getvalue() == ""

@@ -15,7 +15,7 @@ from fwd_helpers import StorageSCP, dataset_bytes
 from pacsd_server import Server
 
 from pacsd import cli
-from pacsd.import_cli import Report, _Progress
+from pacsd.import_cli import Report, import_progress
 from pacsd.index import Catalogue
 from pacsd.index.security_schema import audit_events
 
@@ -83,7 +83,7 @@ def test_progress_line_on_a_terminal():
         def isatty(self):
             return True
     stream = Tty()
-    bar = _Progress(stream)
+    bar = import_progress(stream)
     r = Report(total=4, stored=2, duplicate=1)
     bar(r, final=True)
     assert "3/4" in stream.getvalue() and "stored 2" in stream.getvalue()

@@ -8,6 +8,7 @@ status whether they finished: 0 done / OK, 1 incomplete or problems found, 2 can
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
 
@@ -107,12 +108,25 @@ def run(args, settings) -> int:
         return 2
 
 
-def _open(settings):
+@contextlib.contextmanager
+def _opened(settings, label: str | None = None):
+    """(archive, audit trail, progress bar or None) for one command; on the way out the
+    bar's line is ended, the audit trail flushed and the archive closed, in that order."""
     from .services.archive import Archive
     from .services.audit import AuditTrail
 
     archive = Archive.open(settings)
-    return archive, AuditTrail(archive.catalogue)
+    audit = AuditTrail(archive.catalogue)
+    bar = ProgressBar(label) if label else None
+    try:
+        yield archive, audit, bar
+    finally:
+        try:
+            if bar is not None:
+                bar.close()
+            audit.flush_sync()
+        finally:
+            archive.close()
 
 
 def _target(args, settings):
@@ -141,17 +155,9 @@ def _export(args, settings) -> int:
         return 0 if report.ok else 1
     if args.deidentify or args.authorization or args.deid_option:
         return _research_export(args, settings, target)
-    archive, audit = _open(settings)
-    bar = ProgressBar("export")
-    try:
+    with _opened(settings, "export") as (archive, audit, bar):
         flt = ExportFilter(args.study, args.patient_id, args.date_from, args.date_to)
         report = Exporter(archive, target, audit=audit, actor=LOCAL, progress=bar).run(flt)
-    finally:
-        bar.close()
-        try:
-            audit.flush_sync()
-        finally:
-            archive.close()
     for line in report.summary():
         print(line)
     return 0 if report.complete else 1
@@ -165,17 +171,9 @@ def _import(args, settings) -> int:
 
     args.to_url = args.verify_url = None
     source = _target(args, settings)
-    archive, audit = _open(settings)
-    bar = ProgressBar("import")
-    try:
+    with _opened(settings, "import") as (archive, audit, bar):
         report = asyncio.run(Importer(archive, source, audit=audit, actor=LOCAL,
                                       progress=bar).run())
-    finally:
-        bar.close()
-        try:
-            audit.flush_sync()
-        finally:
-            archive.close()
     for line in report.summary():
         print(line)
     return 0 if report.ok else 1
@@ -184,16 +182,8 @@ def _import(args, settings) -> int:
 def _retention(args, settings) -> int:
     from .services.retention import run_cli
 
-    archive, audit = _open(settings)
-    bar = ProgressBar("purge")
-    try:
+    with _opened(settings, "purge") as (archive, audit, bar):
         return run_cli(archive, audit, args, progress=bar, out=print)
-    finally:
-        bar.close()
-        try:
-            audit.flush_sync()
-        finally:
-            archive.close()
 
 
 def _research_export(args, settings, target) -> int:
@@ -206,8 +196,7 @@ def _research_export(args, settings, target) -> int:
 
     if not args.deidentify:
         raise BadRequest("--authorization and --deid-option go with --deidentify")
-    archive, audit = _open(settings)
-    try:
+    with _opened(settings, "de-identified export") as (archive, audit, bar):
         try:
             authorization = Authorization.parse(args.authorization)
             options, allow = parse_options(args.deid_option)
@@ -217,19 +206,10 @@ def _research_export(args, settings, target) -> int:
                          location=redacted(target.url),
                          detail={"reason": exc.reason})
             raise
-        bar = ProgressBar("de-identified export")
-        try:
-            flt = ExportFilter(args.study, args.patient_id, args.date_from, args.date_to)
-            report = ResearchExporter(archive, target, authorization=authorization,
-                                      options=options, allow_burned_in=allow, audit=audit,
-                                      actor=LOCAL, progress=bar).run(flt)
-        finally:
-            bar.close()
-    finally:
-        try:
-            audit.flush_sync()
-        finally:
-            archive.close()
+        flt = ExportFilter(args.study, args.patient_id, args.date_from, args.date_to)
+        report = ResearchExporter(archive, target, authorization=authorization,
+                                  options=options, allow_burned_in=allow, audit=audit,
+                                  actor=LOCAL, progress=bar).run(flt)
     for line in report.summary():
         print(line)
     return 0 if report.complete else 1

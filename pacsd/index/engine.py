@@ -21,6 +21,8 @@ C-STORE 0xA700; FT-10); anything else -> a PHI-free :class:`PacsdError` (500).
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 
 import sqlalchemy as sa
@@ -70,8 +72,8 @@ def create_engine(url: str, *, busy_timeout_s: float = 10.0) -> sa.Engine:
         cur = dbapi_conn.cursor()
         try:
             cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            if not memory and cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cur.execute("PRAGMA journal_mode = WAL")  # persistent in the file
+            if not memory:
+                _ensure_wal(cur, busy_timeout_s)
             cur.execute("PRAGMA synchronous = FULL")
             cur.execute("PRAGMA foreign_keys = ON")
             cur.execute("PRAGMA case_sensitive_like = ON")
@@ -84,6 +86,23 @@ def create_engine(url: str, *, busy_timeout_s: float = 10.0) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _ensure_wal(cur, timeout_s: float) -> None:
+    """Switch a new database file to WAL (persistent in the file). SQLite answers
+    "database is locked" at once, without its busy handler, when another connection holds
+    a lock while the mode changes (several processes or threads opening a fresh index
+    together), so that case is retried here until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def sqlstate(err: BaseException) -> str | None:

@@ -175,6 +175,10 @@ def test_r_3_2_7_window_presets_and_live_window_level(page, server, studies):
     voi = page.evaluate("window.pacsdViewer.properties(0).voiRange")
     assert (voi["lower"], voi["upper"]) == (-1350, 150)
     overlay = page.locator('#grid .pane[data-index="0"] .overlay')
+    # The overlay text follows the viewport's VOI event, a frame after voiRange is set.
+    page.wait_for_function(
+        "document.querySelector('#grid .pane[data-index=\"0\"] .overlay')"
+        ".dataset.ww === '1500'")
     assert overlay.get_attribute("data-ww") == "1500"
     assert overlay.get_attribute("data-wc") == "-600"
     lung = canvas_pixels(page)

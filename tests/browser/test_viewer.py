@@ -351,7 +351,13 @@ def test_r_3_1_11_progressive_thumbnail_first_then_full_frames(page, server, stu
     page.goto(f"{server.url}/viewer/#/study/{studies['current']}")
     page.wait_for_function("() => { const i = document.querySelector('#grid img.preview');"
                            " return i && i.complete && i.naturalWidth > 0; }")
-    assert held, "no frame was requested"
+    # The thumbnail may arrive before the series metadata, and so before the first frame
+    # request: wait (bounded) for that request, which the route is holding back.
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "no frame was requested within 10 s"
     assert not page.evaluate("window.pacsdViewer.rendered(0)")
     preview = canvas_pixels(page)
     assert preview.std() > 10, "the preview is blank"

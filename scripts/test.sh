@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
+# Firefox for the same flow over WebDriver BiDi (tests/browser/test_firefox.py).
+[ -x /usr/bin/firefox-esr ] || need_apt+=(firefox-esr)
 # Orthanc + its DICOMweb plugin: the other PACS in tests/e2e/test_orthanc_peer.py.
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -36,4 +36,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 for plugin in plugins/pacsd-*/; do python3 -m pip install -q --disable-pip-version-check -e "$plugin"; done
 # The web viewer (viewer-web/): npm ci, its unit tests, the build the browser tests use.
 bash scripts/build-viewer.sh
+# A stock OHIF build (npm @ohif/app dist, pinned) for the OHIF compatibility test
+# (tests/browser/test_ohif.py); warns and the test skips when npm or the registry is missing.
+bash scripts/fetch-ohif.sh
 exec python3 -m pytest "$@"

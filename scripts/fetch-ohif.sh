@@ -29,7 +29,8 @@ echo "fetching $OHIF_PACKAGE@$OHIF_VERSION (stock OHIF build) for tests/ohif"
 npm pack "$OHIF_PACKAGE@$OHIF_VERSION" --pack-destination "$tmp" --silent >/dev/null \
   || fail "npm pack $OHIF_PACKAGE@$OHIF_VERSION failed"
 tgz=$(ls "$tmp"/*.tgz)
-got="sha512-$(openssl dgst -sha512 -binary "$tgz" | base64 -w0)"
+got=$(python3 -c 'import base64, hashlib, sys
+print("sha512-" + base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tgz")
 if [ "$got" != "$OHIF_INTEGRITY" ]; then
   echo "error: $tgz has $got, the pin says $OHIF_INTEGRITY" >&2
   exit 1

@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
+# Firefox for the same flow over WebDriver BiDi (tests/browser/test_firefox.py).
+[ -x /usr/bin/firefox-esr ] || need_apt+=(firefox-esr)
 # Orthanc + its DICOMweb plugin: the other PACS in tests/e2e/test_orthanc_peer.py.
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -34,4 +36,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 for plugin in plugins/pacsd-*/; do python3 -m pip install -q --disable-pip-version-check -e "$plugin"; done
 # The web viewer (viewer-web/): npm ci, its unit tests, the build the browser tests use.
 bash scripts/build-viewer.sh
+# A stock OHIF build (npm @ohif/app dist, pinned) for the OHIF compatibility test
+# (tests/browser/test_ohif.py); warns and the test skips when npm or the registry is missing.
+bash scripts/fetch-ohif.sh
 exec python3 -m pytest "$@"

@@ -31,7 +31,7 @@ from ..services.plugin_api import PluginAPI
 from ..services.stability import StudyStability
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, PLUGIN_API, QUERY,
                    RETRIEVE, SECURITY)
-from .middleware import error_middleware, make_cors_middleware, on_prepare
+from .middleware import error_middleware, make_cors_middleware, make_cors_prepare, on_prepare
 from .viewer import add_viewer_routes
 
 log = logging.getLogger(__name__)
@@ -184,6 +184,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app[JOB_INSTALLERS] = [forwarding.install]  # store-and-forward (R-B2)
     app.cleanup_ctx.append(_jobs_ctx)
     app.on_response_prepare.append(on_prepare)
+    app.on_response_prepare.append(make_cors_prepare(settings.dicomweb.cors_allowed_origins))
     add_dicomweb_routes(app.router, settings.dicomweb.root)
     if settings.dicomweb.root.rstrip("/") != "":
         app.router.add_get("/wado", wado_uri.wado_uri)

@@ -83,12 +83,16 @@ def _error_for(request: web.Request, exc: Exception) -> web.Response:
         return error_response(500, "internal error")
 
 
+_CORS_EXPOSE = "Content-Length, Content-Type, ETag, Warning, X-Total-Count, Content-Range"
+
+
 def make_cors_middleware(allowed_origins: list[str]):
     """CORS for browser viewers (issue 2 item 10): only listed origins, echoed back, never
-    ``*``; credentials allowed only together with an explicit origin (SEC-16)."""
+    ``*``; credentials allowed only together with an explicit origin (SEC-16). This
+    middleware answers the preflight; the headers of the actual responses are added by
+    :func:`make_cors_prepare` when the response is prepared."""
     allowed = set(allowed_origins)
     allow_headers = "Accept, Authorization, Content-Type, If-None-Match, Range"
-    expose = "Content-Length, Content-Type, ETag, Warning, X-Total-Count, Content-Range"
 
     @web.middleware
     async def cors_middleware(request: web.Request, handler):
@@ -107,15 +111,32 @@ def make_cors_middleware(allowed_origins: list[str]):
                 "Vary": "Origin",
             })
             return resp
-        resp = await handler(request)
-        if origin and origin in allowed:
-            resp.headers["Access-Control-Allow-Origin"] = origin
-            resp.headers["Access-Control-Allow-Credentials"] = "true"
-            resp.headers["Access-Control-Expose-Headers"] = expose
-            resp.headers["Vary"] = "Origin"
-        return resp
+        return await handler(request)
 
     return cors_middleware
+
+
+def make_cors_prepare(allowed_origins: list[str]):
+    """The CORS headers of every response to an allowed origin, added as the response is
+    prepared: WADO-RS metadata, frames and instances are streamed, prepared inside their
+    handlers, where headers set afterwards by a middleware would be lost (OHIF's
+    cross-origin metadata requests were blocked; issue 8 item 5)."""
+    allowed = set(allowed_origins)
+
+    async def cors_on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        if not origin or origin not in allowed:
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        vary = response.headers.get("Vary")
+        if not vary:
+            response.headers["Vary"] = "Origin"
+        elif "origin" not in vary.lower():
+            response.headers["Vary"] = vary + ", Origin"
+
+    return cors_on_prepare
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -276,6 +276,34 @@ async def test_cors_only_allowed_origins(aiohttp_client, settings):
     assert r.headers["Access-Control-Allow-Origin"] != "*"
 
 
+async def test_cors_headers_on_streamed_wado_responses(aiohttp_client, settings):
+    """Issue 8 item 5 (a stock OHIF on another origin): WADO-RS metadata, frames and
+    instances are streamed (prepared inside the handler), and still carry the CORS headers
+    for an allowed origin; a browser blocked OHIF's metadata requests without them."""
+    from pacsd.web import create_app
+    from dicomgen import make_dataset, multipart, to_part10
+    settings.dicomweb.cors_allowed_origins = ["https://ohif.example"]
+    client = await aiohttp_client(create_app(settings))
+    ds = make_dataset(rows=8, columns=8)
+    body, ctype = multipart([to_part10(ds)])
+    assert (await client.post("/dicom-web/studies", data=body,
+                              headers={"Content-Type": ctype})).status == 200
+    base = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
+    for url in (f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata",
+                f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                "/metadata", base + "/metadata", base + "/frames/1", base, base + "/thumbnail"):
+        r = await client.get(url, headers={"Origin": "https://ohif.example"})
+        assert r.status == 200, url
+        assert r.headers.get("Access-Control-Allow-Origin") == "https://ohif.example", url
+        assert "X-Total-Count" in r.headers["Access-Control-Expose-Headers"]
+        assert "Origin" in r.headers["Vary"]
+        await r.read()
+        r = await client.get(url, headers={"Origin": "https://evil.example"})
+        assert "Access-Control-Allow-Origin" not in r.headers, url
+        await r.read()
+
+
 async def test_deflated_instance_bulkdata_and_frames(client, stow):
     """Deflated files have no file offsets: bulk data and frames go through a lossless
     inflate (transcode) and still come back exact."""

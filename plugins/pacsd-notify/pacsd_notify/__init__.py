@@ -32,6 +32,8 @@ DEFAULTS = {
     "channel": "log",          # log (development only), http-sms, wechat
     "retries": 3,              # further attempts after a retryable failure
     "template": "【{hospital}】您的检查报告已出，请点击查看 Your report is ready: {url}",
+    "code_template": "【{hospital}】验证码 {code}，{minutes} 分钟内有效，请勿告诉他人。"
+                     "Your code: {code}",
     "hospital": "pacsd",
 }
 
@@ -82,15 +84,21 @@ def _redact(text: str, url: str) -> str:
     return text.replace(token, "<token>") if len(token) >= 20 else text
 
 
-async def deliver(api, to: str, url: str, purpose: str) -> dict:
-    """Log a message to ``to`` carrying ``url`` and queue its sending (job ``notify.send``);
-    returns the delivery row as queued."""
+async def deliver(api, to: str, url: str, purpose: str, *, text: str | None = None,
+                  secret: str = "") -> dict:
+    """Log a message to ``to`` carrying ``url`` (or ``text``, whose ``secret`` part is
+    redacted in the log) and queue its sending (job ``notify.send``); returns the
+    delivery row as queued."""
     c = conf(api)
     name = str(c["channel"])
     make_channel(name, dict(c.get(name) or {}))       # a wrong configuration fails here
-    text = str(c["template"]).format(hospital=c["hospital"], url=url)
+    if text is None:
+        text = str(c["template"]).format(hospital=c["hospital"], url=url)
+    logged = _redact(text, url) if url else text
+    if secret:
+        logged = logged.replace(secret, "<code>")
     now = time.time()
-    row = dict(channel=name, recipient=mask(to), message=_redact(text, url),
+    row = dict(channel=name, recipient=mask(to), message=logged,
                purpose=purpose, status="queued", attempts=0, created_at=now,
                updated_at=now)
     pk = await api.run(api.write, lambda cn: cn.execute(sa.insert(deliveries).values(
@@ -156,6 +164,14 @@ def plugin_event(api, event, payload):
     if event == "share.link-created" and payload.get("notify_to"):
         return deliver(api, payload["notify_to"], payload["url"],
                        payload.get("purpose", "share"))
+    if event == "share.code-created" and payload.get("notify_to"):
+        # A self-enrolment verification code (R-C3): the code only, no link, no name.
+        c = conf(api)
+        code = str(payload["code"])
+        text = str(c["code_template"]).format(hospital=c["hospital"], code=code,
+                                              minutes=payload.get("minutes", 5))
+        return deliver(api, payload["notify_to"], "", payload.get("purpose", "code"),
+                       text=text, secret=code)
     return None
 
 

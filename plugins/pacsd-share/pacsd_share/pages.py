@@ -164,3 +164,39 @@ def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: 
         body += f'<script nonce="{nonce}">{_SWIPE}</script>'
 
     return page(title or "图像", "Images", body, back=f"{PREFIX}/exams/{_q(study_uid)}")
+
+
+def enrol_form(error: str | None = None) -> str:
+    """R-C3: reach my exams with card number + phone + SMS code (step 1)."""
+    err = ""
+    if error:
+        err = ('<div class="err" role="alert">请检查就诊卡号和手机号<br>'
+               "Please check the card number and the phone number.</div>")
+    body = (f'{err}<form method="post" action="{PREFIX}/enrol">'
+            f'<label for="card">就诊卡号<br><span class="en">Hospital card number</span>'
+            f'</label><input id="card" name="card" autocomplete="off" required '
+            f'maxlength="64" placeholder="就诊卡号 Card No.">'
+            f'<label for="phone" style="margin-top:14px">手机号<br><span class="en">'
+            f'Mobile phone number</span></label><input id="phone" name="phone" '
+            f'inputmode="tel" autocomplete="tel" required maxlength="20" '
+            f'placeholder="138 0000 0000">'
+            f'<button type="submit">获取验证码 · Send me a code</button></form>'
+            f'<p class="muted">我们会向您在医院登记的手机号发送短信验证码。<br>'
+            f"We send a code by SMS to the phone number you gave the hospital.</p>")
+    return page("查看我的影像", "My images", body)
+
+
+def code_form(wrong: bool) -> str:
+    """R-C3 step 2: the code from the SMS."""
+    err = ('<div class="err" role="alert">验证码不正确 · Wrong code</div>' if wrong else "")
+    body = (f'{err}<div class="card"><p>如果卡号和手机号与医院登记一致，您将收到短信验证码。</p>'
+            f'<p class="muted">If the card and phone match the hospital\'s records, a code '
+            f"is on its way by SMS.</p></div>"
+            f'<form method="post" action="{PREFIX}/enrol/code">'
+            f'<label for="code">短信验证码<br><span class="en">Code from the SMS</span>'
+            f'</label><input id="code" name="code" inputmode="numeric" '
+            f'autocomplete="one-time-code" required maxlength="6" placeholder="000000">'
+            f'<button type="submit">确认 · Confirm</button></form>'
+            f'<p class="muted"><a href="{PREFIX}/enrol" style="color:#8ab4f8">重新获取 · '
+            f"Send a new code</a></p>")
+    return page("输入验证码", "Enter code", body, back=f"{PREFIX}/enrol")

@@ -99,3 +99,58 @@ async def test_R_C2_bad_uploads_are_refused_precisely(ctx):
     assert r.status == 415
     r = await client.get(f"/api/v1/plugins/reports/studies/{study}")
     assert (await r.json())["reports"] == []                  # nothing half-stored
+
+
+async def _stable_reports(client, study: str, n: int) -> list[dict]:
+    import asyncio
+
+    for _ in range(300):                   # bounded: study_stable fires after 0.2 s
+        rows = (await (await client.get(f"/api/v1/plugins/reports/studies/{study}")
+                       ).json())["reports"]
+        if len(rows) >= n:
+            return rows
+        await asyncio.sleep(0.05)
+    raise AssertionError("the SR was not recognised as a report")
+
+
+@pytest.mark.parametrize("sop_class", ["1.2.840.10008.5.1.4.1.1.88.33",
+                                       "1.2.840.10008.5.1.4.1.1.88.11"])
+async def test_R_C2_dicom_sr_by_stow_is_a_report_of_its_study(
+        aiohttp_client, tmp_path, with_plugin_site, sop_class):
+    """A Comprehensive / Basic Text SR stored by STOW-RS (the one ingest path, the same
+    as C-STORE) becomes the study's report once the study is stable: text extracted,
+    PARTIAL/UNVERIFIED = preliminary, COMPLETE+VERIFIED = final (replacing it), the final
+    announced with the phone of PatientTelephoneNumbers."""
+    from srgen import make_sr
+
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    settings.server.stable_age_s = 0.2
+    plugins = Plugins()
+    plugins.load({})
+    listener = Listener()
+    plugins.register(listener, "listener")
+    client = await aiohttp_client(create_app(settings, plugins))
+    ds = make_dataset(Modality="CT", PatientID="P8", StudyDescription="Chest CT")
+    sr1 = make_sr(ds, final=False, findings="右肺结节 6 mm", impression="Pulmonary nodule",
+                  sop_class=sop_class)
+    body, ctype = multipart([to_part10(ds), sr1])
+    assert (await client.post("/dicom-web/studies", data=body,
+                              headers={"Content-Type": ctype})).status == 200
+    [r] = await _stable_reports(client, ds.StudyInstanceUID, 1)
+    assert r["status"] == "preliminary" and r["source"] == "sr"
+    assert "Finding: 右肺结节 6 mm" in r["text"] and "Impression: Pulmonary nodule" in r["text"]
+    assert not [e for e, _ in listener.events if e == "reports.final"]
+    sr2 = make_sr(ds, final=True, findings="右肺结节 6 mm，边界清楚",
+                  impression="Benign-looking pulmonary nodule", sop_class=sop_class,
+                  phone="13800134321")
+    body, ctype = multipart([sr2])
+    assert (await client.post("/dicom-web/studies", data=body,
+                              headers={"Content-Type": ctype})).status == 200
+    rows = await _stable_reports(client, ds.StudyInstanceUID, 2)
+    assert [x["status"] for x in rows] == ["final", "replaced"]
+    [(_, payload)] = [(e, p) for e, p in listener.events if e == "reports.final"]
+    assert payload["phone"] == "13800134321" and payload["study_uid"] == ds.StudyInstanceUID
+    r = await client.get(f"/api/v1/plugins/reports/studies/{ds.StudyInstanceUID}/"
+                         f"{rows[0]['id']}.pdf")
+    assert r.status == 404                                     # an SR has no PDF

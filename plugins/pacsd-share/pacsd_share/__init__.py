@@ -408,7 +408,7 @@ async def exams(request: web.Request) -> web.Response:
             w in " ".join((it["description"], it["modalities"], it["date"],
                            it["institution"])).lower() for w in words)]
     note_audit(request, results=len(items), link=link.id, search=bool(q))
-    return _html(pages.exams(items, name, q))
+    return _html(pages.exams(items, name, q, bool(request.query.get("thanks"))))
 
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -459,9 +459,23 @@ async def study(request: web.Request) -> web.Response:
     if not found:
         raise errors.Forbidden("not part of this share")
     series = await _series(api, uid)
+    from .care import text_reports
+    texts = await text_reports(api, uid)
+    # R-C4: swipe between the exams of the share (newest first, as listed)
+    order = [_v(s, "0020000D") for s in await _studies(api, link)]
+    order = await _enabled_studies(api, link, order)
+    i = order.index(uid) if uid in order else -1
+    prev_uid = order[i - 1] if i > 0 else None
+    next_uid = order[i + 1] if 0 <= i < len(order) - 1 else None
+    nonce = secrets.token_urlsafe(16)
+    csp = SECURITY_HEADERS["Content-Security-Policy"] + f"; script-src 'nonce-{nonce}'"
     note_audit(request, link=link.id)
     return _html(pages.study(uid, _v(found[0], "00081030"), _date(_v(found[0], "00080020")),
-                             [s for s in series if s["sops"]], _reports(series)))
+                             [s for s in series if s["sops"]], _reports(series), texts,
+                             prev_uid, next_uid,
+                             f"{i + 1} / {len(order)}" if i >= 0 else "", nonce,
+                             bool(request.query.get("thanks"))),
+                 headers={"Content-Security-Policy": csp})
 
 
 @requires("read", audit="study-read")
@@ -683,9 +697,10 @@ def register_routes(router, settings):
     router.add_post(API + "/links", create)
     router.add_get(API + "/links", list_)
     router.add_delete(API + "/links/{id}", revoke)
-    from . import enrol, service
+    from . import care, enrol, service
     enrol.add_routes(router)
     service.add_routes(router)
+    care.add_routes(router)
 
 
 @hookimpl

@@ -154,3 +154,46 @@ async def test_R_C2_dicom_sr_by_stow_is_a_report_of_its_study(
     r = await client.get(f"/api/v1/plugins/reports/studies/{ds.StudyInstanceUID}/"
                          f"{rows[0]['id']}.pdf")
     assert r.status == 404                                     # an SR has no PDF
+
+
+def test_R_C2_dicom_sr_by_c_store_is_a_report_of_its_study(tmp_path, with_plugin_site):
+    """The same through DIMSE: DCMTK storescu sends a CT image and a final Enhanced SR
+    to a real ``pacsd serve``; the SR becomes the study's final report."""
+    import shutil
+    import subprocess
+    import time
+
+    import requests
+
+    from pacsd_server import Server
+    from srgen import make_sr
+
+    if not shutil.which("storescu"):
+        pytest.skip("DCMTK storescu is not installed")
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text("[server]\nstable_age_s = 0.3\n")
+    ds = make_dataset(Modality="CT", PatientID="P9", StudyDescription="Head CT")
+    (tmp_path / "ct.dcm").write_bytes(to_part10(ds))
+    (tmp_path / "sr.dcm").write_bytes(make_sr(
+        ds, final=True, findings="No abnormality.", impression="Unremarkable head CT.",
+        sop_class="1.2.840.10008.5.1.4.1.1.88.22"))
+    srv = Server(str(data), "--config", str(conf), dicom_port=None)
+    try:
+        done = subprocess.run(["storescu", "-aec", "PACSD", "127.0.0.1",
+                               str(srv.dicom_port), str(tmp_path / "ct.dcm"),
+                               str(tmp_path / "sr.dcm")], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        rows = []
+        for _ in range(200):                                  # bounded wait (stable)
+            rows = requests.get(f"{srv.url}/api/v1/plugins/reports/studies/"
+                                f"{ds.StudyInstanceUID}").json()["reports"]
+            if rows:
+                break
+            time.sleep(0.05)
+        [r] = rows
+        assert r["status"] == "final" and r["source"] == "sr"
+        assert "Impression: Unremarkable head CT." in r["text"]
+    finally:
+        srv.stop()

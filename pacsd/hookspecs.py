@@ -144,3 +144,16 @@ def study_stable(api: Any, study_uid: str) -> Any:
     rule. Fires again only after the study changes again. May return an awaitable,
     which is awaited; errors are logged and isolated. Tracked per process: with several
     pacsd processes, each fires for the instances it stored."""
+
+
+@hookspec
+def register_jobs(api: Any) -> Any:
+    """*collect* — the plugin's kinds of persistent jobs (docs/jobs.md, R-B2, R-B5):
+    return ``{kind: handler}`` (or ``{kind: (handler, max_attempts)}``), kinds named
+    ``<plugin>.<what>``. ``handler(job)`` is a coroutine function (run on the event loop)
+    or a plain function (run on the worker pool); ``job.payload`` is what
+    ``api.jobs.submit(kind, payload)`` queued, ``job.attempts`` / ``job.max_attempts``
+    count the attempts. Returning means done; raising
+    :class:`pacsd.plugin_api.JobFailed` (``retry=False``: permanent) or any exception is
+    a failed attempt, retried with the ``[jobs]`` backoff until the job is dead. Called
+    once in ``pacsd serve`` before the job runner starts; errors stop the start-up."""

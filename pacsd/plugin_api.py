@@ -5,7 +5,9 @@ Everything a plugin needs, re-exported so plugins never import internals:
 tables), :class:`PluginSchema` and :class:`Migration` (``register_tables``), the route
 declarations :func:`public`, :func:`authenticated`, :func:`requires` and the request
 helpers :func:`current_actor`, :func:`note_audit`, :func:`client_ip`, :class:`Actor`,
-:class:`Resource`, :class:`RateLimiter` (failures per address, SEC-8), the error classes (``errors``), :func:`api_of` for a handler and
+:class:`Resource`, :class:`RateLimiter` (failures per address, SEC-8), :class:`Job` and
+:class:`JobFailed` (the persistent job queue: ``api.jobs`` and the ``register_jobs``
+hook), the error classes (``errors``), :func:`api_of` for a handler and
 :func:`open_api` for a CLI command.
 """
 from __future__ import annotations
@@ -20,13 +22,15 @@ from .config import Settings
 from .index.migrations import Migration
 from .index.plugin_tables import PluginSchema
 from .model import InstanceRow, StoreOutcome
-from .services.plugin_api import PluginAPI
+from .index.jobs import Job
+from .services.jobs import JobFailed
+from .services.plugin_api import PluginAPI, PluginJobs
 from .services.security import Actor, RateLimiter, Resource
 from .web.auth import (authenticated, client_device, client_ip, current_actor, note_audit,
                        public, requires)
 from .web.keys import PLUGIN_API
 
-__all__ = ["Actor", "InstanceRow", "Migration", "PluginAPI", "PluginSchema", "RateLimiter",
+__all__ = ["Actor", "InstanceRow", "Job", "JobFailed", "Migration", "PluginJobs", "PluginAPI", "PluginSchema", "RateLimiter",
            "Resource",
            "StoreOutcome", "api_of", "authenticated", "client_device", "client_ip",
            "current_actor", "errors", "hookimpl", "note_audit", "open_api", "public",

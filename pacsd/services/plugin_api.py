@@ -33,6 +33,7 @@ from .ingest import IngestService, StagedFile
 from .query import QueryService
 from .retrieve import RetrieveService
 from .security import Actor
+from .jobs import JobService, queue_from_settings
 
 #: Whom plugin reads act for unless given an actor: the plugin itself, whole archive.
 PLUGIN_ACTOR = Actor(id="plugin", name="plugin", roles=frozenset({"local"}), clearances=None)
@@ -55,6 +56,7 @@ class PluginAPI:
         self._state: dict[str, dict[str, Any]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._daemons: set[asyncio.Task] = set()
+        self.jobs = PluginJobs(archive)
 
     # --- settings and state ---------------------------------------------------------
     @property
@@ -214,3 +216,59 @@ class PluginAPI:
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
         for t in pending:
             t.cancel()
+
+
+class PluginJobs:
+    """``api.jobs``: the persistent job queue for plugins (docs/jobs.md, R-B2, R-B5).
+
+    A plugin declares its job kinds with the ``register_jobs(api)`` hook (kinds named
+    ``<plugin>.<what>``) and queues work with ``await api.jobs.submit(kind, payload)``;
+    the job survives a restart, failed attempts are retried with the ``[jobs]`` backoff,
+    and after ``max_attempts`` the job is dead (kept with its last error). In ``pacsd
+    serve`` the server's runner runs the jobs; in a CLI command (``open_api``) ``submit``
+    only queues them for the server."""
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+        self._service: JobService | None = None
+        self._queue = None
+
+    def _attach(self, service: JobService | None) -> None:
+        self._service = service
+
+    async def submit(self, kind: str, payload: dict[str, Any] | None = None, *,
+                     dedupe_key: str | None = None, delay_s: float = 0.0) -> int:
+        """Queue a job (``payload``: JSON, no patient data); returns its id."""
+        if self._service is not None:
+            return await self._service.enqueue(kind, payload, dedupe_key=dedupe_key,
+                                               delay_s=delay_s)
+        if self._queue is None:
+            self._queue = queue_from_settings(self._archive)
+        return await self._archive.run(self._queue.enqueue, kind, payload,
+                                       dedupe_key=dedupe_key, delay_s=delay_s)
+
+    async def get(self, pk: int) -> dict[str, Any] | None:
+        """The job's state (``id``, ``kind``, ``state``, ``attempts``, ``last_error`` …)
+        or None."""
+        queue = self._service.queue if self._service is not None else None
+        if queue is None:
+            if self._queue is None:
+                self._queue = queue_from_settings(self._archive)
+            queue = self._queue
+        job = await self._archive.run(queue.get, pk)
+        return job.as_json() if job is not None else None
+
+    async def run_due(self) -> int:
+        """Run the jobs due now in this process (tests; the server runs them itself)."""
+        if self._service is None:
+            raise RuntimeError("no job runner in this process")
+        return await self._service.run_due()
+
+
+def install_plugin_jobs(api: PluginAPI, service: JobService) -> None:
+    """Register every plugin's ``register_jobs`` kinds with ``service`` (web/app.py)."""
+    for kinds in api._archive.plugins.collect("register_jobs", api=api):
+        for kind, spec in dict(kinds or {}).items():
+            handler, max_attempts = spec if isinstance(spec, tuple) else (spec, None)
+            service.register(kind, handler, max_attempts=max_attempts)
+    api.jobs._attach(service)

@@ -27,7 +27,7 @@ from ..services import (Archive, AuditTrail, IngestService, QueryService, Retrie
 from . import admin, auth, forwarding
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
-from ..services.plugin_api import PluginAPI
+from ..services.plugin_api import PluginAPI, install_plugin_jobs
 from ..services.stability import StudyStability
 from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, PLUGIN_API, QUERY,
                    RETRIEVE, SECURITY)
@@ -119,12 +119,14 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     app[JOBS] = jobs
     for install in app[JOB_INSTALLERS]:
         install(app, jobs)
+    install_plugin_jobs(app[PLUGIN_API], jobs)  # plugins' register_jobs kinds (R-B5)
     if archive.settings.jobs.enabled:
         await jobs.start()
     try:
         yield
     finally:
         await jobs.stop(archive.settings.server.shutdown_timeout_s)
+        app[PLUGIN_API].jobs._attach(None)
 
 
 #: Functions ``install(app, jobs)`` run before the job runner starts: they register job

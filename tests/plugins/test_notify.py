@@ -26,11 +26,12 @@ class Gateway:
         self.received: list[dict] = []
         self.calls = 0
         self.fail_first, self.code = fail_first, code
+        self.down = False
 
     async def handle(self, request):
         self.calls += 1
         body = await request.json()
-        if self.calls <= self.fail_first:
+        if self.calls <= self.fail_first or self.down:
             return web.json_response({"code": 99}, status=503)
         self.received.append(body)
         return web.json_response({"code": self.code, "sid": f"m{self.calls}"})
@@ -48,11 +49,13 @@ def pdf() -> bytes:
     return out.getvalue()
 
 
-async def make_client(aiohttp_client, tmp_path, monkeypatch, gateway_url, **notify):
-    monkeypatch.setenv("SMS_KEY", "k-123")
+def notify_settings(tmp_path, gateway_url, **notify) -> Settings:
     settings = Settings()
     settings.server.data_dir = str(tmp_path)
-    settings.plugins = {"notify": {"channel": "http-sms", "backoff_s": 0.01,
+    # The persistent job queue sends the messages (R-B5): quick retries for the tests.
+    settings.jobs.backoff_base_s, settings.jobs.backoff_jitter = 0.02, 0.0
+    settings.jobs.poll_interval_s = 0.05
+    settings.plugins = {"notify": {"channel": "http-sms",
                                    "hospital": "市一院",
                                    "http-sms": {"url": gateway_url + "/sms/send",
                                                 "fields": {"apikey": "$env:SMS_KEY",
@@ -61,23 +64,34 @@ async def make_client(aiohttp_client, tmp_path, monkeypatch, gateway_url, **noti
                                                 "success_field": "code",
                                                 "success_value": "0", "id_field": "sid"},
                                    **notify}}
+    return settings
+
+
+async def start_app(aiohttp_client, settings):
     plugins = Plugins()
     plugins.load(settings.plugins)
     assert {"notify", "reports", "share"} <= set(plugins.names())
-    client = await aiohttp_client(create_app(settings, plugins))
+    return await aiohttp_client(create_app(settings, plugins))
+
+
+async def make_client(aiohttp_client, tmp_path, monkeypatch, gateway_url, **notify):
+    monkeypatch.setenv("SMS_KEY", "k-123")
+    settings = notify_settings(tmp_path, gateway_url, **notify)
+    client = await start_app(aiohttp_client, settings)
     ds = make_dataset(Modality="CT", PatientID="P5", PatientBirthDate="19800131",
-                      StudyDescription="Head CT")
+                      StudyDescription="Head CT", PatientName="Wang^Wu",
+                      OtherPatientIDs="110101198001310011")
     body, ctype = multipart([to_part10(ds)])
     assert (await client.post("/dicom-web/studies", data=body,
                               headers={"Content-Type": ctype})).status == 200
     return client, ds.StudyInstanceUID
 
 
-async def deliveries(client, n: int = 1) -> list[dict]:
-    for _ in range(500):                        # bounded wait for the background send
+async def deliveries(client, n: int = 1, until=("sent", "failed")) -> list[dict]:
+    for _ in range(500):                        # bounded wait for the job runner
         r = await client.get("/api/v1/plugins/notify/deliveries")
         rows = (await r.json())["deliveries"]
-        if len(rows) >= n and all(d["status"] != "queued" for d in rows):
+        if len(rows) >= n and all(d["status"] in until for d in rows):
             return rows
         await asyncio.sleep(0.02)
     raise AssertionError("no delivery recorded")
@@ -100,7 +114,7 @@ async def test_R_B5_R_C2_final_report_sends_an_sms_link_that_opens_with_phone_di
     [sms] = gw.received
     assert sms["apikey"] == "k-123" and sms["mobile"] == "138 0013 4321"
     # SEC-11: the text carries a link only: no name, ID, birth date, diagnosis.
-    for secret in ("P5", "19800131", "Head CT", study):
+    for secret in ("P5", "19800131", "Head CT", study, "Wang", "110101198001310011"):
         assert secret not in sms["content"]
     url = sms["content"][sms["content"].index("http"):]
     path = url.split("://", 1)[1].split("/", 1)[1]
@@ -125,6 +139,54 @@ async def test_R_B5_refused_message_is_not_retried_and_is_logged_failed(
     assert r.status == 201
     [d] = await deliveries(client)
     assert d["status"] == "failed" and d["attempts"] == 1 and "code=17" in d["last_error"]
+    r = await client.get("/api/v1/audit", params={"type": "notify.failed"})
+    assert len((await r.json())["events"]) == 1
+
+
+async def test_R_B5_gateway_down_restart_then_delivered_from_the_persistent_queue(
+        aiohttp_client, aiohttp_server, tmp_path, monkeypatch, with_plugin_site):
+    """R-B5, R-B2: the gateway is down, pacsd restarts in the middle of the retries; the
+    queued message (a job in the catalogue, not a task in memory) is sent by the new
+    process once the gateway is back, exactly once, still carrying a link only."""
+    gw = Gateway(fail_first=0)
+    gw.down = True
+    server = await start_gateway(aiohttp_server, gw)
+    client, study = await make_client(aiohttp_client, tmp_path, monkeypatch,
+                                      str(server.make_url("")).rstrip("/"), retries=50)
+    r = await client.post(f"/api/v1/plugins/reports/studies/{study}",
+                          params={"status": "final", "phone": "13800134321"},
+                          data=pdf(), headers={"Content-Type": "application/pdf"})
+    assert r.status == 201
+    [d] = await deliveries(client, until=("retrying",))
+    assert d["last_error"] == "gateway answered 503" and d["job_id"]
+    assert not gw.received
+    await client.close()                                          # pacsd stops
+    calls = gw.calls
+    gw.down = False                                               # the gateway recovers
+    settings = notify_settings(tmp_path, str(server.make_url("")).rstrip("/"), retries=50)
+    client = await start_app(aiohttp_client, settings)            # pacsd starts again
+    [d] = await deliveries(client)
+    assert d["status"] == "sent" and d["attempts"] > 1 and gw.calls > calls
+    [sms] = gw.received                                           # once, not twice
+    assert "/plugins/share/s/" in sms["content"]
+    for secret in ("P5", "19800131", "Head CT", "Wang", "110101198001310011"):
+        assert secret not in sms["content"]
+    r = await client.get("/api/v1/audit", params={"type": "notify.sent"})
+    assert len((await r.json())["events"]) == 1
+
+
+async def test_R_B5_gateway_down_for_good_ends_in_the_dead_letter_state(
+        aiohttp_client, aiohttp_server, tmp_path, monkeypatch, with_plugin_site):
+    gw = Gateway(fail_first=10**6)
+    server = await start_gateway(aiohttp_server, gw)
+    client, study = await make_client(aiohttp_client, tmp_path, monkeypatch,
+                                      str(server.make_url("")).rstrip("/"), retries=2)
+    r = await client.post(f"/api/v1/plugins/reports/studies/{study}",
+                          params={"status": "final", "phone": "13800134321"},
+                          data=pdf(), headers={"Content-Type": "application/pdf"})
+    assert r.status == 201
+    [d] = await deliveries(client)
+    assert d["status"] == "failed" and d["attempts"] == 3 and gw.calls == 3
     r = await client.get("/api/v1/audit", params={"type": "notify.failed"})
     assert len((await r.json())["events"]) == 1
 
@@ -194,4 +256,4 @@ async def test_R_C3_R_B5_share_and_notify_tables_on_postgresql(
         versions = dict(conn.execute(sa.text(
             "SELECT plugin, max(version) FROM plugin_schema_version GROUP BY plugin")).all())
     engine.dispose()
-    assert versions == {"share": 2, "notify": 1, "reports": 1}
+    assert versions == {"share": 3, "notify": 2, "reports": 2}

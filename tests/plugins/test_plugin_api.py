@@ -317,3 +317,52 @@ async def test_R_C1_study_stable_fires_once_a_study_is_quiet(aiohttp_client, tmp
     await client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype})
     await client.close()                                      # the watcher is cancelled
     assert len(listener.stable) == 2
+
+
+class Pinger:
+    """A plugin with a persistent job kind: fails its first attempt, then records."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[dict, int]] = []
+
+    @hookimpl
+    def register_jobs(self, api):
+        from pacsd.plugin_api import JobFailed
+
+        async def ping(job):
+            self.seen.append((job.payload, job.attempts))
+            if job.attempts == 1:
+                raise JobFailed("first try fails")
+            if job.payload.get("permanent"):
+                raise JobFailed("never", retry=False)
+        return {"pinger.ping": (ping, 3)}
+
+
+async def test_R_E6_R_B2_register_jobs_and_api_jobs_submit(aiohttp_client, tmp_path):
+    """A plugin's job kind runs from the persistent queue: retried with backoff after a
+    failed attempt, dead on a permanent failure; its state is readable (docs/jobs.md)."""
+    import asyncio
+
+    from pacsd.web.keys import PLUGIN_API
+
+    settings = Settings()
+    settings.server.data_dir = str(tmp_path)
+    settings.jobs.backoff_base_s, settings.jobs.backoff_jitter = 0.02, 0.0
+    settings.jobs.poll_interval_s = 0.05
+    plugins = Plugins()
+    pinger = Pinger()
+    plugins.register(pinger, "pinger")
+    client = await aiohttp_client(create_app(settings, plugins))
+    api = client.server.app[PLUGIN_API]
+    ok = await api.jobs.submit("pinger.ping", {"n": 1})
+    bad = await api.jobs.submit("pinger.ping", {"permanent": True})
+    for _ in range(200):
+        states = [(await api.jobs.get(pk))["state"] for pk in (ok, bad)]
+        if states == ["done", "dead"]:
+            break
+        await asyncio.sleep(0.05)
+    assert states == ["done", "dead"]
+    assert ({"n": 1}, 1) in pinger.seen and ({"n": 1}, 2) in pinger.seen
+    job = await api.jobs.get(bad)
+    assert job["attempts"] == 2 and job["last_error"] == "never"
+    assert await api.jobs.get(10**6) is None

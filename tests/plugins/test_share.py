@@ -286,15 +286,17 @@ def test_R_E6_share_tables_upgrade_from_version_1(tmp_path, with_plugin_site):
     from pacsd_share import links as L
 
     v1 = sa.MetaData()
-    for table in L.md.sorted_tables:                      # version 1: no focus column
+    for table in (L.links, L.sessions):                   # version 1: no focus column
         table.to_metadata(v1)
     v1.tables["share_links"]._columns.remove(v1.tables["share_links"].c.focus)
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'v1.db'}")
     migrate_plugin(engine, PluginSchema("share", v1, (Migration(1, "v1", v1.create_all),)))
     assert "focus" not in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
-    assert migrate_plugin(engine, L.SCHEMA) == 2
+    assert migrate_plugin(engine, L.SCHEMA) == 3
     assert "focus" in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
-    assert plugin_versions(engine) == {"share": 2}
+    assert {"share_enrolments", "share_service", "share_feedback"} <= set(
+        sa.inspect(engine).get_table_names())                 # version 3 (R-C3, R-C9)
+    assert plugin_versions(engine) == {"share": 3}
     with engine.begin() as conn:
         token, link = L.create_link(conn, kind="exam", patient_id="P", studies=["1.2"],
                                     hidden=[], factor_kind="phone", factor_value="1234",

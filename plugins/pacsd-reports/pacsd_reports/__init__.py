@@ -7,6 +7,16 @@ night-emergency reads), ``final`` (after review), ``replaced`` (a later final of
 kind supersedes every earlier report of that kind; the objects stay archived). A
 preliminary cannot follow a final. A final report is announced as the plugin event
 ``reports.final`` (other plugins: share link, SMS).
+
+A report may also arrive as a **DICOM SR** (Basic Text / Enhanced / Comprehensive) by
+STOW-RS or C-STORE (``sr.py``): when its study becomes stable (``study_stable``), or when
+a page asks for the study's reports, the SR is recognised as a report of its study, its
+text extracted, its state taken from CompletionFlag / VerificationFlag (COMPLETE +
+VERIFIED = final), and a final one announced as ``reports.final`` with the phone from
+PatientTelephoneNumbers when the SR carries one. Other plugins read reports with the
+event ``reports.lookup`` (payload ``study_uid`` and a list ``into`` that receives one dict
+per current report: id, status, kind, source, text, series, sop, created_at).
+HL7 ORU reports wait for the HIS interface (issue 7 item 3).
 """
 from __future__ import annotations
 
@@ -49,19 +59,29 @@ reports = sa.Table(
     sa.Column("created_by", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("replaced_by", sa.Integer),
+    sa.Column("source", sa.String(8)),     # version 2: pdf | sr
+    sa.Column("text", sa.Text),            # version 2: plain text (SR)
 )
+
+
+def _v2(conn) -> None:
+    conn.execute(sa.text("ALTER TABLE reports_reports ADD COLUMN source VARCHAR(8)"))
+    conn.execute(sa.text("ALTER TABLE reports_reports ADD COLUMN text TEXT"))
 
 
 @hookimpl
 def register_tables():
+    # Version 1 had no source / text; a fresh database gets the current table.
     return PluginSchema(NAME, md, (
-        Migration(1, "reports_reports", lambda conn: md.create_all(conn)),))
+        Migration(1, "reports_reports", lambda conn: md.create_all(conn)),
+        Migration(2, "reports_reports.source, .text (DICOM SR reports, R-C2)", _v2)))
 
 
 def _row(r) -> dict:
     return {"id": r.id, "study": r.study_uid, "series": r.series_uid, "sop": r.sop_uid,
             "kind": r.kind, "status": r.status, "created_by": r.created_by,
-            "created_at": r.created_at, "replaced_by": r.replaced_by}
+            "created_at": r.created_at, "replaced_by": r.replaced_by,
+            "source": r.source or "pdf", "text": r.text or ""}
 
 
 def list_reports(conn, study: str) -> list[dict]:
@@ -80,11 +100,13 @@ def check_transition(conn, study: str, kind: str, status: str) -> None:
         raise errors.Conflict("the report is final already; upload a final to amend it")
 
 
-def record(conn, *, study, series, sop, kind, status, actor) -> tuple[int, list[int]]:
+def record(conn, *, study, series, sop, kind, status, actor, source="pdf", text=None
+           ) -> tuple[int, list[int]]:
     """Insert the report; a final replaces every earlier current report of its kind."""
     pk = conn.execute(sa.insert(reports).values(
         study_uid=study, series_uid=series, sop_uid=sop, kind=kind, status=status,
-        created_by=actor[:64], created_at=time.time())).inserted_primary_key[0]
+        created_by=actor[:64], created_at=time.time(), source=source,
+        text=text)).inserted_primary_key[0]
     replaced: list[int] = []
     if status == "final":
         older = conn.execute(sa.select(reports.c.id).where(
@@ -207,12 +229,90 @@ async def download(request: web.Request) -> web.Response:
     if not match:
         raise errors.NotFound("no such report")
     r = match[0]
+    if r["source"] == "sr":
+        raise errors.NotFound("this report is a DICOM SR: its text is in the listing")
     row = await api.instance(study, r["series"], r["sop"])
     pdf = pdf_of(await api.read_instance(row))
     note_audit(request, object_count=1, report=pk)
     return web.Response(body=pdf, content_type="application/pdf",
                         headers={"Cache-Control": "no-store",
                                  "X-Report-Status": r["status"]})
+
+
+# --- DICOM SR reports (R-C2) ------------------------------------------------------------
+
+KIND_OF_MODALITY = {"US": "ultrasound", "ES": "endoscopy", "ECG": "ecg", "SM": "pathology",
+                    "GM": "pathology"}
+
+
+async def scan(api, study: str) -> list[dict]:
+    """Record the study's SRs not yet known as reports; returns the new reports. Safe to
+    run twice (the SOP Instance UID is unique in the table)."""
+    from .sr import SR_CLASSES, status_of, text_of
+
+    found = []
+    for cls in SR_CLASSES:
+        found += await api.search("instance", {"SOPClassUID": cls}, study_uid=study)
+    if not found:
+        return []
+    known = {r["sop"] for r in await api.run(api.read, lambda c: list_reports(c, study))}
+    modalities = {str(m) for s in await api.search(
+        "study", {"StudyInstanceUID": study, "includefield": "00080061"})
+        for m in (s.get("00080061", {}).get("Value") or [])}
+    kind = next((KIND_OF_MODALITY[m] for m in modalities if m in KIND_OF_MODALITY),
+                "radiology")
+    new = []
+    for item in found:
+        sop = (item.get("00080018", {}).get("Value") or [""])[0]
+        series = (item.get("0020000E", {}).get("Value") or [""])[0]
+        if not sop or sop in known:
+            continue
+        row = await api.instance(study, series, sop)
+        ds = dcmread(io.BytesIO(await api.read_instance(row)), stop_before_pixels=True)
+        status, text = status_of(ds), text_of(ds)
+        tel = ds.get("PatientTelephoneNumbers") or ""
+        phone = str(tel if isinstance(tel, str) else (list(tel) or [""])[0])
+
+        def put(c, sop=sop, series=series, status=status, text=text):
+            if c.execute(sa.select(reports.c.id).where(reports.c.sop_uid == sop)).first():
+                return None
+            has_final = c.execute(sa.select(reports.c.id).where(
+                reports.c.study_uid == study, reports.c.kind == kind,
+                reports.c.status == "final")).first()
+            # a preliminary arriving after the final is kept, as replaced already
+            st = "replaced" if status == "preliminary" and has_final else status
+            return record(c, study=study, series=series, sop=sop, kind=kind, status=st,
+                          actor="dicom-sr", source="sr", text=text)
+        done = await api.run(api.write, put)
+        if done is None:
+            continue
+        pk, replaced = done
+        api.audit("reports.recognised", study_uid=study,
+                  detail={"report": pk, "status": status, "kind": kind, "source": "sr",
+                          "replaced": replaced})
+        new.append({"id": pk, "status": status})
+        if status == "final":
+            await api.emit("reports.final", study_uid=study, report_id=pk, kind=kind,
+                           phone=phone)
+    return new
+
+
+@hookimpl
+def study_stable(api, study_uid):
+    return scan(api, study_uid)
+
+
+async def _lookup(api, study: str, into: list) -> None:
+    await scan(api, study)
+    rows = await api.run(api.read, lambda c: list_reports(c, study))
+    into.extend(r for r in rows if r["status"] != "replaced")
+
+
+@hookimpl
+def plugin_event(api, event, payload):
+    if event == "reports.lookup" and isinstance(payload.get("into"), list):
+        return _lookup(api, str(payload.get("study_uid", "")), payload["into"])
+    return None
 
 
 @hookimpl

@@ -45,6 +45,12 @@ DEFAULTS = {
     "qr_error": "m",           # QR error correction level: l, m, q, h
     "rate_limit": 20,          # refused link openings per address before 429 (SEC-8)
     "rate_window_s": 300.0,    # ... within this sliding window
+    "service_default": True,   # the digital service where no switch says otherwise (R-C9)
+    "enrol_code_ttl_s": 300.0,   # self-enrolment: SMS code lifetime (R-C3)
+    "enrol_max_attempts": 5,     # ... wrong codes before it is void
+    "enrol_rate_limit": 10,      # ... code requests / failed answers per address per window
+    "enrol_phone_limit": 3,      # ... codes sent to one phone per window
+    "enrol_rate_window_s": 3600.0,
 }
 SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -151,6 +157,42 @@ def _html(text: str, status: int = 200, headers: dict | None = None) -> web.Resp
                         charset="utf-8", headers={**SECURITY_HEADERS, **(headers or {})})
 
 
+async def service_enabled(api, **kw) -> bool:
+    """The digital service's switch (R-C9, ``service.py``)."""
+    from .service import enabled
+    return await enabled(api, **kw)
+
+
+def _service_page() -> web.Response:
+    return _html(pages.message("服务未开通", "Service not enabled",
+                               "该医院或您的数字影像服务未开通，请联系医院。",
+                               "The digital image service is not enabled for you or "
+                               "this hospital. Please contact the hospital."), status=403)
+
+
+async def _enabled_studies(api, link: L.Link, studies) -> list[str]:
+    """The studies of ``studies`` the service is on for (none when off for the patient)."""
+    from .service import study_enabled
+    if link.patient_id and not await service_enabled(api, patient_id=link.patient_id):
+        return []
+    return [u for u in studies if await study_enabled(api, u, link.patient_id)]
+
+
+async def _allowed(request) -> "L.Link | web.Response":
+    """``_scope`` plus the service switch (R-C9): the "service not enabled" page when it
+    is off for the link's patient or the exam in the URL."""
+    link = _scope(request)
+    api = api_of(request)
+    study = request.match_info.get("study")
+    off = (link.patient_id and not await service_enabled(api, patient_id=link.patient_id))
+    if not off and study is not None:
+        off = not await _enabled_studies(api, link, [study])
+    if off:
+        _audit(request, "denied", "denied", link.id, reason="service-off")
+        return _service_page()
+    return link
+
+
 def _audit(request, event, outcome="success", link=None, **detail):
     api_of(request).audit(f"share.{event}", outcome=outcome, actor=current_actor(request)
                           if request.get("pacsd.actor") else None,
@@ -197,6 +239,10 @@ async def landing(request: web.Request) -> web.Response:
         _audit(request, "denied", "denied", link.id if link else None, reason=reason,
                step="landing")
         return _denied_page(reason)
+    if (link.patient_id and not await service_enabled(api, patient_id=link.patient_id)) \
+            or (link.studies and not await _enabled_studies(api, link, link.studies)):
+        _audit(request, "denied", "denied", link.id, reason="service-off", step="landing")
+        return _service_page()
     ttl = float(conf(api)["session_ttl_s"])
     session = await api.run(api.write, lambda c: L.open_session(c, link.id, ttl))
     _audit(request, "opened", link=link.id)
@@ -336,9 +382,13 @@ async def _studies(api, link: L.Link) -> list[dict]:
 
 @requires("read", audit="query")
 async def exams(request: web.Request) -> web.Response:
-    link = _scope(request)
+    link = await _allowed(request)
+    if isinstance(link, web.Response):
+        return link
     api = api_of(request)
     found = await _studies(api, link)
+    on = set(await _enabled_studies(api, link, [_v(s, "0020000D") for s in found]))
+    found = [s for s in found if _v(s, "0020000D") in on]   # R-C9: nothing of them shows
     items = []
     for s in found:
         uid = _v(s, "0020000D")
@@ -358,7 +408,7 @@ async def exams(request: web.Request) -> web.Response:
             w in " ".join((it["description"], it["modalities"], it["date"],
                            it["institution"])).lower() for w in words)]
     note_audit(request, results=len(items), link=link.id, search=bool(q))
-    return _html(pages.exams(items, name, q))
+    return _html(pages.exams(items, name, q, bool(request.query.get("thanks"))))
 
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -400,16 +450,32 @@ def _reports(series: list[dict]) -> list[dict]:
 
 @requires("read", audit="study-read")
 async def study(request: web.Request) -> web.Response:
-    link = _scope(request)
+    link = await _allowed(request)
+    if isinstance(link, web.Response):
+        return link
     api = api_of(request)
     uid = request.match_info["study"]
     found = await api.search("study", {"StudyInstanceUID": uid, "includefield": "all"})
     if not found:
         raise errors.Forbidden("not part of this share")
     series = await _series(api, uid)
+    from .care import text_reports
+    texts = await text_reports(api, uid)
+    # R-C4: swipe between the exams of the share (newest first, as listed)
+    order = [_v(s, "0020000D") for s in await _studies(api, link)]
+    order = await _enabled_studies(api, link, order)
+    i = order.index(uid) if uid in order else -1
+    prev_uid = order[i - 1] if i > 0 else None
+    next_uid = order[i + 1] if 0 <= i < len(order) - 1 else None
+    nonce = secrets.token_urlsafe(16)
+    csp = SECURITY_HEADERS["Content-Security-Policy"] + f"; script-src 'nonce-{nonce}'"
     note_audit(request, link=link.id)
     return _html(pages.study(uid, _v(found[0], "00081030"), _date(_v(found[0], "00080020")),
-                             [s for s in series if s["sops"]], _reports(series)))
+                             [s for s in series if s["sops"]], _reports(series), texts,
+                             prev_uid, next_uid,
+                             f"{i + 1} / {len(order)}" if i >= 0 else "", nonce,
+                             bool(request.query.get("thanks"))),
+                 headers={"Content-Security-Policy": csp})
 
 
 @requires("read", audit="study-read")
@@ -419,7 +485,9 @@ async def document(request: web.Request) -> web.Response:
 
     from pydicom import dcmread
 
-    link = _scope(request)
+    link = await _allowed(request)
+    if isinstance(link, web.Response):
+        return link
     api = api_of(request)
     mi = request.match_info
     try:
@@ -441,7 +509,9 @@ async def document(request: web.Request) -> web.Response:
 
 @requires("read", audit="study-read")
 async def series_view(request: web.Request) -> web.Response:
-    link = _scope(request)
+    link = await _allowed(request)
+    if isinstance(link, web.Response):
+        return link
     api = api_of(request)
     uid, series_uid = request.match_info["study"], request.match_info["series"]
     match = [s for s in await _series(api, uid) if s["uid"] == series_uid]
@@ -470,7 +540,9 @@ async def series_view(request: web.Request) -> web.Response:
 async def image(request: web.Request) -> web.Response:
     """A thumbnail or rendered PNG through the one retrieve path; the series and the
     instance must belong to the study in the URL (SEC-3)."""
-    link = _scope(request)
+    link = await _allowed(request)
+    if isinstance(link, web.Response):
+        return link
     api = api_of(request)
     mi = request.match_info
     try:
@@ -625,6 +697,10 @@ def register_routes(router, settings):
     router.add_post(API + "/links", create)
     router.add_get(API + "/links", list_)
     router.add_delete(API + "/links/{id}", revoke)
+    from . import care, enrol, service
+    enrol.add_routes(router)
+    service.add_routes(router)
+    care.add_routes(router)
 
 
 @hookimpl
@@ -644,6 +720,17 @@ def plugin_event(api, event, payload):
 
 async def _link_for_report(api, payload: dict) -> None:
     study, phone = payload["study_uid"], payload["phone"]
+    from . import enrol
+    from .service import study_enabled
+    found = await api.search("study", {"StudyInstanceUID": study})
+    patient = _v(found[0], "00100020") if found else ""
+    if patient:   # the phone registered for self-enrolment (R-C3), stored hashed
+        await api.run(api.write, lambda c: enrol.register(c, patient, phone=phone,
+                                                          source="report"))
+    if not await study_enabled(api, study, patient or None):
+        api.audit("share.not-notified", outcome="denied", study_uid=study,
+                  detail={"reason": "service-off", "via": "reports.final"})
+        return    # R-C9: the service is off: no link, no SMS
     token, link = await make_link(api, {"studies": [study], "factor": "phone",
                                         "phone": phone}, "reports.final")
     url = link_url(api, token, f"http://{api.settings.server.http}")

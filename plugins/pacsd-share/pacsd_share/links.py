@@ -56,11 +56,60 @@ sessions = sa.Table(
     sa.Column("verified", sa.Boolean, nullable=False, default=False),
 )
 
+# Version 3: self-enrolment (R-C3), the service switch (R-C9) and feedback (R-C8).
+patients = sa.Table(   # the patient's registered phone (salted hash), R-C3
+    "share_patients", md,
+    sa.Column("patient_id", sa.String(64), primary_key=True),
+    sa.Column("phone_salt", sa.String(32), nullable=False),
+    sa.Column("phone_sha256", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(32), nullable=False),       # report | registry
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+cards = sa.Table(      # hospital card numbers (SHA-256) -> PatientID, filled by the HIS
+    "share_cards", md,
+    sa.Column("card_sha256", sa.String(64), primary_key=True),
+    sa.Column("patient_id", sa.String(64), nullable=False, index=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+enrolments = sa.Table(  # one request for an SMS code (cookie token and code hashed)
+    "share_enrolments", md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("patient_id", sa.String(64)),                   # NULL: no match, no code
+    sa.Column("code_salt", sa.String(32), nullable=False),
+    sa.Column("code_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("used_at", sa.Float),
+)
+service = sa.Table(     # the digital service switched off per hospital / patient (R-C9)
+    "share_service", md,
+    sa.Column("scope", sa.String(16), primary_key=True),      # institution | patient
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+feedback = sa.Table(    # the patient's feedback form (R-C8)
+    "share_feedback", md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("link_id", sa.Integer, nullable=False),
+    sa.Column("study_uid", sa.String(64)),
+    sa.Column("rating", sa.Integer),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
 SCHEMA = PluginSchema("share", md, (
     # Version 1 had no focus column; a fresh database gets the current tables instead.
     Migration(1, "share_links, share_sessions", lambda conn: md.create_all(conn)),
     Migration(2, "share_links.focus (share the image being viewed, R-C5)",
               lambda conn: conn.execute(sa.text("ALTER TABLE share_links ADD COLUMN focus TEXT"))),
+    Migration(3, "share_patients, share_cards, share_enrolments, share_service, "
+                 "share_feedback (R-C3, R-C8, R-C9)",
+              lambda conn: md.create_all(conn, tables=[patients, cards, enrolments,
+                                                       service, feedback])),
 ))
 FACTORS = ("birthdate", "phone")
 
@@ -225,3 +274,7 @@ def check_factor(conn, session_id: int, answer: str, max_attempts: int,
         values["locked_at"] = now
     conn.execute(sa.update(links).where(links.c.id == row.id).values(**values))
     return "locked" if failed >= max_attempts else "wrong"
+
+
+def mark_verified(conn, session_id: int) -> None:
+    conn.execute(sa.update(sessions).where(sessions.c.id == session_id).values(verified=True))

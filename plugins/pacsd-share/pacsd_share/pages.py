@@ -36,6 +36,17 @@ margin-top:24px}
 h2.sec{font-size:16px;margin:18px 0 10px;font-weight:600}
 form.search{background:none;border:0;padding:0;margin:0 0 12px}form.search input{
 font-size:16px;letter-spacing:0;padding:10px 12px}
+.report-text{white-space:pre-wrap;line-height:1.7}a.term{color:#ffd479;text-decoration:
+underline dotted;text-underline-offset:3px}.kw{background:#1b2733;border:1px solid #26323f;
+border-radius:10px;padding:10px 12px;margin:0 0 10px}.kw:target{border-color:#ffd479;
+background:#2a2a1b}.state{border-radius:6px;padding:1px 8px;font-size:13px;font-weight:600}
+.final{background:#1e4620;color:#c8f0c8}.preliminary{background:#5a4311;color:#ffe3a3}
+.exnav{display:flex;justify-content:space-between;margin:0 0 12px}.exnav a,.exnav span{
+font-size:14px;color:#8ab4f8;text-decoration:none}.exnav span{color:#4d5964}
+textarea{width:100%;font-size:16px;padding:10px;border-radius:8px;border:1px solid #3c4a58;
+background:#0f1419;color:#fff;min-height:90px}select{font-size:16px;padding:8px;
+border-radius:8px;background:#0f1419;color:#fff;border:1px solid #3c4a58}.ok{
+background:#1e4620;color:#c8f0c8;border-radius:8px;padding:10px 12px;margin:0 0 12px}
 """
 
 
@@ -81,7 +92,7 @@ def _q(s: str) -> str:
     return quote(s, safe="")
 
 
-def exams(items: list[dict], name: str, q: str = "") -> str:
+def exams(items: list[dict], name: str, q: str = "", thanks: bool = False) -> str:
     search = (f'<form class="search" method="get" action="{PREFIX}/exams">'
               f'<input name="q" value="{escape(q)}" placeholder="搜索 医院/检查/日期 Search" '
               f'aria-label="search"></form>')
@@ -100,7 +111,9 @@ def exams(items: list[dict], name: str, q: str = "") -> str:
                 f"</div></a>")
         body = "".join(cards)
     who = f'<p class="muted">患者 Patient: {escape(name)}</p>' if name else ""
-    return page("我的检查", "My exams", who + search + body)
+    ok = ('<div class="ok" role="status">谢谢您的反馈 · Thank you for your feedback</div>'
+          if thanks else "")
+    return page("我的检查", "My exams", ok + who + search + body + feedback_form())
 
 
 def _tile(study_uid: str, s: dict) -> str:
@@ -112,12 +125,72 @@ def _tile(study_uid: str, s: dict) -> str:
             f'<br><span class="muted">{s["images"]} 张 images</span></div></a>')
 
 
+STATES = {"final": ("正式报告", "Final report"),
+          "preliminary": ("初步报告", "Preliminary report")}
+
+
+def feedback_form(study_uid: str | None = None) -> str:
+    """R-C8: a short form at the bottom of the patient's pages."""
+    hidden = (f'<input type="hidden" name="study" value="{escape(study_uid)}">'
+              if study_uid else "")
+    options = "".join(f'<option value="{n}">{"★" * n}</option>' for n in range(5, 0, -1))
+    return (f'<h2 class="sec">意见反馈 <span class="en">Feedback</span></h2>'
+            f'<form id="feedback" method="post" action="{PREFIX}/feedback">{hidden}'
+            f'<label for="rating">满意度 <span class="en">Rating</span></label>'
+            f'<select id="rating" name="rating"><option value="">—</option>{options}'
+            f'</select><label for="fb-text" style="margin-top:12px">您的意见 '
+            f'<span class="en">Your comments</span></label><textarea id="fb-text" '
+            f'name="text" maxlength="2000" required></textarea>'
+            f'<button type="submit">提交 · Send</button></form>')
+
+
+def report_text(study_uid: str, status: str, html: str, entries: list[dict]) -> str:
+    """R-C7: the report's words, known terms tappable, their explanations below."""
+    zh, en = STATES.get(status, ("报告", "Report"))
+    parts = [f'<p><span class="state {escape(status)}">{zh} · {en}</span></p>',
+             f'<div class="card report-text">{html}</div>']
+    if entries:
+        parts.append('<h2 class="sec">名词解释 <span class="en">What the words mean</span>'
+                     '</h2><p class="muted">点击报告中带下划线的词查看解释 · '
+                     'Tap an underlined word for its meaning.</p>')
+        for e in entries:
+            parts.append(f'<div class="kw" id="kw-{escape(e["id"])}"><p>{escape(e["zh"])}'
+                         f'</p><p class="muted">{escape(e["en"])}</p></div>')
+    parts.append('<p class="muted">解释仅供参考，请以医生的意见为准。<br>'
+                 'For information only: your doctor knows your case.</p>')
+    return page("检查报告", "Report", "".join(parts), back=f"{PREFIX}/exams/{_q(study_uid)}")
+
+
 def study(study_uid: str, title: str, date: str, series: list[dict],
-          reports: list[dict] | None = None) -> str:
-    """R-C4: report, e-film and images as separate entries."""
-    parts = [f'<p class="muted">{escape(date)}</p>']
-    if reports:
+          reports: list[dict] | None = None, texts: list[dict] | None = None,
+          prev_uid: str | None = None, next_uid: str | None = None,
+          position: str = "", nonce: str = "", thanks: bool = False) -> str:
+    """R-C4: report, e-film and images as separate entries; swipe between exams."""
+    def ex(uid, label, rel):
+        if uid:
+            return f'<a data-nav="{rel}" href="{PREFIX}/exams/{_q(uid)}">{label}</a>'
+        return f"<span>{label}</span>"
+    parts = []
+    if thanks:
+        parts.append('<div class="ok" role="status">谢谢您的反馈 · Thank you for your '
+                     "feedback</div>")
+    if prev_uid or next_uid:
+        parts.append(f'<div class="exnav">{ex(prev_uid, "‹ 上一个检查", "prev")}'
+                     f'<span class="muted">{escape(position)}</span>'
+                     f'{ex(next_uid, "下一个检查 ›", "next")}</div>')
+    parts.append(f'<p class="muted">{escape(date)}</p>')
+    if texts:
         parts.append('<h2 class="sec">报告 <span class="en">Report</span></h2>')
+        for t in texts:
+            zh, en = STATES.get(t["status"], ("报告", "Report"))
+            first = t["text"].splitlines()[1:2] or t["text"].splitlines()[:1]
+            parts.append(f'<a class="card report" href="{PREFIX}/exams/{_q(study_uid)}'
+                         f'/reports/{t["id"]}"><strong>{zh} <span class="en">{en}</span>'
+                         f'</strong><div class="muted">{escape(first[0][:80] if first else "")}'
+                         f"</div></a>")
+    if reports:
+        if not texts:
+            parts.append('<h2 class="sec">报告 <span class="en">Report</span></h2>')
         for d in reports:
             href = (f'{PREFIX}/doc/{_q(study_uid)}/{_q(d["series"])}/{_q(d["sop"])}'
                     "/report.pdf")
@@ -132,6 +205,9 @@ def study(study_uid: str, title: str, date: str, series: list[dict],
     if images:
         parts.append('<h2 class="sec">影像 <span class="en">Images</span></h2>'
                      f'<div class="grid">{"".join(_tile(study_uid, s) for s in images)}</div>')
+    parts.append(feedback_form(study_uid))
+    if nonce:  # swipe left / right for the next / previous exam (R-C4)
+        parts.append(f'<script nonce="{nonce}">{_SWIPE}</script>')
     return page(title or "检查", "Exam", "".join(parts), back=f"{PREFIX}/exams")
 
 
@@ -164,3 +240,39 @@ def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: 
         body += f'<script nonce="{nonce}">{_SWIPE}</script>'
 
     return page(title or "图像", "Images", body, back=f"{PREFIX}/exams/{_q(study_uid)}")
+
+
+def enrol_form(error: str | None = None) -> str:
+    """R-C3: reach my exams with card number + phone + SMS code (step 1)."""
+    err = ""
+    if error:
+        err = ('<div class="err" role="alert">请检查就诊卡号和手机号<br>'
+               "Please check the card number and the phone number.</div>")
+    body = (f'{err}<form method="post" action="{PREFIX}/enrol">'
+            f'<label for="card">就诊卡号<br><span class="en">Hospital card number</span>'
+            f'</label><input id="card" name="card" autocomplete="off" required '
+            f'maxlength="64" placeholder="就诊卡号 Card No.">'
+            f'<label for="phone" style="margin-top:14px">手机号<br><span class="en">'
+            f'Mobile phone number</span></label><input id="phone" name="phone" '
+            f'inputmode="tel" autocomplete="tel" required maxlength="20" '
+            f'placeholder="138 0000 0000">'
+            f'<button type="submit">获取验证码 · Send me a code</button></form>'
+            f'<p class="muted">我们会向您在医院登记的手机号发送短信验证码。<br>'
+            f"We send a code by SMS to the phone number you gave the hospital.</p>")
+    return page("查看我的影像", "My images", body)
+
+
+def code_form(wrong: bool) -> str:
+    """R-C3 step 2: the code from the SMS."""
+    err = ('<div class="err" role="alert">验证码不正确 · Wrong code</div>' if wrong else "")
+    body = (f'{err}<div class="card"><p>如果卡号和手机号与医院登记一致，您将收到短信验证码。</p>'
+            f'<p class="muted">If the card and phone match the hospital\'s records, a code '
+            f"is on its way by SMS.</p></div>"
+            f'<form method="post" action="{PREFIX}/enrol/code">'
+            f'<label for="code">短信验证码<br><span class="en">Code from the SMS</span>'
+            f'</label><input id="code" name="code" inputmode="numeric" '
+            f'autocomplete="one-time-code" required maxlength="6" placeholder="000000">'
+            f'<button type="submit">确认 · Confirm</button></form>'
+            f'<p class="muted"><a href="{PREFIX}/enrol" style="color:#8ab4f8">重新获取 · '
+            f"Send a new code</a></p>")
+    return page("输入验证码", "Enter code", body, back=f"{PREFIX}/enrol")

@@ -12,6 +12,8 @@ need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)  # web viewer browser tests (tests/browser)
 # Firefox for the same flow over WebDriver BiDi (tests/browser/test_firefox.py).
 [ -x /usr/bin/firefox-esr ] || need_apt+=(firefox-esr)
+# CJK font: the zh-CN patient pages render as glyphs, not boxes, in the screenshots.
+[ -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need_apt+=(fonts-noto-cjk)
 # Orthanc + its DICOMweb plugin: the other PACS in tests/e2e/test_orthanc_peer.py.
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -19,7 +19,7 @@ from pacsd.web.keys import AUDIT, CLOCK, PASSWORD_HASHER, SECURITY
 PASSWORD = "Correct-Horse-9"
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 ALL_TABLES = ("audit_head, audit_events, sessions, api_tokens, users, instances, series, "
-              "studies, patients, study_labels, departments")
+              "studies, patients, study_labels, departments, oidc_links, oidc_logins")
 
 
 class FakeClock:

@@ -34,4 +34,7 @@ python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 for plugin in plugins/pacsd-*/; do python3 -m pip install -q --disable-pip-version-check -e "$plugin"; done
 # The web viewer (viewer-web/): npm ci, its unit tests, the build the browser tests use.
 bash scripts/build-viewer.sh
+# The OpenID Connect provider the OIDC login tests run (panva/oidc-provider, pinned by
+# tests/security/oidc/package-lock.json; needs node, like the viewer build).
+(cd tests/security/oidc && npm ci --no-audit --no-fund --silent)
 exec python3 -m pytest "$@"

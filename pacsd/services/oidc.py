@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
-import orjson
 import sqlalchemy as sa
 from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformat
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove)
 from pydicom.dataset import Dataset
-from sechelpers import pg_empty
+from sechelpers import cli, pg_empty
 
 from pacsd import hookimpl
 from pacsd.config import load_settings
@@ -34,12 +33,8 @@ from pacsd.services.security import Actor, open_security
 
 PACS = "PACSD"
 PASSWORD = "Correct-Horse-9"
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pacsd.cli", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
 ST = {"A1": "1.2.826.0.1.3680043.10.543.11", "B1": "1.2.826.0.1.3680043.10.543.12"}
 INST = {"A1": "Hospital A", "B1": "Hospital B"}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,20 +24,14 @@ import pytest
 import requests
 from dicomgen import make_dataset, multipart, to_part10
 from pacsd_server import Server
-from sechelpers import pg_empty
+from sechelpers import cli
 
 from pacsd.services import totp
 
 PASSWORD = "Correct-Horse-9"
 NEW_PASSWORD = "Battery-Staple-42"
-ROOT = Path(__file__).resolve().parents[2]
 ST = {"A": "1.2.826.0.1.3680043.10.543.901", "B": "1.2.826.0.1.3680043.10.543.902"}
 JSON = {"Accept": "application/dicom+json"}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pacsd.cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
 
 
 def instance(hospital: str, n: int = 1) -> bytes:
@@ -79,14 +72,7 @@ def findscu(port: int, aet: str) -> list[str]:
     return re.findall(r"\(0020,000d\) UI \[([0-9.]+)\]", done.stdout + done.stderr)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def index_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.db'}"
-    return pg_empty(request.getfixturevalue("pg_server_url"))
-
-
-def test_issue5_done_when_RE1_RA12_RE4_MLPS9_flow(tmp_path, index_url):
+def test_issue5_done_when_RE1_RA12_RE4_MLPS9_flow(tmp_path, db_url):
     if not Path("/usr/bin/findscu").exists():
         pytest.skip("DCMTK findscu is not installed")
     data = tmp_path / "data"
@@ -94,7 +80,7 @@ def test_issue5_done_when_RE1_RA12_RE4_MLPS9_flow(tmp_path, index_url):
     conf = tmp_path / "pacsd.toml"
     conf.write_text(f'''
 [index]
-url = "{index_url}"
+url = "{db_url}"
 [security]
 enabled = true
 default_institutions = []

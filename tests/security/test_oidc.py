@@ -266,3 +266,35 @@ async def test_RE1_MLPS4_administrator_gives_pacsd_totp_and_key_rotation(oidc):
         assert status == 200, body
     finally:
         rotated.stop()
+
+
+def test_RE1_migration_9_adds_the_oidc_tables(tmp_path, db_url, monkeypatch):
+    """An archive from before migration 9 gets oidc_links and oidc_logins (and only
+    migration 9 runs)."""
+    import sqlalchemy as sa
+
+    from pacsd.index import Catalogue, migrations, oidc_schema
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:  # pg_empty made the current schema: go back before 9
+        for table in ("oidc_logins", "oidc_links"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        if sa.inspect(conn).has_table("schema_version"):
+            conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 9")
+    engine.dispose()
+    before = tuple(m for m in migrations.MIGRATIONS if m.version != 9)
+    with monkeypatch.context() as m:
+        m.setattr(migrations, "MIGRATIONS", before)
+        m.setattr(migrations, "FRESH_TABLES", tuple(
+            t for t in migrations.FRESH_TABLES if t not in oidc_schema.OIDC_TABLES))
+        m.setattr(migrations, "LATEST", max(x.version for x in before))
+        cat = Catalogue(db_url)
+        cat.migrate()
+        assert not {"oidc_links", "oidc_logins"} & set(sa.inspect(cat.engine).get_table_names())
+        cat.close()
+    cat = Catalogue(db_url)
+    try:
+        assert cat.migrate() == migrations.LATEST
+        tables = set(sa.inspect(cat.engine).get_table_names())
+        assert {"oidc_links", "oidc_logins"} <= tables
+    finally:
+        cat.close()

@@ -23,6 +23,7 @@ the reason; a success is a ``login`` event with ``method`` oidc.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -90,11 +91,15 @@ class OidcLogin:
 
     # --- provider metadata and keys -------------------------------------------------------
     async def _get_json(self, url: str) -> dict:
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
-            async with http.get(url, headers={"Accept": "application/json"}) as r:
-                if r.status != 200:
-                    raise errors.OutOfResources("the identity provider did not answer")
-                return await r.json(content_type=None)
+        try:
+            async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+                async with http.get(url, headers={"Accept": "application/json"}) as r:
+                    body = await r.json(content_type=None) if r.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            raise errors.OutOfResources("the identity provider did not answer")
+        return body
 
     async def metadata(self) -> dict:
         if self._meta is None or time.monotonic() - self._meta_at > self.conf.jwks_cache_s:
@@ -166,6 +171,10 @@ class OidcLogin:
     async def finish(self, *, code: str, state: str, browser: str, source_ip: str,
                      device: str) -> dict:
         """Callback: a session ({"token", ...}) or {"otp_required": True, "ticket"}."""
+        wait = self.security.limiter.retry_after(source_ip)
+        if wait is not None:  # SEC-8, as for password logins
+            raise errors.TooManyRequests("too many failed attempts; try again later",
+                                         retry_after=wait)
         try:
             row = await self.security.run(self._take, "authorize", state or "", browser)
             if row is None:
@@ -196,13 +205,20 @@ class OidcLogin:
                                  f"{quote(self.conf.secret(), safe='')}".encode()).decode()
         data = {"grant_type": "authorization_code", "code": code,
                 "redirect_uri": self.conf.redirect_uri, "code_verifier": verifier}
-        async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
-            async with http.post(meta["token_endpoint"], data=data, headers={
-                    "Accept": "application/json", "Authorization": f"Basic {basic}"}) as r:
-                body = await r.json(content_type=None) if r.status < 500 else {}
-                if r.status != 200 or not isinstance(body, dict):
-                    raise OidcRefused(f"token endpoint answered {r.status} "
-                                      f"{str(body.get('error', ''))[:64]}")
+        try:
+            async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http:
+                async with http.post(meta["token_endpoint"], data=data, headers={
+                        "Accept": "application/json", "Authorization": f"Basic {basic}"}
+                        ) as r:
+                    status = r.status
+                    body = await r.json(content_type=None) if status < 500 else {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            raise OidcRefused("token endpoint unreachable or not JSON") from None
+        if not isinstance(body, dict):
+            body = {}
+        if status != 200:
+            raise OidcRefused(f"token endpoint answered {status} "
+                              f"{str(body.get('error', ''))[:64]}")
         id_token = body.get("id_token")
         if not isinstance(id_token, str):
             raise OidcRefused("no id_token in the token response")
@@ -251,7 +267,10 @@ class OidcLogin:
         if self.conf.institution_claim:
             institutions = _values(claims.get(self.conf.institution_claim))
             if tuple(sorted(set(institutions))) != (user.institutions or None):
-                sec.set_user_scope(user.username, institutions, user.clearances)
+                try:
+                    sec.set_user_scope(user.username, institutions, user.clearances)
+                except (errors.BadRequest, ValueError):
+                    raise OidcRefused("the institution claim holds an invalid code") from None
         if tuple(sorted(roles)) != tuple(sorted(user.roles)):
             sec.update_user(user.username, roles=roles)
         user = self.accounts.get_user_by_pk(user.pk)

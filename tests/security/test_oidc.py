@@ -298,3 +298,32 @@ def test_RE1_migration_9_adds_the_oidc_tables(tmp_path, db_url, monkeypatch):
         assert {"oidc_links", "oidc_logins"} <= tables
     finally:
         cat.close()
+
+
+def test_RE1_MLPS4_provider_mfa_from_amr_or_acr():
+    """Which ID tokens count as a multi-factor login at the provider (no pacsd TOTP then);
+    the provider run above asserts none, so this is checked on the decision itself."""
+    from types import SimpleNamespace
+
+    from pacsd.config import OidcSettings
+    from pacsd.services.oidc import OidcLogin
+    conf = OidcSettings(mfa_acr_values=["urn:hospital:loa:3"])
+    oidc = OidcLogin(conf, SimpleNamespace(accounts=None))
+    assert oidc._mfa({"amr": ["pwd", "otp"]}) and oidc._mfa({"amr": "hwk"})
+    assert oidc._mfa({"acr": "urn:hospital:loa:3", "amr": ["pwd"]})
+    assert not oidc._mfa({"amr": ["pwd"]}) and not oidc._mfa({"acr": "1"})
+    assert not oidc._mfa({})
+
+
+async def test_RE1_provider_down_is_503_and_oidc_off_is_404(aiohttp_client, tmp_path, clock):
+    settings = make_settings(tmp_path)
+    api = await start_api(aiohttp_client, settings, clock)
+    r = await api.client.get("/api/v1/auth/oidc/login", allow_redirects=False)
+    assert r.status == 404  # not configured
+    settings = make_settings(tmp_path / "down")
+    o = settings.security.oidc
+    o.issuer, o.client_id, o.client_secret = f"http://127.0.0.1:{free_port()}", "pacsd", SECRET
+    o.redirect_uri, o.role_map = "http://127.0.0.1:1" + CALLBACK, dict(ROLE_MAP)
+    api = await start_api(aiohttp_client, settings, clock)
+    r = await api.client.get("/api/v1/auth/oidc/login", allow_redirects=False)
+    assert r.status == 503 and "Retry-After" in r.headers

@@ -327,3 +327,63 @@ async def test_RE1_provider_down_is_503_and_oidc_off_is_404(aiohttp_client, tmp_
     api = await start_api(aiohttp_client, settings, clock)
     r = await api.client.get("/api/v1/auth/oidc/login", allow_redirects=False)
     assert r.status == 503 and "Retry-After" in r.headers
+
+
+def test_RE1_oidc_login_in_headless_chromium(tmp_path, monkeypatch):
+    """The same login in a real browser (Debian chromium via playwright) against a real
+    ``pacsd serve``: the state cookie travels through the provider's redirects (SameSite
+    Lax on top-level navigation) and the callback page leaves the session token in the
+    tab's sessionStorage, where the web viewer reads it."""
+    import os
+
+    import pacsd_server
+    import requests
+    chromium = os.environ.get("PACSD_TEST_CHROMIUM", "/usr/bin/chromium")
+    if not os.access(chromium, os.X_OK):
+        pytest.skip(f"chromium not installed at {chromium}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _node_modules()
+    port, idp_port = free_port(), free_port()
+    redirect = f"http://127.0.0.1:{port}{CALLBACK}"
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text(f'''
+[security]
+enabled = true
+[security.oidc]
+issuer = "http://127.0.0.1:{idp_port}"
+client_id = "pacsd"
+client_secret = "{SECRET}"
+redirect_uri = "{redirect}"
+scopes = ["openid", "profile", "pacsd"]
+role_claim = "groups"
+role_map = {{ "pacs-radiology" = "radiologist" }}
+institution_claim = "hospital"
+post_login_redirect = "/api/v1/health"
+''')
+    monkeypatch.setattr(pacsd_server, "free_port", lambda: port)
+    srv = pacsd_server.Server(str(data), "--config", str(conf))
+    provider = Provider(idp_port, redirect)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"{srv.url}/api/v1/auth/oidc/login")
+                page.fill("input[name=login]", "dr-oidc")
+                page.fill("input[name=password]", "any")
+                page.click("button[type=submit]")
+                page.click("button[type=submit]")  # consent
+                page.wait_for_url(f"{srv.url}/api/v1/health", timeout=30_000)
+                token = page.evaluate("sessionStorage.getItem('pacsd.token')")
+            finally:
+                browser.close()
+        me = requests.get(f"{srv.url}/api/v1/auth/me", timeout=30,
+                          headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200 and me.json()["user"] == "dr-oidc"
+        assert me.json()["roles"] == ["radiologist"]
+    finally:
+        provider.stop()
+        srv.stop()

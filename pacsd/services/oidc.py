@@ -190,6 +190,9 @@ class OidcLogin:
         except JoseError as exc:
             self._refused(f"id_token refused: {exc.error}", source_ip, device)
             raise _refusal() from None
+        except (ValueError, TypeError):  # not a JWS / JSON at all
+            self._refused("id_token refused: malformed", source_ip, device)
+            raise _refusal() from None
 
     def _refused(self, reason: str, source_ip: str, device: str,
                  actor: Actor | None = None) -> None:

@@ -241,6 +241,71 @@ class DimseSettings:
 
 
 @dataclass
+class OidcSettings:
+    """OIDC login to a hospital identity provider (R-E1; docs/security.md "OIDC login").
+    Off while ``issuer`` is empty."""
+
+    #: The provider's issuer URL (discovery: ISSUER/.well-known/openid-configuration).
+    issuer: str = ""
+    #: This pacsd's client registration at the provider (confidential client).
+    client_id: str = ""
+    client_secret: str = ""
+    #: A file whose first line is the client secret (instead of ``client_secret``).
+    client_secret_file: str = ""
+    #: Where the provider sends the browser back: https://PACS/api/v1/auth/oidc/callback.
+    redirect_uri: str = ""
+    #: Scopes asked for ("openid" is always sent).
+    scopes: list[str] = field(default_factory=lambda: ["openid", "profile"])
+    #: Claim (string or list) whose values ``role_map`` maps to pacsd roles.
+    role_claim: str = "roles"
+    #: Claim value -> pacsd role, e.g. {"pacs-radiology" = "radiologist"}. Unmapped
+    #: values give nothing; a login that maps to no role is refused.
+    role_map: dict[str, str] = field(default_factory=dict)
+    #: Claim (string or list) with the user's institution codes (R-A12); "" = keep the
+    #: institutions set in pacsd.
+    institution_claim: str = ""
+    #: Claim that names a new pacsd user (the subject is what links it).
+    username_claim: str = "preferred_username"
+    #: Link the first login to an existing pacsd user of the same name (otherwise such
+    #: a login is refused: a name chosen at the provider must not take over an account).
+    link_existing_users: bool = False
+    #: ``amr`` values, and ``acr`` values, that count as multi-factor authentication at
+    #: the provider; otherwise a user who needs TOTP also gives pacsd's one-time code.
+    mfa_amr_values: list[str] = field(default_factory=lambda: ["mfa", "otp", "hwk", "sc"])
+    mfa_acr_values: list[str] = field(default_factory=list)
+    #: Page the browser is sent to after login (the token is handed over in the URL
+    #: fragment, never in a query string).
+    post_login_redirect: str = "/viewer/"
+    #: Seconds a started login may take, and of clock difference allowed for exp / iat.
+    login_timeout_s: float = 600.0
+    clock_skew_s: float = 60.0
+    #: Seconds discovery and the provider's keys (JWKS) are cached; an unknown key id
+    #: fetches the keys again at once (key rotation), at most once a second.
+    jwks_cache_s: float = 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+    def secret(self) -> str:
+        if self.client_secret_file:
+            return Path(self.client_secret_file).read_text().splitlines()[0].strip()
+        return self.client_secret
+
+    def check(self) -> None:
+        if not self.enabled:
+            return
+        if not (self.client_id and self.redirect_uri and (self.client_secret or
+                                                          self.client_secret_file)):
+            raise ConfigError("[security.oidc] needs client_id, client_secret (or "
+                              "client_secret_file) and redirect_uri with issuer")
+        if not self.issuer.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ConfigError("[security.oidc] issuer must be an https URL")
+        if not self.role_map:
+            raise ConfigError("[security.oidc] role_map maps provider values to roles")
+
+
+@dataclass
 class SecuritySettings:
     """Authentication, authorization and audit (docs/security.md; R-E1, MLPS 1-2)."""
 
@@ -299,8 +364,11 @@ class SecuritySettings:
     #: again. Changes through the same process apply at once; other processes see a
     #: revocation within this time (SEC-6). 0 = ask the database on every request.
     auth_cache_ttl_s: float = 5.0
+    #: OIDC login (``[security.oidc]``).
+    oidc: OidcSettings = field(default_factory=OidcSettings)
 
     def check(self) -> None:
+        self.oidc.check()
         for name in ("lockout_threshold", "lockout_s", "session_idle_timeout_s",
                      "session_absolute_timeout_s", "login_rate_limit",
                      "login_rate_window_s", "token_max_days"):
@@ -551,6 +619,9 @@ def _fill(obj: Any, data: dict[str, Any], section: str) -> None:
         if key not in names:
             raise ConfigError(f"unknown setting [{section}] {key}")
         current = getattr(obj, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            _fill(current, value, f"{section}.{key}")  # e.g. [security.oidc]
+            continue
         value = _resolve_secret(value)
         if isinstance(current, bool) != isinstance(value, bool) or (
             isinstance(current, (int, float)) and not isinstance(value, (int, float))

@@ -168,6 +168,17 @@ class HierarchyConflict(InstanceError):
     failure_reason = 0xC410
 
 
+class WriteDenied(InstanceError):
+    """The study is outside the caller's data scope (R-A12, SEC-1): its institution is not
+    one of the caller's, or it carries a sensitivity label the caller is not cleared for.
+    Same answer for an existing study and a new one, so a refusal never tells whether the
+    study exists. 0x0124 Refused: Not authorized (PS3.7 C.5.1; STOW-RS FailureReason)."""
+    dimse_status = 0x0124
+    failure_reason = 0x0124
+    #: The refused instance's study, for the adapter's audit event (never in the answer).
+    study_instance_uid: str | None = None
+
+
 class SOPClassNotSupported(InstanceError):
     """The SOP Class is not supported for storage."""
     dimse_status = 0x0122

@@ -214,7 +214,7 @@ async def run_import(settings: Settings, paths: list[str], *, jobs: int = DEFAUL
                     if staged is None:
                         report.skipped += 1
                         return
-                    outcome = await ingest.ingest(staged)
+                    outcome = await ingest.ingest(staged, actor=LOCAL)  # console (R-A12)
                 except errors.PacsdError as exc:
                     report.refused[exc.reason] += 1
                     report.refused_files.append((src.label(), exc.reason))

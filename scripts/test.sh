@@ -41,4 +41,7 @@ bash scripts/build-viewer.sh
 # A stock OHIF build (npm @ohif/app dist, pinned) for the OHIF compatibility test
 # (tests/browser/test_ohif.py); warns and the test skips when npm or the registry is missing.
 bash scripts/fetch-ohif.sh
+# The OpenID Connect provider the OIDC login tests run (panva/oidc-provider, pinned by
+# tests/security/oidc/package-lock.json; needs node, like the viewer build).
+(cd tests/security/oidc && npm ci --no-audit --no-fund --silent)
 exec python3 -m pytest "$@"

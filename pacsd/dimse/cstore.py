@@ -25,7 +25,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 
-from .. import failpoints
+from .. import errors, failpoints
 from ..services import StagedFile
 from . import status as st
 from .context import ScpContext
@@ -52,20 +52,25 @@ def handle_store(event, ctx: ScpContext) -> Any:
     actor = None
     try:
         actor = ctx.access.authorize(event, "write", "C-STORE")  # SEC-18, R-E3
-        outcome = _store(event, ctx)
+        outcome = _store(event, ctx, actor)
     except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
         status = st.failure(exc, st.STORE)
         if actor is not None:  # a refused instance is audited; a denial already was
             ctx.access.record(event, "instances-stored", actor, outcome="failure",
                               object_count=0, service="C-STORE",
                               status=f"0x{int(status.Status):04X}")
+            if isinstance(exc, errors.WriteDenied):  # R-A12: outside the data scope
+                ctx.access.record(event, "permission-denied", actor, outcome="denied",
+                                  study_uid=exc.study_instance_uid, object_count=1,
+                                  action="write", route="dimse:C-STORE", method="C-STORE",
+                                  reason="outside data scope")
         return status
     ctx.access.stored(event, outcome.study_instance_uid)
     failpoints.hit("dimse.before_status")
     return st.SUCCESS
 
 
-def _store(event, ctx: ScpContext):
+def _store(event, ctx: ScpContext, actor):
     request = event.request
     ts = UID(event.context.transfer_syntax)
     raw = request.DataSet.getvalue() if request.DataSet is not None else b""
@@ -85,7 +90,8 @@ def _store(event, ctx: ScpContext):
 
     if len(raw) <= SMALL_OBJECT:
         # Durable (blob fsynced and hash-checked, index committed) once this returns.
-        return ctx.bridge.call(ctx.ingest.ingest_bytes(PREAMBLE + buf.getvalue() + raw))
+        return ctx.bridge.call(ctx.ingest.ingest_bytes(PREAMBLE + buf.getvalue() + raw,
+                                                      actor=actor))
     archive = ctx.ingest.archive
     writer = archive.store.new_staging_file(
         max_size=archive.settings.dicomweb.max_instance_bytes)
@@ -98,7 +104,7 @@ def _store(event, ctx: ScpContext):
         raise
     # Durable (blob fsynced and hash-checked, index committed) once this returns; the
     # staged file is consumed either way.
-    return ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size)))
+    return ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size), actor=actor))
 
 
 def _check_uids(raw: bytes, ts: UID, cmd_class: str, cmd_instance: str) -> None:

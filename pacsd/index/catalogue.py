@@ -34,7 +34,7 @@ import orjson
 import sqlalchemy as sa
 
 from pacsd import failpoints
-from pacsd.errors import NotFound, OutOfResources
+from pacsd.errors import NotFound, OutOfResources, WriteDenied
 from pacsd.index import migrations, qido_sql, writes
 from pacsd.index.access import scope_clause
 from pacsd.index.engine import RETRYABLE_SQLSTATES, create_engine, sqlstate, translate_errors
@@ -233,14 +233,26 @@ class Catalogue:
         (``accounts.py``, ``audit_log.py``). ``action`` is a PHI-free phrase."""
         return self._write(action, fn)
 
-    def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
+    def store_instance(self, p: ParsedInstance, *, sha256: str, size: int,
+                       scope: Iterable | None = None) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
-        BI-27 HierarchyConflict; see ``writes.store_instance``)."""
+        BI-27 HierarchyConflict; see ``writes.store_instance``). With a write ``scope``
+        (R-A12) the study, as it stands after this write (an existing study's recorded
+        institution and labels; a new study's computed institution and any labels set in
+        advance), must satisfy it, checked in the same transaction; otherwise WriteDenied
+        and nothing of the instance is kept (same answer whether the study existed)."""
         if self.institution_of is not None and not p.institution:
             p = dataclasses.replace(p, institution=self.institution_of(p))
+        extra = scope_clause(scope)
 
         def store(conn: sa.Connection) -> StoreOutcome:
             outcome = writes.store_instance(conn, p, sha256, size)
+            if extra is not None and conn.execute(sa.select(studies.c.pk).where(
+                    studies.c.study_instance_uid == p.study_instance_uid, extra)
+                    ).first() is None:
+                denied = WriteDenied("the study is outside the caller's data scope")
+                denied.study_instance_uid = p.study_instance_uid
+                raise denied  # the transaction (or savepoint) rolls back
             failpoints.hit("index.before_commit")
             return outcome
 

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
 from pacsd.index import (access_schema, forward_schema, jobs_schema, lifecycle_schema,
-                         schema, security_schema)
+                         oidc_schema, schema, security_schema)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -71,12 +71,14 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
     Migration(5, "access scoping: studies.institution, user/token institutions, "
                  "clearances, study_labels", access_schema.migrate_access),
+    Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
                 + access_schema.ACCESS_TABLES)
 FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
+FRESH_TABLES += oidc_schema.OIDC_TABLES
 # max, not the last entry: a migration may be merged after a higher-numbered one.
 LATEST = max(m.version for m in MIGRATIONS)
 

@@ -34,6 +34,7 @@ from .archive import Archive
 from .audit import AuditTrail
 from .export_target import Target, redacted
 from .ingest import IngestService, StagedFile
+from .security import LOCAL
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Importer:
                     report.problems.append(f"NOT_AS_IN_MANIFEST {rel}")
                     continue
                 try:
-                    outcome = await ingest.ingest(staged)
+                    outcome = await ingest.ingest(staged, actor=LOCAL)  # console (R-A12)
                 except (InstanceError, PacsdError) as e:
                     report.problems.append(f"REFUSED            {rel}: {e.reason}")
                     continue

@@ -81,23 +81,28 @@ class IngestService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
 
-    async def ingest(self, staged: StagedFile, *, expected_study_uid: str | None = None
+    async def ingest(self, staged: StagedFile, *, actor, expected_study_uid: str | None = None
                      ) -> StoreOutcome:
-        """Store one staged Part 10 file. Raises a :class:`pacsd.errors.InstanceError`
-        subclass when the instance is refused, :class:`pacsd.errors.OutOfResources` when
-        storage or index is unavailable. The staged file is consumed either way."""
-        return await self.archive.run(self._ingest_sync, staged, expected_study_uid)
+        """Store one staged Part 10 file for ``actor`` (``scoping.LOCAL`` for the console).
+        Raises a :class:`pacsd.errors.InstanceError` subclass when the instance is refused
+        (:class:`pacsd.errors.WriteDenied` when its study is outside the actor's data
+        scope, R-A12), :class:`pacsd.errors.OutOfResources` when storage or index is
+        unavailable. The staged file is consumed either way."""
+        scope = self.archive.scoping.scope_for(actor, "write")
+        return await self.archive.run(self._ingest_sync, staged, expected_study_uid, scope)
 
-    async def ingest_bytes(self, data: bytes | bytearray, *,
+    async def ingest_bytes(self, data: bytes | bytearray, *, actor,
                            expected_study_uid: str | None = None) -> StoreOutcome:
         """Store one Part 10 object received whole in memory (small STOW-RS parts): the
         staging file is written, hashed and stored in ONE worker call, so the event loop
         never creates files (a file create can wait behind the filesystem journal while
         other threads fsync) and each instance costs one thread hand-off."""
-        return await self.archive.run(self._ingest_bytes_sync, data, expected_study_uid)
+        scope = self.archive.scoping.scope_for(actor, "write")
+        return await self.archive.run(self._ingest_bytes_sync, data, expected_study_uid,
+                                      scope)
 
-    def _ingest_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None
-                           ) -> StoreOutcome:
+    def _ingest_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None,
+                           scope: tuple) -> StoreOutcome:
         limit = self.archive.settings.dicomweb.max_instance_bytes
         if len(data) > limit:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
@@ -110,35 +115,37 @@ class IngestService:
             w.write(data)
             staged = StagedFile(*w.finish())
         try:
-            return self._commit_named(staged, parsed, expected_study_uid)
+            return self._commit_named(staged, parsed, expected_study_uid, scope)
         except BaseException:
             _discard(staged.path)
             raise
 
-    def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+    def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None,
+                     scope: tuple) -> StoreOutcome:
         # The staged file is removed here, in the worker, not in the awaiting coroutine:
         # a cancelled request must not pull the file from under a running store. On
         # success the store consumed it already (put_file(move=True)).
         try:
-            return self._store(staged, expected_study_uid)
+            return self._store(staged, expected_study_uid, scope)
         except BaseException:
             _discard(staged.path)
             raise
 
-    def _store(self, staged: StagedFile, expected_study_uid: str | None) -> StoreOutcome:
+    def _store(self, staged: StagedFile, expected_study_uid: str | None, scope: tuple
+               ) -> StoreOutcome:
         a = self.archive
         limit = a.settings.dicomweb.max_instance_bytes
         if staged.size > limit:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
         staged = _sanitize_preamble(staged)
         parsed: ParsedInstance = parse_instance(staged.path)
-        return self._commit_named(staged, parsed, expected_study_uid)
+        return self._commit_named(staged, parsed, expected_study_uid, scope)
 
     def _commit_named(self, staged: StagedFile, parsed: ParsedInstance,
-                      expected_study_uid: str | None) -> StoreOutcome:
+                      expected_study_uid: str | None, scope: tuple) -> StoreOutcome:
         staged, parsed = maybe_compress(self.archive, staged, parsed)  # R-A5 policy
         try:
-            return self._commit(staged, parsed, expected_study_uid)
+            return self._commit(staged, parsed, expected_study_uid, scope)
         except errors.InstanceError as exc:
             # Let the adapter name the instance in its FailedSOPSequence item.
             exc.sop_class_uid = parsed.sop_class_uid
@@ -146,7 +153,7 @@ class IngestService:
             raise
 
     def _commit(self, staged: StagedFile, parsed: ParsedInstance,
-                expected_study_uid: str | None) -> StoreOutcome:
+                expected_study_uid: str | None, scope: tuple) -> StoreOutcome:
         a = self.archive
         if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
             raise errors.StudyMismatch(
@@ -156,7 +163,10 @@ class IngestService:
         a.plugins.collect("instance_received", parsed=parsed)
         newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)
         try:
-            outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256, size=staged.size)
+            # The write scope (R-A12) is checked inside the index transaction; a denial
+            # rolls it back and removes the blob below, like any refused instance.
+            outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256,
+                                                 size=staged.size, scope=scope)
         except BaseException:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not

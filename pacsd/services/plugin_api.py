@@ -88,12 +88,15 @@ class PluginAPI:
         return self._archive.catalogue.run_write("a plugin write", fn)
 
     # --- ingest -----------------------------------------------------------------------
-    async def store_instance(self, data: bytes, *, expected_study_uid: str | None = None
-                             ) -> StoreOutcome:
+    async def store_instance(self, data: bytes, *, expected_study_uid: str | None = None,
+                             actor: Actor | None = None) -> StoreOutcome:
         """Store one DICOM Part 10 object through the one ingest path (same checks,
-        hooks and durability as STOW-RS). Raises an ``InstanceError`` when refused."""
+        hooks and durability as STOW-RS). Raises an ``InstanceError`` when refused.
+        ``actor`` (default: the plugin, whole archive) limits the write to that actor's
+        data scope (R-A12): a study outside it is refused with ``WriteDenied``."""
         staged = await self._archive.run(self._stage, data)
-        return await self._ingest.ingest(staged, expected_study_uid=expected_study_uid)
+        return await self._ingest.ingest(staged, expected_study_uid=expected_study_uid,
+                                         actor=actor if actor is not None else PLUGIN_ACTOR)
 
     def _stage(self, data: bytes) -> StagedFile:
         writer = self._archive.store.new_staging_file(

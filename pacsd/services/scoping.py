@@ -3,7 +3,9 @@
 :meth:`Scoping.scope_for` turns an actor into a tuple of constraints (``index/access.py``)
 that the catalogue AND-s into every read the services make for that actor: QIDO-RS and
 C-FIND (``QueryService``), WADO-RS / WADO-URI / metadata / frames / rendered / C-GET /
-C-MOVE (``RetrieveService``) and DELETE (``IngestService``). Adapters only pass the actor:
+C-MOVE (``RetrieveService``), DELETE and writes (STOW-RS, C-STORE: ``IngestService``,
+action ``write``; checked in the index transaction against the study as it stands after
+the write, so a new study is judged by the institution computed from its data). Adapters only pass the actor:
 no adapter can forget the filter, and a study outside the scope looks exactly like a
 missing one (404, empty result, no C-FIND match; SEC-1, SEC-9).
 
@@ -95,7 +97,9 @@ class Scoping:
         if institutions is not None:
             own = OneOf("institution", institutions)
             cross = set(self.settings.security.cross_institution_roles)
-            if cross & set(getattr(actor, "roles", ())):
+            # Cross-hospital history is for reading priors; a write (STOW-RS, C-STORE)
+            # always needs the study's own institution (R-A12).
+            if action != "write" and cross & set(getattr(actor, "roles", ())):
                 own = AnyOf(own, SamePatientAs(own))
             cons.append(own)
         clearances = getattr(actor, "clearances", None)

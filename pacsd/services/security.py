@@ -104,6 +104,10 @@ class Actor:
         return given if self.scopes is None else given & self.scopes
 
 
+#: The password hash of a user made by an OIDC login: no argon2 hash, so no password
+#: ever matches it (services/oidc.py).
+EXTERNAL_PASSWORD = "!oidc"
+
 LOCAL = Actor(id="local", name="local", roles=frozenset({"local"}), clearances=None)
 ANONYMOUS = Actor(id="anonymous", name="")
 
@@ -304,6 +308,8 @@ class SecurityService:
         await self.run(change)
 
     def password_change_required(self, user: UserRecord) -> bool:
+        if user.password_hash == EXTERNAL_PASSWORD:
+            return False  # an OIDC user has no pacsd password (services/oidc.py)
         max_age = self.conf.password_max_age_days
         return user.must_change_password or (
             max_age > 0 and self.clock() - user.password_changed_at > max_age * 86400)
@@ -538,16 +544,27 @@ class SecurityService:
         if self.hasher.check_needs_rehash(user.password_hash):
             self.accounts.set_password(user.pk, self.hasher.hash(password),
                                        user.password_changed_at)
+        return self.open_session(user, source_ip=source_ip, device=device,
+                                 factors=["password", "totp"] if self.needs_totp(user)
+                                 else ["password"])
+
+    def open_session(self, user: UserRecord, *, source_ip: str, device: str,
+                     factors: list[str], method: str = "password"
+                     ) -> tuple[str, float, Actor]:
+        """A new session for ``user``, whose credentials the caller checked (password
+        login above, OIDC login in ``services/oidc.py``); audited as ``login``."""
+        now = self.clock()
         self.accounts.record_login_success(user.pk, now)
         token = SESSION_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
         expires = now + self.conf.session_absolute_timeout_s
         spk = self.accounts.create_session(user.pk, token_digest(token), now, expires,
                                            source_ip)
         actor = self.actor_of_user(user, session_pk=spk)
+        detail = {"session": f"session:{spk}", "factors": factors}
+        if method != "password":
+            detail["method"] = method
         self.audit.record("login", actor=actor, source_ip=source_ip, device=device,
-                          detail={"session": f"session:{spk}",
-                                  "factors": ["password", "totp"] if self.needs_totp(user)
-                                  else ["password"]})
+                          detail=detail)
         return token, expires, actor
 
     # --- TOTP second factor (MLPS 4) -----------------------------------------------------

@@ -24,7 +24,8 @@ from ..config import Settings
 from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
-from . import admin, auth, forwarding
+from . import admin, auth, forwarding, oidc_routes
+from ..services.oidc import OidcLogin
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from ..services.plugin_api import PluginAPI, install_plugin_jobs
@@ -97,6 +98,8 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SECURITY] = SecurityService(archive.settings, archive.catalogue, audit,
                                     archive.plugins, run=archive.run, clock=clock,
                                     hasher=app.get(PASSWORD_HASHER))
+    if archive.settings.security.oidc.enabled:
+        app[oidc_routes.OIDC] = OidcLogin(archive.settings.security.oidc, app[SECURITY])
     if archive.settings.security.enabled:
         for route in auth.undeclared_routes(app):
             log.warning("route %s declares no permission: it answers 403 (SEC-21)", route)
@@ -192,6 +195,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    oidc_routes.add_oidc_routes(app.router)  # R-E1: OIDC login ([security.oidc])
     forwarding.add_routes(app.router)
     from . import lifecycle
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)

@@ -93,6 +93,19 @@ def note_audit(request: web.Request, *, studies: dict[str, int] | None = None,
     note.setdefault("detail", {}).update(detail)
 
 
+def audit_denied(request: web.Request, action: str, *, study_uid: str | None,
+                 object_count: int | None = None, reason: str) -> None:
+    """Record a ``permission-denied`` event for a refusal a handler decided itself (e.g. a
+    STOW-RS instance whose study is outside the caller's data scope, R-A12)."""
+    mi = request.match_info
+    request.app[AUDIT].record(
+        "permission-denied", outcome="denied", actor=current_actor(request),
+        source_ip=client_ip(request), device=client_device(request), study_uid=study_uid,
+        object_count=object_count,
+        detail={"action": action, "route": mi.route.resource.canonical
+                if mi.route.resource else "", "method": request.method, "reason": reason})
+
+
 def client_ip(request: web.Request) -> str:
     """The client's address: the TCP peer, or, when the peer is a trusted reverse proxy
     (``[security] trusted_proxies``), the right-most X-Forwarded-For address that is not

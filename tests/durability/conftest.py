@@ -10,6 +10,7 @@ import pytest
 
 from pacsd.config import Settings
 from pacsd.services import Archive, IngestService, StagedFile
+from pacsd.services.security import LOCAL
 
 
 def three_copy_settings(tmp_path, third: dict | None = None) -> Settings:
@@ -40,7 +41,7 @@ async def ingest(archive: Archive, data: bytes) -> str:
     with archive.store.new_staging_file() as w:
         w.write(data)
         path, sha, size = w.finish()
-    outcome = await IngestService(archive).ingest(StagedFile(path, sha, size))
+    outcome = await IngestService(archive).ingest(StagedFile(path, sha, size), actor=LOCAL)
     assert outcome.created
     return sha
 

@@ -23,7 +23,7 @@ async def put(archive, data: bytes):
     with archive.store.new_staging_file() as w:
         w.write(data)
         path, sha, size = w.finish()
-    return await IngestService(archive).ingest(StagedFile(path, sha, size))
+    return await IngestService(archive).ingest(StagedFile(path, sha, size), actor=LOCAL)
 
 
 def pixels(data: bytes) -> np.ndarray:

@@ -2,6 +2,9 @@
 argon2 parameters, settings, and an API wrapper around the aiohttp test client."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +22,16 @@ from pacsd.web.keys import AUDIT, CLOCK, PASSWORD_HASHER, SECURITY
 PASSWORD = "Correct-Horse-9"
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 ALL_TABLES = ("audit_head, audit_events, sessions, api_tokens, users, instances, series, "
-              "studies, patients, study_labels, departments")
+              "studies, patients, study_labels, departments, oidc_links, oidc_logins")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m pacsd.cli ARGS`` (this tree's pacsd), output captured as text."""
+    return subprocess.run([sys.executable, "-m", "pacsd.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
 
 
 class FakeClock:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformat
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove)
 from pydicom.dataset import Dataset
-from sechelpers import pg_empty
+from sechelpers import cli, pg_empty
 
 from pacsd import hookimpl
 from pacsd.config import load_settings
@@ -34,12 +33,8 @@ from pacsd.services.security import Actor, open_security
 
 PACS = "PACSD"
 PASSWORD = "Correct-Horse-9"
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pacsd.cli", *args], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
 ST = {"A1": "1.2.826.0.1.3680043.10.543.11", "B1": "1.2.826.0.1.3680043.10.543.12"}
 INST = {"A1": "Hospital A", "B1": "Hospital B"}
 
@@ -172,6 +167,9 @@ roles = ["integration"]
 roles = ["clinician"]
 institutions = ["A"]
 source_ips = ["127.0.0.1"]
+[dimse.actors.STOREA]
+roles = ["integration"]
+institutions = ["A"]
 [dimse.actors.SPOOF]
 roles = ["sysadmin"]
 source_ips = ["10.99.0.1"]
@@ -219,6 +217,18 @@ source_ips = ["10.99.0.1"]
         r = requests.get(f"{srv.url}/dicom-web/studies/{ST['B1']}/metadata", timeout=30,
                          headers={**auth, "Accept": "application/dicom+json"})
         assert r.status_code == 404
+        # R-A12: a writer of institution A stores into A's study, not into B's (existing)
+        # nor a new study whose data makes it B's: 0x0124 both, nothing written.
+        again = dataset("A1")
+        again.SOPInstanceUID = ST["A1"] + ".1.2"
+        assert c_store(port, "STOREA", again) == 0x0000
+        into_b = dataset("B1")
+        into_b.SOPInstanceUID = ST["B1"] + ".1.2"
+        assert c_store(port, "STOREA", into_b) == 0x0124
+        new_b = dataset("B1")
+        new_b.StudyInstanceUID, new_b.SeriesInstanceUID = ST["B1"] + "9", ST["B1"] + "9.1"
+        new_b.SOPInstanceUID = ST["B1"] + "9.1.1"
+        assert c_store(port, "STOREA", new_b) == 0x0124
     finally:
         srv.stop()
         dest.stop()
@@ -254,13 +264,19 @@ source_ips = ["10.99.0.1"]
     def find(**match):
         return [e for e in events if all(e[k] == v for k, v in match.items())]
 
-    stored = find(event_type="instances-stored", outcome="success")
+    stored = find(event_type="instances-stored", outcome="success", actor="ae:STORER")
     assert sorted(e["study_uid"] for e in stored) == sorted(ST.values())
     for e in stored:
         assert (e["actor"], e["device"], e["source_ip"]) == ("ae:STORER", "STORER",
                                                               "127.0.0.1")
         assert e["object_count"] == 1 and e["location"]
         assert orjson.loads(e["detail"])["service"] == "C-STORE"
+    assert [e["study_uid"] for e in find(event_type="instances-stored", outcome="success",
+                                         actor="ae:STOREA")] == [ST["A1"]]
+    out_of_scope = find(event_type="permission-denied", actor="ae:STOREA")
+    assert sorted(e["study_uid"] for e in out_of_scope) == [ST["B1"], ST["B1"] + "9"]
+    assert {orjson.loads(e["detail"])["reason"] for e in out_of_scope} == {
+        "outside data scope"}
     denied = find(event_type="permission-denied")
     assert {(e["device"], orjson.loads(e["detail"])["method"]) for e in denied} >= {
         ("FINDA", "C-STORE"), ("SPOOF", "C-STORE"), ("NOBODY", "C-STORE"),

@@ -253,16 +253,24 @@ class OnlyAccessions:
 async def test_RA12_query_filter_plugin_constraints_are_anded_into_every_path(
         aiohttp_client, tmp_path, clock, db_url):
     plugins = Plugins()
-    plugins.register(OnlyAccessions(), name="only-accessions")
     settings = make_settings(tmp_path, db_url, institution_map=dict(MAP))
     api = await start_api(aiohttp_client, settings, clock, plugins)
     admin = await populate(api)
+    # Registered once the four studies are stored: its constraint binds writes too.
+    plugins.register(OnlyAccessions(), name="only-accessions")
     assert await study_uids(api, admin) == {uid("A1"), uid("B1"), uid("A2")}
     b = await user(api, "dr-b", "clinician", ["B"])
     assert await study_uids(api, b) == {uid("B1")}  # institution AND plugin
     assert (await api.client.get(paths("B2")[2], headers={**admin, **RETRIEVE})
             ).status == 404
     assert (await api.client.delete(f"{ST}/{uid('B2')}", headers=admin)).status == 404
+    # Writes obey it as well (R-A12): no instance can be added to the hidden study.
+    more = make_dataset(study=uid("B2"), series=uid("B2", "se"), sop=uid("B2", "sop") + "9",
+                        InstitutionName="Hospital B", PatientID="P2", AccessionNumber="ACCB2")
+    body, ctype = multipart([to_part10(more)])
+    r = await api.client.post(ST, data=body, headers={**admin, "Content-Type": ctype})
+    assert r.status == 409
+    assert (await r.json())["00081198"]["Value"][0]["00081197"]["Value"] == [0x0124]
 
 
 def test_RA12_scope_sql_uses_bound_parameters_only():

@@ -25,7 +25,7 @@ from ... import errors, failpoints
 from ...services import StagedFile
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
-from ..auth import note_audit, requires
+from ..auth import audit_denied, current_actor, note_audit, requires
 from ..keys import ARCHIVE, INGEST
 from .common import base_url, path_uid
 
@@ -96,6 +96,7 @@ class _Stow:
         self.archive = request.app[ARCHIVE]
         self.settings = self.archive.settings.dicomweb
         self.ingest = request.app[INGEST]
+        self.actor = current_actor(request)  # writes are scoped like reads (R-A12)
         self.sem = asyncio.Semaphore(self.settings.stow_concurrency)
         self.tasks: list[asyncio.Task] = []
         self.failures: list[tuple[int, errors.PacsdError]] = []  # (part number, error)
@@ -200,8 +201,10 @@ class _Stow:
     async def _ingest(self, staged: StagedFile | bytes, part_no: int):
         try:
             if isinstance(staged, bytes):
-                return await self.ingest.ingest_bytes(staged, expected_study_uid=self.study)
-            return await self.ingest.ingest(staged, expected_study_uid=self.study)
+                return await self.ingest.ingest_bytes(staged, actor=self.actor,
+                                                      expected_study_uid=self.study)
+            return await self.ingest.ingest(staged, actor=self.actor,
+                                            expected_study_uid=self.study)
         except errors.PacsdError as exc:
             self.failures.append((part_no, exc))
             return None
@@ -222,6 +225,13 @@ class _Stow:
             per_study[r.study_instance_uid] = per_study.get(r.study_instance_uid, 0) + 1
         # R-E3: one archive-audit event per study stored (who, from where, where to).
         note_audit(self.request, studies=per_study, failed=len(self.failures))
+        denied: dict[str, int] = {}
+        for _, exc in self.failures:
+            if isinstance(exc, errors.WriteDenied) and exc.study_instance_uid:
+                denied[exc.study_instance_uid] = denied.get(exc.study_instance_uid, 0) + 1
+        for study, count in denied.items():  # R-A12: one denial event per study
+            audit_denied(self.request, "write", study_uid=study, object_count=count,
+                         reason="outside data scope")
         body: dict = {}
         study_uids = {r.study_instance_uid for r in stored}
         if len(study_uids) == 1:

@@ -115,6 +115,9 @@ class Catalogue:
         #: ParsedInstance -> institution code of a new study (R-A12); set by the service
         #: layer from ``[security] institution_attribute`` (services/scoping.py).
         self.institution_of: Callable[[ParsedInstance], str] | None = None
+        #: ParsedInstance -> the study's worklist visit columns (R-D2); set by the service
+        #: layer from [worklist] (services/visit.py).
+        self.visit_of: Callable[[ParsedInstance], dict] | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -236,8 +239,13 @@ class Catalogue:
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``)."""
+        extra: dict = {}
         if self.institution_of is not None and not p.institution:
-            p = dataclasses.replace(p, institution=self.institution_of(p))
+            extra["institution"] = self.institution_of(p)
+        if self.visit_of is not None and p.worklist is None:
+            extra["worklist"] = self.visit_of(p)
+        if extra:
+            p = dataclasses.replace(p, **extra)
 
         def store(conn: sa.Connection) -> StoreOutcome:
             outcome = writes.store_instance(conn, p, sha256, size)

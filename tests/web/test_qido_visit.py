@@ -5,44 +5,11 @@ PostgreSQL in tests/index/test_worklist_index.py)."""
 from __future__ import annotations
 
 import pytest
-from dicomgen import make_dataset, to_part10
-from pydicom.dataset import Dataset
+from dicomgen import make_dataset, to_part10, worklist_studies
 
 pytestmark = pytest.mark.asyncio
 
 VISIT_NUMBER, CARD, DEPT, VTYPE = "00771001", "00771002", "00771003", "00771004"
-
-
-def card(number: str) -> list[Dataset]:
-    item = Dataset()
-    item.PatientID = number
-    item.TypeOfPatientID = "TEXT"
-    return [item]
-
-
-def worklist_studies() -> dict[str, Dataset]:
-    """Five studies with known visit attributes (HL7 PV1-2 codes in RouteOfAdmissions)."""
-    spec = {
-        "li": dict(PatientName="Li^Lei", PatientID="P1", StudyDate="20250101",
-                   AdmissionID="ZY2025001", RouteOfAdmissions="I",
-                   RequestingService="Cardiology", OtherPatientIDsSequence=card("CARD-001"),
-                   BodyPartExamined="CHEST", Modality="CT", AccessionNumber="ACC1"),
-        "zhang": dict(PatientName="Zhang^San", PatientID="P2", StudyDate="20250201",
-                      RouteOfAdmissions="O", RequestingService="Orthopedics",
-                      OtherPatientIDsSequence=card("CARD-002"), BodyPartExamined="KNEE",
-                      Modality="MR", AccessionNumber="ACC2"),
-        "wang": dict(PatientName="Wang^Wu", PatientID="P3", StudyDate="20250301",
-                     RouteOfAdmissions="emergency", RequestingService="Emergency Dept",
-                     BodyPartExamined="HEAD", Modality="CT", AccessionNumber="ACC3"),
-        # No RouteOfAdmissions: the Admission ID makes it inpatient (retention's rule).
-        "zhao": dict(PatientName="Zhao^Liu", PatientID="P4", StudyDate="20250401",
-                     AdmissionID="ZY2025009", RequestingService="Cardiology",
-                     BodyPartExamined="ABDOMEN", Modality="DX", AccessionNumber="ACC4"),
-        # Nothing: visit type unknown, matched by no visittype.
-        "qian": dict(PatientName="Qian^Qi", PatientID="P5", StudyDate="20250501",
-                     Modality="CT", AccessionNumber="ACC5"),
-    }
-    return {k: make_dataset(**v) for k, v in spec.items()}
 
 
 @pytest.fixture

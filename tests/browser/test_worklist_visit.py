@@ -15,7 +15,8 @@ ALL = 5
 
 
 @pytest.fixture(scope="module")
-def wserver(tmp_path_factory, viewer_dist):
+def server(tmp_path_factory, viewer_dist):
+    """This module's pacsd (overrides conftest's): only the five worklist studies."""
     data = tmp_path_factory.mktemp("pacsd-worklist")
     conf = data / "pacsd.toml"
     conf.write_text(f'[server]\nviewer_dir = "{viewer_dist}"\n')
@@ -28,22 +29,20 @@ def wserver(tmp_path_factory, viewer_dist):
 
 
 @pytest.fixture
-def wpage(chromium, wserver):
-    ctx = chromium.new_context(viewport={"width": 1500, "height": 900})
-    pg = ctx.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.errors = errors
-    pg.goto(wserver.url + "/viewer/")
-    pg.wait_for_function(f"document.querySelector('#status').dataset.total === '{ALL}'")
-    yield pg
-    ctx.close()
+def wpage(page, server):
+    """conftest's chromium page on the worklist, once all five studies are listed."""
+    page.goto(server.url + "/viewer/")
+    page.wait_for_function(f"document.querySelector('#status').dataset.total === '{ALL}'")
+    return page
 
 
 def _wait_search(page, action) -> tuple[int, list[str]]:
-    page.evaluate("document.querySelector('#status').dataset.total = ''")
+    """Run ``action`` and wait for the answer of the search it starts (a sort change first
+    re-sorts the page shown, then shows pacsd's answer: wait for that one)."""
+    before = page.get_attribute("#status", "data-search")
     action()
-    page.wait_for_function("document.querySelector('#status').dataset.total !== ''")
+    page.wait_for_function("b => document.querySelector('#status').dataset.search !== b",
+                           arg=before)
     return (int(page.get_attribute("#status", "data-total")),
             page.locator("#studies tbody td.name").all_inner_texts())
 
@@ -102,7 +101,7 @@ def test_RD2_worklist_server_sort_by_body_part_with_paging(wpage):
     assert wpage.errors == []
 
 
-def test_RD2_worklist_rows_show_thumbnails(wpage, wserver):
+def test_RD2_worklist_rows_show_thumbnails(wpage):
     wpage.wait_for_function(
         "() => [...document.querySelectorAll('#studies tbody tr')].every(tr => {"
         " const i = tr.querySelector('img.thumb'); return i && i.complete && i.naturalWidth > 0; })",

@@ -6,6 +6,11 @@ backfills ``body_parts_in_study`` from the series rows (plain SQL). The visit co
 studies stored before it stay NULL until ``pacsd worklist reindex`` fills them from each
 study's stored instance metadata with the current ``[worklist]`` settings (they depend on
 the settings, which a migration does not read); run it again after changing them.
+
+The visit class recorded from HIS for retention (``study_retention.visit_class``,
+``pacsd retention visit`` / the API; R-A7) wins over the DICOM-derived visit type: at
+ingest (writes.py ``his_visit``, once per new study), when it is recorded
+(lifecycle.py ``set_visit``) and in the reindex.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pacsd.index.lifecycle_schema import study_retention
 from pacsd.index.schema import WORKLIST_COLUMNS, instances, studies
 
 #: Columns migration 6 adds where missing.
@@ -57,9 +63,13 @@ def reindex(engine: sa.Engine, columns_of: Callable[[bytes], dict[str, Any]], *,
                       .order_by(instances.c.pk).limit(1).scalar_subquery())
     while True:
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(studies.c.pk, first_instance.label("meta"))
-                                .where(studies.c.pk > last).order_by(studies.c.pk)
-                                .limit(batch)).all()
+            rows = conn.execute(
+                sa.select(studies.c.pk, first_instance.label("meta"),
+                          study_retention.c.visit_class)
+                .select_from(studies.outerjoin(
+                    study_retention,
+                    study_retention.c.study_instance_uid == studies.c.study_instance_uid))
+                .where(studies.c.pk > last).order_by(studies.c.pk).limit(batch)).all()
         if not rows:
             return done
         with engine.connect() as conn:
@@ -69,6 +79,8 @@ def reindex(engine: sa.Engine, columns_of: Callable[[bytes], dict[str, Any]], *,
                     if row.meta is None:
                         continue
                     values = columns_of(zlib.decompress(row.meta))
+                    if row.visit_class:  # HIS data (retention) wins, as at ingest
+                        values["visit_type"] = row.visit_class
                     conn.execute(sa.update(studies).where(studies.c.pk == row.pk)
                                  .values(**values))
                     done += 1

@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from pacsd.errors import DuplicateInstance, HierarchyConflict, NotFound
 from pacsd.index import names
+from pacsd.index.lifecycle_schema import study_retention
 from pacsd.index.schema import (
     INSTANCE_COLUMNS, INTEGER_KEYWORDS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS,
     WORKLIST_COLUMNS, instances, patients, series, studies,
@@ -121,6 +122,14 @@ def _statements(dialect: str) -> dict[str, Any]:
         "upd_patient": sa.update(patients).where(patients.c.pk == b("b_pk")).values(
             num_studies=patients.c.num_studies + 1, updated_at=b("b_now"),
             **{c: b(f"v_{c}") for c in _DEMOGRAPHIC_COLUMNS}),
+        # HIS visit class recorded before the study arrived (retention, R-A7) wins over the
+        # DICOM-derived visit type (R-D2); once per new study, not per instance.
+        "his_visit": sa.update(studies).where(
+            studies.c.pk == b("b_pk"), sa.exists().where(
+                study_retention.c.study_instance_uid == b("b_study"),
+                study_retention.c.visit_class.is_not(None))).values(
+            visit_type=sa.select(study_retention.c.visit_class).where(
+                study_retention.c.study_instance_uid == b("b_study")).scalar_subquery()),
         "upd_study": sa.update(studies).where(studies.c.pk == b("b_pk")).values(
             num_instances=studies.c.num_instances + 1,
             num_series=studies.c.num_series + b("b_new_series", type_=sa.Integer()),
@@ -231,6 +240,8 @@ def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetim
         row = stmts("study", {"b_study": p.study_instance_uid}).first()
         if row is None:
             raise Retry()
+        if created:
+            stmts("his_visit", {"b_pk": row.pk, "b_study": p.study_instance_uid})
     if (row.patient_id, row.issuer_of_patient_id) != _patient_key(p):
         # BI-27 (dcm4chee A779-like): the study is filed under another PatientID/issuer.
         raise HierarchyConflict("StudyInstanceUID already stored for another PatientID")

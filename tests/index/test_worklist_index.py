@@ -152,3 +152,29 @@ def test_RD2_reindex_command(tmp_path, capsys):
         assert depts == {"ZY2025001", "ZY2025009", None}
     finally:
         cat.close()
+
+
+def test_RD2_his_visit_class_wins_over_dicom(catalogue):
+    """The visit class recorded from HIS for retention (R-A7) is the worklist's visit
+    type too: recorded before the study arrives, after it, and through a reindex."""
+    from pacsd.index.lifecycle import Lifecycle
+    catalogue.visit_of = visit_getter(Settings())
+    data = worklist_studies()
+    life = Lifecycle(catalogue)
+    # Wang (emergency in DICOM) is recorded as outpatient before the study arrives;
+    # a legal hold alone (no class) on Zhang changes nothing.
+    life.set_visit(data["wang"].StudyInstanceUID, visit_class="outpatient", visit_date=None,
+                   discharge_date=None, source="api", now=1.0)
+    life.set_hold(data["zhang"].StudyInstanceUID, True, "audit", 1.0)
+    names = _store_all(catalogue, data)
+    assert _search(catalogue, names, [("visittype", "outpatient"), ("orderby", "PatientName")]) \
+        == (["wang", "zhang"], 2)
+    life.set_visit(data["li"].StudyInstanceUID, visit_class="outpatient", visit_date=None,
+                   discharge_date=None, source="cli", now=2.0)
+    assert _search(catalogue, names, [("visittype", "inpatient")]) == (["zhao"], 1)
+    reindex(catalogue.engine, columns_from_metadata(Settings()))
+    assert _search(catalogue, names, [("visittype", "outpatient"), ("orderby", "PatientName")]) \
+        == (["li", "wang", "zhang"], 3)
+    assert _search(catalogue, names, [("visittype", "emergency")]) == ([], 0)
+    with catalogue.engine.begin() as conn:  # the PostgreSQL database is the session's
+        conn.exec_driver_sql("DELETE FROM study_retention")

@@ -14,7 +14,8 @@ Sources (``[worklist]`` settings, docs/settings.md):
   ``visit_type_map`` to outpatient / inpatient / emergency / physical-exam. Failing that,
   a study with a visit number is *inpatient* when ``visit_number_means_inpatient`` (the
   same rule as retention, services/retention.py: an Admission ID means an inpatient stay);
-  otherwise unknown (NULL), which no ``visittype=`` query matches.
+  otherwise unknown (NULL), which no ``visittype=`` query matches. A visit class recorded
+  from HIS for retention (R-A7) wins over all of this (index/worklist.py).
 
 The parser reads the usual source attributes while the dataset is at hand
 (``ParsedInstance.visit``, ``pacsd.dicom.parse.VISIT_KEYWORDS``); another configured

@@ -493,10 +493,6 @@ class RetentionSettings:
                               '"inpatient"')
 
 
-#: What [worklist] visit_type_map maps to (R-D2): the worklist's visit types.
-VISIT_TYPES = ("outpatient", "inpatient", "emergency", "physical-exam")
-
-
 @dataclass
 class WorklistSettings:
     """Where the worklist's visit attributes come from (R-D2; docs/viewer.md "Worklist").
@@ -531,6 +527,7 @@ class WorklistSettings:
             kw = getattr(self, key)
             if kw and tag_for_keyword(kw) is None:
                 raise ConfigError(f"[worklist] {key} is not a DICOM keyword")
+        from .model import VISIT_TYPES
         bad = sorted(v for v in self.visit_type_map.values() if v not in VISIT_TYPES)
         if bad:
             raise ConfigError("[worklist] visit_type_map values are " + ", ".join(VISIT_TYPES))

@@ -58,6 +58,10 @@ class FrameIndex:
         )
 
 
+#: The worklist's visit types (R-D2): [worklist] visit_type_map values, QIDO ``visittype``.
+VISIT_TYPES = ("outpatient", "inpatient", "emergency", "physical-exam")
+
+
 @dataclass(frozen=True)
 class ParsedInstance:
     """Everything ingest learns from one Part 10 file, ready for the index.

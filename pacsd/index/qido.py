@@ -53,6 +53,7 @@ from typing import Any
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from pacsd.errors import BadRequest
+from pacsd.model import VISIT_TYPES
 
 LEVELS = ("study", "series", "instance")
 RANK = {"study": 0, "series": 1, "instance": 2}
@@ -123,8 +124,6 @@ PRIVATE_KEYS: dict[str, Attr] = {
     "department": _a("study", "studies", "ordering_department", "text"),
     "visittype": _a("study", "studies", "visit_type", "visittype"),
 }
-#: Values of ``visittype=`` (config.VISIT_TYPES).
-VISIT_TYPES = ("outpatient", "inpatient", "emergency", "physical-exam")
 #: Series attributes a study-level query may also match: the study has a series with
 #: that value (pacsd extension, like ModalitiesInStudy; R-D2 body part search).
 STUDY_VIA_SERIES: dict[str, Attr] = {

@@ -178,3 +178,15 @@ def test_RD2_his_visit_class_wins_over_dicom(catalogue):
     assert _search(catalogue, names, [("visittype", "emergency")]) == ([], 0)
     with catalogue.engine.begin() as conn:  # the PostgreSQL database is the session's
         conn.exec_driver_sql("DELETE FROM study_retention")
+
+
+@pytest.mark.parametrize("toml,reason", [
+    ('[worklist]\nvisit_type_map = {X = "daycare"}\n', "visit_type_map values are"),
+    ('[worklist]\ndepartment_attribute = "Dept"\n', "department_attribute is not a DICOM"),
+])
+def test_RD2_bad_worklist_settings_refused(tmp_path, toml, reason):
+    from pacsd.config import ConfigError, load_settings
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text(toml)
+    with pytest.raises(ConfigError, match=reason):
+        load_settings(conf)

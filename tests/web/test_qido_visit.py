@@ -141,3 +141,18 @@ async def test_RD2_configured_source_attributes(aiohttp_client, settings, tmp_pa
     assert "RequestingService" in headers.get("Warning", "")  # no longer a visit key
     items, _ = await get(client, "visittype=inpatient")  # "I" is not in the custom map
     assert items == []
+
+
+async def test_RD2_correction_of_admission_id_updates_the_visit_columns(client, visits):
+    """R-A8 corrections may change AdmissionID: the visit number and the visit type derived
+    from it follow (R-D2)."""
+    study = visits["qian"]  # no visit data: unknown type
+    r = await client.post(f"/api/v1/studies/{study}/corrections",
+                          json={"changes": {"AdmissionID": "ZY2025077"},
+                                "reason": "registration error"})
+    assert r.status == 201, await r.text()
+    items, _ = await get(client, "visitnumber=ZY2025077&includefield=visittype")
+    assert names_of(visits, items) == ["qian"]
+    assert items[0][VTYPE]["Value"] == ["inpatient"]
+    items, _ = await get(client, "visittype=inpatient")
+    assert sorted(names_of(visits, items)) == ["li", "qian", "zhao"]

@@ -562,6 +562,46 @@ class RetentionSettings:
 
 
 @dataclass
+class WorklistSettings:
+    """Where the worklist's visit attributes come from (R-D2; docs/viewer.md "Worklist").
+
+    Each ``*_attribute`` is a DICOM keyword read when a study row is created at ingest
+    (a sequence keyword means the first item's ID: OtherPatientIDsSequence -> its
+    PatientID). ``pacsd worklist reindex`` re-reads them for stored studies."""
+
+    #: Visit (encounter) number: Admission ID (0038,0010), the HL7 PV1-19 visit number.
+    visit_number_attribute: str = "AdmissionID"
+    #: Patient card number (outpatient / insurance card): the first Other Patient IDs
+    #: Sequence (0010,1002) item's Patient ID.
+    card_number_attribute: str = "OtherPatientIDsSequence"
+    #: Ordering department: Requesting Service (0032,1033) of the Imaging Service Request.
+    department_attribute: str = "RequestingService"
+    #: Visit type source: Route of Admissions (0038,0016), where HL7 PV1-2 Patient Class
+    #: is mapped (as dcm4chee does), mapped through visit_type_map (case-insensitive).
+    visit_type_attribute: str = "RouteOfAdmissions"
+    #: Value (upper-cased) -> "outpatient" | "inpatient" | "emergency" | "physical-exam".
+    visit_type_map: dict[str, str] = field(default_factory=lambda: {
+        "O": "outpatient", "OUTPATIENT": "outpatient", "I": "inpatient",
+        "INPATIENT": "inpatient", "E": "emergency", "EMERGENCY": "emergency",
+        "PE": "physical-exam", "PHYSICAL-EXAM": "physical-exam"})
+    #: A study with no mapped visit type but a visit number is "inpatient" (the retention
+    #: rule, R-A7: an Admission ID means an inpatient stay); false: it stays unknown.
+    visit_number_means_inpatient: bool = True
+
+    def check(self) -> None:
+        from pydicom.datadict import tag_for_keyword
+        for key in ("visit_number_attribute", "card_number_attribute",
+                    "department_attribute", "visit_type_attribute"):
+            kw = getattr(self, key)
+            if kw and tag_for_keyword(kw) is None:
+                raise ConfigError(f"[worklist] {key} is not a DICOM keyword")
+        from .model import VISIT_TYPES
+        bad = sorted(v for v in self.visit_type_map.values() if v not in VISIT_TYPES)
+        if bad:
+            raise ConfigError("[worklist] visit_type_map values are " + ", ".join(VISIT_TYPES))
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -572,6 +612,7 @@ class Settings:
     jobs: JobsSettings = field(default_factory=JobsSettings)
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -659,6 +700,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     settings.jobs.check()
     settings.forward.check()
     settings.retention.check()
+    settings.worklist.check()
     if settings.storage.compress not in ("none", "jpeg-ls-lossless", "jpeg2000-lossless"):
         raise ConfigError('[storage] compress is "none", "jpeg-ls-lossless" or '
                           '"jpeg2000-lossless"')
@@ -671,5 +713,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     return {
         name: dataclasses.asdict(getattr(s, name))
         for name in ("server", "storage", "index", "dicomweb", "dimse", "security",
-                     "jobs", "forward", "retention")
+                     "jobs", "forward", "retention", "worklist")
     }

@@ -14,7 +14,7 @@ import sys
 
 from .progress import ProgressBar
 
-COMMANDS = ("export", "retention", "import-export")
+COMMANDS = ("export", "retention", "import-export", "worklist")
 _DATE = re.compile(r"\d{8}")
 
 
@@ -93,6 +93,13 @@ def add_parsers(sub) -> None:
     for p in (show, hold, rel, visit, purge):
         _archive_options(p)
 
+    w = sub.add_parser("worklist", help="worklist visit columns (R-D2)").add_subparsers(
+        dest="action", required=True)
+    reindex = w.add_parser("reindex", help="re-read every stored study's visit number, "
+                                           "card number, department and visit type with "
+                                           "the current [worklist] settings")
+    _archive_options(reindex)
+
 
 def run(args, settings) -> int:
     from .errors import PacsdError
@@ -102,6 +109,8 @@ def run(args, settings) -> int:
             return _export(args, settings)
         if args.command == "import-export":
             return _import(args, settings)
+        if args.command == "worklist":
+            return _worklist_reindex(settings)
         return _retention(args, settings)
     except PacsdError as exc:
         print(f"pacsd: {exc.reason}", file=sys.stderr)
@@ -184,6 +193,22 @@ def _retention(args, settings) -> int:
 
     with _opened(settings, "purge") as (archive, audit, bar):
         return run_cli(archive, audit, args, progress=bar, out=print)
+
+
+def _worklist_reindex(settings) -> int:
+    """``pacsd worklist reindex`` (index/worklist.py; R-D2): after upgrading to schema 6
+    or changing [worklist]. Prints a count only (no patient data); audited."""
+    from .index.worklist import reindex
+    from .services.security import LOCAL
+    from .services.visit import columns_from_metadata
+
+    with _opened(settings, "worklist reindex") as (archive, audit, bar):
+        done = reindex(archive.catalogue.engine, columns_from_metadata(settings),
+                       progress=(lambda n: bar("studies", n, None)) if bar else None)
+        audit.record("worklist-reindex", actor=LOCAL, outcome="success",
+                     detail={"studies": done})
+    print(f"worklist reindex: {done} studies")
+    return 0
 
 
 def _research_export(args, settings, target) -> int:

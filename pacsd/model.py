@@ -58,6 +58,10 @@ class FrameIndex:
         )
 
 
+#: The worklist's visit types (R-D2): [worklist] visit_type_map values, QIDO ``visittype``.
+VISIT_TYPES = ("outpatient", "inpatient", "emergency", "physical-exam")
+
+
 @dataclass(frozen=True)
 class ParsedInstance:
     """Everything ingest learns from one Part 10 file, ready for the index.
@@ -91,6 +95,11 @@ class ParsedInstance:
     #: Hospital / campus code of the study (R-A12), filled in by the catalogue from
     #: ``[security] institution_attribute`` when the study row is created.
     institution: str = ""
+    #: Raw values of ``pacsd.dicom.parse.VISIT_KEYWORDS`` found in the instance (R-D2).
+    visit: dict[str, str | None] = field(default_factory=dict)
+    #: The study's worklist columns (visit_number, card_number, ordering_department,
+    #: visit_type), filled in by the catalogue from ``[worklist]`` (services/visit.py).
+    worklist: dict[str, str | None] | None = None
 
 
 @dataclass(frozen=True)

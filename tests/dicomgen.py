@@ -50,3 +50,35 @@ def multipart(parts: list[bytes], boundary: str = "pacsdtestboundary",
         body += (f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n").encode() + p + b"\r\n"
     body += f"--{boundary}--\r\n".encode()
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def card(number: str) -> list[Dataset]:
+    item = Dataset()
+    item.PatientID = number
+    item.TypeOfPatientID = "TEXT"
+    return [item]
+
+
+def worklist_studies() -> dict[str, Dataset]:
+    """R-D2 worklist tests: five studies with known visit attributes (HL7 PV1-2 codes in RouteOfAdmissions)."""
+    spec = {
+        "li": dict(PatientName="Li^Lei", PatientID="P1", StudyDate="20250101",
+                   AdmissionID="ZY2025001", RouteOfAdmissions="I",
+                   RequestingService="Cardiology", OtherPatientIDsSequence=card("CARD-001"),
+                   BodyPartExamined="CHEST", Modality="CT", AccessionNumber="ACC1"),
+        "zhang": dict(PatientName="Zhang^San", PatientID="P2", StudyDate="20250201",
+                      RouteOfAdmissions="O", RequestingService="Orthopedics",
+                      OtherPatientIDsSequence=card("CARD-002"), BodyPartExamined="KNEE",
+                      Modality="MR", AccessionNumber="ACC2"),
+        "wang": dict(PatientName="Wang^Wu", PatientID="P3", StudyDate="20250301",
+                     RouteOfAdmissions="emergency", RequestingService="Emergency Dept",
+                     BodyPartExamined="HEAD", Modality="CT", AccessionNumber="ACC3"),
+        # No RouteOfAdmissions: the Admission ID makes it inpatient (retention's rule).
+        "zhao": dict(PatientName="Zhao^Liu", PatientID="P4", StudyDate="20250401",
+                     AdmissionID="ZY2025009", RequestingService="Cardiology",
+                     BodyPartExamined="ABDOMEN", Modality="DX", AccessionNumber="ACC4"),
+        # Nothing: visit type unknown, matched by no visittype.
+        "qian": dict(PatientName="Qian^Qi", PatientID="P5", StudyDate="20250501",
+                     Modality="CT", AccessionNumber="ACC5"),
+    }
+    return {k: make_dataset(**v) for k, v in spec.items()}

@@ -29,6 +29,10 @@ STUDY_LEVEL_KEYWORDS: tuple[str, ...] = (
     "PatientSize", "PatientWeight", "EthnicGroup", "PatientComments",
     "AdditionalPatientHistory", "PatientSpeciesDescription", "PatientBreedDescription",
     "ResponsiblePerson", "ResponsibleOrganization", "PatientIdentityRemoved",
+    # Visit Identification / Admission and Imaging Service Request attributes the
+    # worklist searches (R-D2; [worklist] settings)
+    "AdmissionID", "IssuerOfAdmissionIDSequence", "RouteOfAdmissions", "RequestingService",
+    "RequestingServiceCodeSequence",
 )
 
 SERIES_LEVEL_KEYWORDS: tuple[str, ...] = (

@@ -22,6 +22,7 @@ import os
 from typing import Any
 
 import orjson
+from pydicom.datadict import tag_for_keyword
 from pacsd.dicom import frames as frames_mod
 from pacsd.dicom.dicomjson import DEFAULT_ENCODINGS, JsonBuilder, charset_values
 from pacsd.dicom.levels import INSTANCE_LEVEL_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
@@ -155,7 +156,7 @@ def _parse(buf, max_depth: int) -> ParsedInstance:
         series=_fields(meta, SERIES_FIELDS), instance=instance,
         study_json=_level(meta, STUDY_LEVEL_TAGS), series_json=_level(meta, SERIES_LEVEL_TAGS),
         instance_json=_level(meta, INSTANCE_LEVEL_TAGS), metadata=orjson.dumps(meta),
-        frames=frame_index, bulk=bulk)
+        frames=frame_index, bulk=bulk, visit=visit_values(meta))
 
 
 def _is_bulk(el: Element) -> bool:
@@ -215,6 +216,44 @@ _INT_FIELDS = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFra
 def _fields(meta: dict, spec: dict[str, str]) -> dict[str, Any]:
     return {name: (_int(meta, key) if name in _INT_FIELDS else _str(meta, key))
             for name, key in spec.items()}
+
+
+#: Attributes the worklist's visit columns are commonly configured from (R-D2, [worklist]
+#: settings): read here while the dataset is at hand, so ingest never parses the metadata
+#: again. Other keywords are read from ``ParsedInstance.metadata`` (services/visit.py).
+VISIT_KEYWORDS = ("AdmissionID", "OtherPatientIDsSequence", "OtherPatientIDs",
+                  "RequestingService", "InstitutionalDepartmentName", "RouteOfAdmissions",
+                  "CurrentPatientLocation", "VisitStatusID", "PatientState")
+_VISIT_TAGS = {kw: f"{tag_for_keyword(kw):08X}" for kw in VISIT_KEYWORDS}
+_PATIENT_ID = "00100020"
+
+
+def first_text(meta: dict, key: str) -> str | None:
+    """First value of the element ``key`` (8 hex digits) of a DICOM JSON dataset as
+    stripped text; of a sequence, the first item's Patient ID (OtherPatientIDsSequence)
+    or else its first text value; None when absent or empty."""
+    element = meta.get(key)
+    if not element:
+        return None
+    if element.get("vr") == "SQ":
+        for item in element.get("Value") or ():
+            if not isinstance(item, dict):
+                continue
+            text = _str(item, _PATIENT_ID)
+            if text:
+                return text
+            for k in sorted(item):
+                if item[k].get("vr") != "SQ":
+                    text = _str(item, k)
+                    if text:
+                        return text
+        return None
+    return _str(meta, key)
+
+
+def visit_values(meta: dict) -> dict[str, str | None]:
+    """{keyword: first text value} of :data:`VISIT_KEYWORDS` present in ``meta``."""
+    return {kw: first_text(meta, key) for kw, key in _VISIT_TAGS.items() if key in meta}
 
 
 def _level(meta: dict, tags: tuple[int, ...]) -> bytes:

@@ -115,6 +115,9 @@ class Catalogue:
         #: ParsedInstance -> institution code of a new study (R-A12); set by the service
         #: layer from ``[security] institution_attribute`` (services/scoping.py).
         self.institution_of: Callable[[ParsedInstance], str] | None = None
+        #: ParsedInstance -> the study's worklist visit columns (R-D2); set by the service
+        #: layer from [worklist] (services/visit.py).
+        self.visit_of: Callable[[ParsedInstance], dict] | None = None
 
     @property
     def engine(self) -> sa.Engine:
@@ -241,8 +244,13 @@ class Catalogue:
         institution and labels; a new study's computed institution and any labels set in
         advance), must satisfy it, checked in the same transaction; otherwise WriteDenied
         and nothing of the instance is kept (same answer whether the study existed)."""
+        derived: dict = {}
         if self.institution_of is not None and not p.institution:
-            p = dataclasses.replace(p, institution=self.institution_of(p))
+            derived["institution"] = self.institution_of(p)
+        if self.visit_of is not None and p.worklist is None:
+            derived["worklist"] = self.visit_of(p)
+        if derived:
+            p = dataclasses.replace(p, **derived)
         extra = scope_clause(scope)
 
         def store(conn: sa.Connection) -> StoreOutcome:

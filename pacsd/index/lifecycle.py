@@ -287,6 +287,10 @@ class Lifecycle:
                     study_retention.c.study_instance_uid == study_uid).values(**vals)).rowcount:
                 conn.execute(sa.insert(study_retention).values(
                     study_instance_uid=study_uid, **vals))
+            # HIS data wins for the worklist's visit type too (R-D2, services/visit.py).
+            if visit_class is not None:
+                conn.execute(sa.update(studies).where(
+                    studies.c.study_instance_uid == study_uid).values(visit_type=visit_class))
         self.catalogue.run_write("recording visit data", tx)
 
     def set_hold(self, study_uid: str, hold: bool, reason: str, now: float) -> None:

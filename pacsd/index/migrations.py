@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
 from pacsd.index import (access_schema, forward_schema, jobs_schema, lifecycle_schema,
-                         oidc_schema, schema, security_schema)
+                         oidc_schema, schema, security_schema, worklist)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -71,6 +71,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
     Migration(5, "access scoping: studies.institution, user/token institutions, "
                  "clearances, study_labels", access_schema.migrate_access),
+    Migration(6, "worklist: studies visit_number, card_number, ordering_department, "
+                 "visit_type, body_parts_in_study (R-D2)", worklist.migrate_worklist),
     Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.

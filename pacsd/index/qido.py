@@ -32,6 +32,16 @@ Documented choices (conformance statement material):
   independently (no combined DA+TM range matching).
 * IS/US attributes (SeriesNumber, InstanceNumber, Rows, Columns, NumberOfFrames): one
   integer, exact.
+* pacsd worklist keys (R-D2, study level; lower-case, so never a DICOM keyword):
+  ``visitnumber``, ``cardnumber``, ``department`` (text matching, wildcards) and
+  ``visittype`` (``outpatient``, ``inpatient``, ``emergency``, ``physical-exam`` or a list
+  of them), matched on the study's visit columns (services/visit.py). The standard keyword
+  that ``[worklist]`` takes a column from (AdmissionID, RequestingService by default) is
+  the same key (``aliases``). They are returned as private attributes (qido_sql.py).
+  At the series / instance level they are unsupported (Warning), like other study keys.
+* BodyPartExamined at the study level: the study has a series with that body part.
+* ``orderby`` (study level): comma-separated ORDER_KEYS, ``-`` for descending; NULLs
+  last; ties by the default order. Default: StudyDate, StudyTime newest first.
 """
 from __future__ import annotations
 
@@ -43,6 +53,7 @@ from typing import Any
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from pacsd.errors import BadRequest
+from pacsd.model import VISIT_TYPES
 
 LEVELS = ("study", "series", "instance")
 RANK = {"study": 0, "series": 1, "instance": 2}
@@ -105,6 +116,35 @@ MATCHABLE: dict[str, Attr] = {
 }
 
 
+#: pacsd query parameters for the worklist's visit columns (R-D2; services/visit.py):
+#: lower-case names, which no DICOM keyword is. Study level.
+PRIVATE_KEYS: dict[str, Attr] = {
+    "visitnumber": _a("study", "studies", "visit_number", "text"),
+    "cardnumber": _a("study", "studies", "card_number", "text"),
+    "department": _a("study", "studies", "ordering_department", "text"),
+    "visittype": _a("study", "studies", "visit_type", "visittype"),
+}
+#: Series attributes a study-level query may also match: the study has a series with
+#: that value (pacsd extension, like ModalitiesInStudy; R-D2 body part search).
+STUDY_VIA_SERIES: dict[str, Attr] = {
+    "BodyPartExamined": _a("study", "computed", "body_parts", "cs"),
+}
+#: ``orderby`` keys (pacsd extension, study level; R-D2 sort by time, name, type, body
+#: part): key -> study columns, compared in this order.
+ORDER_KEYS: dict[str, tuple[str, ...]] = {
+    "StudyDate": ("study_date", "study_time"),
+    "PatientName": ("patient_name_alpha",),
+    "PatientID": ("patient_id",),
+    "AccessionNumber": ("accession_number",),
+    "StudyDescription": ("study_description",),
+    "ModalitiesInStudy": ("modalities_in_study",),
+    "BodyPartExamined": ("body_parts_in_study",),
+    "visittype": ("visit_type",),
+    "department": ("ordering_department",),
+    "visitnumber": ("visit_number",),
+}
+
+
 @dataclass(frozen=True)
 class Match:
     """One filter. ``op``: 'eq' (values=(v,)), 'like' (values=(pattern with * ?,)),
@@ -133,6 +173,10 @@ class QidoQuery:
     unsupported: tuple[str, ...] = ()           # valid keywords not matchable at the level
     study_uid: str | None = None
     series_uid: str | None = None
+    #: pacsd worklist columns to return (PRIVATE_KEYS names; R-D2).
+    private: frozenset[str] = frozenset()
+    #: ``orderby`` (key of ORDER_KEYS, descending?) pairs; () = the default order.
+    order: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,6 +321,11 @@ def _parse_match(keyword: str, tag: str, attr: Attr, value: str) -> Match:
             return Match(keyword, tag, attr, "in", tuple(items))
     if kind == "pn":
         return Match(keyword, tag, attr, "pn", (value,))
+    if kind == "visittype":
+        items = tuple(_LIST_SPLIT.split(value.lower()))
+        if any(item not in VISIT_TYPES for item in items):
+            raise _bad(keyword, "visit type is " + ", ".join(VISIT_TYPES))
+        return Match(keyword, tag, attr, "eq" if len(items) == 1 else "in", items)
     op = "like" if ("*" in value or "?" in value) else "eq"
     return Match(keyword, tag, attr, op, (value,))
 
@@ -289,9 +338,31 @@ def _non_negative(name: str, value: str) -> int:
 
 # --- the parser ----------------------------------------------------------------------------
 
+def _parse_order(level: str, value: str) -> tuple[tuple[str, bool], ...]:
+    if level != "study":
+        raise BadRequest("orderby is supported at the study level only")
+    out: list[tuple[str, bool]] = []
+    for item in (x.strip() for x in value.split(",")):
+        desc = item.startswith("-")
+        key = item.lstrip("+-")
+        if key not in ORDER_KEYS:
+            raise BadRequest("orderby keys are " + ", ".join(ORDER_KEYS)
+                             + " (a leading - sorts descending)")
+        if any(k == key for k, _ in out):
+            raise BadRequest(f"orderby names {key} twice")
+        out.append((key, desc))
+    return tuple(out)
+
+
 def parse_qido(level: str, params: list[tuple[str, str]], *, study_uid: str | None = None,
-               series_uid: str | None = None, max_limit: int = 1000) -> QidoQuery:
-    """Validate QIDO-RS parameters (already URL-decoded) for ``level``; see module doc."""
+               series_uid: str | None = None, max_limit: int = 1000,
+               aliases: dict[str, str] | None = None) -> QidoQuery:
+    """Validate QIDO-RS parameters (already URL-decoded) for ``level``; see module doc.
+    ``aliases``: DICOM keyword -> PRIVATE_KEYS name, for the standard attributes the
+    ``[worklist]`` settings take a visit column from (AdmissionID -> visitnumber ...)."""
+    aliases = aliases or {}
+    private: set[str] = set()
+    order: tuple[tuple[str, bool], ...] = ()
     if level not in RANK:
         raise BadRequest("unknown query level")
     seen: set[str] = set()
@@ -310,8 +381,30 @@ def parse_qido(level: str, params: list[tuple[str, str]], *, study_uid: str | No
             for item in (x.strip() for x in value.split(",")):
                 if item.lower() == "all":
                     include_all = True
+                elif item in PRIVATE_KEYS:
+                    private.add(item)
                 elif item:
                     includes.add(resolve_attribute(item)[1])
+            continue
+        if key in PRIVATE_KEYS or (level == "study" and key in aliases):
+            name = aliases.get(key, key)
+            if name in seen:
+                raise BadRequest(f"{name} given more than once")
+            seen.add(name)
+            private.add(name)
+            if key in aliases:
+                includes.add(resolve_attribute(key)[1])
+            if RANK[level] > 0 and key in PRIVATE_KEYS:
+                unsupported.append(key)
+                continue
+            if value.strip("*") != "":
+                matches.append(_parse_match(name, "", PRIVATE_KEYS[name], value))
+            continue
+        if key == "orderby":
+            if "orderby" in seen:
+                raise BadRequest("orderby given more than once")
+            seen.add("orderby")
+            order = _parse_order(level, value)
             continue
         if lowered in ("limit", "offset", "fuzzymatching"):
             if lowered in seen:
@@ -332,6 +425,8 @@ def parse_qido(level: str, params: list[tuple[str, str]], *, study_uid: str | No
         seen.add(keyword)
         includes.add(tag)  # matching keys are returned (PS3.18 §10.6.3.3)
         attr = MATCHABLE.get(keyword)
+        if level == "study" and keyword in STUDY_VIA_SERIES:
+            attr = STUDY_VIA_SERIES[keyword]
         if attr is None or RANK[attr.level] > RANK[level]:
             unsupported.append(keyword)
             continue
@@ -342,4 +437,5 @@ def parse_qido(level: str, params: list[tuple[str, str]], *, study_uid: str | No
         level=level, matches=tuple(matches), includefields=frozenset(includes),
         include_all=include_all, fuzzy=fuzzy, limit=limit, offset=offset,
         unsupported=tuple(unsupported), study_uid=study_uid, series_uid=series_uid,
+        private=frozenset(private), order=order,
     )

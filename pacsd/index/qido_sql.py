@@ -27,7 +27,8 @@ import sqlalchemy as sa
 from pydicom.datadict import tag_for_keyword
 
 from pacsd.index import names
-from pacsd.index.qido import MATCHABLE, Match, QidoQuery, QidoResult
+from pacsd.index.qido import (MATCHABLE, ORDER_KEYS, PRIVATE_KEYS, Match, QidoQuery,
+                              QidoResult)
 from pacsd.index.schema import instances, patients, series, studies
 from pacsd.index.writes import split_list
 
@@ -42,6 +43,12 @@ TAG_AVAILABILITY = "00080056"
 TAG_STUDY_SERIES = "00201206"
 TAG_STUDY_INSTANCES = "00201208"
 TAG_SERIES_INSTANCES = "00201209"
+TAG_BODY_PARTS = "00180015"
+#: The worklist visit columns in responses (R-D2): private attributes of the block
+#: "PACSD WORKLIST" (0077,0010) -> (0077,10xx); documented in docs/conformance.md.
+PRIVATE_GROUP_CREATOR = ("00770010", "PACSD WORKLIST")
+PRIVATE_TAGS = {"visitnumber": ("00771001", "LO"), "cardnumber": ("00771002", "LO"),
+                "department": ("00771003", "LO"), "visittype": ("00771004", "CS")}
 #: Computed attributes per level (what the level's counters/lists provide).
 COMPUTED = {
     "study": frozenset({TAG_MODALITIES, TAG_SOP_CLASSES, TAG_STUDY_SERIES,
@@ -148,6 +155,10 @@ def _conditions(q: QidoQuery) -> list[sa.ColumnElement]:
             ms = series.alias("ms")  # aliased: the outer query may select from series
             conds.append(sa.exists().where(ms.c.study_fk == studies.c.pk,
                                            _values_cond(ms.c.modality, m)))
+        elif attr.column == "body_parts":  # study level (qido.STUDY_VIA_SERIES)
+            bs = series.alias("bs")
+            conds.append(sa.exists().where(bs.c.study_fk == studies.c.pk,
+                                           _values_cond(bs.c.body_part_examined, m)))
         elif attr.column == "sop_classes":
             si = instances.alias("si")
             conds.append(sa.exists().where(si.c.study_fk == studies.c.pk,
@@ -170,7 +181,9 @@ def _conditions(q: QidoQuery) -> list[sa.ColumnElement]:
 
 _STUDY_COLS = (studies.c.study_instance_uid, studies.c.modalities_in_study,
                studies.c.sop_classes_in_study, studies.c.num_series,
-               studies.c.num_instances.label("study_num_instances"))
+               studies.c.num_instances.label("study_num_instances"),
+               studies.c.body_parts_in_study,
+               *[studies.c[a.column] for a in PRIVATE_KEYS.values()])
 _SERIES_COLS = (series.c.series_instance_uid,
                 series.c.num_instances.label("series_num_instances"))
 
@@ -205,6 +218,10 @@ def build(q: QidoQuery, extra_filter: sa.ColumnElement | None = None
         source = studies
         order = [studies.c.study_date.desc().nulls_last(),
                  studies.c.study_time.desc().nulls_last(), studies.c.pk.desc()]
+        if q.order:  # orderby (qido.ORDER_KEYS), then the default order breaks ties
+            first = [(studies.c[c].desc() if desc else studies.c[c].asc()).nulls_last()
+                     for key, desc in q.order for c in ORDER_KEYS[key]]
+            order = first + order
     elif q.level == "series":
         cols = [series.c.pk, series.c.series_json, *_SERIES_COLS, *_STUDY_COLS]
         if upper:
@@ -270,6 +287,16 @@ def _item(q: QidoQuery, row: sa.Row, upper: bool) -> dict[str, Any]:
     if q.level == "study" and not (q.include_all or TAG_SOP_CLASSES in q.includefields):
         own.pop(TAG_SOP_CLASSES)  # only when asked (not a default return key)
     obj.update(own)
+    if q.level == "study":
+        if TAG_BODY_PARTS in q.includefields:
+            obj[TAG_BODY_PARTS] = _cs(split_list(row.body_parts_in_study))
+        names = q.private  # only when asked: includefield=all stays standard (C-FIND)
+        if names:
+            obj[PRIVATE_GROUP_CREATOR[0]] = {"vr": "LO", "Value": [PRIVATE_GROUP_CREATOR[1]]}
+            for name in names:
+                tag, vr = PRIVATE_TAGS[name]
+                value = getattr(row, PRIVATE_KEYS[name].column)
+                obj[tag] = {"vr": vr, "Value": [value]} if value else {"vr": vr}
     obj[TAG_AVAILABILITY] = {"vr": "CS", "Value": ["ONLINE"]}
     obj[TAG_STUDY_UID] = {"vr": "UI", "Value": [row.study_instance_uid]}
     if q.level != "study":

@@ -92,6 +92,10 @@ LEVEL_COLUMNS = {
 }
 
 
+#: Study columns of the worklist's visit attributes (R-D2; services/visit.py, migration 6).
+WORKLIST_COLUMNS = ("visit_number", "card_number", "ordering_department", "visit_type")
+
+
 def _pn_columns(prefix: str) -> list[sa.Column]:
     """Normalised person-name search columns (names.search_columns), all indexed except
     ``_words`` (fuzzy matching is a substring search; no B-tree helps)."""
@@ -151,6 +155,12 @@ studies = sa.Table(
     sa.Column("updated_at", Stamp, nullable=False, index=True),
     # Hospital / campus code captured at ingest (R-A12; access_schema.py, migration 5).
     sa.Column("institution", Text, nullable=False, server_default=""),
+    # Worklist visit attributes (R-D2; migration 6, services/visit.py): set when the
+    # study row is created, from the [worklist] source attributes; each indexed.
+    *[sa.Column(c, Text, index=True) for c in WORKLIST_COLUMNS],
+    # '\\'-joined sorted BodyPartExamined of the series (like modalities_in_study):
+    # study-level body part sort and display (R-D2).
+    sa.Column("body_parts_in_study", Text, index=True),
 )
 # Default QIDO study order is StudyDate desc, StudyTime desc, pk desc, NULLs last on both
 # databases. SQLite walks a plain index backwards (NULLs sort first ascending, so last

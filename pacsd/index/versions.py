@@ -23,8 +23,8 @@ from pacsd.errors import Conflict, NotFound
 from pacsd.index import writes
 from pacsd.index.engine import translate_errors
 from pacsd.index.lifecycle_schema import corrections, instance_versions
-from pacsd.index.schema import (INSTANCE_COLUMNS, STUDY_COLUMNS, instances, patients, series,
-                                studies)
+from pacsd.index.schema import (INSTANCE_COLUMNS, STUDY_COLUMNS, WORKLIST_COLUMNS, instances,
+                                patients, series, studies)
 from pacsd.model import ParsedInstance
 
 
@@ -86,9 +86,14 @@ def apply_correction(conn: sa.Connection, study_uid: str,
                                       vals["referring_physician_name"]))
         vals.update(writes._patient_demographics(p))
         patient_fk = _relink_patient(conn, study.patient_fk, p, stamp)
+        if p.worklist is not None:  # R-D2 visit columns of the corrected study
+            vals.update({c: p.worklist.get(c) for c in WORKLIST_COLUMNS})
         conn.execute(sa.update(studies).where(studies.c.pk == study.pk).values(
             study_json=p.study_json, patient_fk=patient_fk, revision=studies.c.revision + 1,
             updated_at=stamp, **vals))
+        if p.worklist is not None:  # a HIS visit class (retention, R-A7) still wins
+            conn.execute(writes._statements(conn.dialect.name)["his_visit"],
+                         {"b_pk": study.pk, "b_study": study_uid})
         conn.execute(sa.update(series).where(series.c.study_fk == study.pk).values(
             revision=series.c.revision + 1, updated_at=stamp))
     conn.execute(sa.update(corrections).where(corrections.c.pk == cpk)

@@ -32,9 +32,10 @@ from sqlalchemy.dialects.postgresql import psycopg as pg_psycopg
 
 from pacsd.errors import DuplicateInstance, HierarchyConflict, NotFound
 from pacsd.index import names
+from pacsd.index.lifecycle_schema import study_retention
 from pacsd.index.schema import (
     INSTANCE_COLUMNS, INTEGER_KEYWORDS, PATIENT_COLUMNS, SERIES_COLUMNS, STUDY_COLUMNS,
-    instances, patients, series, studies,
+    WORKLIST_COLUMNS, instances, patients, series, studies,
 )
 from pacsd.model import ParsedInstance, StoreOutcome
 
@@ -99,7 +100,7 @@ def _statements(dialect: str) -> dict[str, Any]:
         # Locks the study row: serialises every writer below this study (module doc).
         "study": sa.select(studies.c.pk, studies.c.patient_fk, patients.c.patient_id,
                            patients.c.issuer_of_patient_id, studies.c.modalities_in_study,
-                           studies.c.sop_classes_in_study)
+                           studies.c.sop_classes_in_study, studies.c.body_parts_in_study)
         .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
         .where(studies.c.study_instance_uid == b("b_study")).with_for_update(of=studies),
         "series": sa.select(series.c.pk, series.c.study_fk)
@@ -121,10 +122,19 @@ def _statements(dialect: str) -> dict[str, Any]:
         "upd_patient": sa.update(patients).where(patients.c.pk == b("b_pk")).values(
             num_studies=patients.c.num_studies + 1, updated_at=b("b_now"),
             **{c: b(f"v_{c}") for c in _DEMOGRAPHIC_COLUMNS}),
+        # HIS visit class recorded before the study arrived (retention, R-A7) wins over the
+        # DICOM-derived visit type (R-D2); once per new study, not per instance.
+        "his_visit": sa.update(studies).where(
+            studies.c.pk == b("b_pk"), sa.exists().where(
+                study_retention.c.study_instance_uid == b("b_study"),
+                study_retention.c.visit_class.is_not(None))).values(
+            visit_type=sa.select(study_retention.c.visit_class).where(
+                study_retention.c.study_instance_uid == b("b_study")).scalar_subquery()),
         "upd_study": sa.update(studies).where(studies.c.pk == b("b_pk")).values(
             num_instances=studies.c.num_instances + 1,
             num_series=studies.c.num_series + b("b_new_series", type_=sa.Integer()),
             modalities_in_study=b("b_mods"), sop_classes_in_study=b("b_sops"),
+            body_parts_in_study=b("b_parts"),
             revision=studies.c.revision + 1, updated_at=b("b_now")),
     }
 
@@ -221,6 +231,8 @@ def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetim
         vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
         vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
         vals["institution"] = p.institution  # R-A12 data scoping (access_schema.py)
+        # R-D2 worklist visit columns (services/visit.py), precomputed by the catalogue.
+        vals.update({c: (p.worklist or {}).get(c) for c in WORKLIST_COLUMNS})
         created = stmts("ins_study", {
             "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
             "study_json": p.study_json, "num_series": 0, "num_instances": 0,
@@ -228,6 +240,8 @@ def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetim
         row = stmts("study", {"b_study": p.study_instance_uid}).first()
         if row is None:
             raise Retry()
+        if created:
+            stmts("his_visit", {"b_pk": row.pk, "b_study": p.study_instance_uid})
     if (row.patient_id, row.issuer_of_patient_id) != _patient_key(p):
         # BI-27 (dcm4chee A779-like): the study is filed under another PatientID/issuer.
         raise HierarchyConflict("StudyInstanceUID already stored for another PatientID")
@@ -285,10 +299,15 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
     if series_created and modality:
         modalities.add(modality)
     sop_classes = set(split_list(study.sop_classes_in_study)) | {p.sop_class_uid}
+    body_parts = set(split_list(study.body_parts_in_study))
+    body_part = _coerce("BodyPartExamined", p.series.get("BodyPartExamined"))
+    if series_created and body_part:
+        body_parts.add(body_part)
     stmts("upd_series", {"b_pk": series_pk, "b_now": now})
     stmts("upd_study", {
         "b_pk": study.pk, "b_now": now, "b_new_series": 1 if series_created else 0,
-        "b_mods": join_list(modalities), "b_sops": join_list(sop_classes)})
+        "b_mods": join_list(modalities), "b_sops": join_list(sop_classes),
+        "b_parts": join_list(body_parts)})
     if study_created:
         # The newest study's demographics become the patient record's (informational;
         # QIDO matches each study's own copy).
@@ -334,6 +353,8 @@ def delete(conn: sa.Connection, study_uid: str, series_uid: str | None,
             conn.execute(sa.delete(series).where(series.c.pk == series_pk))
     modalities = set(conn.scalars(sa.select(series.c.modality).distinct().where(
         series.c.study_fk == study.pk, series.c.modality.is_not(None))))
+    body_parts = set(conn.scalars(sa.select(series.c.body_part_examined).distinct().where(
+        series.c.study_fk == study.pk, series.c.body_part_examined.is_not(None))))
     num_series = conn.scalar(sa.select(sa.func.count()).select_from(series)
                              .where(series.c.study_fk == study.pk))
     if num_series:
@@ -342,6 +363,7 @@ def delete(conn: sa.Connection, study_uid: str, series_uid: str | None,
             num_instances=sa.select(sa.func.count()).select_from(instances)
             .where(instances.c.study_fk == study.pk).scalar_subquery(),
             modalities_in_study=join_list(modalities),
+            body_parts_in_study=join_list(body_parts),
             sop_classes_in_study=join_list(set(conn.scalars(
                 sa.select(instances.c.sop_class_uid).distinct()
                 .where(instances.c.study_fk == study.pk)))),

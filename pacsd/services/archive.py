@@ -19,6 +19,7 @@ from ..plugins import Plugins
 from ..store import BlobStore
 from ..store.replicated import open_replicated
 from .scoping import Scoping, institution_getter
+from .visit import visit_getter
 
 T = TypeVar("T")
 
@@ -35,6 +36,7 @@ class Archive:
         #: Data scoping on every read (R-A12): services call scoping.scope_for(actor).
         self.scoping = Scoping(settings, self.plugins)
         catalogue.institution_of = institution_getter(settings)
+        catalogue.visit_of = visit_getter(settings)  # R-D2 worklist columns
         self.executor = ThreadPoolExecutor(
             max_workers=settings.server.worker_threads, thread_name_prefix="pacsd-io")
 

@@ -26,6 +26,9 @@ class QueryResult:
 class QueryService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        #: Standard keywords that name a worklist visit column (R-D2): the [worklist]
+        #: source attributes that are plain (not sequence) attributes.
+        self.aliases = worklist_aliases(archive.settings)
 
     async def search(self, level: str, params: list[tuple[str, str]], *, base_url: str,
                      actor: Any, study_uid: str | None = None,
@@ -33,7 +36,8 @@ class QueryService:
         """``actor`` (required: no caller can forget it) limits the matches to its data
         scope (services/scoping.py, R-A12): QIDO-RS and C-FIND alike."""
         q = parse_qido(level, params, study_uid=study_uid, series_uid=series_uid,
-                       max_limit=self.archive.settings.dicomweb.qido_max_limit)
+                       max_limit=self.archive.settings.dicomweb.qido_max_limit,
+                       aliases=self.aliases)
         scope = self.archive.scoping.scope_for(actor, "read")
         result = await self.archive.run(
             lambda: self.archive.catalogue.search(q, scope=scope))
@@ -43,6 +47,21 @@ class QueryService:
                 item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
         return QueryResult(items=result.items, total=result.total, offset=q.offset,
                            limit=q.limit, unsupported=tuple(q.unsupported))
+
+
+def worklist_aliases(settings: Any) -> dict[str, str]:
+    """{DICOM keyword: pacsd worklist key} of the [worklist] source attributes, e.g.
+    AdmissionID -> visitnumber, RequestingService -> department (qido.PRIVATE_KEYS).
+    A sequence source (OtherPatientIDsSequence) has none: sequences never match."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    conf = settings.worklist
+    out = {}
+    for kw, name in ((conf.visit_number_attribute, "visitnumber"),
+                     (conf.card_number_attribute, "cardnumber"),
+                     (conf.department_attribute, "department")):
+        if kw and dictionary_VR(tag_for_keyword(kw)) != "SQ":
+            out[kw] = name
+    return out
 
 
 def _uid(item: dict, tag: str) -> str | None:

@@ -22,6 +22,7 @@ reading an old version is ``study-read``).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import logging
 import os
@@ -78,6 +79,8 @@ class VersionService:
             finally:
                 if os.path.exists(path):
                     os.unlink(path)
+            if a.catalogue.visit_of is not None:  # R-D2: a corrected AdmissionID ...
+                parsed = dataclasses.replace(parsed, worklist=a.catalogue.visit_of(parsed))
             prepared.append((row.sha256, parsed, sha, size))
         cpk, changed = a.catalogue.run_write(
             "correcting a study", lambda conn: vindex.apply_correction(

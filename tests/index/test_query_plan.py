@@ -94,3 +94,15 @@ def test_R_H1_scoped_instance_query_uses_indexes(big):
     p = plan(big, "instance", [], study_uid="1.2.7", series_uid="1.2.7.1")
     assert "SCAN instances" not in p and "SCAN series" not in p, p
     assert len(big.search(parse_qido("instance", [], study_uid="1.2.7")).items) == 5
+
+
+@pytest.mark.parametrize("key,value,index", [
+    ("visitnumber", "ZY12*", "ix_studies_visit_number"),
+    ("cardnumber", "C42", "ix_studies_card_number"),
+    ("department", "Cardiology", "ix_studies_ordering_department"),
+    ("visittype", "emergency", "ix_studies_visit_type"),
+])
+def test_R_H1_RD2_worklist_keys_use_their_index(big, key, value, index):
+    """R-D2 worklist keys (migration 6): each is one indexed study column."""
+    p = plan(big, "study", [(key, value)])
+    assert index in p and "SCAN studies" not in p, p

@@ -13,6 +13,19 @@ export const TAG = {
   NumberOfSeriesRelatedInstances: '00201209', SOPInstanceUID: '00080018',
   InstanceNumber: '00200013', NumberOfFrames: '00280008', ImagePositionPatient: '00200032',
   ImageOrientationPatient: '00200037',
+  // pacsd's worklist visit attributes (private block "PACSD WORKLIST", docs/conformance.md)
+  VisitNumber: '00771001', CardNumber: '00771002', Department: '00771003', VisitType: '00771004',
+};
+
+/** Visit types pacsd derives (R-D2; [worklist] settings). */
+export const VISIT_TYPES = ['outpatient', 'inpatient', 'emergency', 'physical-exam'];
+
+/** Worklist sort choice -> pacsd's study-level `orderby` (R-D2: time, name, type, body part). */
+export const ORDERBY = {
+  'date:desc': '-StudyDate', 'date:asc': 'StudyDate', 'name:asc': 'PatientName',
+  'name:desc': '-PatientName', 'modality:asc': 'ModalitiesInStudy',
+  'description:asc': 'StudyDescription', 'bodyPart:asc': 'BodyPartExamined',
+  'visitType:asc': 'visittype',
 };
 
 /** First value of a DICOM JSON attribute; PN as its Alphabetic (or Ideographic) text. */
@@ -66,11 +79,15 @@ export const STUDY_INCLUDEFIELDS = [
 /**
  * Worklist form -> QIDO-RS /studies query parameters (R-D2).
  * filters: { patientName, patientId, accession, modality, dateFrom, dateTo, description,
- *            referring }, page: { limit, offset }.
+ *            referring, visitNumber, cardNumber, department, visitType, bodyPart },
+ * page: { limit, offset }, opts: { pacsd, sort }.
  * Patient name uses fuzzy matching (each word a prefix of a name part); accession and
- * patient ID match exactly unless they carry * or ?; description matches anywhere.
+ * patient ID match exactly unless they carry * or ?; description and department match
+ * anywhere. With opts.pacsd (the DICOMweb server is this pacsd) the visit keys, the
+ * study-level body part and the server-side sort (`orderby`) are pacsd extensions;
+ * another server gets standard keys only (visit fields are refused).
  */
-export function buildStudyQuery(filters = {}, page = {}) {
+export function buildStudyQuery(filters = {}, page = {}, opts = {}) {
   const p = new URLSearchParams();
   const f = Object.fromEntries(Object.entries(filters).map(([k, v]) => [k, (v ?? '').toString().trim()]));
   if (f.patientName) { p.set('PatientName', f.patientName); p.set('fuzzymatching', 'true'); }
@@ -83,7 +100,24 @@ export function buildStudyQuery(filters = {}, page = {}) {
   if (f.description) p.set('StudyDescription', wrapWildcard(f.description));
   if (f.referring) p.set('ReferringPhysicianName', f.referring);
   if (f.studyUid) p.set('StudyInstanceUID', f.studyUid);
-  p.set('includefield', STUDY_INCLUDEFIELDS.join(','));
+  const visit = { visitNumber: 'visitnumber', cardNumber: 'cardnumber', department: 'department',
+    visitType: 'visittype' };
+  const include = [...STUDY_INCLUDEFIELDS];
+  if (opts.pacsd) {
+    if (f.visitNumber) p.set('visitnumber', f.visitNumber);
+    if (f.cardNumber) p.set('cardnumber', f.cardNumber);
+    if (f.department) p.set('department', wrapWildcard(f.department));
+    if (f.visitType) {
+      if (!VISIT_TYPES.includes(f.visitType)) throw new Error(`unknown visit type ${f.visitType}`);
+      p.set('visittype', f.visitType);
+    }
+    if (f.bodyPart) p.set('BodyPartExamined', f.bodyPart.toUpperCase());
+    if (opts.sort && ORDERBY[opts.sort]) p.set('orderby', ORDERBY[opts.sort]);
+    include.push(TAG.BodyPartExamined, 'visittype', 'visitnumber', 'department');
+  } else if (Object.keys(visit).some((k) => f[k])) {
+    throw new Error('visit and department search needs pacsd');
+  }
+  p.set('includefield', include.join(','));
   const limit = Number.isInteger(page.limit) && page.limit > 0 ? page.limit : 25;
   const offset = Number.isInteger(page.offset) && page.offset > 0 ? page.offset : 0;
   p.set('limit', String(limit));
@@ -94,8 +128,9 @@ export function buildStudyQuery(filters = {}, page = {}) {
 /** Series-level worklist filters (R-D2 body part, institution): pacsd, like the
  * standard's study-level QIDO, matches them on /series only. Returns the /series query,
  * or null when none is given. */
-export function buildSeriesFilterQuery(filters = {}) {
-  const body = (filters.bodyPart ?? '').toString().trim().toUpperCase();
+export function buildSeriesFilterQuery(filters = {}, opts = {}) {
+  // pacsd matches the body part at the study level (buildStudyQuery).
+  const body = opts.pacsd ? '' : (filters.bodyPart ?? '').toString().trim().toUpperCase();
   const inst = (filters.institution ?? '').toString().trim();
   if (!body && !inst) return null;
   const p = new URLSearchParams();
@@ -128,6 +163,8 @@ export const SORT_KEYS = {
   modality: (s) => values(s, TAG.ModalitiesInStudy).join('/'),
   description: (s) => String(value(s, TAG.StudyDescription) || '').toLowerCase(),
   patientId: (s) => String(value(s, TAG.PatientID) || ''),
+  bodyPart: (s) => values(s, TAG.BodyPartExamined).join('/') || '\uffff',
+  visitType: (s) => String(value(s, TAG.VisitType) || '\uffff'),
 };
 
 export function sortStudies(items, key = 'date', dir = 'desc') {

@@ -74,3 +74,32 @@ test('R-D2: body part and institution become a series-level query', () => {
   assert.ok(chunks.every((c) => c.length <= 1024));
   assert.deepEqual(chunks.join(',').split(','), uids);
 });
+
+test('R-D2: pacsd worklist keys, study-level body part and server-side sort', () => {
+  const p = buildStudyQuery({ visitNumber: 'ZY2025*', cardNumber: 'CARD-1', department: 'cardio',
+    visitType: 'inpatient', bodyPart: 'knee' }, { limit: 10 }, { pacsd: true, sort: 'bodyPart:asc' });
+  assert.equal(p.get('visitnumber'), 'ZY2025*');
+  assert.equal(p.get('cardnumber'), 'CARD-1');
+  assert.equal(p.get('department'), '*cardio*');
+  assert.equal(p.get('visittype'), 'inpatient');
+  assert.equal(p.get('BodyPartExamined'), 'KNEE');
+  assert.equal(p.get('orderby'), 'BodyPartExamined');
+  assert.ok(p.get('includefield').split(',').includes('visittype'));
+  assert.equal(buildStudyQuery({}, {}, { pacsd: true, sort: 'date:desc' }).get('orderby'), '-StudyDate');
+  assert.equal(buildSeriesFilterQuery({ bodyPart: 'knee' }, { pacsd: true }), null);
+  assert.throws(() => buildStudyQuery({ visitType: 'daycare' }, {}, { pacsd: true }));
+  // Another DICOMweb server: standard keys only.
+  assert.throws(() => buildStudyQuery({ department: 'x' }), /needs pacsd/);
+  const other = buildStudyQuery({ bodyPart: 'knee' }, {}, { sort: 'name:asc' });
+  assert.equal(other.has('orderby'), false);
+  assert.equal(other.has('BodyPartExamined'), false);
+  assert.equal(other.get('includefield').includes('visittype'), false);
+});
+
+test('R-D2: client-side sort by body part and visit type (empty last)', () => {
+  const st = (bp, vt) => ({ ...(bp ? { [TAG.BodyPartExamined]: { vr: 'CS', Value: [bp] } } : {}),
+    ...(vt ? { [TAG.VisitType]: { vr: 'CS', Value: [vt] } } : {}) });
+  const items = [st('KNEE', 'outpatient'), st(null, null), st('CHEST', 'emergency')];
+  assert.deepEqual(sortStudies(items, 'bodyPart', 'asc').map((s) => value(s, TAG.BodyPartExamined)), ['CHEST', 'KNEE', undefined]);
+  assert.deepEqual(sortStudies(items, 'visitType', 'asc').map((s) => value(s, TAG.VisitType)), ['emergency', 'outpatient', undefined]);
+});

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import (access_schema, forward_schema, jobs_schema, lifecycle_schema,
+from pacsd.index import (access_schema, audit_schema, forward_schema, jobs_schema, lifecycle_schema,
                          schema, security_schema)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
@@ -71,12 +71,15 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
     Migration(5, "access scoping: studies.institution, user/token institutions, "
                  "clearances, study_labels", access_schema.migrate_access),
+    Migration(7, "audit trail: prune anchor, export cursors (syslog)",
+              audit_schema.migrate_audit),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
                 + access_schema.ACCESS_TABLES)
 FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
+FRESH_TABLES += audit_schema.AUDIT_TABLES  # migration 7 (audit retention, syslog)
 # max, not the last entry: a migration may be merged after a higher-numbered one.
 LATEST = max(m.version for m in MIGRATIONS)
 

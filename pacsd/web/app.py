@@ -25,6 +25,7 @@ from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
 from . import admin, auth, forwarding
+from . import audit as audit_api
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from ..services.plugin_api import PluginAPI
@@ -189,6 +190,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
         app.router.add_get("/wado", wado_uri.wado_uri)
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
+    audit_api.add_routes(app.router)  # the auditor's API, exports and page (R-E3, R-E4)
     forwarding.add_routes(app.router)
     from . import lifecycle
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)

@@ -182,6 +182,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_archive_ctx)
     app.cleanup_ctx.append(_security_ctx)
+    app.cleanup_ctx.append(audit_api.audit_ctx)  # syslog export, retention (MLPS 13)
     app[JOB_INSTALLERS] = [forwarding.install]  # store-and-forward (R-B2)
     app.cleanup_ctx.append(_jobs_ctx)
     app.on_response_prepare.append(on_prepare)

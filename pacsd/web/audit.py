@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import AsyncIterator
 
 import orjson
 from aiohttp import web
@@ -35,6 +37,7 @@ from ..services.audit_export import FORMATS, TooManyRows, csv_chunks, write_xlsx
 from .auth import note_audit, public, requires
 from .keys import ARCHIVE, AUDIT
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILES = {"audit.html": "text/html", "audit.js": "text/javascript",
               "audit.css": "text/css"}
@@ -199,6 +202,58 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
     return resp
+
+
+#: Seconds between retention prunes of the trail in ``pacsd serve``.
+PRUNE_EVERY_S = 86400.0
+SYSLOG = web.AppKey("audit_syslog", object)
+
+
+async def _prune_loop(app: web.Application) -> None:
+    archive, audit = app[ARCHIVE], app[AUDIT]
+    conf = archive.settings.audit
+    while True:
+        try:
+            keep = None
+            if conf.syslog.enabled:  # never prune what the SOC has not received yet
+                keep = await archive.run(audit.log.cursor, "syslog") or 0
+            await archive.run(audit.prune, conf.retention_days, keep_after_seq=keep)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.error("audit trail retention prune failed; retried in %.0f s",
+                      PRUNE_EVERY_S, exc_info=True)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
+async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Background work on the trail in ``pacsd serve``: the syslog export (when
+    ``[audit.syslog] enabled``) and the daily retention prune (``[audit]
+    retention_days`` > 0). Started after the audit trail, stopped before it."""
+    from ..services.audit_syslog import SyslogForwarder
+
+    archive, audit = app[ARCHIVE], app[AUDIT]
+    conf = archive.settings.audit
+    forwarder = None
+    if conf.syslog.enabled:
+        forwarder = SyslogForwarder(conf.syslog, audit, run=archive.run,
+                                    ae_title=archive.settings.server.ae_title)
+        app[SYSLOG] = forwarder
+        await forwarder.start()
+    pruner = asyncio.create_task(_prune_loop(app), name="pacsd-audit-prune") \
+        if conf.retention_days > 0 else None
+    try:
+        yield
+    finally:
+        if pruner is not None:
+            pruner.cancel()
+            try:
+                await pruner
+            except asyncio.CancelledError:
+                pass
+        if forwarder is not None:
+            await audit.flush()
+            await forwarder.stop()
 
 
 def add_routes(router: web.UrlDispatcher) -> None:

@@ -134,6 +134,12 @@ async def audit_verify(request: web.Request) -> web.Response:
                   "pruned_rows": anchor.pruned_rows, "checked_at": iso_utc(audit.clock())})
 
 
+@requires("audit-read")
+async def audit_event_types(request: web.Request) -> web.Response:
+    """GET /api/v1/audit/event-types: the core event types (the page's type filter)."""
+    return _json(sorted(EVENT_TYPES))
+
+
 def _filename(fmt: str, clock) -> str:
     return "pacsd-audit-" + _dt.datetime.fromtimestamp(clock(), _dt.timezone.utc) \
         .strftime("%Y%m%dT%H%M%SZ") + "." + fmt
@@ -190,7 +196,7 @@ def _export_handler(fmt: str):
 
 @public
 async def audit_page(request: web.Request) -> web.StreamResponse:
-    """/audit and its two static files (no data: that comes from the API)."""
+    """/audit and its static files (no data: that comes from the API)."""
     name = request.match_info.get("name") or "audit.html"
     if name not in PAGE_FILES:
         raise errors.NotFound("no such file")
@@ -259,6 +265,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/audit", audit_events)
     router.add_get("/api/v1/audit/verify", audit_verify)
+    router.add_get("/api/v1/audit/event-types", audit_event_types)
     router.add_get("/api/v1/audit/events.csv", _export_handler("csv"))
     router.add_get("/api/v1/audit/events.xlsx", _export_handler("xlsx"))
     router.add_get("/audit", audit_page)

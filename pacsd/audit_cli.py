@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 from . import errors
-from .index.audit_log import AuditFilter
 from .progress import ProgressBar
-from .services.audit import is_event_type, parse_time
+from .services.audit import AuditFilter, is_event_type, parse_time
 from .services.audit_export import TooManyRows, csv_chunks, write_xlsx
 from .services.security import LOCAL
 
@@ -21,7 +20,7 @@ def _filter(args, audit) -> tuple[AuditFilter, dict]:
             raise errors.BadRequest(f"unknown event type {t!r} (docs/audit-events.md)")
     uids = (args.study,) if args.study else None
     if args.patient:
-        found = audit.log.studies_of_patient(args.patient)
+        found = audit.studies_of_patient(args.patient)
         uids = tuple(u for u in found if not args.study or u == args.study)
     flt = AuditFilter(since=parse_time(args.since, "--since") if args.since else None,
                       until=parse_time(args.until, "--until") if args.until else None,
@@ -80,7 +79,7 @@ def _prune(args, settings, security) -> int:
         return 0
     keep = None
     if settings.audit.syslog.enabled:  # never prune what the SOC has not received
-        keep = security.audit.log.cursor("syslog") or 0
+        keep = security.audit.cursor("syslog") or 0
     n, anchor = security.audit.prune(days, keep_after_seq=keep)
     print(f"{n} audit events pruned (older than {security.audit.prune_bound(days)}); "
           f"chain anchored at seq {anchor.seq}, {anchor.pruned_rows} pruned in all")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import (access_schema, audit_schema, forward_schema, jobs_schema, lifecycle_schema,
-                         schema, security_schema)
+from pacsd.index import (access_schema, audit_schema, forward_schema, jobs_schema,
+                         lifecycle_schema, schema, security_schema)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF

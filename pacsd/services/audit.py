@@ -250,6 +250,15 @@ class AuditTrail:
     def select(self, flt: AuditFilter) -> list[dict]:
         return self.log.select(flt)
 
+    def studies_of_patient(self, patient_id: str) -> tuple[str, ...]:
+        return self.log.studies_of_patient(patient_id)
+
+    def anchor(self) -> Anchor:
+        return self.log.anchor()
+
+    def cursor(self, sink: str) -> int | None:
+        return self.log.cursor(sink)
+
     def count(self, flt: AuditFilter) -> int:
         return self.log.count(flt)
 

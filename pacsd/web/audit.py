@@ -31,8 +31,8 @@ from aiohttp import web
 
 from .. import errors
 from ..dicom import is_valid_uid
-from ..index.audit_log import AuditFilter
-from ..services.audit import EVENT_TYPES, OUTCOMES, is_event_type, iso_utc, parse_time
+from ..services.audit import (EVENT_TYPES, OUTCOMES, AuditFilter, is_event_type, iso_utc,
+                              parse_time)
 from ..services.audit_export import FORMATS, TooManyRows, csv_chunks, write_xlsx
 from .auth import note_audit, public, requires
 from .keys import ARCHIVE, AUDIT
@@ -81,7 +81,7 @@ async def parse_filter(request: web.Request, *, paged: bool) -> tuple[AuditFilte
     uids: tuple[str, ...] | None = (study,) if study else None
     if patient:
         audit = request.app[AUDIT]
-        found = await request.app[ARCHIVE].run(audit.log.studies_of_patient, patient)
+        found = await request.app[ARCHIVE].run(audit.studies_of_patient, patient)
         uids = tuple(u for u in found if study is None or u == study)
     described = {"since": since, "until": until, "type": list(types) or None,
                  "actor": actor, "outcome": outcome, "study": study,
@@ -146,7 +146,7 @@ async def audit_verify(request: web.Request) -> web.Response:
                 request.query.get("fresh") in ("1", "true"):
             await audit.flush()
             result = await archive.run(audit.verify)
-            anchor = await archive.run(audit.log.anchor)
+            anchor = await archive.run(audit.anchor)
             cache.body = {
                 "ok": result.ok, "rows": result.rows, "head_seq": result.head_seq,
                 "head_hash": result.head_hash, "bad_seq": result.bad_seq,
@@ -247,7 +247,7 @@ async def _prune_loop(app: web.Application) -> None:
         try:
             keep = None
             if conf.syslog.enabled:  # never prune what the SOC has not received yet
-                keep = await archive.run(audit.log.cursor, "syslog") or 0
+                keep = await archive.run(audit.cursor, "syslog") or 0
             await archive.run(audit.prune, conf.retention_days, keep_after_seq=keep)
         except asyncio.CancelledError:
             raise

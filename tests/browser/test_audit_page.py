@@ -171,8 +171,12 @@ def test_R_E3_E4_auditor_signs_in_filters_pages_and_exports(chromium, audited, t
         with page.expect_download() as dl:
             page.click("#export-xlsx")
         assert dl.value.suggested_filename.endswith(".xlsx")
-        # Both exports are themselves audited.
-        search(page, type="audit-export")
+        # Both exports are themselves audited (written just after the last byte is sent).
+        for _ in range(20):
+            search(page, type="audit-export")
+            if len(rows(page)) == 2:
+                break
+            time.sleep(0.1)
         assert len(rows(page)) == 2
         assert errors == []
     finally:

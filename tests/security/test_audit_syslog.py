@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -204,7 +205,8 @@ async def test_MLPS13_tls_syslog_carries_dicom_audit_messages(aiohttp_client, tm
         assert failed["xml"].find("EventIdentification").get("EventOutcomeIndicator") == "4"
         assert event_id(by_type["user-created"]["xml"]) == ("110113", "C")
         assert objects(by_type["user-created"]["xml"]) == {"11": "user:1"}
-        assert api.audit.log.cursor("syslog") == rows[-1]["seq"]
+        # The cursor follows once the batch is written (at-least-once).
+        await wait_for(lambda: api.audit.log.cursor("syslog") == rows[-1]["seq"])
     finally:
         await collector.stop()
 
@@ -264,3 +266,65 @@ def test_every_event_type_is_in_the_event_reference_with_its_event_id():
     for event, (ev_key, action, _) in EVENT_CODES.items():
         assert event in rows, event
         assert audit_syslog.EV[ev_key][0] in rows[event], event
+
+
+def test_MLPS13_pacsd_serve_configured_by_toml_sends_over_tls(tmp_path):
+    """The whole path: ``[audit.syslog]`` in the settings file, a real ``pacsd serve``
+    process, a collector (in a thread of its own) requiring a client certificate."""
+    import threading
+
+    import requests
+    from pacsd_server import Server
+
+    pki = make_pki(tmp_path)
+    loop = asyncio.new_event_loop()
+    collector = Collector(server_context(pki))
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(collector.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text(f"""
+[audit]
+retention_days = 365
+
+[audit.syslog]
+enabled = true
+address = "127.0.0.1:{collector.port}"
+tls_ca = "{pki['ca']}"
+tls_cert = "{pki['client_cert']}"
+tls_key = "{pki['client_key']}"
+app_name = "pacsd-e2e"
+enterprise_site_id = "HOSPITAL-B"
+""")
+    data = tmp_path / "data"
+    data.mkdir()
+    srv = Server(str(data), "--config", str(conf))
+    try:
+        ds = make_dataset(PatientID="PID-E2E")
+        body, ctype = multipart([to_part10(ds)])
+        r = requests.post(srv.url + "/dicom-web/studies", data=body, timeout=30,
+                          headers={"Content-Type": ctype})
+        assert r.status_code == 200, r.text
+        end = time.monotonic() + 20
+        while not collector.frames and time.monotonic() < end:
+            time.sleep(0.05)
+        msgs = collector.messages()
+        assert msgs and msgs[0]["app"] == "pacsd-e2e" and msgs[0]["seq"] == 1
+        x = msgs[0]["xml"]
+        assert event_id(x) == ("110104", "C")
+        assert objects(x) == {"110180": ds.StudyInstanceUID, "2": "PID-E2E"}
+        assert x.find("AuditSourceIdentification").get("AuditEnterpriseSiteID") == \
+            "HOSPITAL-B"
+    finally:
+        srv.stop()
+        asyncio.run_coroutine_threadsafe(collector.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import orjson
 import sqlalchemy as sa
@@ -81,7 +81,6 @@ class AuditFilter:
     before_seq: int | None = None
     descending: bool = False
     limit: int | None = 100
-    extra: dict = field(default_factory=dict, compare=False)
 
     def statement(self) -> sa.Select:
         t = audit_events
@@ -176,10 +175,7 @@ class AuditLog:
         batch is its own short read, so an export never holds a connection for long."""
         after = flt.after_seq
         while True:
-            rows = self.select(AuditFilter(
-                since=flt.since, until=flt.until, event_types=flt.event_types,
-                actor=flt.actor, outcome=flt.outcome, study_uids=flt.study_uids,
-                after_seq=after, before_seq=flt.before_seq, limit=batch))
+            rows = self.select(replace(flt, after_seq=after, descending=False, limit=batch))
             if not rows:
                 return
             yield rows
@@ -188,8 +184,8 @@ class AuditLog:
                 return
 
     def count(self, flt: AuditFilter) -> int:
-        inner = AuditFilter(**{**flt.__dict__, "limit": None, "descending": False,
-                               "after_seq": None, "before_seq": None}).statement()
+        inner = replace(flt, limit=None, descending=False, after_seq=None,
+                        before_seq=None).statement()
         with translate_errors("reading the audit trail"), self.engine.connect() as conn:
             return conn.scalar(sa.select(sa.func.count()).select_from(
                 inner.order_by(None).subquery())) or 0

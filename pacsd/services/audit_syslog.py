@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import orjson
 
 from ..config import AuditSyslogSettings
-from .audit import AuditTrail, iso_utc
+from .audit import AuditFilter, AuditTrail, iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,6 @@ class SyslogForwarder:
         if cursor is None:
             # First start: from the oldest event still held (after a prune: the anchor).
             cursor = log_.anchor().seq
-        from ..index.audit_log import AuditFilter
         rows = log_.select(AuditFilter(after_seq=cursor, limit=self.conf.batch))
         patients = log_.patients_of_studies(
             [r["study_uid"] for r in rows if r["study_uid"]]) if self.conf.patient_id else {}

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..config import AuditSyslogSettings
+from ..config import AuditSyslogSettings, ConfigError
 from .audit import AuditFilter, AuditTrail, iso_utc
 
 log = logging.getLogger(__name__)
@@ -268,6 +268,15 @@ class SyslogForwarder:
                              app_name=conf.app_name, site_id=conf.enterprise_site_id,
                              ae_title=ae_title)
         self.procid = str(os.getpid())
+        self._ctx: ssl.SSLContext | None = None
+        if conf.transport == "tls":
+            # A CA or client certificate that cannot be loaded is a configuration error
+            # found at start-up, not an alarm that repeats forever.
+            try:
+                self._ctx = self._ssl_context()
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError("[audit.syslog] tls_ca / tls_cert / tls_key not usable: "
+                                  f"{exc}") from None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._udp: socket.socket | None = None
@@ -298,7 +307,7 @@ class SyslogForwarder:
             await self._close()
         if self._writer is None:
             self._reader, self._writer = await asyncio.wait_for(asyncio.open_connection(
-                self.host, self.port, ssl=self._ssl_context(),
+                self.host, self.port, ssl=self._ctx,
                 server_hostname=self.host), timeout=10)
 
     async def _close(self) -> None:

@@ -237,6 +237,15 @@ async def test_MLPS13_collector_outage_loses_nothing(aiohttp_client, tmp_path, c
         await again.stop()
 
 
+async def test_unusable_tls_files_stop_the_start(aiohttp_client, tmp_path, clock):
+    from pacsd.config import ConfigError
+    pki = make_pki(tmp_path)
+    s = syslog_settings(tmp_path, pki, 6514)
+    s.audit.syslog.tls_ca = str(tmp_path / "missing-ca.pem")
+    with pytest.raises(ConfigError, match=r"\[audit.syslog\]"):
+        await start_api(aiohttp_client, s, clock)
+
+
 async def test_RFC5426_udp_transport(aiohttp_client, tmp_path, clock):
     collector = Collector(None)
     await collector.start()

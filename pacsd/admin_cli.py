@@ -94,6 +94,26 @@ def add_parsers(sub) -> None:
         dest="action", required=True)
     v = au.add_parser("verify", help="check the audit trail's hash chain (exit 1 if broken)")
     _common(v)
+    ex = au.add_parser("export", help="write audit events to a CSV or Excel file "
+                                      "(docs/security.md §6)")
+    ex.add_argument("--format", choices=("csv", "xlsx"), default=None,
+                    help="default: from the file name's extension, else csv")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE")
+    ex.add_argument("--since", help="ISO 8601 date or time (UTC unless an offset is given)")
+    ex.add_argument("--until", help="ISO 8601 date or time, exclusive")
+    ex.add_argument("--type", action="append", default=[], metavar="EVENT",
+                    help="an event type; repeat for several")
+    ex.add_argument("--actor", help="actor id (user:3, ae:CT01) or user name")
+    ex.add_argument("--outcome", choices=("success", "failure", "denied"))
+    ex.add_argument("--study", help="StudyInstanceUID")
+    ex.add_argument("--patient", help="PatientID: the events of that patient's studies")
+    _common(ex)
+    pr = au.add_parser("prune", help="delete events past [audit] retention_days (never "
+                                     "younger than 180 days); the chain stays verifiable")
+    pr.add_argument("--days", type=int, default=None,
+                    help="retention in days for this run (default [audit] retention_days; "
+                         "values below 180 count as 180)")
+    _common(pr)
 
     st = sub.add_parser("study", help="study security labels").add_subparsers(
         dest="action", required=True)
@@ -142,6 +162,9 @@ def run(args) -> int:
     settings = load_settings(args.config, server__data_dir=args.data_dir)
     security, catalogue = open_security(settings)
     try:
+        if args.command == "audit" and args.action in ("export", "prune"):
+            from .audit_cli import run_audit
+            return run_audit(args, settings, security)
         return _dispatch(args, security)
     except errors.PacsdError as exc:
         print(f"pacsd: {exc.reason}", file=sys.stderr)

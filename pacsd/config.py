@@ -602,6 +602,65 @@ class WorklistSettings:
 
 
 @dataclass
+class AuditSyslogSettings:
+    """DICOM audit messages (PS3.15 A.5) sent to a syslog collector, the hospital SOC
+    (MLPS 13; docs/security.md "Syslog export"). Delivery follows the audit table with
+    a cursor: at-least-once, resumed after an outage, never on the request path."""
+
+    enabled: bool = False
+    #: Collector ``HOST:PORT`` (RFC 5425 TLS: 6514 is the registered port).
+    address: str = ""
+    #: "tls" (RFC 5425, octet-counted frames) or "udp" (RFC 5426, one datagram each;
+    #: unencrypted and lossy: only inside a trusted network).
+    transport: str = "tls"
+    #: CA certificates (PEM) that issued the collector's certificate; empty = the system's.
+    tls_ca: str = ""
+    #: Client certificate and key (PEM) when the collector requires mutual TLS.
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: RFC 5424 APP-NAME and HOSTNAME (empty = this machine's name); also the
+    #: AuditSourceID of every message.
+    app_name: str = "pacsd"
+    hostname: str = ""
+    #: AuditEnterpriseSiteID (the hospital / campus running this archive).
+    enterprise_site_id: str = ""
+    #: Name the patient (PatientID) in messages about a study, as PS3.15 A.5 requires;
+    #: false = the study UID only.
+    patient_id: bool = True
+    #: Events sent per round; seconds between reconnect attempts while the collector is down.
+    batch: int = 200
+    retry_s: float = 5.0
+
+    def check(self) -> None:
+        if self.transport not in ("tls", "udp"):
+            raise ConfigError('[audit.syslog] transport is "tls" or "udp"')
+        if self.enabled:
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError("[audit.syslog] address must be HOST:PORT")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("[audit.syslog] tls_cert and tls_key go together")
+        if self.batch < 1 or self.retry_s <= 0:
+            raise ConfigError("[audit.syslog] batch and retry_s must be positive")
+
+
+@dataclass
+class AuditSettings:
+    """The audit trail's retention and export (docs/security.md §6; MLPS 11, 13)."""
+
+    #: Days an audit event is kept. 0 = forever (default). Otherwise events older than
+    #: max(180, retention_days) days are deleted daily (and by ``pacsd audit prune``);
+    #: the hash chain is re-anchored so ``pacsd audit verify`` still passes.
+    retention_days: int = 0
+    syslog: AuditSyslogSettings = field(default_factory=AuditSyslogSettings)
+
+    def check(self) -> None:
+        if self.retention_days < 0:
+            raise ConfigError("[audit] retention_days is 0 (keep forever) or positive")
+        self.syslog.check()
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -613,6 +672,7 @@ class Settings:
     forward: ForwardSettings = field(default_factory=ForwardSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -660,8 +720,10 @@ def _fill(obj: Any, data: dict[str, Any], section: str) -> None:
         if key not in names:
             raise ConfigError(f"unknown setting [{section}] {key}")
         current = getattr(obj, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
-            _fill(current, value, f"{section}.{key}")  # e.g. [security.oidc]
+        if dataclasses.is_dataclass(current):  # a sub-table such as [audit.syslog]
+            if not isinstance(value, dict):
+                raise ConfigError(f"setting [{section}] {key} is a table")
+            _fill(current, value, f"{section}.{key}")
             continue
         value = _resolve_secret(value)
         if isinstance(current, bool) != isinstance(value, bool) or (
@@ -701,6 +763,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     settings.forward.check()
     settings.retention.check()
     settings.worklist.check()
+    settings.audit.check()
     if settings.storage.compress not in ("none", "jpeg-ls-lossless", "jpeg2000-lossless"):
         raise ConfigError('[storage] compress is "none", "jpeg-ls-lossless" or '
                           '"jpeg2000-lossless"')
@@ -713,5 +776,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     return {
         name: dataclasses.asdict(getattr(s, name))
         for name in ("server", "storage", "index", "dicomweb", "dimse", "security",
-                     "jobs", "forward", "retention", "worklist")
+                     "jobs", "forward", "retention", "worklist", "audit")
     }

@@ -11,21 +11,29 @@ extend one chain in turn and the chain can never fork.
 matches), a row deleted in the middle (a gap in ``seq`` and a broken ``prev_hash``) or
 at the tail (``audit_head`` points past the last row) are all detected. Someone with
 write access to the database could rewrite the chain and the head together; protecting
-against that needs the chain anchored outside the database (syslog export to the SOC,
-MLPS 13, a later slice), which is why ``verify`` also reports the head hash to record
-elsewhere.
+against that needs the chain anchored outside the database (the syslog export to the SOC,
+``services/audit_syslog.py``, MLPS 13), which is why ``verify`` also reports the head
+hash to record elsewhere.
+
+Retention (MLPS 13): :meth:`AuditLog.prune` deletes the oldest rows up to a time bound
+and, in the same transaction, moves the chain's start (``audit_anchor``, migration 7) to
+the last deleted row's ``seq`` and ``hash``; ``verify`` then starts there, so a pruned
+trail still verifies while a row deleted any other way still breaks it. Filters for the
+auditor's page and exports are an :class:`AuditFilter`.
 """
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import sqlalchemy as sa
 
 from pacsd.index.catalogue import Catalogue
 from pacsd.index.engine import translate_errors
+from pacsd.index.audit_schema import audit_anchor, audit_cursors
+from pacsd.index.schema import patients, studies
 from pacsd.index.security_schema import audit_events, audit_head
 
 GENESIS = "0" * 64
@@ -52,6 +60,61 @@ class VerifyResult:
     #: seq of the first row found wrong (or where a row is missing), None when ok.
     bad_seq: int | None = None
     problem: str = ""
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """What to read: every field narrows the result; ``None`` = no restriction.
+
+    ``since`` / ``until`` are ISO 8601 UTC texts as stored (``until`` exclusive);
+    ``actor`` matches the actor id (``user:3``) or the user name; ``study_uids`` an
+    explicit set of studies (an empty tuple matches nothing: a patient without studies);
+    ``after_seq`` / ``before_seq`` page through ``seq``; ``descending`` reads newest first.
+    """
+    since: str | None = None
+    until: str | None = None
+    event_types: tuple[str, ...] = ()
+    actor: str | None = None
+    outcome: str | None = None
+    study_uids: tuple[str, ...] | None = None
+    after_seq: int | None = None
+    before_seq: int | None = None
+    descending: bool = False
+    limit: int | None = 100
+
+    def statement(self) -> sa.Select:
+        t = audit_events
+        order = t.c.seq.desc() if self.descending else t.c.seq
+        stmt = sa.select(t).order_by(order)
+        if self.limit is not None:
+            stmt = stmt.limit(self.limit)
+        if self.since:
+            stmt = stmt.where(t.c.event_time >= self.since)
+        if self.until:
+            stmt = stmt.where(t.c.event_time < self.until)
+        if self.event_types:
+            stmt = stmt.where(t.c.event_type.in_(self.event_types))
+        if self.actor:
+            stmt = stmt.where(sa.or_(t.c.actor == self.actor, t.c.actor_name == self.actor))
+        if self.outcome:
+            stmt = stmt.where(t.c.outcome == self.outcome)
+        if self.study_uids is not None:
+            stmt = stmt.where(t.c.study_uid.in_(self.study_uids) if self.study_uids
+                              else sa.false())
+        if self.after_seq is not None:
+            stmt = stmt.where(t.c.seq > self.after_seq)
+        if self.before_seq is not None:
+            stmt = stmt.where(t.c.seq < self.before_seq)
+        return stmt
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Where the chain starts (after pruning): the last pruned row's seq and hash."""
+    seq: int = 0
+    hash: str = GENESIS
+    pruned_before: str = ""
+    pruned_rows: int = 0
 
 
 class AuditLog:
@@ -98,15 +161,128 @@ class AuditLog:
     def query(self, *, since: str | None = None, event_type: str | None = None,
               after_seq: int | None = None, limit: int = 100) -> list[dict]:
         """Events in ``seq`` order; ``since`` is an ISO 8601 UTC time as stored."""
-        stmt = sa.select(audit_events).order_by(audit_events.c.seq).limit(limit)
-        if since:
-            stmt = stmt.where(audit_events.c.event_time >= since)
-        if event_type:
-            stmt = stmt.where(audit_events.c.event_type == event_type)
-        if after_seq is not None:
-            stmt = stmt.where(audit_events.c.seq > after_seq)
+        return self.select(AuditFilter(since=since, after_seq=after_seq, limit=limit,
+                                       event_types=(event_type,) if event_type else ()))
+
+    def select(self, flt: AuditFilter) -> list[dict]:
+        """One page of events matching ``flt``."""
         with translate_errors("reading the audit trail"), self.engine.connect() as conn:
-            return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(stmt)]
+            return [{str(k): v for k, v in r._mapping.items()}
+                    for r in conn.execute(flt.statement())]
+
+    def iter_filtered(self, flt: AuditFilter, batch: int = 1000) -> Iterator[list[dict]]:
+        """Every event matching ``flt`` (ascending ``seq``), in batches of ``batch``: each
+        batch is its own short read, so an export never holds a connection for long."""
+        after = flt.after_seq
+        while True:
+            rows = self.select(replace(flt, after_seq=after, descending=False, limit=batch))
+            if not rows:
+                return
+            yield rows
+            after = rows[-1]["seq"]
+            if len(rows) < batch:
+                return
+
+    def count(self, flt: AuditFilter) -> int:
+        inner = replace(flt, limit=None, descending=False, after_seq=None,
+                        before_seq=None).statement()
+        with translate_errors("reading the audit trail"), self.engine.connect() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(
+                inner.order_by(None).subquery())) or 0
+
+    # --- retention (MLPS 13) -----------------------------------------------------------
+    def anchor(self) -> Anchor:
+        with translate_errors("reading the audit trail"), self.engine.connect() as conn:
+            row = conn.execute(sa.select(audit_anchor).where(audit_anchor.c.id == 1)).first()
+        if row is None:
+            return Anchor()
+        return Anchor(row.seq, row.hash, row.pruned_before, row.pruned_rows)
+
+    def prune(self, before: str, *, keep_after_seq: int | None = None,
+              now: str = "") -> tuple[int, Anchor]:
+        """Delete the events older than ``before`` (ISO 8601 UTC) — a contiguous run from
+        the start of the chain — and anchor the chain at the last deleted row, in one
+        transaction. ``keep_after_seq``: never delete past this seq (events a sink has
+        not delivered yet). The head row is never deleted, so appends keep their link.
+        Returns (rows deleted, the anchor now)."""
+        t = audit_events
+
+        def tx(conn: sa.Connection) -> tuple[int, Anchor]:
+            old = conn.execute(sa.select(audit_anchor).where(audit_anchor.c.id == 1)
+                               .with_for_update()).first()
+            head = conn.execute(sa.select(audit_head.c.last_seq)
+                                .where(audit_head.c.id == 1)).scalar()
+            start = old.seq if old else 0
+            # The first event that must stay: the oldest at or after the bound.
+            stop = conn.scalar(sa.select(sa.func.min(t.c.seq)).where(
+                t.c.event_time >= before, t.c.seq > start))
+            limit_seq = (stop - 1) if stop is not None else (head or 0)
+            if head:
+                limit_seq = min(limit_seq, head - 1)  # keep the head row
+            if keep_after_seq is not None:
+                limit_seq = min(limit_seq, keep_after_seq)
+            current = Anchor(old.seq, old.hash, old.pruned_before, old.pruned_rows) \
+                if old else Anchor()
+            if limit_seq <= start:
+                return 0, current
+            last = conn.execute(sa.select(t.c.seq, t.c.hash).where(t.c.seq == limit_seq)
+                                ).first()
+            if last is None:
+                raise ValueError("the audit trail has a gap; run pacsd audit verify")
+            n = conn.execute(sa.delete(t).where(t.c.seq <= limit_seq)).rowcount
+            anchor = Anchor(last.seq, last.hash, before, current.pruned_rows + n)
+            values = dict(seq=anchor.seq, hash=anchor.hash, pruned_before=before,
+                          pruned_rows=anchor.pruned_rows, pruned_at=now)
+            if old is None:
+                conn.execute(sa.insert(audit_anchor).values(id=1, **values))
+            else:
+                conn.execute(sa.update(audit_anchor).where(audit_anchor.c.id == 1)
+                             .values(**values))
+            return n, anchor
+
+        return self.catalogue.run_write("pruning the audit trail", tx)
+
+    # --- export cursors (syslog) --------------------------------------------------------
+    def cursor(self, sink: str) -> int | None:
+        with translate_errors("reading the audit trail"), self.engine.connect() as conn:
+            return conn.scalar(sa.select(audit_cursors.c.last_seq)
+                               .where(audit_cursors.c.sink == sink))
+
+    def set_cursor(self, sink: str, last_seq: int, now: str) -> None:
+        def tx(conn: sa.Connection) -> None:
+            done = conn.execute(sa.update(audit_cursors).where(audit_cursors.c.sink == sink)
+                                .values(last_seq=last_seq, updated_at=now)).rowcount
+            if not done:
+                conn.execute(sa.insert(audit_cursors).values(sink=sink, last_seq=last_seq,
+                                                             updated_at=now))
+        self.catalogue.run_write("moving an audit export cursor", tx)
+
+    # --- patient look-ups (the trail itself holds no patient data, SEC-23) -------------
+    def studies_of_patient(self, patient_id: str) -> tuple[str, ...]:
+        """StudyInstanceUIDs the catalogue holds for this PatientID (any issuer): the
+        auditor's "patient" filter. Studies purged since are no longer found."""
+        stmt = (sa.select(studies.c.study_instance_uid)
+                .join(patients, studies.c.patient_fk == patients.c.pk)
+                .where(patients.c.patient_id == patient_id))
+        with translate_errors("reading the catalogue"), self.engine.connect() as conn:
+            return tuple(conn.scalars(stmt))
+
+    def patients_of_studies(self, uids: list[str]) -> dict[str, tuple[str, str]]:
+        """StudyInstanceUID -> (PatientID, IssuerOfPatientID) for the studies still held
+        (the DICOM audit message's patient participant, PS3.15 A.5)."""
+        if not uids:
+            return {}
+        stmt = (sa.select(studies.c.study_instance_uid, patients.c.patient_id,
+                          patients.c.issuer_of_patient_id)
+                .join(patients, studies.c.patient_fk == patients.c.pk)
+                .where(studies.c.study_instance_uid.in_(sorted(set(uids)))))
+        with translate_errors("reading the catalogue"), self.engine.connect() as conn:
+            return {r[0]: (r[1], r[2]) for r in conn.execute(stmt)}
+
+    def head_seq(self) -> int:
+        with translate_errors("reading the audit trail"), self.engine.connect() as conn:
+            return conn.scalar(sa.select(audit_head.c.last_seq)
+                               .where(audit_head.c.id == 1)) or 0
 
     def _iter_all(self) -> Iterator[dict]:
         stmt = sa.select(audit_events).order_by(audit_events.c.seq)
@@ -121,7 +297,8 @@ class AuditLog:
             head = conn.execute(sa.select(audit_head.c.last_seq, audit_head.c.last_hash)
                                 .where(audit_head.c.id == 1)).first()
         head_seq, head_hash = (head.last_seq, head.last_hash) if head else (0, GENESIS)
-        expected_seq, prev, n = 1, GENESIS, 0
+        anchor = self.anchor()  # after pruning the chain starts at the last pruned row
+        expected_seq, prev, n = anchor.seq + 1, anchor.hash, 0
         for row in self._iter_all():
             n += 1
             if row["seq"] != expected_seq:

@@ -30,6 +30,7 @@ from pacsd.index.engine import translate_errors
 from pacsd.index.lifecycle_schema import (corrections, instance_versions, purge_objects,
                                           purge_tombstones, study_retention)
 from pacsd.index.schema import instances, patients, series, studies
+from pacsd.index.audit_schema import audit_anchor
 from pacsd.index.security_schema import audit_events
 
 BATCH = 500
@@ -208,6 +209,8 @@ class Lifecycle:
         }
         if flt.is_everything:
             out["audit_events"] = sa.select(audit_events).order_by(audit_events.c.seq)
+            # Where the exported chain starts after retention pruning (migration 7).
+            out["audit_anchor"] = sa.select(audit_anchor)
             out["purge_tombstones"] = sa.select(purge_tombstones).order_by(purge_tombstones.c.pk)
         return out
 

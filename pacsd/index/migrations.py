@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from pacsd.errors import PacsdError
-from pacsd.index import (access_schema, forward_schema, jobs_schema, lifecycle_schema,
-                         oidc_schema, schema, security_schema, worklist)
+from pacsd.index import (access_schema, audit_schema, forward_schema, jobs_schema,
+                         lifecycle_schema, oidc_schema, schema, security_schema,
+                         worklist)
 
 #: Arbitrary constant key of the advisory lock ("pacsdidx" as a 63-bit integer).
 ADVISORY_LOCK_KEY = 0x7061637364696478 & 0x7FFFFFFFFFFFFFFF
@@ -73,6 +74,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "clearances, study_labels", access_schema.migrate_access),
     Migration(6, "worklist: studies visit_number, card_number, ordering_department, "
                  "visit_type, body_parts_in_study (R-D2)", worklist.migrate_worklist),
+    Migration(7, "audit trail: prune anchor, export cursors (syslog)",
+              audit_schema.migrate_audit),
     Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
@@ -81,6 +84,7 @@ FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
 FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
 FRESH_TABLES += oidc_schema.OIDC_TABLES
+FRESH_TABLES += audit_schema.AUDIT_TABLES  # migration 7 (audit retention, syslog)
 # max, not the last entry: a migration may be merged after a higher-numbered one.
 LATEST = max(m.version for m in MIGRATIONS)
 

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from ..index import AuditLog, Catalogue, VerifyResult
+from ..index.audit_log import Anchor, AuditFilter
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,12 @@ EVENT_TYPES = frozenset({
     "research-export",    # de-identified research export: per study, plus a summary with
                           # the authorization record (R-H3, R-G2; services/research_export.py)
     "worklist-reindex",   # pacsd worklist reindex: visit columns re-read (R-D2; count only)
+    "audit-export",       # the trail exported as CSV / Excel (page, API or pacsd audit export)
+    "audit-pruned",       # events past retention deleted, chain re-anchored (MLPS 13)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
+#: The trail is never pruned below this many days (MLPS 13: 网络安全法 §21, >= 6 months).
+MIN_RETENTION_DAYS = 180
 #: A plugin's own event types are namespaced ``<plugin>.<event>`` (e.g. ``share.accessed``)
 #: so they never collide with core ones (docs/plugin_hooks.md "Plugin API").
 PLUGIN_EVENT = re.compile(r"^[a-z][a-z0-9_]{0,30}\.[a-z][a-z0-9-]{0,40}$")
@@ -90,10 +95,33 @@ def store_location(store) -> str:
     return " ".join(out)
 
 
+class _System:
+    """The audit actor of pacsd's own housekeeping (retention of the trail)."""
+
+    id = "system:audit"
+    name = "audit retention"
+
+
+SYSTEM = _System()
+
+
 def iso_utc(ts: float) -> str:
     """POSIX seconds as the trail's fixed-width ISO 8601 UTC form (sorts as text)."""
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str, name: str = "time") -> str:
+    """An ISO 8601 date or time (UTC unless it has an offset) as the trail's stored form;
+    BadRequest naming ``name`` otherwise."""
+    from ..errors import BadRequest
+    try:
+        when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} is an ISO 8601 date or time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return iso_utc(when.timestamp())
 
 
 class AuditTrail:
@@ -220,5 +248,54 @@ class AuditTrail:
         return self.log.query(since=since, event_type=event_type, after_seq=after_seq,
                               limit=limit)
 
+    def select(self, flt: AuditFilter) -> list[dict]:
+        return self.log.select(flt)
+
+    def studies_of_patient(self, patient_id: str) -> tuple[str, ...]:
+        return self.log.studies_of_patient(patient_id)
+
+    def anchor(self) -> Anchor:
+        return self.log.anchor()
+
+    def cursor(self, sink: str) -> int | None:
+        return self.log.cursor(sink)
+
+    def count(self, flt: AuditFilter) -> int:
+        return self.log.count(flt)
+
+    def iter_filtered(self, flt: AuditFilter, batch: int = 1000):
+        return self.log.iter_filtered(flt, batch)
+
     def verify(self) -> VerifyResult:
         return self.log.verify()
+
+    # --- retention (MLPS 13) -----------------------------------------------------------
+    def prune_bound(self, retention_days: int) -> str | None:
+        """The ``event_time`` before which events may go: ``max(180, retention_days)``
+        days ago; None when ``retention_days`` is 0 (keep forever)."""
+        if retention_days <= 0:
+            return None
+        days = max(MIN_RETENTION_DAYS, retention_days)
+        return iso_utc(self.clock() - days * 86400.0)
+
+    def prune(self, retention_days: int, *, keep_after_seq: int | None = None
+              ) -> tuple[int, Anchor]:
+        """Delete events past retention (never younger than 180 days), re-anchor the
+        chain, and record an ``audit-pruned`` event naming the anchor (blocking: call
+        from a worker thread). ``keep_after_seq``: an export sink's cursor, so events not
+        yet delivered stay."""
+        before = self.prune_bound(retention_days)
+        if before is None:
+            return 0, self.log.anchor()
+        self.flush_sync()
+        n, anchor = self.log.prune(before, keep_after_seq=keep_after_seq,
+                                   now=iso_utc(self.clock()))
+        if n:
+            self.record("audit-pruned", actor=SYSTEM, object_count=n, detail={
+                "before": before, "through_seq": anchor.seq, "anchor_hash": anchor.hash,
+                "retention_days": max(MIN_RETENTION_DAYS, retention_days),
+                "pruned_total": anchor.pruned_rows})
+            self.flush_sync()
+            log.info("audit trail: %d events older than %s pruned; chain anchored at "
+                     "seq %d", n, before, anchor.seq)
+        return n, anchor

@@ -25,6 +25,7 @@ from ..plugins import Plugins
 from ..services import (Archive, AuditTrail, IngestService, QueryService, RetrieveService,
                         SecurityService)
 from . import admin, auth, forwarding, oidc_routes
+from . import audit as audit_api
 from ..services.oidc import OidcLogin
 from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
@@ -186,6 +187,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app[INFLIGHT] = InFlight()
     app.cleanup_ctx.append(_archive_ctx)
     app.cleanup_ctx.append(_security_ctx)
+    app.cleanup_ctx.append(audit_api.audit_ctx)  # syslog export, retention (MLPS 13)
     app[JOB_INSTALLERS] = [forwarding.install]  # store-and-forward (R-B2)
     app.cleanup_ctx.append(_jobs_ctx)
     app.on_response_prepare.append(on_prepare)
@@ -196,6 +198,7 @@ def create_app(settings: Settings, plugins: Plugins | None = None) -> web.Applic
     app.router.add_get("/api/v1/health", health)
     auth.add_auth_routes(app.router)
     oidc_routes.add_oidc_routes(app.router)  # R-E1: OIDC login ([security.oidc])
+    audit_api.add_routes(app.router)  # the auditor's API, exports and page (R-E3, R-E4)
     forwarding.add_routes(app.router)
     from . import lifecycle
     lifecycle.add_routes(app.router)  # retention, legal hold, versions (R-A7, R-A8)

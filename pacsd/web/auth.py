@@ -25,7 +25,6 @@ result counts) with :func:`note_audit`.
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import ipaddress
 import logging
 from urllib.parse import urlsplit, urlunsplit
@@ -35,7 +34,7 @@ from aiohttp import web
 
 from .. import errors
 from ..dicom import is_valid_uid
-from ..services.audit import EVENT_TYPES, is_event_type, iso_utc
+from ..services.audit import is_event_type, iso_utc
 from ..services.security import ACTIONS, LOCAL, Actor, Resource
 from .keys import ARCHIVE, AUDIT, SECURITY
 
@@ -259,7 +258,7 @@ def _audit_request(request: web.Request, event: str, actor: Actor, resource: Res
                      object_count=note.get("object_count"), **common)
 
 
-# --- /api/v1/auth and /api/v1/audit -----------------------------------------------------
+# --- /api/v1/auth -----------------------------------------------------------------------
 
 def _json(body, status: int = 200) -> web.Response:
     # Tokens and audit records must not sit in shared caches (SEC-10).
@@ -331,49 +330,12 @@ async def whoami(request: web.Request) -> web.Response:
                   "password_change_required": actor.must_change_password})
 
 
-def _since(value: str) -> str:
-    try:
-        when = _dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise errors.BadRequest("since is an ISO 8601 date or time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=_dt.timezone.utc)
-    return iso_utc(when.timestamp())
-
-
-@requires("audit-read", audit="audit-read")
-async def audit_events(request: web.Request) -> web.Response:
-    """GET /api/v1/audit?since=&type=&after=&limit= (auditor only, MLPS 6)."""
-    q = request.query
-    since = _since(q["since"]) if q.get("since") else None
-    etype = q.get("type") or None
-    if etype is not None and not is_event_type(etype):
-        raise errors.BadRequest("type is one of " + ", ".join(sorted(EVENT_TYPES))
-                                + " or a plugin's <plugin>.<event>")
-    try:
-        limit = int(q.get("limit", "100"))
-        after = int(q["after"]) if q.get("after") else None
-    except ValueError:
-        raise errors.BadRequest("limit and after are integers") from None
-    if not 1 <= limit <= 1000:
-        raise errors.BadRequest("limit is 1 to 1000")
-    audit = request.app[AUDIT]
-    archive = request.app[ARCHIVE]
-    await audit.flush()  # the reader sees everything recorded before its request
-    rows = await archive.run(lambda: audit.query(since=since, event_type=etype,
-                                                 after_seq=after, limit=limit))
-    for row in rows:
-        row["detail"] = orjson.loads(row["detail"])
-    note_audit(request, results=len(rows), since=since, type=etype)
-    return _json({"events": rows})
-
-
 def add_auth_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/api/v1/auth/login", login)
     router.add_post("/api/v1/auth/logout", logout)
     router.add_post("/api/v1/auth/password", change_password)
     router.add_get("/api/v1/auth/me", whoami)
-    router.add_get("/api/v1/audit", audit_events)
+    # /api/v1/audit (the auditor's API and page) lives in web/audit.py.
 
 
 def undeclared_routes(app: web.Application) -> list[str]:

@@ -67,6 +67,7 @@ async def test_R_A11_export_local_dir_bytes_identical_manifest_and_dump(archive,
     assert {orjson.loads(x)["sop_instance_uid"] for x in dumped} == set(objects)
     assert len((out / "index/studies.jsonl").read_bytes().splitlines()) == 2
     assert (out / "index/audit_events.jsonl").exists()  # full export: the trail too
+    assert (out / "index/audit_anchor.jsonl").exists()  # and where it starts (pruning)
     assert not (out / STATE_DIR / "state.json").exists()
     assert verify_export(Target(str(out))).ok
 

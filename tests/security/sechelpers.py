@@ -21,8 +21,9 @@ from pacsd.web.keys import AUDIT, CLOCK, PASSWORD_HASHER, SECURITY
 #: A password that meets the policy for every user name used in these tests.
 PASSWORD = "Correct-Horse-9"
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-ALL_TABLES = ("audit_head, audit_events, sessions, api_tokens, users, instances, series, "
-              "studies, patients, study_labels, departments, oidc_links, oidc_logins")
+ALL_TABLES = ("audit_anchor, audit_cursors, audit_head, audit_events, sessions, api_tokens, "
+              "users, instances, series, studies, patients, study_labels, departments, "
+              "oidc_links, oidc_logins")
 
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -102,6 +102,7 @@ EVENT_CODES: dict[str, tuple[str, str, str | None]] = {
     "correction": ("accessed", "U", None),
     "scrub": ("application", "E", None),
     "reconcile": ("query", "E", None),
+    "worklist-reindex": ("application", "E", None),
 }
 #: Plugin events by their suffix (``share.accessed``); any other: Application Activity.
 PLUGIN_SUFFIX_CODES = {"accessed": ("accessed", "R", None),

@@ -135,6 +135,23 @@ class LocalBlobStore(BlobStore):
         self._copy_in(src_path, sha256, size, final)
         return True
 
+    def put_raw(self, src_path: str, name: str, content_sha256: str, size: int, *,
+                move: bool = False) -> bool:
+        """Store ``src_path`` under the key ``name`` although its bytes hash to
+        ``content_sha256`` (an encrypted copy, store/crypto.py): same durable protocol and
+        the same check of the bytes written; an existing object is replaced."""
+        final = self._path(name)
+        check_sha256(content_sha256)
+        check_size(size)
+        if move:
+            return self._put_move(src_path, content_sha256, size, final)
+        self._copy_in(src_path, content_sha256, size, final)
+        return True
+
+    def open_raw(self, name: str):
+        """The stored bytes of ``name`` as a binary file (not verified; store/crypto.py)."""
+        return self._open(name)
+
     def _hash_source(self, src_path: str) -> tuple[str, int]:
         try:
             with open(src_path, "rb") as f:

@@ -42,6 +42,7 @@ live in ``verification.py`` and are re-exported here.
 from __future__ import annotations
 
 import collections
+import contextvars
 import heapq
 import logging
 import threading
@@ -82,7 +83,8 @@ def copies_of(store: BlobStore) -> tuple[BlobStore, ...]:
 
 
 def _is_local(store: BlobStore) -> bool:
-    return store.local_path("0" * 64) is not None
+    # An encrypted copy (store/crypto.py) hides its path but is local if its inner is.
+    return getattr(store, "inner", store).local_path("0" * 64) is not None
 
 
 # --- the replicated store ------------------------------------------------------------------
@@ -199,7 +201,10 @@ class ReplicatedStore(BlobStore):
                 except Exception as e:  # noqa: BLE001 - judged below
                     failures[i] = e
         else:
-            futures = {i: self._writers.submit(one, i) for i in indices}
+            # Each task in a copy of the caller's context: the key scope of an encrypted
+            # copy (store/crypto.py key_scope) travels with the write.
+            futures = {i: self._writers.submit(contextvars.copy_context().run, one, i)
+                       for i in indices}
             for i, f in futures.items():
                 try:
                     results[i] = f.result()

@@ -17,6 +17,7 @@ from .. import errors, failpoints
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
 from ..store import hash_stream
+from ..store.crypto import key_scope
 from .archive import Archive
 from .compression import maybe_compress
 
@@ -154,7 +155,10 @@ class IngestService:
         failpoints.hit("ingest.after_parse")
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
-        newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)
+        # Encryption at rest (R-G1): the object is sealed under its institution's key.
+        with key_scope(_institution(a, parsed)):
+            newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
+                                             move=True)
         try:
             outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256, size=staged.size)
         except BaseException:
@@ -196,3 +200,11 @@ class IngestService:
         for sha in shas:
             await a.run(a.store.delete, sha)
         return count
+
+
+def _institution(a, parsed: ParsedInstance) -> str | None:
+    """The institution code the study's objects are encrypted for (R-G1, R-A12)."""
+    if getattr(parsed, "institution", None):
+        return parsed.institution
+    getter = getattr(a.catalogue, "institution_of", None)
+    return (getter(parsed) or None) if getter is not None else None

@@ -537,11 +537,14 @@ class ReplicatedStore(BlobStore):
 COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")
 
 
-def open_replicated(specs: Iterable[dict[str, Any]], **replicated_options: Any) -> BlobStore:
+def open_replicated(specs: Iterable[dict[str, Any]], *,
+                    wrap: Callable[[BlobStore], BlobStore] | None = None,
+                    **replicated_options: Any) -> BlobStore:
     """Open every copy named in ``specs`` (dicts with ``url`` and store options such as
     ``endpoint_url``, ``key``, ``secret``, ``region``; empty values are ignored) and return
     a :class:`ReplicatedStore` over them, or the plain store when there is only one.
-    ``replicated_options`` go to :class:`ReplicatedStore` (``on_damage``, ...)."""
+    ``replicated_options`` go to :class:`ReplicatedStore` (``on_damage``, ...).
+    ``wrap`` is applied to every opened copy (encryption at rest: store/crypto.py)."""
     from pacsd.store import open_store
 
     specs = list(specs)
@@ -552,6 +555,8 @@ def open_replicated(specs: Iterable[dict[str, Any]], **replicated_options: Any) 
         for spec in specs:
             opts = {k: v for k, v in spec.items() if k != "url" and v not in ("", None)}
             opened.append(open_store(spec.get("url", ""), **opts))
+            if wrap is not None:
+                opened[-1] = wrap(opened[-1])
         urls = [c.url for c in opened]
         if len(set(urls)) != len(urls):
             raise BadRequest("Two storage copies name the same location.")

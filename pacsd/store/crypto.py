@@ -194,6 +194,7 @@ class Keyring:
         self._lock = threading.RLock()
         self._keys: dict[str, Kek] = {}
         self._scanned = 0.0
+        self._dir_mtime = 0
         self.scan()
 
     # --- loading ----------------------------------------------------------------------
@@ -223,6 +224,7 @@ class Keyring:
         with self._lock:
             self._keys = keys
             self._scanned = time.monotonic()
+            self._dir_mtime = st.st_mtime_ns
 
     @staticmethod
     def _load(path: str) -> Kek:
@@ -247,7 +249,14 @@ class Keyring:
         return kek
 
     def _maybe_rescan(self) -> None:
-        if time.monotonic() - self._scanned > self._rescan_s:
+        """A key added by another process (``pacsd keys rotate``) changes the directory's
+        mtime: one stat per write notices it at once; a full rescan at least every
+        ``rescan_s`` covers filesystems with coarse timestamps."""
+        try:
+            changed = os.stat(self.key_dir).st_mtime_ns != self._dir_mtime
+        except OSError:
+            changed = True
+        if changed or time.monotonic() - self._scanned > self._rescan_s:
             self.scan()
 
     # --- lookups ----------------------------------------------------------------------

@@ -156,7 +156,7 @@ class IngestService:
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
         # Encryption at rest (R-G1): the object is sealed under its institution's key.
-        with key_scope(_institution(a, parsed)):
+        with key_scope(encryption_scope(a, parsed)):
             newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
                                              move=True)
         try:
@@ -202,7 +202,7 @@ class IngestService:
         return count
 
 
-def _institution(a, parsed: ParsedInstance) -> str | None:
+def encryption_scope(a, parsed: ParsedInstance) -> str | None:
     """The institution code the study's objects are encrypted for (R-G1, R-A12)."""
     if getattr(parsed, "institution", None):
         return parsed.institution

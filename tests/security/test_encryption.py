@@ -1,5 +1,5 @@
-"""Encryption at rest end to end (R-G1 "影像加密", issue 5 item 6; reliability-matrix §5
-MLPS items on stored data, FT-6/FT-7/FT-8 on encrypted copies): the real app with three
+"""Encryption at rest end to end (R-G1 "影像加密", issue 5 item 6; reliability-matrix SEC-26,
+§5 MLPS 18 and 19, FT-6/FT-7/FT-8 on encrypted copies): the real app with three
 copies (two local directories and a real S3-protocol server), STOW-RS in, WADO-RS out,
 ``pacsd verify`` and ``pacsd keys`` as real processes."""
 from __future__ import annotations
@@ -106,7 +106,8 @@ def env(tmp_path, s3_endpoint):
     return tmp_path, cfg, s3_endpoint, prefix
 
 
-async def test_raw_copies_on_disk_and_s3_are_ciphertext_round_trip_exact(aiohttp_client, env):
+async def test_SEC26_raw_copies_on_disk_and_s3_are_ciphertext_round_trip_exact(
+        aiohttp_client, env):
     """A raw copy of an encrypted object, on disk and in S3, shows no DICM marker and no
     patient name; STOW -> WADO-RS instance, frames and rendered are bit-exact (R-G1)."""
     tmp_path, cfg, s3, prefix = env
@@ -144,8 +145,8 @@ async def test_raw_copies_on_disk_and_s3_are_ciphertext_round_trip_exact(aiohttp
         Image.open(io.BytesIO(rendered)).tobytes()
 
 
-async def test_tampered_copy_served_from_good_one_scrub_reports_and_repairs(aiohttp_client,
-                                                                           env):
+async def test_SEC26_MLPS18_tampered_copy_served_from_good_one_scrub_repairs(aiohttp_client,
+                                                                              env):
     """FT-6/FT-7: one modified byte in one encrypted copy -> the read is served from a good
     copy; `pacsd verify` reports it and `--repair` rewrites it. Every copy tampered ->
     503 (the existing integrity error), never bad bytes and never 500 (FT-8)."""
@@ -194,7 +195,7 @@ async def test_tampered_copy_served_from_good_one_scrub_reports_and_repairs(aioh
     assert r.status == 200 and ds.pixel_array[0].tobytes() in await r.read()
 
 
-async def test_rotation_and_per_institution_keys(aiohttp_client, env):
+async def test_SEC26_rotation_and_per_institution_keys(aiohttp_client, env):
     """Rotation without re-encryption: objects written before and after `pacsd keys
     rotate` (run while the server runs) both read; two institutions use different KEKs
     (header key ids); `pacsd keys rewrap` moves old objects to the current version."""
@@ -228,7 +229,7 @@ async def test_rotation_and_per_institution_keys(aiohttp_client, env):
         assert r.status == 200 and ds.pixel_array[1].tobytes() in await r.read()
 
 
-async def test_wrong_or_missing_key_is_a_clear_failure(aiohttp_client, env, tmp_path):
+async def test_MLPS19_wrong_or_missing_key_is_a_clear_failure(aiohttp_client, env, tmp_path):
     """No key directory -> serve refuses to start (exit 2, clear message); a key file
     replaced by other material -> 503 naming the key problem, not 500, not corruption."""
     _, cfg, _, _ = env

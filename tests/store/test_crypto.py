@@ -1,6 +1,6 @@
 """Encryption at rest, unit level: EncryptedBlobStore over a local directory and over S3
 (a real S3-protocol server), envelope keys, rotation, tampering (R-G1, issue 5 item 6;
-reliability-matrix §5 MLPS "影像加密", FT-6/FT-7 on encrypted copies)."""
+reliability-matrix SEC-26, §5 MLPS 18 and 19, FT-6/FT-7 on encrypted copies)."""
 from __future__ import annotations
 
 import json

@@ -89,9 +89,10 @@ _scope: contextvars.ContextVar[str | None] = contextvars.ContextVar("pacsd_key_s
                                                                    default=None)
 
 
-class KeyringError(PacsdError):
-    """The key directory is missing, unreadable, insecure or has no key (config error)."""
-    http_status = 500
+class KeyringError(OutOfResources):
+    """The key directory is missing, unreadable, insecure or has no key. At start-up a
+    configuration error (exit status 2); while serving, a write that needs a key fails
+    like an unavailable store (503 / A700, nothing acknowledged)."""
 
 
 class KeyUnavailable(DataUnavailable):
@@ -248,6 +249,18 @@ class Keyring:
             raise KeyringError(f"key file {os.path.basename(path)}: wrong cipher or length")
         return kek
 
+    def _rescan_quietly(self) -> None:
+        """Rescan while serving: a key directory broken meanwhile (a key file made
+        group-readable, an unreadable file) keeps the keys already loaded, logged."""
+        try:
+            self.scan()
+        except KeyringError as e:
+            log.error("encryption keys not reloaded: %s", e.reason)
+            with self._lock:
+                self._scanned = time.monotonic()
+                with contextlib.suppress(OSError):
+                    self._dir_mtime = os.stat(self.key_dir).st_mtime_ns
+
     def _maybe_rescan(self) -> None:
         """A key added by another process (``pacsd keys rotate``) changes the directory's
         mtime: one stat per write notices it at once; a full rescan at least every
@@ -257,7 +270,7 @@ class Keyring:
         except OSError:
             changed = True
         if changed or time.monotonic() - self._scanned > self._rescan_s:
-            self.scan()
+            self._rescan_quietly()
 
     # --- lookups ----------------------------------------------------------------------
     def keys(self) -> list[Kek]:
@@ -270,7 +283,7 @@ class Keyring:
         with self._lock:
             kek = self._keys.get(kid)
         if kek is None:
-            self.scan()
+            self._rescan_quietly()
             with self._lock:
                 kek = self._keys.get(kid)
         if kek is None:

@@ -1,5 +1,6 @@
 """Command line: ``pacsd serve``, ``pacsd verify``, ``pacsd user|token|audit`` (admin_cli.py),
-``pacsd import`` (import_cli.py; later export ...)."""
+``pacsd import`` (import_cli.py), ``pacsd keys`` (keys_cli.py: encryption at rest, R-G1),
+export / retention (lifecycle_cli.py), reconcile (reconcile_cli.py)."""
 from __future__ import annotations
 
 import argparse

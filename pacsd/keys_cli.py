@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import ConfigError, Settings
@@ -69,28 +70,60 @@ def run(args, settings: Settings) -> int:
     from .services.archive import open_keyring
 
     cmd = args.keys_command
+    before = _kids_in(settings.encryption.key_dir)
     ring = open_keyring(settings, create=(cmd == "init"))
+    if cmd == "list":
+        _print_keys(ring, args.json)
+        return 0
     if cmd == "init":
         for code in args.institution:
             ring.create(_code(code))
         _print_keys(ring, False)
         print(f"keys in {ring.key_dir}: back this directory up now, separately from the "
               "data (docs/operations.md)")
-        return 0
-    if cmd == "list":
-        _print_keys(ring, args.json)
+        _audit(settings, {"action": "init",
+                          "kids": sorted({k.kid for k in ring.keys()} - before)})
         return 0
     if cmd == "rotate":
         scopes = ring.scopes() if args.all else ([_code(c) for c in args.institution]
                                                   or [""])
+        kids = []
         for scope in scopes:
             kek = ring.rotate(scope or None)
+            kids.append(kek.kid)
             print(f"rotated {scope or '(default)'}: new objects use {kek.kid}")
+        _audit(settings, {"action": "rotate", "kids": kids})
         return 0
     if not settings.encryption.enabled and cmd == "encrypt-existing":
         raise ConfigError("[encryption] enabled is false: turn it on first, or new objects "
                           "would still be written in plaintext")
     return _walk(settings, ring, cmd, set(args.kid) if cmd == "rewrap" and args.kid else None)
+
+
+def _kids_in(key_dir: str) -> set[str]:
+    try:
+        return {n[:-4] for n in os.listdir(os.path.expanduser(key_dir)) if n.endswith(".key")}
+    except OSError:
+        return set()
+
+
+def _audit(settings: Settings, detail: dict, *, count: int | None = None,
+           failed: bool = False) -> None:
+    """One ``encryption-key`` audit event (MLPS: security configuration changes are
+    audited); key ids and counts only, never key material."""
+    from .index import Catalogue
+    from .services.audit import AuditTrail
+    from .services.security import LOCAL
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    cat = Catalogue(settings.index_url)
+    try:
+        cat.migrate()
+        AuditTrail(cat, immediate=True).record(
+            "encryption-key", outcome="failure" if failed else "success", actor=LOCAL,
+            device="pacsd keys", object_count=count, detail=detail)
+    finally:
+        cat.close()
 
 
 def _code(code: str) -> str:
@@ -164,6 +197,8 @@ def _walk(settings: Settings, ring, cmd: str, kids: set[str] | None) -> int:
     verb = "re-wrapped" if cmd == "rewrap" else "encrypted"
     print(f"{seen} objects checked on {len(copies)} copies, {changed} {verb}, "
           f"{failed} failed")
+    _audit(settings, {"action": cmd, "checked": seen, "changed": changed, "failed": failed,
+                      "copies": len(copies)}, count=changed, failed=bool(failed))
     return 1 if failed else 0
 
 

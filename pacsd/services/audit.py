@@ -63,6 +63,7 @@ EVENT_TYPES = frozenset({
     "reconcile",          # pacsd reconcile: a comparison, a fetch or a send (R-A10)
     "research-export",    # de-identified research export: per study, plus a summary with
                           # the authorization record (R-H3, R-G2; services/research_export.py)
+    "encryption-key",     # pacsd keys init / rotate / rewrap / encrypt-existing (R-G1)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 #: A plugin's own event types are namespaced ``<plugin>.<event>`` (e.g. ``share.accessed``)

@@ -78,6 +78,22 @@ def base(ds) -> str:
             f"/instances/{ds.SOPInstanceUID}")
 
 
+def key_events(cfg: str) -> list[dict]:
+    """The ``encryption-key`` audit events, oldest first."""
+    from pacsd.index import AuditLog, Catalogue
+
+    cat = Catalogue(load_settings(cfg).index_url)
+    try:
+        rows = AuditLog(cat).query(event_type="encryption-key", limit=100)
+    finally:
+        cat.close()
+    out = [dict(r) for r in rows]
+    for e in out:
+        if isinstance(e.get("detail"), str):
+            e["detail"] = json.loads(e["detail"])
+    return sorted(out, key=lambda e: e.get("seq", e.get("id", 0)))
+
+
 def local_files(tmp_path, copy: str) -> list[str]:
     out = []
     for root, _, files in os.walk(tmp_path / copy / "objects"):
@@ -222,6 +238,10 @@ async def test_SEC26_rotation_and_per_institution_keys(aiohttp_client, env):
     assert all("key" not in k for k in listed)
     r = cli("keys", "rewrap", "--config", cfg)
     assert "3 re-wrapped" in r.stdout  # HOSP-A.1 on three copies
+    events = key_events(cfg)
+    assert [(e["detail"]["action"], e["detail"].get("kids")) for e in events] == [
+        ("init", ["_default.1"]), ("rotate", ["HOSP-A.2"]), ("rewrap", None)]
+    assert events[-1]["object_count"] == 3 and events[-1]["actor"] == "local"
     kids = sorted(header_of(p).kid for p in local_files(tmp_path, "copy2"))
     assert kids == ["HOSP-A.2", "HOSP-A.2", "HOSP-B.1"]
     for ds, data in ((a1, da1), (b1, db1), (a2, da2)):

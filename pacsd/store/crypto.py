@@ -675,8 +675,7 @@ class EncryptedBlobStore(BlobStore):
                 dek = self._unwrap(h, name)
             aead = _aead(h.alg, dek)
             digest = hashlib.sha256()
-            buf: list[bytes] = []
-            pending = 0
+            buf = bytearray()  # at most one segment + one chunk: bounded memory
             for i in range(h.segments):
                 want = min(h.segment, h.size - i * h.segment) + TAG
                 ct = _raw_errors(lambda: _read_exact(f, want))
@@ -684,17 +683,16 @@ class EncryptedBlobStore(BlobStore):
                     raise ChecksumMismatch("Stored object is truncated.")
                 plain = self._decrypt_segment(aead, h, name, i, ct)
                 digest.update(plain)
-                buf.append(plain)
-                pending += len(plain)
-                if pending >= chunk_size:
-                    yield b"".join(buf)
-                    buf, pending = [], 0
+                buf += plain
+                while len(buf) >= chunk_size:  # chunks of exactly chunk_size, as plain
+                    yield bytes(buf[:chunk_size])
+                    del buf[:chunk_size]
             if _raw_errors(lambda: f.read(1)):
                 raise ChecksumMismatch("Stored object is longer than its header says.")
             if digest.hexdigest() != name:
                 raise ChecksumMismatch("Stored object failed its integrity check.")
             if buf:
-                yield b"".join(buf)
+                yield bytes(buf)
         finally:
             with contextlib.suppress(Exception):
                 f.close()

@@ -67,7 +67,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pacsd.errors import (DataUnavailable, NotFound, OutOfResources, PacsdError)
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, HashingWriter,
                               IntegrityMismatch, check_range, check_sha256, check_size,
-                              hash_stream)
+                              fsync_dir, hash_source, open_source)
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class Keyring:
                     json.dump(doc, f)
                     f.flush()
                     os.fsync(f.fileno())
-                _fsync_dir(self.key_dir)
+                fsync_dir(self.key_dir)
             except OSError as e:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -367,14 +367,6 @@ class Keyring:
         if ring.latest(None) is None:
             ring.create(None)
         return ring
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the object format -------------------------------------------------------------------------
@@ -559,14 +551,7 @@ class EncryptedBlobStore(BlobStore):
         check_size(size)
         if self._existing_ok(sha256, size):
             # Idempotent re-send (BI-25): the source must still be what it claims.
-            try:
-                with open(src_path, "rb") as f:
-                    got = hash_stream(f)
-            except FileNotFoundError as e:
-                raise IntegrityMismatch("The source file to store is missing.") from e
-            except OSError as e:
-                raise OutOfResources("Cannot read the source file to store.") from e
-            if got != (sha256, size):
+            if hash_source(src_path) != (sha256, size):
                 raise IntegrityMismatch("The stored data does not match its declared hash "
                                         "or size.")
             if move:
@@ -597,12 +582,7 @@ class EncryptedBlobStore(BlobStore):
         """Encrypt ``src_path`` into a staging file, checking its SHA-256 and size on the
         way; yields (path, sha256 of the stored bytes, stored size). The file is removed
         on exit unless the block consumed it."""
-        try:
-            src = open(src_path, "rb")
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
+        src = open_source(src_path)
         with src, HashingWriter(self.inner.staging_dir(), prefix="enc-") as w:
             try:
                 self._encrypt_stream(src, w, name, size, kek)

@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources, PacsdError
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
-                              check_range, check_sha256, check_size, hash_stream, is_sha256,
+                              check_range, check_sha256, check_size, hash_source,
+                              hash_stream, is_sha256,
                               remove_stale_files, sha256_hex, verified_chunks)
 
 T = TypeVar("T")
@@ -171,48 +172,24 @@ class FsspecBlobStore(BlobStore):
         return self._staging
 
     def put_file(self, src_path: str, sha256: str, size: int, *, move: bool = False) -> bool:
-        key = self._key(sha256)
-        check_size(size)
-        try:
-            with open(src_path, "rb") as f:
-                got = hash_stream(f)
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
-        if got != (sha256, size):
-            raise IntegrityMismatch(_MISMATCH)
-        created = self._put(src_path, key, sha256, size)
-        if move:
-            try:
-                os.unlink(src_path)
-            except OSError:
-                pass  # the object is durable; a leftover staging file is cleanup_temp's job
-        return created
+        return self.put_raw(src_path, sha256, sha256, size, move=move)
 
     def put_raw(self, src_path: str, name: str, content_sha256: str, size: int, *,
                 move: bool = False) -> bool:
-        """Store ``src_path`` under the key ``name`` although its bytes hash to
-        ``content_sha256`` (an encrypted copy, store/crypto.py); same checks as put_file
-        (checksum on the PUT, read back and hashed). An existing object is replaced."""
+        """Store ``src_path`` under the key ``name``; its bytes must hash to
+        ``content_sha256`` (= ``name`` for put_file; the ciphertext's hash for an
+        encrypted copy, store/crypto.py, whose existing object is then replaced)."""
         key = self._key(name)
         check_sha256(content_sha256)
         check_size(size)
-        try:
-            with open(src_path, "rb") as f:
-                got = hash_stream(f)
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
-        if got != (content_sha256, size):
+        if hash_source(src_path) != (content_sha256, size):
             raise IntegrityMismatch(_MISMATCH)
         created = self._put(src_path, key, content_sha256, size)
         if move:
             try:
                 os.unlink(src_path)
             except OSError:
-                pass
+                pass  # the object is durable; a leftover staging file is cleanup_temp's job
         return created
 
     def put_bytes(self, data: bytes) -> str:

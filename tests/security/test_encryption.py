@@ -310,3 +310,44 @@ async def test_turning_encryption_on_keeps_plaintext_readable_and_converts(aioht
     assert r.status == 200 and ds.pixel_array[1].tobytes() in await r.read()
     r = await client.get(base(ds), headers={"Accept": ANY_TS})
     assert r.status == 200 and data in await r.read()
+
+
+def test_dimse_cstore_and_cget_through_encrypted_store(env, tmp_path):
+    """The DIMSE path (DCMTK storescu -> real `pacsd serve` -> getscu) over the same
+    encrypted copies: C-STORE is sealed under the institution key, C-GET returns the
+    received pixel data bit-exact (R-G1 on every ingest / retrieve path)."""
+    import shutil
+
+    import pydicom
+    from pacsd_server import Server
+
+    storescu, getscu = shutil.which("storescu"), shutil.which("getscu")
+    if not (storescu and getscu):
+        pytest.skip("DCMTK storescu/getscu not installed")
+    root, cfg, _, _ = env
+    ds, data = instance(9, "Hospital B")
+    src = tmp_path / "in.dcm"
+    src.write_bytes(data)
+    srv = Server(str(root / "data"), "--config", cfg, "--ae-title", "PACSD",
+                 dicom_port=None)
+    try:
+        p = subprocess.run([storescu, "-aec", "PACSD", "127.0.0.1", str(srv.dicom_port),
+                            str(src)], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        (stored,) = local_files(root, "copy1")
+        raw = open(stored, "rb").read()
+        assert b"DICM" not in raw and PATIENT.encode() not in raw
+        assert header_of(stored).kid == "HOSP-B.1"
+        out = tmp_path / "get"
+        out.mkdir()
+        p = subprocess.run([getscu, "-aec", "PACSD", "-S", "-od", str(out), "-k",
+                            "QueryRetrieveLevel=STUDY", "-k",
+                            f"StudyInstanceUID={ds.StudyInstanceUID}", "127.0.0.1",
+                            str(srv.dicom_port)], capture_output=True, text=True,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        (got,) = list(out.iterdir())
+        back = pydicom.dcmread(got)
+        assert back.SOPInstanceUID == ds.SOPInstanceUID and back.PixelData == ds.PixelData
+    finally:
+        srv.stop()

@@ -1,5 +1,6 @@
 """Command line: ``pacsd serve``, ``pacsd verify``, ``pacsd user|token|audit`` (admin_cli.py),
-``pacsd import`` (import_cli.py; later export ...)."""
+``pacsd import`` (import_cli.py), ``pacsd keys`` (keys_cli.py: encryption at rest, R-G1),
+export / retention (lifecycle_cli.py), reconcile (reconcile_cli.py)."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     lifecycle_cli.add_parsers(sub)  # export / retention (R-A11, R-A7; docs/operations.md)
     from . import reconcile_cli
     reconcile_cli.add_parser(sub)  # reconcile with a PACS or a manifest (R-A10)
+    from . import keys_cli
+    keys_cli.add_parser(sub)  # encryption-at-rest keys (R-G1; docs/security.md)
     pl = sub.add_parser("plugins", help="list the plugins pacsd loads: name, version, hooks")
     pl.add_argument("--config", help="TOML settings file (plugins named in [plugins.*])")
     pl.add_argument("--json", action="store_true", help="print JSON")
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import":
             from . import import_cli
             return import_cli.run(args, settings)
+        if args.command == "keys":
+            from . import keys_cli
+            return keys_cli.run(args, settings)
         if args.command == "reconcile":
             from . import reconcile_cli
             return reconcile_cli.run(args, settings)

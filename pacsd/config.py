@@ -661,6 +661,32 @@ class AuditSettings:
 
 
 @dataclass
+class EncryptionSettings:
+    """Encryption at rest of the blob store (R-G1; docs/security.md "Encryption at rest")."""
+
+    #: Encrypt new objects (every copy). Off by default; existing plaintext objects stay
+    #: readable (``pacsd keys encrypt-existing`` converts them).
+    enabled: bool = False
+    #: Directory of the key-encryption keys (``pacsd keys init``), mode 0700, files 0600.
+    #: Must be outside ``[server] data_dir``; back it up separately (docs/operations.md).
+    key_dir: str = ""
+    #: "AES-256-GCM" or "SM4-GCM" (GB/T 32907, for new keys; existing keys keep theirs).
+    cipher: str = "AES-256-GCM"
+    #: Per-institution keys: the first object of a new institution creates its key.
+    #: Off: institution keys made with ``pacsd keys init --institution`` are still used,
+    #: other objects use the default key.
+    per_institution_keys: bool = True
+    #: Plaintext bytes per authenticated segment (range reads decrypt whole segments).
+    segment_size: int = 65536
+
+    def check(self) -> None:
+        if self.cipher not in ("AES-256-GCM", "SM4-GCM"):
+            raise ConfigError('[encryption] cipher is "AES-256-GCM" or "SM4-GCM"')
+        if not 1024 <= self.segment_size <= 16 << 20:
+            raise ConfigError("[encryption] segment_size must be between 1024 and 16777216")
+
+
+@dataclass
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -673,6 +699,7 @@ class Settings:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     worklist: WorklistSettings = field(default_factory=WorklistSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # --- derived values -------------------------------------------------------------------
@@ -764,6 +791,7 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
     settings.retention.check()
     settings.worklist.check()
     settings.audit.check()
+    settings.encryption.check()
     if settings.storage.compress not in ("none", "jpeg-ls-lossless", "jpeg2000-lossless"):
         raise ConfigError('[storage] compress is "none", "jpeg-ls-lossless" or '
                           '"jpeg2000-lossless"')
@@ -776,5 +804,5 @@ def settings_as_toml_defaults() -> dict[str, dict[str, Any]]:
     return {
         name: dataclasses.asdict(getattr(s, name))
         for name in ("server", "storage", "index", "dicomweb", "dimse", "security",
-                     "jobs", "forward", "retention", "worklist", "audit")
+                     "jobs", "forward", "retention", "worklist", "audit", "encryption")
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
@@ -72,7 +73,46 @@ def open_configured_store(settings: Settings) -> BlobStore:
     ReplicatedStore that acknowledges a write only when every copy holds it (R-A6).
     A storage URL or option the store refuses is a ConfigError (exit status 2)."""
     specs = settings.storage.copy_specs(settings.storage_url)
+    wrap = encryption_wrapper(settings)
     try:
-        return open_replicated(specs)
+        return open_replicated(specs, wrap=wrap)
     except BadRequest as e:
         raise ConfigError(f"[storage]: {e.reason}") from None
+
+
+def open_keyring(settings: Settings, *, create: bool = False):
+    """The key directory of ``[encryption]`` (R-G1). ConfigError (exit status 2) when it
+    is not set, inside the data directory, missing, insecure or without a default key."""
+    from ..store.crypto import Keyring, KeyringError
+
+    conf = settings.encryption
+    if not conf.key_dir:
+        raise ConfigError("[encryption] key_dir is not set: choose a directory outside the "
+                          "data directory and run `pacsd keys init`")
+    key_dir = Path(conf.key_dir).expanduser().resolve()
+    data = settings.data_path
+    if key_dir == data or data in key_dir.parents:
+        raise ConfigError("[encryption] key_dir must be outside the data directory "
+                          f"({data}): keys stored next to the data protect nothing")
+    try:
+        if create:
+            ring = Keyring.init(str(key_dir), cipher=conf.cipher)
+        else:
+            ring = Keyring(str(key_dir), cipher=conf.cipher)
+        ring.auto_create = conf.per_institution_keys
+        if ring.latest(None) is None:
+            raise KeyringError(f"no default key in {key_dir}; run `pacsd keys init`")
+    except KeyringError as e:
+        raise ConfigError(f"[encryption] cannot use the keys: {e.reason}") from None
+    return ring
+
+
+def encryption_wrapper(settings: Settings):
+    """``wrap`` for open_replicated: every copy encrypted at rest, or None when off."""
+    if not settings.encryption.enabled:
+        return None
+    from ..store.crypto import EncryptedBlobStore
+
+    ring = open_keyring(settings)
+    seg = settings.encryption.segment_size
+    return lambda copy: EncryptedBlobStore(copy, ring, segment_size=seg)

@@ -67,6 +67,7 @@ EVENT_TYPES = frozenset({
     "worklist-reindex",   # pacsd worklist reindex: visit columns re-read (R-D2; count only)
     "audit-export",       # the trail exported as CSV / Excel (page, API or pacsd audit export)
     "audit-pruned",       # events past retention deleted, chain re-anchored (MLPS 13)
+    "encryption-key",     # pacsd keys init / rotate / rewrap / encrypt-existing (R-G1)
 })
 OUTCOMES = frozenset({"success", "failure", "denied"})
 #: The trail is never pruned below this many days (MLPS 13: 网络安全法 §21, >= 6 months).

@@ -103,6 +103,7 @@ EVENT_CODES: dict[str, tuple[str, str, str | None]] = {
     "scrub": ("application", "E", None),
     "reconcile": ("query", "E", None),
     "worklist-reindex": ("application", "E", None),
+    "encryption-key": ("alert", "U", "sec-config"),
 }
 #: Plugin events by their suffix (``share.accessed``); any other: Application Activity.
 PLUGIN_SUFFIX_CODES = {"accessed": ("accessed", "R", None),

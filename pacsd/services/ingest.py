@@ -17,6 +17,7 @@ from .. import errors, failpoints
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
 from ..store import hash_stream
+from ..store.crypto import key_scope
 from .archive import Archive
 from .compression import maybe_compress
 
@@ -161,7 +162,10 @@ class IngestService:
         failpoints.hit("ingest.after_parse")
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
-        newly_written = a.store.put_file(staged.path, staged.sha256, staged.size, move=True)
+        # Encryption at rest (R-G1): the object is sealed under its institution's key.
+        with key_scope(encryption_scope(a, parsed)):
+            newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
+                                             move=True)
         try:
             # The write scope (R-A12) is checked inside the index transaction; a denial
             # rolls it back and removes the blob below, like any refused instance.
@@ -206,3 +210,11 @@ class IngestService:
         for sha in shas:
             await a.run(a.store.delete, sha)
         return count
+
+
+def encryption_scope(a, parsed: ParsedInstance) -> str | None:
+    """The institution code the study's objects are encrypted for (R-G1, R-A12)."""
+    if getattr(parsed, "institution", None):
+        return parsed.institution
+    getter = getattr(a.catalogue, "institution_of", None)
+    return (getter(parsed) or None) if getter is not None else None

@@ -32,7 +32,9 @@ from .. import errors
 from ..dicom import is_valid_uid, parse_instance
 from ..dicom.correct import check_changes, correct_instance
 from ..index import versions as vindex
+from ..store.crypto import key_scope
 from .archive import Archive
+from .ingest import encryption_scope
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class VersionService:
                 if parsed.sop_instance_uid != row.sop_instance_uid or old_crc != new_crc:
                     raise errors.InvalidDicom("the corrected object does not keep its "
                                               "identity and pixel data; refused")
-                a.store.put_file(path, sha, size, move=True)
+                with key_scope(encryption_scope(a, parsed)):  # R-G1: institution key
+                    a.store.put_file(path, sha, size, move=True)
             finally:
                 if os.path.exists(path):
                     os.unlink(path)

@@ -108,6 +108,36 @@ def hash_stream(f: BinaryIO, chunk_size: int = CHUNK) -> tuple[str, int]:
         n += len(b)
 
 
+def open_source(src_path: str) -> BinaryIO:
+    """Open a file a store is asked to write: IntegrityMismatch when it is missing,
+    OutOfResources when it cannot be opened (nothing is stored either way)."""
+    try:
+        return open(src_path, "rb")
+    except FileNotFoundError as e:
+        raise IntegrityMismatch("The source file to store is missing.") from e
+    except OSError as e:
+        raise OutOfResources("Cannot read the source file to store.") from e
+
+
+def hash_source(src_path: str) -> tuple[str, int]:
+    """(sha256, size) of a file a store is asked to write (errors as :func:`open_source`;
+    a read error is OutOfResources)."""
+    with open_source(src_path) as f:
+        try:
+            return hash_stream(f)
+        except OSError as e:
+            raise OutOfResources("Cannot read the source file to store.") from e
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory, making the entries created or removed in it durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def verified_chunks(f: BinaryIO, sha256: str, chunk_size: int,
                     errors: tuple[type[BaseException], ...] = (OSError,)) -> Iterator[bytes]:
     """Yield ``f`` in chunks while hashing; raise ChecksumMismatch at EOF on mismatch.

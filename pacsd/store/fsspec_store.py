@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources, PacsdError
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
-                              check_range, check_sha256, check_size, hash_stream, is_sha256,
+                              check_range, check_sha256, check_size, hash_source,
+                              hash_stream, is_sha256,
                               remove_stale_files, sha256_hex, verified_chunks)
 
 T = TypeVar("T")
@@ -171,18 +172,19 @@ class FsspecBlobStore(BlobStore):
         return self._staging
 
     def put_file(self, src_path: str, sha256: str, size: int, *, move: bool = False) -> bool:
-        key = self._key(sha256)
+        return self.put_raw(src_path, sha256, sha256, size, move=move)
+
+    def put_raw(self, src_path: str, name: str, content_sha256: str, size: int, *,
+                move: bool = False) -> bool:
+        """Store ``src_path`` under the key ``name``; its bytes must hash to
+        ``content_sha256`` (= ``name`` for put_file; the ciphertext's hash for an
+        encrypted copy, store/crypto.py, whose existing object is then replaced)."""
+        key = self._key(name)
+        check_sha256(content_sha256)
         check_size(size)
-        try:
-            with open(src_path, "rb") as f:
-                got = hash_stream(f)
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
-        if got != (sha256, size):
+        if hash_source(src_path) != (content_sha256, size):
             raise IntegrityMismatch(_MISMATCH)
-        created = self._put(src_path, key, sha256, size)
+        created = self._put(src_path, key, content_sha256, size)
         if move:
             try:
                 os.unlink(src_path)
@@ -281,15 +283,20 @@ class FsspecBlobStore(BlobStore):
             raise DataUnavailable("Stored object is shorter than the requested range.")
         return data
 
-    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def open_raw(self, sha256: str, chunk_size: int = CHUNK) -> Any:
+        """The stored bytes as a binary file (not verified; store/crypto.py). Read errors
+        of the returned file are the caller's to translate."""
         key = self._key(sha256)
         try:
-            f = self._call(self._read_fail, self.fs.open, key, "rb",
-                           **self._open_kw(chunk_size))
+            return self._call(self._read_fail, self.fs.open, key, "rb",
+                              **self._open_kw(chunk_size))
         except FileNotFoundError as e:
             raise NotFound("Stored object is missing.") from e
         except (PermissionError, IsADirectoryError, NotADirectoryError, OSError) as e:
             raise DataUnavailable("Stored object could not be read.") from e
+
+    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        f = self.open_raw(sha256, chunk_size)
         # Any failure mid-stream (connection reset, timeout) means this copy was not
         # served in full: DataUnavailable, like a hash mismatch.
         return verified_chunks(f, sha256, chunk_size, errors=(Exception,))

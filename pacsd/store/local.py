@@ -29,21 +29,14 @@ from typing import Iterator
 import pacsd.failpoints as failpoints
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
-                              check_range, check_sha256, check_size, hash_stream, is_sha256,
+                              check_range, check_sha256, check_size, fsync_dir,
+                              hash_source, hash_stream, is_sha256, open_source,
                               remove_stale_files, verified_chunks)
 
 log = logging.getLogger(__name__)
 _MISMATCH = "The stored data does not match its declared hash or size."
 
 _HEX2 = frozenset(f"{i:02x}" for i in range(256))
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _unlink_quiet(path: str) -> None:
@@ -67,7 +60,7 @@ class LocalBlobStore(BlobStore):
         try:
             for d in (self._objects, self._tmp, self._staging):
                 os.makedirs(d, exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             devs = {os.stat(d).st_dev for d in (self._objects, self._tmp, self._staging)}
         except OSError as e:
             raise OutOfResources("The local object store directory is not usable.") from e
@@ -105,7 +98,7 @@ class LocalBlobStore(BlobStore):
                 os.mkdir(d)
             except FileExistsError:
                 pass
-            _fsync_dir(os.path.dirname(d))
+            fsync_dir(os.path.dirname(d))
             self._durable_dirs.add(d)
 
     # --- writing ------------------------------------------------------------------------
@@ -127,7 +120,7 @@ class LocalBlobStore(BlobStore):
         if os.path.exists(final):
             # Idempotent re-send: verify the source (never trust the declared hash on a
             # copy) and the existing object, without writing anything.
-            got = self._hash_source(src_path)
+            got = hash_source(src_path)
             if got != (sha256, size):
                 raise IntegrityMismatch(_MISMATCH)
             if self._existing_ok(final, sha256):
@@ -135,14 +128,22 @@ class LocalBlobStore(BlobStore):
         self._copy_in(src_path, sha256, size, final)
         return True
 
-    def _hash_source(self, src_path: str) -> tuple[str, int]:
-        try:
-            with open(src_path, "rb") as f:
-                return hash_stream(f)
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
+    def put_raw(self, src_path: str, name: str, content_sha256: str, size: int, *,
+                move: bool = False) -> bool:
+        """Store ``src_path`` under the key ``name`` although its bytes hash to
+        ``content_sha256`` (an encrypted copy, store/crypto.py): same durable protocol and
+        the same check of the bytes written; an existing object is replaced."""
+        final = self._path(name)
+        check_sha256(content_sha256)
+        check_size(size)
+        if move:
+            return self._put_move(src_path, content_sha256, size, final)
+        self._copy_in(src_path, content_sha256, size, final)
+        return True
+
+    def open_raw(self, name: str):
+        """The stored bytes of ``name`` as a binary file (not verified; store/crypto.py)."""
+        return self._open(name)
 
     def _put_move(self, src_path: str, sha256: str, size: int, final: str) -> bool:
         # The caller hashed the bytes while writing them (HashingWriter), so the hash is
@@ -177,19 +178,14 @@ class LocalBlobStore(BlobStore):
                 _unlink_quiet(src_path)
                 return True
             failpoints.hit("store.after_rename")
-            _fsync_dir(leaf)
+            fsync_dir(leaf)
         except OSError as e:
             raise OutOfResources("The object could not be made durable.") from e
         return True
 
     def _copy_in(self, src_path: str, sha256: str, size: int, final: str) -> None:
         """Copy src to tmp/ while hashing, check, fsync, rename, fsync dir (§7 item 1)."""
-        try:
-            src = open(src_path, "rb")
-        except FileNotFoundError as e:
-            raise IntegrityMismatch("The source file to store is missing.") from e
-        except OSError as e:
-            raise OutOfResources("Cannot read the source file to store.") from e
+        src = open_source(src_path)
         tmp = None
         try:
             with src:
@@ -214,7 +210,7 @@ class LocalBlobStore(BlobStore):
             self._ensure_fanout(leaf)
             os.replace(tmp, final)
             tmp = None
-            _fsync_dir(leaf)
+            fsync_dir(leaf)
         except OSError as e:
             raise OutOfResources("The object could not be made durable.") from e
         finally:
@@ -291,7 +287,7 @@ class LocalBlobStore(BlobStore):
         except OSError as e:
             raise OutOfResources("The object could not be deleted.") from e
         try:
-            _fsync_dir(os.path.dirname(path))  # make the deletion durable (FT-13 resume)
+            fsync_dir(os.path.dirname(path))  # make the deletion durable (FT-13 resume)
         except OSError as e:
             raise OutOfResources("The deletion could not be made durable.") from e
 

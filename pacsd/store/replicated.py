@@ -42,6 +42,7 @@ live in ``verification.py`` and are re-exported here.
 from __future__ import annotations
 
 import collections
+import contextvars
 import heapq
 import logging
 import threading
@@ -82,7 +83,8 @@ def copies_of(store: BlobStore) -> tuple[BlobStore, ...]:
 
 
 def _is_local(store: BlobStore) -> bool:
-    return store.local_path("0" * 64) is not None
+    # An encrypted copy (store/crypto.py) hides its path but is local if its inner is.
+    return getattr(store, "inner", store).local_path("0" * 64) is not None
 
 
 # --- the replicated store ------------------------------------------------------------------
@@ -199,7 +201,10 @@ class ReplicatedStore(BlobStore):
                 except Exception as e:  # noqa: BLE001 - judged below
                     failures[i] = e
         else:
-            futures = {i: self._writers.submit(one, i) for i in indices}
+            # Each task in a copy of the caller's context: the key scope of an encrypted
+            # copy (store/crypto.py key_scope) travels with the write.
+            futures = {i: self._writers.submit(contextvars.copy_context().run, one, i)
+                       for i in indices}
             for i, f in futures.items():
                 try:
                     results[i] = f.result()
@@ -532,11 +537,14 @@ class ReplicatedStore(BlobStore):
 COPY_KEYS = ("url", "endpoint_url", "key", "secret", "region")
 
 
-def open_replicated(specs: Iterable[dict[str, Any]], **replicated_options: Any) -> BlobStore:
+def open_replicated(specs: Iterable[dict[str, Any]], *,
+                    wrap: Callable[[BlobStore], BlobStore] | None = None,
+                    **replicated_options: Any) -> BlobStore:
     """Open every copy named in ``specs`` (dicts with ``url`` and store options such as
     ``endpoint_url``, ``key``, ``secret``, ``region``; empty values are ignored) and return
     a :class:`ReplicatedStore` over them, or the plain store when there is only one.
-    ``replicated_options`` go to :class:`ReplicatedStore` (``on_damage``, ...)."""
+    ``replicated_options`` go to :class:`ReplicatedStore` (``on_damage``, ...).
+    ``wrap`` is applied to every opened copy (encryption at rest: store/crypto.py)."""
     from pacsd.store import open_store
 
     specs = list(specs)
@@ -547,6 +555,8 @@ def open_replicated(specs: Iterable[dict[str, Any]], **replicated_options: Any) 
         for spec in specs:
             opts = {k: v for k, v in spec.items() if k != "url" and v not in ("", None)}
             opened.append(open_store(spec.get("url", ""), **opts))
+            if wrap is not None:
+                opened[-1] = wrap(opened[-1])
         urls = [c.url for c in opened]
         if len(set(urls)) != len(urls):
             raise BadRequest("Two storage copies name the same location.")

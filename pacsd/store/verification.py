@@ -75,6 +75,14 @@ def copy_object(source: BlobStore, target: BlobStore, sha256: str, size: int,
     """
     check_sha256(sha256)
     check_size(size)
+    from pacsd.store.crypto import key_scope, scope_of
+    # An encrypted target keeps the key scope (institution) of the source copy (R-G1).
+    with key_scope(scope_of(source, sha256)):
+        return _copy_object(source, target, sha256, size, staging_dir)
+
+
+def _copy_object(source: BlobStore, target: BlobStore, sha256: str, size: int,
+                 staging_dir: str) -> bool:
     path = source.local_path(sha256)
     if path is not None and os.path.isfile(path):
         # put_file re-hashes the source while copying: a source corrupted since it was
@@ -98,6 +106,7 @@ def object_mtime(store: BlobStore, sha256: str) -> float | None:
     Used by the scrubber's orphan grace period (an object written by an upload whose index
     commit is still to come is not an orphan yet, §7 item 2).
     """
+    store = getattr(store, "inner", store)  # an encrypted copy: the raw copy's age
     path = store.local_path(sha256)
     if path is not None:
         try:

@@ -87,9 +87,24 @@ class Tamper:
 _counter = itertools.count()
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "local-encrypted", "s3-encrypted"])
 def backend(request, tmp_path) -> Iterator[tuple[BlobStore, Tamper]]:
+    """Every backend; ``*-encrypted``: the same copy behind EncryptedBlobStore (R-G1),
+    tampered through the raw copy underneath (plaintext bytes written there are read as
+    a plaintext object, so the contract's checks apply unchanged)."""
     kind = request.param
+    if kind.endswith("-encrypted"):
+        from pacsd.store.crypto import EncryptedBlobStore, Keyring
+
+        request.param = kind.split("-")[0]  # build the plain copy, then wrap it
+        ring = Keyring.init(str(tmp_path / "keys"))
+        gen = backend.__wrapped__(request, tmp_path)
+        inner, tamper = next(gen)
+        try:
+            yield EncryptedBlobStore(inner, ring, segment_size=1024), tamper
+        finally:
+            gen.close()
+        return
     if kind == "local":
         store = open_store(str(tmp_path / "store"))
         tamper = Tamper(store)

@@ -1,5 +1,5 @@
-"""ARCHITECTURE layering: pacsd.store (L2) imports only pacsd.errors, fsspec, s3fs and the
-standard library; never pydicom, aiohttp, sqlalchemy or higher pacsd layers."""
+"""ARCHITECTURE layering: pacsd.store (L2) imports only pacsd.errors, fsspec, s3fs,
+cryptography (encryption at rest, R-G1) and the standard library; never pydicom, aiohttp, sqlalchemy or higher pacsd layers."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,7 @@ import sys
 
 import pacsd.store
 
-ALLOWED_THIRD_PARTY = {"fsspec", "s3fs"}
+ALLOWED_THIRD_PARTY = {"fsspec", "s3fs", "cryptography"}  # crypto.py: R-G1
 ALLOWED_PACSD = ("pacsd.errors", "pacsd.failpoints", "pacsd.store")  # L0 + own layer
 
 

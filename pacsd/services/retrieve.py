@@ -9,13 +9,15 @@ lossless only; ``dicom.transcode`` verifies pixels bit-exact).
 """
 from __future__ import annotations
 
+import gzip
 import zlib
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
 from .archive import Archive
+from .cache import BytesLRU
 
 #: Objects up to this size are read whole, verified, then sent (one read). Larger ones are
 #: streamed in chunks with the hash checked at the end (the connection is aborted on a
@@ -29,10 +31,25 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Transfer syntaxes whose frames are the stored bytes, unchanged, in Explicit VR LE form.
 NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
 
+#: Series/study metadata answers kept in memory, keyed by their ETag (issue 6: a viewer
+#: asks for a series' metadata first; 300 instances are ~0.7 MB of JSON).
+METADATA_CACHE_BYTES = 64 * 1024**2
+#: gzip level of cached metadata answers (compressed once per ETag, then served as is).
+METADATA_GZIP_LEVEL = 6
+
+
+def join_metadata(items: list[bytes], base_url: str) -> bytes:
+    """The DICOM JSON array of the per-instance objects stored at ingest, with the bulk
+    data URI template (``model.BULK_BASE``) replaced by ``base_url``."""
+    placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
+    replacement = b'"BulkDataURI":"' + base_url.encode()
+    return (b"[" + b",".join(items) + b"]").replace(placeholder, replacement)
+
 
 class RetrieveService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.metadata_cache = BytesLRU(METADATA_CACHE_BYTES)
 
     # --- which instances ----------------------------------------------------------------
     # Every lookup takes the actor (required) and is limited to its data scope
@@ -166,23 +183,57 @@ class RetrieveService:
             raise errors.NotFound("no such study, series or instance")
         return etag
 
+    async def metadata(self, study: str, series: str | None, sop: str | None,
+                       base_url: str, *, actor: Any, gzipped: bool = False,
+                       not_modified: Callable[[str], bool] | None = None
+                       ) -> tuple[str, bytes | None]:
+        """(ETag token, the DICOM JSON array) in one worker call; ``gzipped``: the array
+        gzip-compressed. Built from the per-instance bytes stored at ingest (never
+        re-parsed); series and study answers are kept in :attr:`metadata_cache` under
+        their ETag, which the catalogue changes on every ingest, correction or delete
+        below them, so a kept answer is never stale (checked against the database on
+        every request). ``not_modified(token)`` true: the body is None (HTTP 304)."""
+        scope = self._scope(actor)
+        return await self.archive.run(self._metadata_sync, study, series, sop, base_url,
+                                      scope, gzipped, not_modified)
+
+    def _metadata_sync(self, study: str, series: str | None, sop: str | None,
+                       base_url: str, scope: tuple, gzipped: bool,
+                       not_modified: Callable[[str], bool] | None
+                       ) -> tuple[str, bytes | None]:
+        cat = self.archive.catalogue
+        token = cat.metadata_etag(study, series, sop, scope=scope)
+        if token is None:
+            raise errors.NotFound("no such study, series or instance")
+        if not_modified is not None and not_modified(token):
+            return token, None
+        cache = self.metadata_cache if sop is None else None
+        key = (study, series, token, base_url)
+        if cache is not None:
+            hit = cache.get(key + (gzipped,))
+            if hit is not None:
+                return token, hit
+        plain = cache.get(key + (False,)) if cache is not None and gzipped else None
+        if plain is None:
+            items = list(cat.iter_metadata(study, series, sop, scope=scope))
+            if not items:   # deleted between the two reads
+                raise errors.NotFound("no such study, series or instance")
+            plain = join_metadata(items, base_url)
+            if cache is not None:
+                cache.put(key + (False,), plain)
+        if not gzipped:
+            return token, plain
+        body = gzip.compress(plain, compresslevel=METADATA_GZIP_LEVEL, mtime=0)
+        if cache is not None:
+            cache.put(key + (True,), body)
+        return token, body
+
     async def metadata_chunks(self, study: str, series: str | None, sop: str | None,
                               base_url: str, *, actor: Any) -> AsyncIterator[bytes]:
-        """The DICOM JSON array, from the bytes stored at ingest (never re-parsed)."""
-        placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
-        replacement = b'"BulkDataURI":"' + base_url.encode()
-        # One worker call materialises the rows: a database cursor must not hop between
-        # worker threads. Metadata is ~5-10 kB per instance, pixel data is never in it.
-        scope = self._scope(actor)
-        items = await self.archive.run(lambda: list(
-            self.archive.catalogue.iter_metadata(study, series, sop, scope=scope)))
-        if not items:
-            raise errors.NotFound("no such study, series or instance")
-        yield b"["
-        for start in range(0, len(items), 256):
-            body = b",".join(items[start:start + 256]).replace(placeholder, replacement)
-            yield body if start == 0 else b"," + body
-        yield b"]"
+        """The DICOM JSON array (as :meth:`metadata`), for callers that iterate."""
+        _, body = await self.metadata(study, series, sop, base_url, actor=actor)
+        assert body is not None
+        yield body
 
     # --- consumer formats -----------------------------------------------------------------
     async def rendered(self, row: InstanceRow, frame: int, *, media_type: str,

@@ -138,24 +138,44 @@ async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
         raise errors.NotAcceptable("metadata is served as application/dicom+json")
     retrieve = request.app[RETRIEVE]
     base = base_url(request)
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding"))
     # The stored bytes get the base URL substituted, so it is part of the validator.
-    etag = '"%s-%08x"' % (await retrieve.metadata_etag(
-        study, series, sop, actor=current_actor(request)),
-                          zlib.crc32(base.encode()))
-    if etag in request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers={"ETag": etag})
-    resp = web.StreamResponse(headers={"ETag": etag, "Cache-Control": "private, no-cache"})
-    resp.content_type = "application/dicom+json"
-    resp.enable_compression()  # gzip/deflate when the client accepts it
-    started = False
-    async for chunk in retrieve.metadata_chunks(study, series, sop, base,
-                                                   actor=current_actor(request)):
-        if not started:
-            await resp.prepare(request)
-            started = True
-        await resp.write(chunk)
-    await resp.write_eof()
+    base_crc = zlib.crc32(base.encode())
+    if_none_match = request.headers.get("If-None-Match", "")
+    token, body = await retrieve.metadata(
+        study, series, sop, base, actor=current_actor(request), gzipped=gzipped,
+        not_modified=lambda t: bool(if_none_match) and
+        '"%s-%08x"' % (t, base_crc) in if_none_match)
+    etag = '"%s-%08x"' % (token, base_crc)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if body is None:
+        return web.Response(status=304, headers=headers)
+    if gzipped:   # compressed once per ETag and kept (services/retrieve.py)
+        headers["Content-Encoding"] = "gzip"
+    resp = web.Response(body=body, headers=headers, content_type="application/dicom+json")
+    if not gzipped:
+        resp.enable_compression()  # deflate when the client accepts only that
     return resp
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header admits gzip: ``gzip``/``x-gzip`` with q > 0, or
+    else ``*`` with q > 0 (RFC 9110 §12.5.3)."""
+    found: dict[str, float] = {}
+    for item in (header or "").split(",")[:32]:
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        found.setdefault("gzip" if name == "x-gzip" else name, q)
+    q = found.get("gzip", found.get("*", 0.0))
+    return q > 0
 
 
 # --- frames -------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
 #: Series/study metadata answers kept in memory, keyed by their ETag (issue 6: a viewer
 #: asks for a series' metadata first; 300 instances are ~0.7 MB of JSON).
 METADATA_CACHE_BYTES = 64 * 1024**2
+#: Rendered frames and thumbnails kept in memory, keyed by the instance's sha256 and the
+#: rendering parameters (a viewer asks for the same previews again when it scrolls back).
+RENDER_CACHE_BYTES = 32 * 1024**2
 #: gzip level of cached metadata answers (compressed once per ETag, then served as is).
 METADATA_GZIP_LEVEL = 6
 
@@ -50,6 +53,7 @@ class RetrieveService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self.metadata_cache = BytesLRU(METADATA_CACHE_BYTES)
+        self.render_cache = BytesLRU(RENDER_CACHE_BYTES)
 
     # --- which instances ----------------------------------------------------------------
     # Every lookup takes the actor (required) and is limited to its data scope
@@ -98,13 +102,10 @@ class RetrieveService:
         yield await self.archive.run(transcode, data, transfer_syntax)
 
     # --- frames ---------------------------------------------------------------------------
-    async def frames(self, row: InstanceRow, numbers: list[int], transfer_syntax: str
-                     ) -> tuple[str, list[bytes]]:
-        """Frame bytes for 1-based ``numbers``; returns (transfer syntax served, frames).
-
-        ``transfer_syntax`` '*' serves frames as stored (compressed stays compressed);
-        Explicit VR LE serves native bytes, decoding only when the stored form is not
-        already native little endian."""
+    def _frames_as_stored(self, row: InstanceRow, numbers: list[int],
+                          transfer_syntax: str) -> str | None:
+        """Check the frame numbers; the transfer syntax served when the frames can be cut
+        from the stored object as they are (None: they need decoding)."""
         fi = row.frames
         if fi is None:
             raise errors.NotFound("the instance has no pixel data")
@@ -113,14 +114,51 @@ class RetrieveService:
                 raise errors.NotFound(f"frame {n} does not exist "
                                       f"(the instance has {fi.number_of_frames})")
         stored_ts = fi.transfer_syntax_uid
-        as_stored = not fi.needs_decode and (
-            transfer_syntax == "*" or transfer_syntax == stored_ts
-            or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE))
-        if as_stored:
+        if not fi.needs_decode and (
+                transfer_syntax == "*" or transfer_syntax == stored_ts
+                or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE)):
+            return stored_ts if transfer_syntax == "*" else transfer_syntax
+        return None
+
+    async def instance_frames(self, study: str, series: str, sop: str, numbers: list[int],
+                              choose: Callable[[InstanceRow], tuple[str, str]], *,
+                              actor: Any) -> tuple[str, str, list[bytes]]:
+        """(media type, transfer syntax served, frames) of one instance. ``choose(row)``
+        gives (media type, transfer syntax asked) from the request. The lookup and the
+        reads of frames served as stored (offsets recorded at ingest, CRC-checked) are
+        one worker call: the hop costs about as much as the page-cache read."""
+        scope = self._scope(actor)
+
+        def work() -> tuple[InstanceRow, str, str, list[bytes] | None]:
+            row = self.archive.catalogue.get_instance(study, series, sop, scope=scope)
+            if row is None:
+                raise errors.NotFound("no such instance")
+            media, ts = choose(row)
+            served = self._frames_as_stored(row, numbers, ts)
+            if served is None:
+                return row, media, ts, None
+            return row, media, served, [self._read_frame(row, n) for n in numbers]
+
+        row, media, ts, out = await self.archive.run(work)
+        if out is None:
+            ts, out = await self.frames(row, numbers, ts)
+        return media, ts, out
+
+    async def frames(self, row: InstanceRow, numbers: list[int], transfer_syntax: str
+                     ) -> tuple[str, list[bytes]]:
+        """Frame bytes for 1-based ``numbers``; returns (transfer syntax served, frames).
+
+        ``transfer_syntax`` '*' serves frames as stored (compressed stays compressed);
+        Explicit VR LE serves native bytes, decoding only when the stored form is not
+        already native little endian."""
+        served = self._frames_as_stored(row, numbers, transfer_syntax)
+        if served is not None:
             # One worker call for all frames: a thread hop costs about as much as a
             # page-cache read of a CT frame (benchmarks/RESULTS.md "frame").
             out = await self.archive.run(lambda: [self._read_frame(row, n) for n in numbers])
-            return (stored_ts if transfer_syntax == "*" else transfer_syntax), out
+            return served, out
+        assert row.frames is not None
+        stored_ts = row.frames.transfer_syntax_uid
         if transfer_syntax not in ("*", EXPLICIT_LE):
             raise errors.NotAcceptable(
                 f"frames can be served as stored ({stored_ts}) or as {EXPLICIT_LE}")
@@ -243,13 +281,27 @@ class RetrieveService:
             raise errors.Unprocessable("the instance has no pixel data to render")
         if frame < 1 or frame > row.frames.number_of_frames:
             raise errors.NotFound(f"frame {frame} does not exist")
+        # The image depends only on the object's bytes (named by their sha256, verified
+        # when it was rendered) and these parameters.
+        key = ("rendered", row.sha256, frame, media_type, window, viewport, quality)
+        hit = self.render_cache.get(key)
+        if hit is not None:
+            return hit
         data = await self.read_verified(row)
-        return await self.archive.run(
+        out = await self.archive.run(
             render, data, frame, media_type=media_type, window=window, viewport=viewport,
             quality=quality, max_pixels=self.archive.settings.dicomweb.render_max_pixels)
+        self.render_cache.put(key, out)
+        return out
 
     async def thumbnail(self, row: InstanceRow, size: int = 128) -> bytes:
         if row.frames is None:
             raise errors.Unprocessable("the instance has no pixel data to render")
+        key = ("thumbnail", row.sha256, size)
+        hit = self.render_cache.get(key)
+        if hit is not None:
+            return hit
         data = await self.read_verified(row)
-        return await self.archive.run(thumbnail, data, size=size)
+        out = await self.archive.run(thumbnail, data, size=size)
+        self.render_cache.put(key, out)
+        return out

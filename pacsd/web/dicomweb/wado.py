@@ -21,7 +21,7 @@ from ..accept import matches, parse_accept
 from ..auth import current_actor, note_audit, requires
 from ..keys import ARCHIVE, INGEST, RETRIEVE
 from ..middleware import STREAMING
-from .common import MultipartWriter, base_url, uids
+from .common import MultipartWriter, base_url, multipart_response, uids
 
 #: Media type of frames stored in each compressed transfer syntax (PS3.18 Table 8.7.3-2).
 FRAME_MEDIA_TYPES = {
@@ -224,17 +224,16 @@ async def retrieve_frames(request: web.Request) -> web.StreamResponse:
     settings = request.app[ARCHIVE].settings.dicomweb
     numbers = parse_frame_list(request.match_info["frames"], settings.max_frames_per_request)
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(study, series, sop, actor=current_actor(request))
-    media, ts = _choose_frame_repr(request, row)
-    served_ts, frames = await retrieve.frames(row, numbers, ts)
-    writer = MultipartWriter(request, media, extra_params=(
-        f"; transfer-syntax={served_ts}"))
+    # Instance lookup, representation and the frame reads in one worker call (issue 6).
+    media, served_ts, frames = await retrieve.instance_frames(
+        study, series, sop, numbers, lambda row: _choose_frame_repr(request, row),
+        actor=current_actor(request))
     base = base_url(request)
-    for n, data in zip(numbers, frames):
-        await writer.part(f"{media}; transfer-syntax={served_ts}", [data], {
-            "Content-Location": f"{base}/studies/{study}/series/{series}/instances/{sop}"
-                                f"/frames/{n}"})
-    return await writer.finish()
+    where = f"{base}/studies/{study}/series/{series}/instances/{sop}/frames/"
+    # Frames are at most max_frames_per_request parts of one instance, already in memory.
+    return multipart_response(media, [
+        (f"{media}; transfer-syntax={served_ts}", data, {"Content-Location": f"{where}{n}"})
+        for n, data in zip(numbers, frames)], extra_params=f"; transfer-syntax={served_ts}")
 
 
 # --- bulk data ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""Series/study metadata served from the answers kept under their ETag (issue 6, R-A1,
-R-H1): byte-for-byte the array the per-instance join produced before the cache, with
-GB18030 / UTF-8 names and private tags (BI-28), gzip compressed once, and never stale
-after an ingest or a delete below the series."""
+"""Retrieve-path caches (issue 6, R-A1, R-H1). Series/study metadata served from the
+answers kept under their ETag: byte-for-byte the array the per-instance join produced
+before the cache, with GB18030 / UTF-8 names and private tags (BI-28), gzip compressed
+once, and never stale after an ingest or a delete below the series. Rendered frames and
+thumbnails kept per object sha256 and parameters."""
 from __future__ import annotations
 
 import gzip
@@ -170,3 +171,28 @@ async def test_bytes_lru_bound():
     for i in range(10):
         c.put(i, b"w" * 20)
     assert c.size <= 100 and c.get("a") is None and c.get(9) == b"w" * 20
+
+
+async def test_rendered_and_thumbnail_kept_per_object_and_parameters(client, stow):
+    """A second /rendered or /thumbnail of the same object and parameters is the same
+    image from the cache; other parameters render again; a deleted instance is gone."""
+    ds = make_dataset(rows=64, columns=48, WindowCenter=1000, WindowWidth=2000)
+    assert (await stow([to_part10(ds)])).status == 200
+    base = (f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+            f"/instances/{ds.SOPInstanceUID}")
+    cache = client.server.app[RETRIEVE].render_cache
+    jpeg = {"Accept": "image/jpeg"}
+    first = await (await client.get(f"{base}/rendered", headers=jpeg)).read()
+    hits = cache.hits
+    again = await client.get(f"{base}/rendered", headers=jpeg)
+    assert again.status == 200 and await again.read() == first and cache.hits == hits + 1
+    other = await client.get(f"{base}/rendered?quality=20", headers=jpeg)
+    assert other.status == 200 and await other.read() != first
+    assert cache.hits == hits + 1
+    thumb = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail"
+    t1 = await (await client.get(thumb, headers=jpeg)).read()
+    t2 = await (await client.get(thumb, headers=jpeg)).read()
+    assert t1 == t2 and t1[:2] == b"\xff\xd8" and cache.hits == hits + 2
+    assert (await client.delete(f"/dicom-web/studies/{ds.StudyInstanceUID}")).status == 204
+    assert (await client.get(f"{base}/rendered", headers=jpeg)).status == 404
+    assert (await client.get(thumb, headers=jpeg)).status == 404

@@ -64,6 +64,14 @@ def _lifecycle(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=list(lifecycle_schema.LIFECYCLE_TABLES))
 
 
+def _series_modality_order(conn: sa.Connection) -> None:
+    # Indexes only (issue 6): series by Modality in QIDO order. Fresh databases get it
+    # from schema.py.
+    if schema.SERIES_MODALITY_ORDER.name not in {
+            i["name"] for i in sa.inspect(conn).get_indexes("series")}:
+        schema.SERIES_MODALITY_ORDER.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
@@ -71,6 +79,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "lifecycle: retention, purge tombstones, instance versions", _lifecycle),
     Migration(5, "access scoping: studies.institution, user/token institutions, "
                  "clearances, study_labels", access_schema.migrate_access),
+    Migration(8, "perf: index series (modality, series_number, pk)", _series_modality_order),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES

@@ -5,6 +5,7 @@
     python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
     python -m benchmarks scale [--sizes 10000,100000,1000000] [--db sqlite,postgresql]
+    python -m benchmarks memory [--size-mb 2048] [--concurrency 8] [--with-orthanc]
 
 ``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
 name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
@@ -158,6 +159,44 @@ def cmd_scale(args: argparse.Namespace) -> int:
         else 1
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Peak RSS of pacsd (and Orthanc) while a large study is retrieved (issue 6 item 4)."""
+    from . import memory
+    from .runner import machine_info
+    from .servers import OrthancProcess, PacsdProcess
+
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    mi = machine_info()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results: dict[str, dict] = {}
+    kinds = [("pacsd", PacsdProcess)] + ([("orthanc", OrthancProcess)]
+                                          if args.with_orthanc else [])
+    for name, cls in kinds:
+        server = cls()
+        try:
+            log(f"{name}: {server.version} at {server.url} (pid {server.pid})")
+            target = Target(name, server.url, pid=server.pid, version=server.version)
+            results[name] = asyncio.run(memory.measure(
+                target, size_mb=args.size_mb, concurrency=args.concurrency,
+                requests=args.requests, seed=args.seed, log=log))
+            results[name]["version"] = server.version
+        finally:
+            server.stop()
+    machine = (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
+               f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}"
+               f"; versions: " + "; ".join(f"{n} {r['version']}" for n, r in results.items()))
+    section = memory.markdown(results, command, machine)
+    path = report.save_json({"command": command, "machine": machine, "targets": results},
+                            "memory")
+    log(section)
+    if not args.no_results:
+        (Path(__file__).resolve().parent / "memory.md").write_text(section)
+        report.splice_section(Path(args.results), section)
+        log(f"written: {args.results}")
+    log(f"results: {path}")
+    return 0 if all(r["retrieve"]["verified"] for r in results.values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks",
                                 description="DICOMweb benchmark driver (pacsd vs others)")
@@ -190,7 +229,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="queries per kind at concurrency 1 (4x that at 16)")
     sc.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     sc.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    me = sub.add_parser("memory", help="peak RSS while a large study is retrieved "
+                        "(issue 6 item 4)")
+    me.add_argument("--size-mb", type=int, default=2048, help="study size (MB, 10^6 bytes)")
+    me.add_argument("--concurrency", type=int, default=8)
+    me.add_argument("--requests", type=int, default=8, help="whole-study retrievals")
+    me.add_argument("--seed", type=int, default=1)
+    me.add_argument("--with-orthanc", action="store_true",
+                    help="measure Orthanc the same way afterwards")
+    me.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    me.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)
+    if args.cmd == "memory":
+        return cmd_memory(args)
     if args.cmd == "scale":
         return cmd_scale(args)
     if args.cmd == "run":

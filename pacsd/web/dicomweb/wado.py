@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from contextlib import aclosing
 
 from aiohttp import web
 
@@ -74,9 +75,14 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
                             headers={"Content-Disposition": "attachment"})
     params = "" if ts == "*" else f"; transfer-syntax={ts}"
     writer = MultipartWriter(request, "application/dicom", extra_params=params)
+    if ts == "*":   # as stored: the next object is read and verified while this one is sent
+        async with aclosing(retrieve.objects_as_stored(rows)) as objects:
+            async for row, chunks in objects:
+                await writer.part(
+                    f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", chunks)
+        return await writer.finish()
     for row in rows:
-        served = row.transfer_syntax_uid if ts == "*" else ts
-        await writer.part(f"application/dicom; transfer-syntax={served}",
+        await writer.part(f"application/dicom; transfer-syntax={ts}",
                           retrieve.object_chunks(row, ts))
     return await writer.finish()
 

@@ -135,6 +135,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _machine_line(mi: dict, started: str) -> str:
+    return (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
+            f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}")
+
+
+def _write_section(args: argparse.Namespace, section: str, name: str, path: Path) -> None:
+    """Print a RESULTS.md section, keep it as benchmarks/NAME (report.py includes it in
+    the next side-by-side RESULTS.md) and splice it into --results now."""
+    log(section)
+    if not args.no_results:
+        (Path(__file__).resolve().parent / name).write_text(section)
+        report.splice_section(Path(args.results), section)
+        log(f"written: {args.results}")
+    log(f"results: {path}")
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from . import scale
     from .runner import machine_info
@@ -145,16 +161,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     mi = machine_info()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results = scale.run(sizes, dbs, n1=args.queries, n16=4 * args.queries, log=log)
-    machine = (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
-               f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}")
-    section = scale.markdown(results, command, machine)
-    path = report.save_json(results, "scale")
-    log(section)
-    if not args.no_results:
-        (Path(__file__).resolve().parent / "scale.md").write_text(section)
-        report.splice_section(Path(args.results), section)
-        log(f"written: {args.results}")
-    log(f"results: {path}")
+    section = scale.markdown(results, command, _machine_line(mi, started))
+    _write_section(args, section, "scale.md", report.save_json(results, "scale"))
     return 0 if all(v["verified"] for r in results["rows"] for v in r["kinds"].values()) \
         else 1
 
@@ -186,18 +194,11 @@ def cmd_memory(args: argparse.Namespace) -> int:
             results[name]["version"] = server.version
         finally:
             server.stop()
-    machine = (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
-               f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}"
-               f"; versions: " + "; ".join(f"{n} {r['version']}" for n, r in results.items()))
+    machine = _machine_line(mi, started) + "; versions: " + "; ".join(
+        f"{n} {r['version']}" for n, r in results.items())
     section = memory.markdown(results, command, machine)
-    path = report.save_json({"command": command, "machine": machine, "targets": results},
-                            "memory")
-    log(section)
-    if not args.no_results:
-        (Path(__file__).resolve().parent / "memory.md").write_text(section)
-        report.splice_section(Path(args.results), section)
-        log(f"written: {args.results}")
-    log(f"results: {path}")
+    _write_section(args, section, "memory.md", report.save_json(
+        {"command": command, "machine": machine, "targets": results}, "memory"))
     return 0 if all("retrieve" in r and r["retrieve"]["verified"]
                     for r in results.values()) else 1
 

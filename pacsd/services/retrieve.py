@@ -328,6 +328,32 @@ class RetrieveService:
         self.render_cache.put(key, out)
         return out
 
+    async def level_thumbnail(self, study: str, series: str | None, sop: str | None,
+                              size: int, *, actor: Any) -> bytes:
+        """Thumbnail of a study, series or instance: the middle one of its instances with
+        pixel data. Study and series thumbnails are kept under the metadata ETag (which
+        changes when an instance is added or removed below), so a repeat costs one
+        indexed query instead of listing every instance (issue 6)."""
+        key = None
+        if sop is None:
+            scope = self._scope(actor)
+            token = await self.archive.run(lambda: self.archive.catalogue.metadata_etag(
+                study, series, None, scope=scope))
+            if token is None:
+                raise errors.NotFound("no such study, series or instance")
+            key = ("level-thumbnail", study, series, token, size)
+            hit = self.render_cache.get(key)
+            if hit is not None:
+                return hit
+        rows = [r for r in await self.instances(study, series, sop, actor=actor)
+                if r.frames is not None]
+        if not rows:
+            raise errors.NotFound("nothing with pixel data to show")
+        out = await self.thumbnail(rows[len(rows) // 2], size)
+        if key is not None:
+            self.render_cache.put(key, out)
+        return out
+
     async def thumbnail(self, row: InstanceRow, size: int = 128) -> bytes:
         if row.frames is None:
             raise errors.Unprocessable("the instance has no pixel data to render")

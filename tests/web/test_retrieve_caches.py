@@ -193,6 +193,17 @@ async def test_rendered_and_thumbnail_kept_per_object_and_parameters(client, sto
     t1 = await (await client.get(thumb, headers=jpeg)).read()
     t2 = await (await client.get(thumb, headers=jpeg)).read()
     assert t1 == t2 and t1[:2] == b"\xff\xd8" and cache.hits == hits + 2
+    # Two more instances: the series' middle instance changes, and so does its thumbnail
+    # (the kept one was filed under the series' old ETag).
+    more = []
+    for n in (2, 3):
+        m = make_dataset(study=ds.StudyInstanceUID, series=ds.SeriesInstanceUID, rows=64,
+                         columns=48, seed=10 + n, WindowCenter=1000, WindowWidth=2000)
+        m.InstanceNumber = n
+        more.append(to_part10(m))
+    assert (await stow(more)).status == 200
+    t3 = await (await client.get(thumb, headers=jpeg)).read()
+    assert t3[:2] == b"\xff\xd8" and t3 != t1
     assert (await client.delete(f"/dicom-web/studies/{ds.StudyInstanceUID}")).status == 204
     assert (await client.get(f"{base}/rendered", headers=jpeg)).status == 404
     assert (await client.get(thumb, headers=jpeg)).status == 404

@@ -361,17 +361,12 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
     choose_render_type(request.headers.get("Accept"), None)
     retrieve = request.app[RETRIEVE]
-    rows = [r for r in await retrieve.instances(study, series, sop,
-                                                actor=current_actor(request))
-            if r.frames is not None]
-    if not rows:
-        raise errors.NotFound("nothing with pixel data to show")
-    row = rows[len(rows) // 2]
     size = THUMBNAIL_SIZE
     if "viewport" in request.query:
         vp = parse_render_params(request.query)["viewport"]
         size = max(vp)
-    data = await retrieve.thumbnail(row, size=size)
+    data = await retrieve.level_thumbnail(study, series, sop, size,
+                                          actor=current_actor(request))
     return web.Response(body=data, content_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
 

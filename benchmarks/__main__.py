@@ -5,6 +5,7 @@
     python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
     python -m benchmarks scale [--sizes 10000,100000,1000000] [--db sqlite,postgresql]
+    python -m benchmarks memory [--size-mb 2048] [--concurrency 8] [--with-orthanc]
 
 ``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
 name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
@@ -134,6 +135,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _machine_line(mi: dict, started: str) -> str:
+    return (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
+            f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}")
+
+
+def _write_section(args: argparse.Namespace, section: str, name: str, path: Path) -> None:
+    """Print a RESULTS.md section, keep it as benchmarks/NAME (report.py includes it in
+    the next side-by-side RESULTS.md) and splice it into --results now."""
+    log(section)
+    if not args.no_results:
+        (Path(__file__).resolve().parent / name).write_text(section)
+        report.splice_section(Path(args.results), section)
+        log(f"written: {args.results}")
+    log(f"results: {path}")
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     from . import scale
     from .runner import machine_info
@@ -144,18 +161,46 @@ def cmd_scale(args: argparse.Namespace) -> int:
     mi = machine_info()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     results = scale.run(sizes, dbs, n1=args.queries, n16=4 * args.queries, log=log)
-    machine = (f"{mi['nproc']} CPUs ({mi['cpu']}), {mi['ram']} RAM; started {started}, "
-               f"load average at start {'/'.join(f'{x:.2f}' for x in mi['loadavg_start'])}")
-    section = scale.markdown(results, command, machine)
-    path = report.save_json(results, "scale")
-    log(section)
-    if not args.no_results:
-        (Path(__file__).resolve().parent / "scale.md").write_text(section)
-        report.splice_section(Path(args.results), section)
-        log(f"written: {args.results}")
-    log(f"results: {path}")
+    section = scale.markdown(results, command, _machine_line(mi, started))
+    _write_section(args, section, "scale.md", report.save_json(results, "scale"))
     return 0 if all(v["verified"] for r in results["rows"] for v in r["kinds"].values()) \
         else 1
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    """Peak RSS of pacsd (and Orthanc) while a large study is retrieved (issue 6 item 4)."""
+    from . import memory
+    from .runner import machine_info
+    from .servers import OrthancProcess, PacsdProcess
+
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    mi = machine_info()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results: dict[str, dict] = {}
+    kinds = [("pacsd", PacsdProcess)] + ([("orthanc", OrthancProcess)]
+                                          if args.with_orthanc else [])
+    for name, cls in kinds:
+        server = cls()
+        try:
+            log(f"{name}: {server.version} at {server.url} (pid {server.pid})")
+            target = Target(name, server.url, pid=server.pid, version=server.version)
+            try:
+                results[name] = asyncio.run(memory.measure(
+                    target, size_mb=args.size_mb, concurrency=args.concurrency,
+                    requests=args.requests, seed=args.seed, log=log))
+            except RuntimeError as exc:   # one server failing keeps the other's numbers
+                log(f"{name}: {exc}")
+                results[name] = {"error": str(exc)}
+            results[name]["version"] = server.version
+        finally:
+            server.stop()
+    machine = _machine_line(mi, started) + "; versions: " + "; ".join(
+        f"{n} {r['version']}" for n, r in results.items())
+    section = memory.markdown(results, command, machine)
+    _write_section(args, section, "memory.md", report.save_json(
+        {"command": command, "machine": machine, "targets": results}, "memory"))
+    return 0 if all("retrieve" in r and r["retrieve"]["verified"]
+                    for r in results.values()) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +235,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="queries per kind at concurrency 1 (4x that at 16)")
     sc.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     sc.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    me = sub.add_parser("memory", help="peak RSS while a large study is retrieved "
+                        "(issue 6 item 4)")
+    me.add_argument("--size-mb", type=int, default=2048, help="study size (MB, 10^6 bytes)")
+    me.add_argument("--concurrency", type=int, default=8)
+    me.add_argument("--requests", type=int, default=8, help="whole-study retrievals")
+    me.add_argument("--seed", type=int, default=1)
+    me.add_argument("--with-orthanc", action="store_true",
+                    help="measure Orthanc the same way afterwards")
+    me.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    me.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)
+    if args.cmd == "memory":
+        return cmd_memory(args)
     if args.cmd == "scale":
         return cmd_scale(args)
     if args.cmd == "run":

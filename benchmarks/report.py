@@ -278,9 +278,10 @@ def results_md(result: dict, command: str, json_path: Path, names: tuple[str, st
         "",
         profile_md(result.get("profiles") or {}),
     ]
-    scale_file = HERE / "scale.md"  # written by `python -m benchmarks scale`
-    if scale_file.exists():
-        parts += [scale_file.read_text().strip(), ""]
+    for extra in ("scale.md", "memory.md"):  # by `python -m benchmarks scale` / `memory`
+        extra_file = HERE / extra
+        if extra_file.exists():
+            parts += [extra_file.read_text().strip(), ""]
     if notes_file.exists():
         parts += ["## Notes and suggestions", "", notes_file.read_text().strip(), ""]
     return "\n".join(parts)

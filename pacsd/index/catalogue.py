@@ -69,6 +69,23 @@ _HIERARCHY = instances.join(series, instances.c.series_fk == series.c.pk).join(
     studies, instances.c.study_fk == studies.c.pk)
 
 
+#: The unscoped instance lookup of WADO-RS frames/rendered/bulk data (study, series and
+#: SOP Instance UID given), built once: building and cache-keying the statement per
+#: request cost more than the SQL (issue 6 frames profile). Scoped lookups build theirs.
+_GET_INSTANCE = (sa.select(*_ROW_COLS).select_from(_HIERARCHY).where(
+    studies.c.study_instance_uid == sa.bindparam("b_study"),
+    series.c.series_instance_uid == sa.bindparam("b_series"),
+    instances.c.sop_instance_uid == sa.bindparam("b_sop")))
+
+
+#: The unscoped series metadata ETag (the first read of every series metadata request).
+_SERIES_ETAG = (sa.select(sa.literal("s"), series.c.pk, series.c.revision,
+                          series.c.num_instances, series.c.updated_at)
+                .select_from(series.join(studies, series.c.study_fk == studies.c.pk))
+                .where(studies.c.study_instance_uid == sa.bindparam("b_study"),
+                       series.c.series_instance_uid == sa.bindparam("b_series")))
+
+
 def _instance_row(row: sa.Row) -> InstanceRow:
     return InstanceRow(
         study_instance_uid=row.study_instance_uid,
@@ -288,8 +305,13 @@ class Catalogue:
                      scope: Iterable | None = None) -> InstanceRow | None:
         """One instance, only if it belongs to the given study (and series, if given)."""
         with translate_errors("reading an instance"), self._engine.connect() as conn:
-            row = conn.execute(sa.select(*_ROW_COLS).select_from(_HIERARCHY)
-                               .where(*_scope(study_uid, series_uid, sop_uid, scope))).first()
+            if series_uid is not None and scope_clause(scope) is None:
+                row = conn.execute(_GET_INSTANCE, {"b_study": study_uid,
+                                                   "b_series": series_uid,
+                                                   "b_sop": sop_uid}).first()
+            else:
+                row = conn.execute(sa.select(*_ROW_COLS).select_from(_HIERARCHY).where(
+                    *_scope(study_uid, series_uid, sop_uid, scope))).first()
         return _instance_row(row) if row is not None else None
 
     def _stream(self, cols, study_uid: str, series_uid: str | None, sop_uid: str | None,
@@ -325,10 +347,14 @@ class Catalogue:
                       ) -> str | None:
         """An opaque token (unquoted; the web layer quotes it) that changes whenever the
         metadata of the study/series/instance changes; None when nothing matches."""
+        params: dict[str, str] = {}
         if sop_uid is not None:
             stmt = (sa.select(sa.literal("i"), instances.c.pk, instances.c.sha256)
                     .select_from(_HIERARCHY)
                     .where(*_scope(study_uid, series_uid, sop_uid, scope)))
+        elif series_uid is not None and scope_clause(scope) is None:
+            stmt = _SERIES_ETAG
+            params = {"b_study": study_uid, "b_series": series_uid}
         elif series_uid is not None:
             stmt = (sa.select(sa.literal("s"), series.c.pk, series.c.revision,
                               series.c.num_instances, series.c.updated_at)
@@ -339,7 +365,7 @@ class Catalogue:
                              studies.c.num_instances, studies.c.updated_at).where(
                 *_scope(study_uid, None, None, scope))
         with translate_errors("reading metadata"), self._engine.connect() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(stmt, params).first()
         if row is None:
             return None
         return hashlib.sha256(repr(tuple(row)).encode()).hexdigest()[:32]

@@ -65,6 +65,14 @@ def _lifecycle(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=list(lifecycle_schema.LIFECYCLE_TABLES))
 
 
+def _series_modality_order(conn: sa.Connection) -> None:
+    # Indexes only (issue 6): series by Modality in QIDO order. Fresh databases get it
+    # from schema.py.
+    if schema.SERIES_MODALITY_ORDER.name not in {
+            i["name"] for i in sa.inspect(conn).get_indexes("series")}:
+        schema.SERIES_MODALITY_ORDER.create(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
@@ -76,6 +84,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "visit_type, body_parts_in_study (R-D2)", worklist.migrate_worklist),
     Migration(7, "audit trail: prune anchor, export cursors (syslog)",
               audit_schema.migrate_audit),
+    Migration(8, "perf: index series (modality, series_number, pk)", _series_modality_order),
     Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.

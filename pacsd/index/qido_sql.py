@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 from pydicom.datadict import tag_for_keyword
+from sqlalchemy.sql.util import find_tables
 
 from pacsd.index import names
 from pacsd.index.qido import (MATCHABLE, ORDER_KEYS, PRIVATE_KEYS, Match, QidoQuery,
@@ -237,8 +238,29 @@ def build(q: QidoQuery, extra_filter: sa.ColumnElement | None = None
         order = [instances.c.instance_number.asc().nulls_last(), instances.c.pk]
     page = (sa.select(*cols).select_from(source).where(*where).order_by(*order)
             .limit(q.limit).offset(q.offset))
-    count = sa.select(sa.func.count()).select_from(source).where(*where)
+    count = sa.select(sa.func.count()).select_from(_count_source(q.level, where)).where(*where)
     return page, count
+
+
+def _count_source(level: str, where: list) -> sa.FromClause:
+    """The FROM of the COUNT: only the upper tables a condition names (issue 6: the total
+    of a series-by-Modality query joined every series to its study for nothing). Every
+    series has its study and every instance its series and study, so leaving a join out
+    never changes the count."""
+    used: set = set()
+    for clause in where:
+        used.update(find_tables(clause, check_columns=True, include_aliases=True))
+    if level == "study":
+        return studies
+    if level == "series":
+        return series.join(studies, series.c.study_fk == studies.c.pk) \
+            if studies in used else series
+    source: sa.FromClause = instances
+    if series in used:
+        source = source.join(series, instances.c.series_fk == series.c.pk)
+    if studies in used:
+        source = source.join(studies, instances.c.study_fk == studies.c.pk)
+    return source
 
 
 # --- result assembly ---------------------------------------------------------------------

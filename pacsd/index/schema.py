@@ -197,6 +197,12 @@ series = sa.Table(
 )
 # Serves the foreign key and the series order within a study (SeriesNumber, pk).
 sa.Index("ix_series_study_number", series.c.study_fk, series.c.series_number, series.c.pk)
+# Series by Modality in QIDO order (SeriesNumber, pk): a page walks the index instead of
+# sorting every series of that modality (issue 6: 7 -> 53 ms from 10k to 100k instances
+# before). PostgreSQL sorts NULLs last ascending by default; SQLite (>= 3.30) walks the
+# index for NULLS LAST too. Migration 8.
+SERIES_MODALITY_ORDER = sa.Index("ix_series_modality_number", series.c.modality,
+                                 series.c.series_number, series.c.pk)
 
 instances = sa.Table(
     "instances", metadata,

@@ -9,13 +9,16 @@ lossless only; ``dicom.transcode`` verifies pixels bit-exact).
 """
 from __future__ import annotations
 
+import asyncio
+import gzip
 import zlib
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
 from .archive import Archive
+from .cache import BytesLRU
 
 #: Objects up to this size are read whole, verified, then sent (one read). Larger ones are
 #: streamed in chunks with the hash checked at the end (the connection is aborted on a
@@ -29,10 +32,34 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 #: Transfer syntaxes whose frames are the stored bytes, unchanged, in Explicit VR LE form.
 NATIVE_LE = {EXPLICIT_LE, IMPLICIT_LE}
 
+#: Series/study metadata answers kept in memory, keyed by their ETag (issue 6: a viewer
+#: asks for a series' metadata first; 300 instances are ~0.7 MB of JSON).
+METADATA_CACHE_BYTES = 64 * 1024**2
+#: Rendered frames and thumbnails kept in memory, keyed by the instance's sha256 and the
+#: rendering parameters (a viewer asks for the same previews again when it scrolls back).
+RENDER_CACHE_BYTES = 32 * 1024**2
+#: gzip level of cached metadata answers (compressed once per ETag, then served as is).
+METADATA_GZIP_LEVEL = 6
+
+
+def _consume(fut: "asyncio.Future") -> None:
+    if not fut.cancelled():
+        fut.exception()   # retrieved: no "exception was never retrieved" warning
+
+
+def join_metadata(items: list[bytes], base_url: str) -> bytes:
+    """The DICOM JSON array of the per-instance objects stored at ingest, with the bulk
+    data URI template (``model.BULK_BASE``) replaced by ``base_url``."""
+    placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
+    replacement = b'"BulkDataURI":"' + base_url.encode()
+    return (b"[" + b",".join(items) + b"]").replace(placeholder, replacement)
+
 
 class RetrieveService:
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        self.metadata_cache = BytesLRU(METADATA_CACHE_BYTES)
+        self.render_cache = BytesLRU(RENDER_CACHE_BYTES)
 
     # --- which instances ----------------------------------------------------------------
     # Every lookup takes the actor (required) and is limited to its data scope
@@ -80,14 +107,39 @@ class RetrieveService:
         data = await self.read_verified(row)
         yield await self.archive.run(transcode, data, transfer_syntax)
 
-    # --- frames ---------------------------------------------------------------------------
-    async def frames(self, row: InstanceRow, numbers: list[int], transfer_syntax: str
-                     ) -> tuple[str, list[bytes]]:
-        """Frame bytes for 1-based ``numbers``; returns (transfer syntax served, frames).
+    async def objects_as_stored(self, rows: list[InstanceRow]
+                                ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
+        """(row, its chunks as stored) for each row, in order, reading (and verifying)
+        the next object on the worker pool while the caller sends the current one
+        (issue 6: the sha256 check and the socket writes overlap; at most two objects
+        of one answer in memory). Objects over WHOLE_READ_LIMIT stream as before."""
+        async def one(data: bytes) -> AsyncIterator[bytes]:
+            yield data
 
-        ``transfer_syntax`` '*' serves frames as stored (compressed stays compressed);
-        Explicit VR LE serves native bytes, decoding only when the stored form is not
-        already native little endian."""
+        pending: asyncio.Future | None = None
+        try:
+            for i, row in enumerate(rows):
+                if row.size > WHOLE_READ_LIMIT:
+                    yield row, self.object_chunks(row, "*")
+                    continue
+                task = pending if pending is not None else asyncio.ensure_future(
+                    self.read_verified(row))
+                pending = None
+                nxt = rows[i + 1] if i + 1 < len(rows) else None
+                if nxt is not None and nxt.size <= WHOLE_READ_LIMIT:
+                    pending = asyncio.ensure_future(self.read_verified(nxt))
+                yield row, one(await task)
+        finally:
+            if pending is not None:
+                pending.cancel()
+                # a read already running on the pool finishes there; its result is dropped
+                pending.add_done_callback(_consume)
+
+    # --- frames ---------------------------------------------------------------------------
+    def _frames_as_stored(self, row: InstanceRow, numbers: list[int],
+                          transfer_syntax: str) -> str | None:
+        """Check the frame numbers; the transfer syntax served when the frames can be cut
+        from the stored object as they are (None: they need decoding)."""
         fi = row.frames
         if fi is None:
             raise errors.NotFound("the instance has no pixel data")
@@ -96,14 +148,51 @@ class RetrieveService:
                 raise errors.NotFound(f"frame {n} does not exist "
                                       f"(the instance has {fi.number_of_frames})")
         stored_ts = fi.transfer_syntax_uid
-        as_stored = not fi.needs_decode and (
-            transfer_syntax == "*" or transfer_syntax == stored_ts
-            or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE))
-        if as_stored:
+        if not fi.needs_decode and (
+                transfer_syntax == "*" or transfer_syntax == stored_ts
+                or (transfer_syntax == EXPLICIT_LE and stored_ts in NATIVE_LE)):
+            return stored_ts if transfer_syntax == "*" else transfer_syntax
+        return None
+
+    async def instance_frames(self, study: str, series: str, sop: str, numbers: list[int],
+                              choose: Callable[[InstanceRow], tuple[str, str]], *,
+                              actor: Any) -> tuple[str, str, list[bytes]]:
+        """(media type, transfer syntax served, frames) of one instance. ``choose(row)``
+        gives (media type, transfer syntax asked) from the request. The lookup and the
+        reads of frames served as stored (offsets recorded at ingest, CRC-checked) are
+        one worker call: the hop costs about as much as the page-cache read."""
+        scope = self._scope(actor)
+
+        def work() -> tuple[InstanceRow, str, str, list[bytes] | None]:
+            row = self.archive.catalogue.get_instance(study, series, sop, scope=scope)
+            if row is None:
+                raise errors.NotFound("no such instance")
+            media, ts = choose(row)
+            served = self._frames_as_stored(row, numbers, ts)
+            if served is None:
+                return row, media, ts, None
+            return row, media, served, [self._read_frame(row, n) for n in numbers]
+
+        row, media, ts, out = await self.archive.run(work)
+        if out is None:
+            ts, out = await self.frames(row, numbers, ts)
+        return media, ts, out
+
+    async def frames(self, row: InstanceRow, numbers: list[int], transfer_syntax: str
+                     ) -> tuple[str, list[bytes]]:
+        """Frame bytes for 1-based ``numbers``; returns (transfer syntax served, frames).
+
+        ``transfer_syntax`` '*' serves frames as stored (compressed stays compressed);
+        Explicit VR LE serves native bytes, decoding only when the stored form is not
+        already native little endian."""
+        served = self._frames_as_stored(row, numbers, transfer_syntax)
+        if served is not None:
             # One worker call for all frames: a thread hop costs about as much as a
             # page-cache read of a CT frame (benchmarks/RESULTS.md "frame").
             out = await self.archive.run(lambda: [self._read_frame(row, n) for n in numbers])
-            return (stored_ts if transfer_syntax == "*" else transfer_syntax), out
+            return served, out
+        assert row.frames is not None
+        stored_ts = row.frames.transfer_syntax_uid
         if transfer_syntax not in ("*", EXPLICIT_LE):
             raise errors.NotAcceptable(
                 f"frames can be served as stored ({stored_ts}) or as {EXPLICIT_LE}")
@@ -166,23 +255,57 @@ class RetrieveService:
             raise errors.NotFound("no such study, series or instance")
         return etag
 
+    async def metadata(self, study: str, series: str | None, sop: str | None,
+                       base_url: str, *, actor: Any, gzipped: bool = False,
+                       not_modified: Callable[[str], bool] | None = None
+                       ) -> tuple[str, bytes | None]:
+        """(ETag token, the DICOM JSON array) in one worker call; ``gzipped``: the array
+        gzip-compressed. Built from the per-instance bytes stored at ingest (never
+        re-parsed); series and study answers are kept in :attr:`metadata_cache` under
+        their ETag, which the catalogue changes on every ingest, correction or delete
+        below them, so a kept answer is never stale (checked against the database on
+        every request). ``not_modified(token)`` true: the body is None (HTTP 304)."""
+        scope = self._scope(actor)
+        return await self.archive.run(self._metadata_sync, study, series, sop, base_url,
+                                      scope, gzipped, not_modified)
+
+    def _metadata_sync(self, study: str, series: str | None, sop: str | None,
+                       base_url: str, scope: tuple, gzipped: bool,
+                       not_modified: Callable[[str], bool] | None
+                       ) -> tuple[str, bytes | None]:
+        cat = self.archive.catalogue
+        token = cat.metadata_etag(study, series, sop, scope=scope)
+        if token is None:
+            raise errors.NotFound("no such study, series or instance")
+        if not_modified is not None and not_modified(token):
+            return token, None
+        cache = self.metadata_cache if sop is None else None
+        key = (study, series, token, base_url)
+        if cache is not None:
+            hit = cache.get(key + (gzipped,))
+            if hit is not None:
+                return token, hit
+        plain = cache.get(key + (False,)) if cache is not None and gzipped else None
+        if plain is None:
+            items = list(cat.iter_metadata(study, series, sop, scope=scope))
+            if not items:   # deleted between the two reads
+                raise errors.NotFound("no such study, series or instance")
+            plain = join_metadata(items, base_url)
+            if cache is not None:
+                cache.put(key + (False,), plain)
+        if not gzipped:
+            return token, plain
+        body = gzip.compress(plain, compresslevel=METADATA_GZIP_LEVEL, mtime=0)
+        if cache is not None:
+            cache.put(key + (True,), body)
+        return token, body
+
     async def metadata_chunks(self, study: str, series: str | None, sop: str | None,
                               base_url: str, *, actor: Any) -> AsyncIterator[bytes]:
-        """The DICOM JSON array, from the bytes stored at ingest (never re-parsed)."""
-        placeholder = b'"BulkDataURI":"' + BULK_BASE.encode()
-        replacement = b'"BulkDataURI":"' + base_url.encode()
-        # One worker call materialises the rows: a database cursor must not hop between
-        # worker threads. Metadata is ~5-10 kB per instance, pixel data is never in it.
-        scope = self._scope(actor)
-        items = await self.archive.run(lambda: list(
-            self.archive.catalogue.iter_metadata(study, series, sop, scope=scope)))
-        if not items:
-            raise errors.NotFound("no such study, series or instance")
-        yield b"["
-        for start in range(0, len(items), 256):
-            body = b",".join(items[start:start + 256]).replace(placeholder, replacement)
-            yield body if start == 0 else b"," + body
-        yield b"]"
+        """The DICOM JSON array (as :meth:`metadata`), for callers that iterate."""
+        _, body = await self.metadata(study, series, sop, base_url, actor=actor)
+        assert body is not None
+        yield body
 
     # --- consumer formats -----------------------------------------------------------------
     async def rendered(self, row: InstanceRow, frame: int, *, media_type: str,
@@ -192,13 +315,53 @@ class RetrieveService:
             raise errors.Unprocessable("the instance has no pixel data to render")
         if frame < 1 or frame > row.frames.number_of_frames:
             raise errors.NotFound(f"frame {frame} does not exist")
+        # The image depends only on the object's bytes (named by their sha256, verified
+        # when it was rendered) and these parameters.
+        key = ("rendered", row.sha256, frame, media_type, window, viewport, quality)
+        hit = self.render_cache.get(key)
+        if hit is not None:
+            return hit
         data = await self.read_verified(row)
-        return await self.archive.run(
+        out = await self.archive.run(
             render, data, frame, media_type=media_type, window=window, viewport=viewport,
             quality=quality, max_pixels=self.archive.settings.dicomweb.render_max_pixels)
+        self.render_cache.put(key, out)
+        return out
+
+    async def level_thumbnail(self, study: str, series: str | None, sop: str | None,
+                              size: int, *, actor: Any) -> bytes:
+        """Thumbnail of a study, series or instance: the middle one of its instances with
+        pixel data. Study and series thumbnails are kept under the metadata ETag (which
+        changes when an instance is added or removed below), so a repeat costs one
+        indexed query instead of listing every instance (issue 6)."""
+        key = None
+        if sop is None:
+            scope = self._scope(actor)
+            token = await self.archive.run(lambda: self.archive.catalogue.metadata_etag(
+                study, series, None, scope=scope))
+            if token is None:
+                raise errors.NotFound("no such study, series or instance")
+            key = ("level-thumbnail", study, series, token, size)
+            hit = self.render_cache.get(key)
+            if hit is not None:
+                return hit
+        rows = [r for r in await self.instances(study, series, sop, actor=actor)
+                if r.frames is not None]
+        if not rows:
+            raise errors.NotFound("nothing with pixel data to show")
+        out = await self.thumbnail(rows[len(rows) // 2], size)
+        if key is not None:
+            self.render_cache.put(key, out)
+        return out
 
     async def thumbnail(self, row: InstanceRow, size: int = 128) -> bytes:
         if row.frames is None:
             raise errors.Unprocessable("the instance has no pixel data to render")
+        key = ("thumbnail", row.sha256, size)
+        hit = self.render_cache.get(key)
+        if hit is not None:
+            return hit
         data = await self.read_verified(row)
-        return await self.archive.run(thumbnail, data, size=size)
+        out = await self.archive.run(thumbnail, data, size=size)
+        self.render_cache.put(key, out)
+        return out

@@ -187,3 +187,25 @@ def test_other_checks_reject_wrong_answers():
     m = Manifest()
     m.add(insts[0])
     assert m.study_count(insts[0].study) == 1
+
+
+def test_memory_phase_samples_the_server_process(tmp_path):
+    """Issue 6 item 4: `benchmarks memory` stores a study, resets the server's peak RSS
+    and samples /proc/PID/status while every retrieval is verified (no size asserted)."""
+    from benchmarks import memory
+
+    srv = Server(str(tmp_path))
+    try:
+        target = P.Target("pacsd", srv.url + "/dicom-web", pid=srv.proc.pid)
+        out = asyncio.run(memory.measure(target, size_mb=3, concurrency=2, requests=2,
+                                         seed=5, log=lambda _: None))
+    finally:
+        srv.stop()
+    w = out["retrieve"]
+    assert out["load"]["verified"] and w["verified"], w["error_sample"]
+    assert w["instances"] == 6 and w["requests"] == 2 and w["bytes"] >= 2 * w["study_bytes"]
+    assert w["hwm_reset"] and w["samples"] >= 1
+    assert 0 < w["rss_before_mb"] <= w["rss_max_sampled_mb"]
+    assert w["hwm_mb"] > 0
+    md = memory.markdown({"pacsd": out}, "cmd", "machine")
+    assert "| pacsd | " in md

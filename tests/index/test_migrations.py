@@ -151,3 +151,41 @@ def test_memory_sqlite_works():
     cat.migrate()
     assert cat.counts()["studies"] == 0
     cat.close()
+
+
+def test_upgrade_from_version_5_adds_series_modality_index(fresh_url, monkeypatch):
+    """Migration 8 (issue 6, R-H1): a version-5 catalogue with data gets the index
+    series (modality, series_number, pk), rows intact; running it again changes nothing.
+    Other helpers' migrations (6, 7, 9 ...) are left out so this tests 5 -> 8 alone."""
+    from pacsd.index.schema import SERIES_MODALITY_ORDER, patients, series, studies
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    now = sa.func.now()
+    with cat.engine.begin() as conn:
+        # Back to version 5: without the index and without the newer version rows.
+        SERIES_MODALITY_ORDER.drop(conn)
+        conn.execute(sa.delete(schema_version).where(schema_version.c.version > 5))
+        conn.execute(sa.insert(patients).values(
+            pk=1, patient_id="P1", issuer_of_patient_id="", num_studies=1, created_at=now,
+            updated_at=now))
+        conn.execute(sa.insert(studies).values(
+            pk=1, patient_fk=1, study_instance_uid="1.2.3", num_series=1, num_instances=0,
+            modalities_in_study="CT", study_json=b"{}", revision=0, created_at=now,
+            updated_at=now))
+        conn.execute(sa.insert(series).values(
+            pk=1, series_instance_uid="1.2.3.4", study_fk=1, modality="CT", series_number=7,
+            num_instances=0, series_json=b"{}", revision=0, created_at=now, updated_at=now))
+    names = {i["name"] for i in sa.inspect(cat.engine).get_indexes("series")}
+    assert "ix_series_modality_number" not in names
+    mine = tuple(m for m in migrations.MIGRATIONS if m.version <= 5 or m.version == 8)
+    monkeypatch.setattr(migrations, "MIGRATIONS", mine)
+    monkeypatch.setattr(migrations, "LATEST", 8)
+    assert cat.migrate() == 8
+    assert cat.migrate() == 8
+    assert versions(cat) == [1, 2, 3, 4, 5, 8]
+    idx = {i["name"]: i for i in sa.inspect(cat.engine).get_indexes("series")}
+    assert idx["ix_series_modality_number"]["column_names"] == [
+        "modality", "series_number", "pk"]
+    with cat.engine.connect() as conn:
+        assert conn.execute(sa.select(series.c.series_number)).scalars().all() == [7]
+    cat.close()

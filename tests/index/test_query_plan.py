@@ -106,3 +106,19 @@ def test_R_H1_RD2_worklist_keys_use_their_index(big, key, value, index):
     """R-D2 worklist keys (migration 6): each is one indexed study column."""
     p = plan(big, "study", [(key, value)])
     assert index in p and "SCAN studies" not in p, p
+
+
+def test_R_H1_series_by_modality_page_walks_index(big):
+    """Issue 6: the Modality page walks ix_series_modality_number (no sort of every series
+    of that modality) and its total counts series alone (no studies join)."""
+    params = [("Modality", "CT"), ("limit", "10"), ("offset", "20")]
+    q = parse_qido("series", params)
+    p = plan(big, "series", params)
+    assert "ix_series_modality_number" in p and "TEMP B-TREE" not in p, p
+    _page, count = qido_sql.build(q)
+    assert "studies" not in str(count), str(count)
+    result = big.search(q)
+    assert result.total == 1000 and len(result.items) == 10
+    # The study-level filter still joins (and counts right).
+    scoped = big.search(parse_qido("series", [("Modality", "CT"), ("PatientID", "P42")]))
+    assert scoped.total == 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
+from contextlib import aclosing
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from ..accept import matches, parse_accept
 from ..auth import current_actor, note_audit, requires
 from ..keys import ARCHIVE, INGEST, RETRIEVE
 from ..middleware import STREAMING
-from .common import MultipartWriter, base_url, uids
+from .common import MultipartWriter, base_url, multipart_response, uids
 
 #: Media type of frames stored in each compressed transfer syntax (PS3.18 Table 8.7.3-2).
 FRAME_MEDIA_TYPES = {
@@ -74,9 +75,14 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
                             headers={"Content-Disposition": "attachment"})
     params = "" if ts == "*" else f"; transfer-syntax={ts}"
     writer = MultipartWriter(request, "application/dicom", extra_params=params)
+    if ts == "*":   # as stored: the next object is read and verified while this one is sent
+        async with aclosing(retrieve.objects_as_stored(rows)) as objects:
+            async for row, chunks in objects:
+                await writer.part(
+                    f"application/dicom; transfer-syntax={row.transfer_syntax_uid}", chunks)
+        return await writer.finish()
     for row in rows:
-        served = row.transfer_syntax_uid if ts == "*" else ts
-        await writer.part(f"application/dicom; transfer-syntax={served}",
+        await writer.part(f"application/dicom; transfer-syntax={ts}",
                           retrieve.object_chunks(row, ts))
     return await writer.finish()
 
@@ -138,24 +144,44 @@ async def retrieve_metadata(request: web.Request) -> web.StreamResponse:
         raise errors.NotAcceptable("metadata is served as application/dicom+json")
     retrieve = request.app[RETRIEVE]
     base = base_url(request)
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding"))
     # The stored bytes get the base URL substituted, so it is part of the validator.
-    etag = '"%s-%08x"' % (await retrieve.metadata_etag(
-        study, series, sop, actor=current_actor(request)),
-                          zlib.crc32(base.encode()))
-    if etag in request.headers.get("If-None-Match", ""):
-        return web.Response(status=304, headers={"ETag": etag})
-    resp = web.StreamResponse(headers={"ETag": etag, "Cache-Control": "private, no-cache"})
-    resp.content_type = "application/dicom+json"
-    resp.enable_compression()  # gzip/deflate when the client accepts it
-    started = False
-    async for chunk in retrieve.metadata_chunks(study, series, sop, base,
-                                                   actor=current_actor(request)):
-        if not started:
-            await resp.prepare(request)
-            started = True
-        await resp.write(chunk)
-    await resp.write_eof()
+    base_crc = zlib.crc32(base.encode())
+    if_none_match = request.headers.get("If-None-Match", "")
+    token, body = await retrieve.metadata(
+        study, series, sop, base, actor=current_actor(request), gzipped=gzipped,
+        not_modified=lambda t: bool(if_none_match) and
+        '"%s-%08x"' % (t, base_crc) in if_none_match)
+    etag = '"%s-%08x"' % (token, base_crc)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Vary": "Accept-Encoding"}
+    if body is None:
+        return web.Response(status=304, headers=headers)
+    if gzipped:   # compressed once per ETag and kept (services/retrieve.py)
+        headers["Content-Encoding"] = "gzip"
+    resp = web.Response(body=body, headers=headers, content_type="application/dicom+json")
+    if not gzipped:
+        resp.enable_compression()  # deflate when the client accepts only that
     return resp
+
+
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an Accept-Encoding header admits gzip: ``gzip``/``x-gzip`` with q > 0, or
+    else ``*`` with q > 0 (RFC 9110 §12.5.3)."""
+    found: dict[str, float] = {}
+    for item in (header or "").split(",")[:32]:
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        found.setdefault("gzip" if name == "x-gzip" else name, q)
+    q = found.get("gzip", found.get("*", 0.0))
+    return q > 0
 
 
 # --- frames -------------------------------------------------------------------------------
@@ -204,17 +230,16 @@ async def retrieve_frames(request: web.Request) -> web.StreamResponse:
     settings = request.app[ARCHIVE].settings.dicomweb
     numbers = parse_frame_list(request.match_info["frames"], settings.max_frames_per_request)
     retrieve = request.app[RETRIEVE]
-    row = await retrieve.instance(study, series, sop, actor=current_actor(request))
-    media, ts = _choose_frame_repr(request, row)
-    served_ts, frames = await retrieve.frames(row, numbers, ts)
-    writer = MultipartWriter(request, media, extra_params=(
-        f"; transfer-syntax={served_ts}"))
+    # Instance lookup, representation and the frame reads in one worker call (issue 6).
+    media, served_ts, frames = await retrieve.instance_frames(
+        study, series, sop, numbers, lambda row: _choose_frame_repr(request, row),
+        actor=current_actor(request))
     base = base_url(request)
-    for n, data in zip(numbers, frames):
-        await writer.part(f"{media}; transfer-syntax={served_ts}", [data], {
-            "Content-Location": f"{base}/studies/{study}/series/{series}/instances/{sop}"
-                                f"/frames/{n}"})
-    return await writer.finish()
+    where = f"{base}/studies/{study}/series/{series}/instances/{sop}/frames/"
+    # Frames are at most max_frames_per_request parts of one instance, already in memory.
+    return multipart_response(media, [
+        (f"{media}; transfer-syntax={served_ts}", data, {"Content-Location": f"{where}{n}"})
+        for n, data in zip(numbers, frames)], extra_params=f"; transfer-syntax={served_ts}")
 
 
 # --- bulk data ----------------------------------------------------------------------------
@@ -336,17 +361,12 @@ async def retrieve_thumbnail(request: web.Request) -> web.Response:
     study, series, sop = uids(request)
     choose_render_type(request.headers.get("Accept"), None)
     retrieve = request.app[RETRIEVE]
-    rows = [r for r in await retrieve.instances(study, series, sop,
-                                                actor=current_actor(request))
-            if r.frames is not None]
-    if not rows:
-        raise errors.NotFound("nothing with pixel data to show")
-    row = rows[len(rows) // 2]
     size = THUMBNAIL_SIZE
     if "viewport" in request.query:
         vp = parse_render_params(request.query)["viewport"]
         size = max(vp)
-    data = await retrieve.thumbnail(row, size=size)
+    data = await retrieve.level_thumbnail(study, series, sop, size,
+                                          actor=current_actor(request))
     return web.Response(body=data, content_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300"})
 

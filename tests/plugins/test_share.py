@@ -258,53 +258,6 @@ def test_R_C5_doctor_shares_the_image_being_viewed_and_R_C4_keyword_search(site)
     assert "<script>" not in r.text and "&lt;script&gt;" in r.text   # SEC-24
 
 
-def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
-    """Last in this module: it exhausts the loopback address's budget (rate_limit 20)."""
-    import secrets
-
-    statuses = []
-    for _ in range(25):
-        r = requests.get(site.url + "/plugins/share/s/" + secrets.token_urlsafe(32),
-                         allow_redirects=False)
-        statuses.append(r.status_code)
-        if r.status_code == 429:
-            assert int(r.headers["Retry-After"]) >= 1
-    assert statuses[0] == 401 and statuses[-1] == 429
-    assert statuses == sorted(statuses)                  # once limited, stays limited
-    valid = create_link(site, [site.studies["A"][0]])    # even a good link waits now
-    assert requests.get(valid["url"], allow_redirects=False).status_code == 429
-    events = site.auditor.get(site.url + "/api/v1/audit",
-                              params={"type": "share.denied", "limit": 1000}).json()["events"]
-    assert any(e["detail"].get("reason") == "rate-limited" for e in events)
-
-
-def test_R_E6_share_tables_upgrade_from_version_1(tmp_path, with_plugin_site):
-    import sqlalchemy as sa
-
-    from pacsd.index.plugin_tables import migrate_plugin, plugin_versions
-    from pacsd.plugin_api import Migration, PluginSchema
-    from pacsd_share import links as L
-
-    v1 = sa.MetaData()
-    for table in (L.links, L.sessions):                   # version 1: no focus column
-        table.to_metadata(v1)
-    v1.tables["share_links"]._columns.remove(v1.tables["share_links"].c.focus)
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'v1.db'}")
-    migrate_plugin(engine, PluginSchema("share", v1, (Migration(1, "v1", v1.create_all),)))
-    assert "focus" not in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
-    assert migrate_plugin(engine, L.SCHEMA) == 3
-    assert "focus" in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
-    assert {"share_enrolments", "share_service", "share_feedback"} <= set(
-        sa.inspect(engine).get_table_names())                 # version 3 (R-C3, R-C9)
-    assert plugin_versions(engine) == {"share": 3}
-    with engine.begin() as conn:
-        token, link = L.create_link(conn, kind="exam", patient_id="P", studies=["1.2"],
-                                    hidden=[], factor_kind="phone", factor_value="1234",
-                                    created_by="t", ttl_s=60, focus={"series": "1", "sop": "2"})
-    with engine.connect() as conn:
-        assert L.link_by_token(conn, token).focus == {"series": "1", "sop": "2"}
-
-
 def test_R_C4_R_D1_SEC_1_phone_viewer_dicomweb_is_scoped_to_the_share(site):
     """The phone image view's DICOMweb root (/plugins/share/dicom-web): the share cookie
     reads the shared study's series metadata and frames through pacsd's own WADO-RS
@@ -363,3 +316,51 @@ def test_R_C4_query_filter_confines_a_share_actor_to_its_link():
     assert pacsd_share.query_filter(Actor(id="share:9"), "read") == \
         OneOf("study_instance_uid", [])
     assert pacsd_share.query_filter(Actor(id="user:1"), "read") is None
+
+
+def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
+    """Last in this module: it exhausts the loopback address's budget (rate_limit 20)."""
+    import secrets
+
+    statuses = []
+    for _ in range(25):
+        r = requests.get(site.url + "/plugins/share/s/" + secrets.token_urlsafe(32),
+                         allow_redirects=False)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["Retry-After"]) >= 1
+    assert statuses[0] == 401 and statuses[-1] == 429
+    assert statuses == sorted(statuses)                  # once limited, stays limited
+    valid = create_link(site, [site.studies["A"][0]])    # even a good link waits now
+    assert requests.get(valid["url"], allow_redirects=False).status_code == 429
+    events = site.auditor.get(site.url + "/api/v1/audit",
+                              params={"type": "share.denied", "limit": 1000}).json()["events"]
+    assert any(e["detail"].get("reason") == "rate-limited" for e in events)
+
+
+def test_R_E6_share_tables_upgrade_from_version_1(tmp_path, with_plugin_site):
+    import sqlalchemy as sa
+
+    from pacsd.index.plugin_tables import migrate_plugin, plugin_versions
+    from pacsd.plugin_api import Migration, PluginSchema
+    from pacsd_share import links as L
+
+    v1 = sa.MetaData()
+    for table in (L.links, L.sessions):                   # version 1: no focus column
+        table.to_metadata(v1)
+    v1.tables["share_links"]._columns.remove(v1.tables["share_links"].c.focus)
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'v1.db'}")
+    migrate_plugin(engine, PluginSchema("share", v1, (Migration(1, "v1", v1.create_all),)))
+    assert "focus" not in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
+    assert migrate_plugin(engine, L.SCHEMA) == 3
+    assert "focus" in {c["name"] for c in sa.inspect(engine).get_columns("share_links")}
+    assert {"share_enrolments", "share_service", "share_feedback"} <= set(
+        sa.inspect(engine).get_table_names())                 # version 3 (R-C3, R-C9)
+    assert plugin_versions(engine) == {"share": 3}
+    with engine.begin() as conn:
+        token, link = L.create_link(conn, kind="exam", patient_id="P", studies=["1.2"],
+                                    hidden=[], factor_kind="phone", factor_value="1234",
+                                    created_by="t", ttl_s=60, focus={"series": "1", "sop": "2"})
+    with engine.connect() as conn:
+        assert L.link_by_token(conn, token).focus == {"series": "1", "sop": "2"}
+

@@ -15,9 +15,7 @@ import {
 import { startCore, registerSeries, hasWebGL } from './core.js';
 import { TAG, value } from './dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from './presets.js';
-
-export const SHARE = '/plugins/share';
-export const ROOT = `${SHARE}/dicom-web`;
+import { SHARE, ROOT, parseRoute, simpleUrl } from './phoneroute.js';
 const ENGINE = 'pacsd-phone';
 const GROUP = 'pacsd-phone-tools';
 const VP = 'phone-vp';
@@ -26,17 +24,6 @@ const MODES = { scroll: StackScrollTool, window: WindowLevelTool, pan: PanTool }
 
 const state = { ready: false, engine: null, group: null, mode: 'scroll', cine: false,
   modality: '', count: 0, error: '' };
-
-/** '#/study/<uid>/series/<uid>' -> { study, series } or null. */
-export function parseRoute(hash) {
-  const m = String(hash).match(/^#\/study\/([0-9.]+)\/series\/([0-9.]+)$/);
-  return m ? { study: m[1], series: m[2] } : null;
-}
-
-/** The server-rendered picture view of the same series (the fallback). */
-export function simpleUrl(r) {
-  return r ? `${SHARE}/exams/${r.study}/series/${r.series}` : `${SHARE}/exams`;
-}
 
 function message(html) {
   const el = document.getElementById('msg');
@@ -58,8 +45,10 @@ function setMode(mode) {
   const g = state.group;
   for (const [name, T] of Object.entries(MODES)) {
     if (name === mode) continue;
+    // Drop every binding (a passive tool keeps its touch binding otherwise), then give
+    // the wheel back to scrolling.
+    g.setToolPassive(T.toolName, { removeAllBindings: true });
     if (T === StackScrollTool) g.setToolActive(T.toolName, { bindings: [{ mouseButton: MouseBindings.Wheel }] });
-    else g.setToolPassive(T.toolName);
   }
   const extra = mode === 'scroll' ? [{ mouseButton: MouseBindings.Wheel }] : [];
   g.setToolActive(MODES[mode].toolName, { bindings: [{ mouseButton: MouseBindings.Primary }, { numTouchPoints: 1 }, ...extra] });
@@ -70,7 +59,7 @@ function setMode(mode) {
 function updateInfo() {
   const vp = viewport();
   const el = document.getElementById('info');
-  if (!vp || !el) return;
+  if (!vp || !el || !state.count) return;
   const props = vp.getProperties();
   const voi = props.voiRange ? fromVoiRange(props.voiRange) : null;
   const i = vp.getCurrentImageIdIndex();
@@ -81,7 +70,7 @@ function updateInfo() {
 
 function fillPresets() {
   const sel = document.getElementById('preset');
-  sel.innerHTML = '<option value="">窗 Window…</option><option value="default">默认 Default</option>' +
+  sel.innerHTML = '<option value="">窗 W/L</option><option value="default">默认 Default</option>' +
     presetsFor(state.modality).map((p, n) => `<option value="${n}">${p.name} (${p.ww}/${p.wc})</option>`).join('');
 }
 

@@ -20,7 +20,8 @@ from test_share_phone import SHOTS, _images_loaded, phone, site  # noqa: F401  (
 
 def touch(page, cdp, kind, points):
     cdp.send("Input.dispatchTouchEvent", {
-        "type": kind, "touchPoints": [{"x": x, "y": y, "id": n} for n, (x, y) in enumerate(points)]})
+        "type": kind,
+        "touchPoints": [{"x": x, "y": y, "id": n} for n, (x, y) in enumerate(points)]})
 
 
 def gesture(page, cdp, starts, ends, steps=12):

@@ -213,8 +213,8 @@ def study(study_uid: str, title: str, date: str, series: list[dict],
     images = [s for s in series if not s.get("efilm")]
     if images:
         parts.append('<h2 class="sec">影像 <span class="en">Images</span></h2>'
-                     f'<div class="grid">{"".join(_tile(study_uid, s, phone_viewer) for s in images)}'
-                     "</div>")
+                     '<div class="grid">'
+                     f'{"".join(_tile(study_uid, s, phone_viewer) for s in images)}</div>')
     parts.append(feedback_form(study_uid))
     if nonce:  # swipe left / right for the next / previous exam (R-C4)
         parts.append(f'<script nonce="{nonce}">{_SWIPE}</script>')
@@ -236,7 +236,8 @@ if(a)location.href=a.href;},{passive:true});})();"""
 # layout (data-cols / data-rows; the header band is found in the sheet's pixels) — or to
 # 2.5x around the tap without a layout — and a second double tap returns to the whole sheet.
 # A CSS transform driven by pointer events; the state is in data-scale / data-x / data-y.
-_EFILM = """(function(){var box=document.getElementById('film'),img=document.getElementById('image');
+_EFILM = """(function(){var box=document.getElementById('film'),
+img=document.getElementById('image');
 var s=1,x=0,y=0,pts={},start=null,lastTap=0,lastXY=null,top=null;
 function apply(anim){img.style.transition=anim?'transform .25s ease-out':'none';
 img.style.transform='translate('+x+'px,'+y+'px) scale('+s+')';box.dataset.scale=s.toFixed(3);

@@ -8,7 +8,10 @@ helpers :func:`current_actor`, :func:`note_audit`, :func:`client_ip`, :class:`Ac
 :class:`Resource`, :class:`RateLimiter` (failures per address, SEC-8), :class:`Job` and
 :class:`JobFailed` (the persistent job queue: ``api.jobs`` and the ``register_jobs``
 hook), the error classes (``errors``), :func:`api_of` for a handler and
-:func:`open_api` for a CLI command.
+:func:`open_api` for a CLI command. :func:`retrieve_metadata` and :func:`retrieve_frames`
+are pacsd's own WADO-RS handlers, for a plugin that serves a scoped DICOMweb root under its
+own prefix (e.g. the share plugin's phone viewer): they read with the request's actor, so
+its data scope (``query_filter``) applies and a study outside it is not found (404).
 """
 from __future__ import annotations
 
@@ -28,13 +31,14 @@ from .services.plugin_api import PluginAPI, PluginJobs
 from .services.security import Actor, RateLimiter, Resource
 from .web.auth import (authenticated, client_device, client_ip, current_actor, note_audit,
                        public, requires)
+from .web.dicomweb.wado import retrieve_frames, retrieve_metadata
 from .web.keys import PLUGIN_API
 
 __all__ = ["Actor", "InstanceRow", "Job", "JobFailed", "Migration", "PluginJobs", "PluginAPI", "PluginSchema", "RateLimiter",
            "Resource",
            "StoreOutcome", "api_of", "authenticated", "client_device", "client_ip",
            "current_actor", "errors", "hookimpl", "note_audit", "open_api", "public",
-           "requires"]
+           "requires", "retrieve_frames", "retrieve_metadata"]
 
 
 def api_of(request: web.Request) -> PluginAPI:

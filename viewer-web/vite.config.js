@@ -18,5 +18,10 @@ export default defineConfig({
       '@cornerstonejs/codec-openjph/wasmjs',
     ],
   },
-  build: { target: 'es2022', chunkSizeWarningLimit: 8000, sourcemap: false },
+  build: {
+    target: 'es2022', chunkSizeWarningLimit: 8000, sourcemap: false,
+    // Two pages on one viewer core: the doctors' viewer and the patient's phone view
+    // (phone.html, R-C4), opened from the share plugin's exam page.
+    rollupOptions: { input: { main: 'index.html', phone: 'phone.html' } },
+  },
 });

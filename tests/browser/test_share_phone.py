@@ -88,8 +88,12 @@ def test_R_C3_R_C4_SEC_10_phone_opens_link_verifies_and_views_images(site, phone
     assert _images_loaded(page)
     page.screenshot(path=str(SHOTS / "share-04-series.png"))
 
-    page.click(".tile")
-    page.wait_for_load_state("load")
+    # The tile opens the phone image view (test_share_phone_viewer.py); its picture
+    # view (server-rendered, the fallback without WebGL) is one tap away there.
+    A, SA, _ = site.studies["A"]
+    assert page.locator(".tile").get_attribute("href") == \
+        f"/viewer/phone.html#/study/{A}/series/{SA}"
+    page.goto(site.url + f"/plugins/share/exams/{A}/series/{SA}")
     assert _images_loaded(page)
     assert "第 1 / 3 张" in page.inner_text(".nav")
     page.click("text=下一张 ›")

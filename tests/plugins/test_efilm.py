@@ -109,6 +109,7 @@ async def test_R_C1_efilm_stored_as_sc_and_pdf_in_the_study_pixels_equal_png(cli
     sc = dcmread(io.BytesIO(body[start:]))
     assert sc.StudyInstanceUID == study and sc.PatientID == "P9"
     assert sc.PhotometricInterpretation == "MONOCHROME2" and sc.BurnedInAnnotation == "YES"
+    assert sc.ImageDisplayFormat == "STANDARD\\2,2"   # the layout, for tile zoom (R-C4)
     film = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     assert sc.pixel_array.shape == film.shape == (2000, 1600)
     assert np.array_equal(sc.pixel_array, film)

@@ -258,6 +258,66 @@ def test_R_C5_doctor_shares_the_image_being_viewed_and_R_C4_keyword_search(site)
     assert "<script>" not in r.text and "&lt;script&gt;" in r.text   # SEC-24
 
 
+def test_R_C4_R_D1_SEC_1_phone_viewer_dicomweb_is_scoped_to_the_share(site):
+    """The phone image view's DICOMweb root (/plugins/share/dicom-web): the share cookie
+    reads the shared study's series metadata and frames through pacsd's own WADO-RS
+    handlers; another study's frames or metadata answer 404 (query_filter + the link
+    check, SEC-1, SEC-9: the same answer as a study that does not exist), the audit trail
+    records the denial, and the cookie never opens the main DICOMweb root."""
+    A, SA, IA = site.studies["A"]
+    C, SC, IC = site.studies["C"]
+    link = create_link(site, [A])
+    root = site.url + "/plugins/share/dicom-web"
+    # Before the second factor the cookie reads nothing.
+    pending = open_link(site, link["url"], answer=None)
+    r = pending.get(f"{root}/studies/{A}/series/{SA}/metadata",
+                    headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 401
+    phone = open_link(site, link["url"])
+    r = phone.get(f"{root}/studies/{A}/series/{SA}/metadata",
+                  headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 200, r.text
+    meta = r.json()
+    assert len(meta) == 3 and {m["0020000D"]["Value"][0] for m in meta} == {A}
+    r = phone.get(f"{root}/studies/{A}/series/{SA}/instances/{IA}/frames/1",
+                  headers={"Accept": "multipart/related; type=application/octet-stream; "
+                                     "transfer-syntax=*"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("multipart/related")
+    assert len(r.content) > 128 * 128 * 2                       # the 16-bit frame
+    # Another patient's study, with the patient's verified cookie: not found.
+    for url in (f"{root}/studies/{C}/series/{SC}/instances/{IC}/frames/1",
+                f"{root}/studies/{C}/series/{SC}/metadata",
+                f"{root}/studies/{A}/series/{SC}/instances/{IC}/frames/1",  # SEC-3 mix
+                f"{root}/studies/{A}/series/{SA}/instances/{IC}/frames/1"):
+        r = phone.get(url, headers={"Accept": "multipart/related; "
+                                              "type=application/octet-stream; "
+                                              "transfer-syntax=*, application/dicom+json"})
+        assert r.status_code == 404, (url, r.status_code, r.text)
+        assert C not in r.text
+    # The share cookie is confined to /plugins/share/: the main DICOMweb root refuses.
+    r = phone.get(f"{site.url}/dicom-web/studies/{A}/series/{SA}/metadata",
+                  headers={"Accept": "application/dicom+json"})
+    assert r.status_code == 401
+    events = site.auditor.get(site.url + "/api/v1/audit", params={
+        "type": "share.denied"}).json()["events"]
+    assert any((e.get("detail") or {}).get("reason") == "out-of-scope"
+               and "dicom-web" in str((e.get("detail") or {}).get("route"))
+               for e in events), events
+
+
+def test_R_C4_query_filter_confines_a_share_actor_to_its_link():
+    """The hook itself: a share actor sees its link's studies, a bare share: id none."""
+    import pacsd_share
+    from pacsd.plugin_api import Actor
+    from pacsd.services.scoping import OneOf
+
+    a = pacsd_share.ShareActor(id="share:1", roles=frozenset({"guest"}), studies=("1.2.3",))
+    assert pacsd_share.query_filter(a, "read") == OneOf("study_instance_uid", ["1.2.3"])
+    assert pacsd_share.query_filter(Actor(id="share:9"), "read") == \
+        OneOf("study_instance_uid", [])
+    assert pacsd_share.query_filter(Actor(id="user:1"), "read") is None
+
+
 def test_SEC_8_link_guessing_from_one_address_is_rate_limited(site):
     """Last in this module: it exhausts the loopback address's budget (rate_limit 20)."""
     import secrets
@@ -303,3 +363,4 @@ def test_R_E6_share_tables_upgrade_from_version_1(tmp_path, with_plugin_site):
                                     created_by="t", ttl_s=60, focus={"series": "1", "sop": "2"})
     with engine.connect() as conn:
         assert L.link_by_token(conn, token).focus == {"series": "1", "sop": "2"}
+

@@ -2,16 +2,16 @@
 // metadata from /series/{uid}/metadata), series thumbnails, tools, layouts, cine,
 // measurements, the patient's history with side-by-side comparison and synced scrolling.
 import {
-  init as coreInit, RenderingEngine, Enums, eventTarget, metaData, utilities as csUtils,
+  RenderingEngine, Enums, eventTarget, metaData, utilities as csUtils,
 } from '@cornerstonejs/core';
 import {
-  init as toolsInit, addTool, ToolGroupManager, Enums as ToolEnums, WindowLevelTool, PanTool,
+  addTool, ToolGroupManager, Enums as ToolEnums, WindowLevelTool, PanTool,
   ZoomTool, StackScrollTool, LengthTool, AngleTool, EllipticalROITool, PlanarFreehandROITool,
   ProbeTool, ReferenceLinesTool, annotation, utilities as toolUtils, synchronizers, SynchronizerManager,
 } from '@cornerstonejs/tools';
-import { init as loaderInit, wadors } from '@cornerstonejs/dicom-image-loader';
+import { startCore, registerSeries } from './core.js';
 import { config, dicomJson, thumbnailUrl, authHeaders, reauthorize } from './api.js';
-import { TAG, value, values, formatName, formatDicomDate, wadorsImageIds, buildStudyQuery } from './dicomweb.js';
+import { TAG, value, values, formatName, formatDicomDate, buildStudyQuery } from './dicomweb.js';
 import { presetsFor, toVoiRange, fromVoiRange } from './presets.js';
 import { fromAnnotations, ctrRatio, describe } from './measurements.js';
 import { uidsOfImageId } from './share.js';
@@ -37,13 +37,7 @@ const state = {
 
 async function start() {
   if (state.started) return;
-  await coreInit();
-  await toolsInit();
-  loaderInit({
-    maxWebWorkers: Math.max(1, Math.min(2, navigator.hardwareConcurrency || 1)),
-    beforeSend: () => authHeaders(),
-    errorInterceptor: (err) => onFrameError(err),
-  });
+  await startCore({ beforeSend: () => authHeaders(), errorInterceptor: (err) => onFrameError(err) });
   for (const T of [...Object.values(TOOLS), ReferenceLinesTool]) addTool(T);
   const g = ToolGroupManager.createToolGroup(GROUP);
   for (const name of Object.keys(TOOLS)) g.addTool(TOOLS[name].toolName);
@@ -197,9 +191,8 @@ async function seriesImageIds(studyUid, seriesUid) {
   const key = `${studyUid}/${seriesUid}`;
   if (!state.seriesCache.has(key)) {
     const { items } = await dicomJson(`/studies/${studyUid}/series/${seriesUid}/metadata`);
-    const entries = wadorsImageIds(config.dicomwebRoot, studyUid, seriesUid, items);
-    for (const e of entries) wadors.metaDataManager.add(e.imageId, e.metadata);
-    state.seriesCache.set(key, { ids: entries.map((e) => e.imageId), first: items[0] });
+    const ids = registerSeries(config.dicomwebRoot, studyUid, seriesUid, items);
+    state.seriesCache.set(key, { ids, first: items[0] });
   }
   return state.seriesCache.get(key);
 }

@@ -149,7 +149,7 @@ async def store_film(api, study: str, film: dict) -> dict:
 
     attrs = await _study_attrs(api, study)
     series = generate_uid()
-    sc_uid, sc = dicomio.secondary_capture(attrs, series, film["png"])
+    sc_uid, sc = dicomio.secondary_capture(attrs, series, film["png"], film["layout"])
     pdf_uid, pdf = dicomio.encapsulated_pdf(attrs, series, film["pdf"])
     for data in (sc, pdf):
         await api.store_instance(data, expected_study_uid=study)

@@ -66,13 +66,19 @@ def _part10(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def secondary_capture(study: dict, series_uid: str, png: bytes) -> tuple[str, bytes]:
+def secondary_capture(study: dict, series_uid: str, png: bytes,
+                      layout: str = "") -> tuple[str, bytes]:
     """The film PNG as an 8-bit MONOCHROME2 Secondary Capture; pixel values are the
-    PNG's exactly. Returns (SOPInstanceUID, Part 10 bytes)."""
+    PNG's exactly. ``layout`` ("COLSxROWS") is recorded as the film's Image Display Format
+    (2010,0010, ``STANDARD\\C,R`` as in DICOM print), so a viewer can zoom to one tile
+    (R-C4 double tap). Returns (SOPInstanceUID, Part 10 bytes)."""
     img = Image.open(io.BytesIO(png)).convert("L")
     ds = _base(study, SECONDARY_CAPTURE, series_uid, 1, "OT", "E-film 电子胶片")
     ds.ConversionType = "WSD"  # workstation
     ds.ImageType = ["DERIVED", "SECONDARY", "EFILM"]
+    if layout:
+        cols, rows = layout.lower().split("x")
+        ds.ImageDisplayFormat = f"STANDARD\\{int(cols)},{int(rows)}"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.Rows, ds.Columns = img.height, img.width
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0

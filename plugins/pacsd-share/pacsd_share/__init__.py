@@ -9,6 +9,10 @@ redirects to a token-free URL (SEC-10); the second factor unlocks the session; f
 on the patient's requests are an actor ``share:<link id>`` with the ``guest`` role, and
 this plugin's ``permission_allowed`` confines it to its own pages and the link's studies
 (SEC-1, SEC-12). Images come from the one retrieve path through the plugin's own routes.
+The phone image view (viewer-web's ``phone.html``, R-C4 / R-D1) reads DICOMweb series
+metadata and frames from ``/plugins/share/dicom-web/...``: pacsd's own WADO-RS handlers,
+run as the share actor, whose ``query_filter`` confines every read to the link's studies
+(a study outside it is not found: 404).
 Every grant, opening, verification, denial and read is audited (R-C6).
 """
 from __future__ import annotations
@@ -22,8 +26,12 @@ from urllib.parse import quote, urlsplit
 import orjson
 from aiohttp import web
 
+from dataclasses import dataclass
+
 from pacsd.plugin_api import (Actor, RateLimiter, api_of, client_device, client_ip,
-                              current_actor, errors, hookimpl, note_audit, public, requires)
+                              current_actor, errors, hookimpl, note_audit, public, requires,
+                              retrieve_frames, retrieve_metadata)
+from pacsd.services.scoping import OneOf
 
 from . import links as L
 from . import pages
@@ -51,6 +59,9 @@ DEFAULTS = {
     "enrol_rate_limit": 10,      # ... code requests / failed answers per address per window
     "enrol_phone_limit": 3,      # ... codes sent to one phone per window
     "enrol_rate_window_s": 3600.0,
+    # R-C4: the phone image view (viewer-web's phone.html, served by pacsd at /viewer);
+    # "" = images open the server-rendered picture view only
+    "phone_viewer_url": "/viewer/phone.html",
 }
 SECURITY_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
                     "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
@@ -100,6 +111,23 @@ def _forget(api) -> None:
     _cache(api).clear()
 
 
+@dataclass(frozen=True)
+class ShareActor(Actor):
+    """A verified share session: ``studies`` is its link's scope (``query_filter``)."""
+    studies: tuple[str, ...] = ()
+
+
+@hookimpl
+def query_filter(actor, action):
+    """R-C5, SEC-1: whatever core path a share actor reads through (the phone viewer's
+    DICOMweb metadata and frames), it sees the link's studies and nothing else."""
+    if isinstance(actor, ShareActor):
+        return OneOf("study_instance_uid", actor.studies)
+    if getattr(actor, "id", "").startswith("share:"):  # never unscoped
+        return OneOf("study_instance_uid", ())
+    return None
+
+
 @hookimpl
 def actor_from_request(request):
     """A verified share session on the plugin's own pages becomes ``share:<link>``."""
@@ -115,8 +143,8 @@ def actor_from_request(request):
             or sess.link.state(now) != "ok":
         raise _reopen("this share session is not valid: open the link again")
     request["share.session"] = sess
-    return Actor(id=f"share:{sess.link.id}", name=f"share link {sess.link.id}",
-                 roles=frozenset({"guest"}))
+    return ShareActor(id=f"share:{sess.link.id}", name=f"share link {sess.link.id}",
+                      roles=frozenset({"guest"}), studies=tuple(sess.link.studies))
 
 
 def _reopen(reason: str = "open the link you were given again") -> errors.Unauthorized:
@@ -474,7 +502,8 @@ async def study(request: web.Request) -> web.Response:
                              [s for s in series if s["sops"]], _reports(series), texts,
                              prev_uid, next_uid,
                              f"{i + 1} / {len(order)}" if i >= 0 else "", nonce,
-                             bool(request.query.get("thanks"))),
+                             bool(request.query.get("thanks")),
+                             str(conf(api)["phone_viewer_url"])),
                  headers={"Content-Security-Policy": csp})
 
 
@@ -529,11 +558,27 @@ async def series_view(request: web.Request) -> web.Response:
     series = match[0]
     sub = " · ".join(x for x in (series["modality"], series["description"],
                                  f"#{series['number']}" if series["number"] else "") if x)
+    grid = None
+    if series["efilm"]:  # R-C4: double tap zooms to a tile of the film's layout
+        grid = _film_grid(await api.metadata(uid, series_uid, sops[index]))
     note_audit(request, link=link.id)
     nonce = secrets.token_urlsafe(16)  # the page's one script (swipe), nothing else runs
     csp = SECURITY_HEADERS["Content-Security-Policy"] + f"; script-src 'nonce-{nonce}'"
-    return _html(pages.viewer(uid, series_uid, title, sops, index, sub, nonce),
+    return _html(pages.viewer(uid, series_uid, title, sops, index, sub, nonce,
+                              efilm=series["efilm"], grid=grid),
                  headers={"Content-Security-Policy": csp})
+
+
+def _film_grid(metadata: list[dict]) -> tuple[int, int] | None:
+    """(columns, rows) of an e-film's Image Display Format (2010,0010), e.g.
+    ``STANDARD\\4,5``; None when absent or not STANDARD."""
+    fmt = _v(metadata[0], "20100010") if metadata else ""
+    kind, _, size = fmt.partition("\\")
+    try:
+        cols, rows = (int(x) for x in size.split(","))
+    except ValueError:
+        return None
+    return (cols, rows) if kind == "STANDARD" and 0 < cols <= 10 and 0 < rows <= 10 else None
 
 
 @requires("read", audit="study-read")
@@ -558,6 +603,45 @@ async def image(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=ctype,
                         headers={"Cache-Control": "private, no-store",
                                  "X-Content-Type-Options": "nosniff"})
+
+
+# --- the phone image view's DICOMweb (R-C4, R-D1) ----------------------------------------
+
+DICOMWEB = PREFIX + "/dicom-web"
+
+
+async def _viewer_scope(request: web.Request) -> None:
+    """The phone viewer's reads: a verified session, the study in its link and the
+    service on (R-C9); otherwise 404 — as DICOMweb answers for a study it does not have,
+    so nothing tells whether it exists (SEC-1, SEC-9). Denials are audited."""
+    sess = request.get("share.session")
+    if sess is None or not current_actor(request).id.startswith("share:"):
+        raise _reopen()
+    study = request.match_info["study"]
+    link = sess.link
+    reason = None
+    if study not in link.studies:
+        reason = "out-of-scope"
+    elif not await _enabled_studies(api_of(request), link, [study]):
+        reason = "service-off"
+    if reason:
+        _audit(request, "denied", "denied", link.id, reason=reason,
+               route=request.match_info.route.resource.canonical)
+        raise errors.NotFound("no such study")
+
+
+@requires("read", audit="study-read")
+async def viewer_metadata(request: web.Request) -> web.StreamResponse:
+    """WADO-RS series metadata for the phone viewer, scoped to the share link."""
+    await _viewer_scope(request)
+    return await retrieve_metadata(request)
+
+
+@requires("read", audit="study-read")
+async def viewer_frames(request: web.Request) -> web.StreamResponse:
+    """WADO-RS frames for the phone viewer, scoped to the share link."""
+    await _viewer_scope(request)
+    return await retrieve_frames(request)
 
 
 # --- the staff side: create, list, revoke -------------------------------------------------
@@ -694,6 +778,9 @@ def register_routes(router, settings):
     router.add_get(PREFIX + "/img/{study}/{series}/{sop}/thumbnail", image)
     router.add_get(PREFIX + "/img/{study}/{series}/{sop}/rendered", image)
     router.add_get(PREFIX + "/doc/{study}/{series}/{sop}/report.pdf", document)
+    se = DICOMWEB + "/studies/{study}/series/{series}"
+    router.add_get(se + "/metadata", viewer_metadata)
+    router.add_get(se + "/instances/{instance}/frames/{frames}", viewer_frames)
     router.add_post(API + "/links", create)
     router.add_get(API + "/links", list_)
     router.add_delete(API + "/links/{id}", revoke)

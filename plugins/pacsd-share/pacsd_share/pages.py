@@ -31,7 +31,9 @@ background:#5c1f1f;color:#ffd7d7;border-radius:8px;padding:10px 12px;margin:0 0 
 width:100%;height:auto;max-height:68vh;object-fit:contain;display:block}.nav{display:flex;justify-content:space-between;
 align-items:center;margin-top:12px}.nav a,.nav span.off{display:inline-block;padding:10px 18px;
 border-radius:8px;background:#1b2733;color:#8ab4f8;text-decoration:none;border:1px solid
-#26323f}.nav span.off{color:#4d5964}footer{color:#6b7785;font-size:12px;text-align:center;
+#26323f}.nav span.off{color:#4d5964}.view.film{position:relative;overflow:hidden;
+touch-action:none;display:block}.view.film img{width:100%;height:auto;max-height:none;
+transform-origin:0 0;will-change:transform;user-select:none;-webkit-user-drag:none}footer{color:#6b7785;font-size:12px;text-align:center;
 margin-top:24px}
 h2.sec{font-size:16px;margin:18px 0 10px;font-weight:600}
 form.search{background:none;border:0;padding:0;margin:0 0 12px}form.search input{
@@ -116,10 +118,15 @@ def exams(items: list[dict], name: str, q: str = "", thanks: bool = False) -> st
     return page("我的检查", "My exams", ok + who + search + body + feedback_form())
 
 
-def _tile(study_uid: str, s: dict) -> str:
+def _tile(study_uid: str, s: dict, phone_viewer: str = "") -> str:
+    """A series tile: the e-film (and, without a phone viewer, the images) open the
+    picture view; images open the phone image view (R-C4) when it is configured."""
     thumb = (f'{PREFIX}/img/{_q(study_uid)}/{_q(s["uid"])}/{_q(s["sop"])}/thumbnail'
              if s["sop"] else "")
-    return (f'<a class="tile" href="{PREFIX}/exams/{_q(study_uid)}/series/{_q(s["uid"])}">'
+    href = f"{PREFIX}/exams/{_q(study_uid)}/series/{_q(s['uid'])}"
+    if phone_viewer and not s.get("efilm"):
+        href = f"{phone_viewer}#/study/{_q(study_uid)}/series/{_q(s['uid'])}"
+    return (f'<a class="tile" href="{escape(href)}">'
             f'<img alt="series {escape(str(s["number"]))}" src="{thumb}" loading="lazy">'
             f'<div>{escape(s["modality"])} · {escape(s["description"] or "序列 Series")}'
             f'<br><span class="muted">{s["images"]} 张 images</span></div></a>')
@@ -164,8 +171,10 @@ def report_text(study_uid: str, status: str, html: str, entries: list[dict]) -> 
 def study(study_uid: str, title: str, date: str, series: list[dict],
           reports: list[dict] | None = None, texts: list[dict] | None = None,
           prev_uid: str | None = None, next_uid: str | None = None,
-          position: str = "", nonce: str = "", thanks: bool = False) -> str:
-    """R-C4: report, e-film and images as separate entries; swipe between exams."""
+          position: str = "", nonce: str = "", thanks: bool = False,
+          phone_viewer: str = "") -> str:
+    """R-C4: report, e-film and images as separate entries; swipe between exams. The
+    images open ``phone_viewer`` (viewer-web's phone.html) when given."""
     def ex(uid, label, rel):
         if uid:
             return f'<a data-nav="{rel}" href="{PREFIX}/exams/{_q(uid)}">{label}</a>'
@@ -204,7 +213,8 @@ def study(study_uid: str, title: str, date: str, series: list[dict],
     images = [s for s in series if not s.get("efilm")]
     if images:
         parts.append('<h2 class="sec">影像 <span class="en">Images</span></h2>'
-                     f'<div class="grid">{"".join(_tile(study_uid, s) for s in images)}</div>')
+                     '<div class="grid">'
+                     f'{"".join(_tile(study_uid, s, phone_viewer) for s in images)}</div>')
     parts.append(feedback_form(study_uid))
     if nonce:  # swipe left / right for the next / previous exam (R-C4)
         parts.append(f'<script nonce="{nonce}">{_SWIPE}</script>')
@@ -221,8 +231,61 @@ var a=document.querySelector(dx<0?'a[data-nav=next]':'a[data-nav=prev]');
 if(a)location.href=a.href;},{passive:true});})();"""
 
 
+# R-C4: the e-film sheet zooms without steps (two-finger pinch, wheel), moves with one
+# finger when zoomed, and a double tap zooms to the tapped tile (key image) of the film's
+# layout (data-cols / data-rows; the header band is found in the sheet's pixels) — or to
+# 2.5x around the tap without a layout — and a second double tap returns to the whole sheet.
+# A CSS transform driven by pointer events; the state is in data-scale / data-x / data-y.
+_EFILM = """(function(){var box=document.getElementById('film'),
+img=document.getElementById('image');
+var s=1,x=0,y=0,pts={},start=null,lastTap=0,lastXY=null,top=null;
+function apply(anim){img.style.transition=anim?'transform .25s ease-out':'none';
+img.style.transform='translate('+x+'px,'+y+'px) scale('+s+')';box.dataset.scale=s.toFixed(3);
+box.dataset.x=x.toFixed(1);box.dataset.y=y.toFixed(1);}
+function clamp(){var W=box.clientWidth,H=box.clientHeight;if(s<=1){s=1;x=0;y=0;return;}
+s=Math.min(s,12);x=Math.min(0,Math.max(W-W*s,x));y=Math.min(0,Math.max(H-H*s,y));}
+function local(e){var r=box.getBoundingClientRect();return [e.clientX-r.left,e.clientY-r.top];}
+function headerTop(){if(top!==null)return top;top=0;try{var c=document.createElement('canvas');
+c.width=4;c.height=img.naturalHeight;var g=c.getContext('2d');g.drawImage(img,-2,0);
+var d=g.getImageData(0,0,1,c.height).data;if(d[0]>8){for(var k=0;k<c.height;k++){
+if(d[k*4]<8){top=k/c.height;break;}}}}catch(err){top=0;}return top;}
+function zoomTo(px,py){var W=box.clientWidth,H=box.clientHeight,cols=+box.dataset.cols||0,
+rows=+box.dataset.rows||0;if(cols&&rows){var t=headerTop()*H,cw=W/cols,ch=(H-t)/rows,
+c=Math.min(cols-1,Math.max(0,Math.floor(px/cw))),r=Math.min(rows-1,Math.max(0,
+Math.floor((py-t)/ch)));s=Math.min(W/cw,H/ch);x=W/2-s*(c*cw+cw/2);y=H/2-s*(t+r*ch+ch/2);
+box.dataset.tile=r+','+c;}else{s=2.5;x=W/2-s*px;y=H/2-s*py;}clamp();apply(true);}
+function dist(a,b){return Math.hypot(a[0]-b[0],a[1]-b[1]);}
+box.addEventListener('pointerdown',function(e){box.setPointerCapture(e.pointerId);
+pts[e.pointerId]=local(e);var ids=Object.keys(pts);if(ids.length===2){var a=pts[ids[0]],
+b=pts[ids[1]];start={d:dist(a,b),s:s,x:x,y:y,m:[(a[0]+b[0])/2,(a[1]+b[1])/2]};}
+else if(ids.length===1){start={p:pts[e.pointerId],x:x,y:y,t:Date.now(),moved:false};}});
+box.addEventListener('pointermove',function(e){if(!(e.pointerId in pts))return;
+pts[e.pointerId]=local(e);var ids=Object.keys(pts);if(ids.length===2&&start&&start.d){
+var a=pts[ids[0]],b=pts[ids[1]],m=[(a[0]+b[0])/2,(a[1]+b[1])/2];
+var ns=Math.max(1,Math.min(12,start.s*dist(a,b)/start.d));
+x=m[0]-(start.m[0]-start.x)*ns/start.s;y=m[1]-(start.m[1]-start.y)*ns/start.s;s=ns;
+clamp();apply(false);}else if(ids.length===1&&start&&start.p){var p=pts[e.pointerId];
+if(dist(p,start.p)>10)start.moved=true;if(s>1){x=start.x+p[0]-start.p[0];
+y=start.y+p[1]-start.p[1];clamp();apply(false);}}});
+function up(e){if(!(e.pointerId in pts))return;var p=pts[e.pointerId];delete pts[e.pointerId];
+var n=Object.keys(pts).length;if(n===0&&start&&start.p&&!start.moved&&Date.now()-start.t<350){
+var now=Date.now();if(now-lastTap<400&&lastXY&&dist(p,lastXY)<40){lastTap=0;
+if(s>1.01){s=1;x=0;y=0;apply(true);delete box.dataset.tile;}else zoomTo(p[0],p[1]);}
+else{lastTap=now;lastXY=p;}}if(n<2)start=n===1?{p:pts[Object.keys(pts)[0]],x:x,y:y,
+t:0,moved:true}:null;}
+box.addEventListener('pointerup',up);box.addEventListener('pointercancel',up);
+box.addEventListener('wheel',function(e){e.preventDefault();var p=local(e),
+ns=Math.max(1,Math.min(12,s*Math.exp(-e.deltaY/300)));x=p[0]-(p[0]-x)*ns/s;
+y=p[1]-(p[1]-y)*ns/s;s=ns;clamp();apply(false);},{passive:false});
+apply(false);})();"""
+
+
 def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: int,
-           subtitle: str = "", nonce: str = "") -> str:
+           subtitle: str = "", nonce: str = "", efilm: bool = False,
+           grid: tuple[int, int] | None = None) -> str:
+    """The picture view of a series (server-rendered images): the e-film page (pinch
+    zoom, double tap to a tile) and the images' fallback where the phone image view cannot
+    run (no WebGL)."""
     n = len(sops)
     base = f"{PREFIX}/exams/{_q(study_uid)}/series/{_q(series_uid)}"
     img = (f'{PREFIX}/img/{_q(study_uid)}/{_q(series_uid)}/{_q(sops[index])}/rendered')
@@ -232,6 +295,16 @@ def viewer(study_uid: str, series_uid: str, title: str, sops: list[str], index: 
             return f'<a data-nav="{rel}" href="{base}?i={i}">{label}</a>'
         return f'<span class="off">{label}</span>'
     sub = f'<p class="muted">{escape(subtitle)}</p>' if subtitle else ""
+    if efilm:
+        size = (f' data-cols="{grid[0]}" data-rows="{grid[1]}"' if grid else "")
+        body = (f'{sub}<div class="view film" id="film"{size}><img id="image" '
+                f'alt="e-film {index + 1}" src="{img}"></div>'
+                '<p class="muted">双指缩放，双击放大单幅图像，再双击还原<br>Pinch to zoom; '
+                'double-tap an image to zoom to it, double-tap again to go back.</p>')
+        if nonce:
+            body += f'<script nonce="{nonce}">{_EFILM}</script>'
+        return page(title or "电子胶片", "E-film", body,
+                    back=f"{PREFIX}/exams/{_q(study_uid)}")
     body = (f'{sub}<div class="view"><img id="image" alt="image {index + 1}" src="{img}"></div>'
             f'<div class="nav">{nav(index - 1, "‹ 上一张", "prev")}'
             f'<span class="muted">第 {index + 1} / {n} 张</span>'

@@ -139,10 +139,15 @@ def drag(page, i, start, end):
     page.mouse.move(x0, y0)
     page.mouse.down()
     # Small steps, as a hand moves; the first ones a pixel long, since Cornerstone may
-    # anchor the drawing at the first move events rather than at the press itself.
+    # anchor the drawing at the first move events rather than at the press itself. Each
+    # of those is let through on its own frame: a loaded renderer coalesces the moves of
+    # one frame into the last one, which moved the anchor by a few pixels (39.1 mm
+    # measured for 40.0 in a busy CI run).
+    page.wait_for_timeout(50)
     dist = max(abs(x1 - x0), abs(y1 - y0), 1)
     for px in (1, 2):
         page.mouse.move(x0 + (x1 - x0) * px / dist, y0 + (y1 - y0) * px / dist)
+        page.wait_for_timeout(50)
     page.mouse.move(x1, y1, steps=max(4, int(dist / 4)))
     page.mouse.up()
 

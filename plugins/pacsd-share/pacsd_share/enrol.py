@@ -239,7 +239,9 @@ async def check(request: web.Request) -> web.Response:
         zh, en = _ENDS[result]
         return S._html(pages.message("无法验证", "Cannot verify", zh, en)
                        .replace("</main>", f'<p><a href="{S.PREFIX}/enrol">重新获取 · '
-                                           f"Start again</a></p></main>"), status=401)
+                                           f"Start again</a></p></main>"), status=401,
+                       headers={"WWW-Authenticate":  # RFC 9110: a 401 names its scheme
+                                'Bearer realm="pacsd-share", error="invalid_token"'})
     studies = [S._v(s, "0020000D") for s in await api.search("study", {"PatientID": pid})]
     ttl = float(c["session_ttl_s"])
 

@@ -29,15 +29,15 @@ from .index.jobs import Job
 from .services.jobs import JobFailed
 from .services.plugin_api import PluginAPI, PluginJobs
 from .services.security import Actor, RateLimiter, Resource
-from .web.auth import (authenticated, client_device, client_ip, current_actor, note_audit,
-                       public, requires)
+from .web.auth import (authenticated, client_device, client_ip, current_actor, json_object,
+                       note_audit, public, requires)
 from .web.dicomweb.wado import retrieve_frames, retrieve_metadata
 from .web.keys import PLUGIN_API
 
 __all__ = ["Actor", "InstanceRow", "Job", "JobFailed", "Migration", "PluginJobs", "PluginAPI", "PluginSchema", "RateLimiter",
            "Resource",
            "StoreOutcome", "api_of", "authenticated", "client_device", "client_ip",
-           "current_actor", "errors", "hookimpl", "note_audit", "open_api", "public",
+           "current_actor", "errors", "json_object", "hookimpl", "note_audit", "open_api", "public",
            "requires", "retrieve_frames", "retrieve_metadata"]
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from .. import errors
 from ..services.audit import iso_utc
 from ..services.security import ADMIN_ROLES, ROLE_ACTIONS, ROLES
-from .auth import client_device, client_ip, current_actor, requires
+from .auth import client_device, client_ip, current_actor, json_object, requires
 from .dicomweb.common import path_uid
 from .keys import ARCHIVE, SECURITY
 
@@ -30,14 +30,7 @@ def _json(body, status: int = 200) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
-async def _body(request: web.Request) -> dict:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise errors.BadRequest("send a JSON object") from None
-    if not isinstance(body, dict):
-        raise errors.BadRequest("send a JSON object")
-    return body
+_body = json_object
 
 
 def _strings(value, name: str) -> list[str]:

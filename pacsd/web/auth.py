@@ -267,6 +267,18 @@ def _json(body, status: int = 200) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+async def json_object(request: web.Request, hint: str = "") -> dict:
+    """The request body as a JSON object, or 400 "send a JSON object HINT" (admin API,
+    plugin routes)."""
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        body = None
+    if not isinstance(body, dict):
+        raise errors.BadRequest(f"send a JSON object {hint}".rstrip())
+    return body
+
+
 @public
 async def login(request: web.Request) -> web.Response:
     """POST {"username", "password"[, "otp"]} -> {"token", "expires_at", ...} (a

@@ -29,7 +29,8 @@ from aiohttp import web
 from dataclasses import dataclass
 
 from pacsd.plugin_api import (Actor, RateLimiter, api_of, client_device, client_ip,
-                              current_actor, errors, hookimpl, note_audit, public, requires,
+                              current_actor, errors, hookimpl, json_object, note_audit,
+                              public, requires,
                               retrieve_frames, retrieve_metadata)
 from pacsd.services.scoping import OneOf
 
@@ -731,11 +732,7 @@ def _json(body, status: int = 200) -> web.Response:
 async def create(request: web.Request) -> web.Response:
     """POST /api/v1/plugins/share/links: the URL (shown once) and its QR code."""
     api = api_of(request)
-    try:
-        body = orjson.loads(await request.read())
-        assert isinstance(body, dict)
-    except (orjson.JSONDecodeError, AssertionError):
-        raise errors.BadRequest("send a JSON object") from None
+    body = await json_object(request)
     token, link = await make_link(api, body, current_actor(request).id)
     url = link_url(api, token, f"{request.scheme}://{request.host}")
     note_audit(request, studies={s: 0 for s in link.studies}, link=link.id,

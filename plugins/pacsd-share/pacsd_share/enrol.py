@@ -32,8 +32,8 @@ import time
 import sqlalchemy as sa
 from aiohttp import web
 
-from pacsd.plugin_api import RateLimiter, api_of, client_ip, errors, public, requires, \
-    note_audit
+from pacsd.plugin_api import RateLimiter, api_of, client_ip, errors, json_object, public, \
+    note_audit, requires
 
 import pacsd_share as S
 
@@ -269,11 +269,7 @@ async def put_patient(request: web.Request) -> web.Response:
     and hospital card numbers for self-enrolment (stored hashed)."""
     api = api_of(request)
     pid = request.match_info["patient"][:64]
-    try:
-        body = await request.json()
-        assert isinstance(body, dict)
-    except Exception:  # noqa: BLE001 - any malformed body
-        raise errors.BadRequest("send a JSON object {phone, cards}") from None
+    body = await json_object(request, "{phone, cards}")
     phone = normalise_phone(str(body.get("phone") or ""))
     cards = body.get("cards") or []
     if (body.get("phone") and len(phone) < 7) or not isinstance(cards, list) \

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import time
 
-import orjson
 import sqlalchemy as sa
 from aiohttp import web
 
-from pacsd.plugin_api import api_of, current_actor, errors, note_audit, requires
+from pacsd.plugin_api import api_of, current_actor, errors, json_object, note_audit, requires
 
 import pacsd_share as S
 
@@ -77,11 +76,7 @@ async def study_enabled(api, study_uid: str, patient_id: str | None) -> bool:
 async def put_service(request: web.Request) -> web.Response:
     """PUT /api/v1/plugins/share/service {"institution" | "patient": name, "enabled": bool}"""
     api = api_of(request)
-    try:
-        body = orjson.loads(await request.read())
-        assert isinstance(body, dict)
-    except (orjson.JSONDecodeError, AssertionError):
-        raise errors.BadRequest("send a JSON object") from None
+    body = await json_object(request)
     scopes = [k for k in ("institution", "patient") if isinstance(body.get(k), str)
               and body[k].strip()]
     if len(scopes) != 1 or not isinstance(body.get("enabled"), bool):

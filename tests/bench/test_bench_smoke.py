@@ -209,3 +209,41 @@ def test_memory_phase_samples_the_server_process(tmp_path):
     assert w["hwm_mb"] > 0
     md = memory.markdown({"pacsd": out}, "cmd", "machine")
     assert "| pacsd | " in md
+
+
+def test_soak_verifies_a_mixed_load_and_samples_rss(tmp_path):
+    """Issue 6 item 4 (soak): `benchmarks soak` runs every operation of its rotation
+    against a real pacsd with every answer verified, samples VmRSS every second and fits
+    the slope; a wrong expectation is counted as an error, not as a fast answer."""
+    from benchmarks import soak as S
+    from benchmarks.client import new_session
+
+    assert S.slope_per_min([(0, 100.0), (30, 105.0), (60, 110.0)]) == pytest.approx(10.0)
+    assert S.slope_per_min([(0, 100.0)]) == 0.0
+    srv = Server(str(tmp_path))
+    try:
+        out = asyncio.run(S.soak(srv.url + "/dicom-web", srv.proc.pid, minutes=0.08,
+                                 concurrency=2, seed=6, ct_studies=1, slices=4,
+                                 log=lambda _: None))
+
+        async def with_wrong_expectations():
+            s = S.Soak(srv.url + "/dicom-web", 7, 1, 3, lambda _: None)
+            s.session = new_session(2)
+            try:
+                await s.setup()
+                sop = s.ct[0].sop
+                s.payload[sop] = s.payload[sop][:-1] + bytes([s.payload[sop][-1] ^ 1])
+                await s.run(3.0, 2)
+            finally:
+                await s.session.close()
+            return s.stats
+        stats = asyncio.run(with_wrong_expectations())
+    finally:
+        srv.stop()
+    assert out["verified"], {k: v["error_sample"] for k, v in out["ops"].items()}
+    assert set(out["ops"]) == set(S.ROTATION)
+    assert out["samples"] >= 3 and out["tiny_studies_stored"] >= 3
+    assert 0 < out["rss_setup_mb"] <= out["rss_peak_sampled_mb"] <= out["hwm_mb"] + 1
+    assert "| operation |" in S.markdown(out, "cmd", "machine")
+    assert stats["wado_study"]["errors"] > 0 and stats["frame"]["errors"] > 0
+    assert stats["qido_patient"]["errors"] == 0 and stats["stow"]["errors"] == 0

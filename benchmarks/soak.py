@@ -20,7 +20,9 @@ server's ``VmRSS`` (and open file descriptors) every second. Reported: RSS after
 peak (largest sample and VmHWM), RSS at the end, and the least-squares RSS slope over the
 last two thirds of the run in MiB/min — growth is judged by that slope, knowing the two
 bounded caches of ``pacsd/services/retrieve.py`` (64 MiB series/study metadata answers,
-32 MiB rendered images) may still be filling.
+32 MiB rendered images) may still be filling: the driver also adds up the bodies of the
+distinct metadata and rendered answers it received (each capped like the caches) and
+reports the slope of RSS minus that estimate.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ from .phases import (ACCEPT_FRAME, ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY,
 ROTATION = ("stow", "qido_patient", "metadata_tiny", "frame", "qido_accession",
             "metadata_ct", "frame", "rendered", "qido_patient", "wado_study")
 SAMPLE_S = 1.0
+# The caps of pacsd/services/retrieve.py (values only; keys and entries cost a little more).
+METADATA_CACHE_BYTES = 64 * 2**20
+RENDER_CACHE_BYTES = 32 * 2**20
 # Tiny studies of the soak are numbered from here, away from the standard tiny set.
 FIRST_STUDY = 500_000
 
@@ -51,17 +56,20 @@ class Sampler(threading.Thread):
     """VmRSS (bytes) and open fds of ``pid`` every :data:`SAMPLE_S` seconds, on a thread
     of its own so a busy event loop in the driver does not skew the time axis."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, cache_estimate: Callable[[], int] = lambda: 0) -> None:
         super().__init__(daemon=True)
         self.pid = pid
+        self.cache_estimate = cache_estimate
         self.t0 = time.monotonic()
         self.rss: list[tuple[float, int]] = []
+        self.cache: list[tuple[float, int]] = []
         self.fds: list[tuple[float, int]] = []
         self._halt = threading.Event()
 
     def sample(self) -> None:
         t = time.monotonic() - self.t0
         self.rss.append((t, proc_status(self.pid).get("VmRSS", 0)))
+        self.cache.append((t, self.cache_estimate()))
         try:
             self.fds.append((t, len(os.listdir(f"/proc/{self.pid}/fd"))))
         except OSError:
@@ -109,6 +117,25 @@ class Soak:
         self.accessions: list[tuple[str, str]] = []      # (accession, study UID)
         self.stats: dict[str, dict[str, Any]] = {}
         self.session = None
+        # Body sizes of the distinct answers the server may keep in its two bounded caches
+        # (series metadata by series, rendered by slice): the driver's estimate of what
+        # those caches hold, capped at their sizes.
+        self.meta_bytes: dict[str, int] = {}
+        self.render_bytes: dict[str, int] = {}
+        self._meta_total = 0
+        self._render_total = 0
+
+    def note_cached(self, table: dict[str, int], key: str, size: int, meta: bool) -> None:
+        delta = size - table.get(key, 0)
+        table[key] = size
+        if meta:
+            self._meta_total += delta
+        else:
+            self._render_total += delta
+
+    def cache_estimate(self) -> int:
+        return (min(self._meta_total, METADATA_CACHE_BYTES)
+                + min(self._render_total, RENDER_CACHE_BYTES))
 
     # --- setup -------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -179,6 +206,7 @@ class Soak:
         def check() -> None:
             V.check_status(status)
             V.check_metadata(V.parse_json(body), self.expect_series[se])
+            self.note_cached(self.meta_bytes, se, len(body), True)
         return check
 
     async def op_metadata_tiny(self, i: int) -> Callable[[], None]:
@@ -191,6 +219,7 @@ class Soak:
         def check() -> None:
             V.check_status(status)
             V.check_metadata(V.parse_json(body), expected)
+            self.note_cached(self.meta_bytes, se, len(body), True)
         return check
 
     async def op_frame(self, i: int) -> Callable[[], None]:
@@ -224,6 +253,7 @@ class Soak:
         def check() -> None:
             V.check_status(status)
             V.check_image(body, expected, inst.instance_number)
+            self.note_cached(self.render_bytes, inst.sop, len(body), False)
         return check
 
     async def op_wado_study(self, i: int) -> Callable[[], None]:
@@ -276,7 +306,7 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         log(f"  stored {len(s.ct)} CT slices; soak of {minutes} min at c={concurrency}")
         await asyncio.sleep(1.0)
         setup_rss = proc_status(pid)
-        sampler = Sampler(pid)
+        sampler = Sampler(pid, s.cache_estimate)
         sampler.sample()
         sampler.start()
         progress = asyncio.get_running_loop().create_task(_progress(s, sampler, log))
@@ -290,6 +320,9 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
     end = proc_status(pid)
     rss = [(t, b / 2**20) for t, b in sampler.rss]
     tail = [(t, v) for t, v in rss if t >= wall / 3]
+    # RSS less what the bounded caches may hold: growth the caps do not explain.
+    rest = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cache)
+            if t >= wall / 3]
     mid = [(t, v) for t, v in rss if wall / 3 <= t < wall / 3 + 30]
     ops = {}
     for op, st in sorted(s.stats.items()):
@@ -309,6 +342,11 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         "rss_peak_sampled_mb": round(max(v for _, v in rss), 1),
         "hwm_mb": round(end.get("VmHWM", 0) / 2**20, 1),
         "slope_mb_per_min": round(slope_per_min(tail), 2),
+        "slope_less_caches_mb_per_min": round(slope_per_min(rest), 2),
+        "cache_estimate_end_mb": round(s.cache_estimate() / 2**20, 1),
+        "metadata_answers_distinct": len(s.meta_bytes),
+        "metadata_answer_bytes_mb": round(s._meta_total / 2**20, 1),
+        "rendered_distinct": len(s.render_bytes),
         "slope_first_third_mb_per_min": round(slope_per_min(
             [(t, v) for t, v in rss if t < wall / 3]), 2),
         "fds_start": sampler.fds[0][1] if sampler.fds else None,
@@ -339,13 +377,19 @@ def markdown(r: dict, command: str, machine: str) -> str:
              "verified. VmRSS sampled every second on a thread of the driver; slope = "
              "least-squares fit over the last two thirds of the run.", "",
              "| RSS after setup MiB | RSS at 1/3 MiB | RSS at end MiB | peak RSS MiB "
-             "(sampled / VmHWM) | slope last 2/3 MiB/min | slope first 1/3 MiB/min | "
-             "open fds start / max / end | errors |",
-             "|---|---|---|---|---|---|---|---|",
+             "(sampled / VmHWM) | slope last 2/3 MiB/min | same, less cache estimate | "
+             "slope first 1/3 MiB/min | open fds start / max / end | errors |",
+             "|---|---|---|---|---|---|---|---|---|",
              f"| {r['rss_setup_mb']} | {r['rss_at_third_mb']} | {r['rss_end_mb']} | "
              f"{r['rss_peak_sampled_mb']} / {r['hwm_mb']} | **{r['slope_mb_per_min']}** | "
+             f"{r['slope_less_caches_mb_per_min']} | "
              f"{r['slope_first_third_mb_per_min']} | {r['fds_start']} / {r['fds_max']} / "
              f"{r['fds_end']} | {r['errors']} |", "",
+             f"Cache estimate = the bodies of the distinct answers the two bounded caches "
+             f"may hold, each capped (64 MiB metadata, 32 MiB rendered): "
+             f"{r['metadata_answers_distinct']:,} distinct series metadata answers "
+             f"({r['metadata_answer_bytes_mb']} MiB of bodies), {r['rendered_distinct']} "
+             f"rendered slices; {r['cache_estimate_end_mb']} MiB at the end.", "",
              "| operation | requests | errors | p50 ms | p95 ms |", "|---|---|---|---|---|"]
     for op, o in r["ops"].items():
         lines.append(f"| {op} | {o['n']:,} | {o['errors']}"

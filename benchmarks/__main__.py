@@ -6,6 +6,7 @@
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
     python -m benchmarks scale [--sizes 10000,100000,1000000] [--db sqlite,postgresql]
     python -m benchmarks memory [--size-mb 2048] [--concurrency 8] [--with-orthanc]
+    python -m benchmarks soak [--minutes 10] [--concurrency 4] [--slices 40]
 
 ``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
 name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
@@ -203,6 +204,34 @@ def cmd_memory(args: argparse.Namespace) -> int:
                     for r in results.values()) else 1
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Mixed load for --minutes with the server's RSS sampled every second (issue 6 item 4)."""
+    from . import soak
+    from .runner import machine_info
+    from .servers import PacsdProcess
+
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    mi = machine_info()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    server = PacsdProcess()
+    try:
+        log(f"pacsd: {server.version} at {server.url} (pid {server.pid})")
+        result = asyncio.run(soak.soak(
+            server.url, server.pid, minutes=args.minutes, concurrency=args.concurrency,
+            seed=args.seed, ct_studies=args.ct_studies, slices=args.slices, log=log))
+        version = server.version
+    finally:
+        server.stop()
+    mi_end = machine_info()
+    machine = (_machine_line(mi, started) + ", at end " + "/".join(
+        f"{x:.2f}" for x in mi_end["loadavg_start"]) + f"; pacsd {version}")
+    result.update({"command": command, "machine": machine})
+    path = report.save_json(result, "soak")
+    soak.write_series(result, path.with_suffix(".csv"))
+    _write_section(args, soak.markdown(result, command, machine), "soak.md", path)
+    return 0 if result["verified"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks",
                                 description="DICOMweb benchmark driver (pacsd vs others)")
@@ -245,7 +274,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure Orthanc the same way afterwards")
     me.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     me.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    so = sub.add_parser("soak", help="RSS of pacsd over a mixed load of --minutes "
+                        "(issue 6 item 4)")
+    so.add_argument("--minutes", type=float, default=10.0)
+    so.add_argument("--concurrency", type=int, default=4)
+    so.add_argument("--ct-studies", type=int, default=2)
+    so.add_argument("--slices", type=int, default=40, help="CT slices per study")
+    so.add_argument("--seed", type=int, default=1)
+    so.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    so.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)
+    if args.cmd == "soak":
+        return cmd_soak(args)
     if args.cmd == "memory":
         return cmd_memory(args)
     if args.cmd == "scale":

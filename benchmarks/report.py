@@ -278,7 +278,8 @@ def results_md(result: dict, command: str, json_path: Path, names: tuple[str, st
         "",
         profile_md(result.get("profiles") or {}),
     ]
-    for extra in ("scale.md", "memory.md"):  # by `python -m benchmarks scale` / `memory`
+    # by `python -m benchmarks scale` / `memory` / `soak`
+    for extra in ("scale.md", "memory.md", "soak.md"):
         extra_file = HERE / extra
         if extra_file.exists():
             parts += [extra_file.read_text().strip(), ""]

@@ -209,3 +209,56 @@ def test_memory_phase_samples_the_server_process(tmp_path):
     assert w["hwm_mb"] > 0
     md = memory.markdown({"pacsd": out}, "cmd", "machine")
     assert "| pacsd | " in md
+
+
+def test_soak_verifies_a_mixed_load_and_samples_rss(tmp_path):
+    """Issue 6 item 4 (soak): `benchmarks soak` runs every operation of its rotation
+    against a real pacsd with every answer verified, samples VmRSS every second and fits
+    the slope; a wrong expectation is counted as an error, not as a fast answer."""
+    from benchmarks import soak as S
+    from benchmarks.client import new_session
+
+    assert S.slope_per_min([(0, 100.0), (30, 105.0), (60, 110.0)]) == pytest.approx(10.0)
+    assert S.slope_per_min([(0, 100.0)]) == 0.0
+    srv = Server(str(tmp_path))
+    try:
+        out = asyncio.run(S.soak(srv.url + "/dicom-web", srv.proc.pid, minutes=0.08,
+                                 concurrency=2, seed=6, ct_studies=1, slices=4,
+                                 log=lambda _: None))
+
+        async def with_wrong_expectations():
+            s = S.Soak(srv.url + "/dicom-web", 7, 1, 3, lambda _: None)
+            s.session = new_session(2)
+            try:
+                await s.setup()
+                sop = s.ct[0].sop
+                s.payload[sop] = s.payload[sop][:-1] + bytes([s.payload[sop][-1] ^ 1])
+                await s.run(3.0, 2)
+            finally:
+                await s.session.close()
+            return s.stats
+        stats = asyncio.run(with_wrong_expectations())
+    finally:
+        srv.stop()
+    assert out["verified"], {k: v["error_sample"] for k, v in out["ops"].items()}
+    assert set(out["ops"]) == set(S.ROTATION)
+    assert out["samples"] >= 3 and out["tiny_studies_stored"] >= 3
+    assert 0 < out["rss_setup_mb"] <= out["rss_peak_sampled_mb"] <= out["hwm_mb"] + 1
+    assert "| operation |" in S.markdown(out, "cmd", "machine")
+    assert stats["wado_study"]["errors"] > 0 and stats["frame"]["errors"] > 0
+    assert stats["qido_patient"]["errors"] == 0 and stats["stow"]["errors"] == 0
+
+
+def test_scale_curve_verifies_every_kind_at_two_sizes():
+    """Issue 6 item 3: `benchmarks scale` fills the index through the catalogue's batched
+    writes, serves it with pacsd and verifies every query kind at each size; the
+    expected-answer book picks a case without copying the index's keys (the copy used
+    to grow with the index inside the timed request)."""
+    from benchmarks import scale as SC
+
+    out = SC.run([500, 1000], ["sqlite"], n1=10, n16=20, log=lambda _: None)
+    assert [r["instances"] for r in out["rows"]] == [500, 1000]
+    bad = {(r["instances"], k): v["error"] for r in out["rows"]
+           for k, v in r["kinds"].items() if not v["verified"]}
+    assert not bad
+    assert set(out["rows"][0]["kinds"]) == set(SC.KINDS)

@@ -168,6 +168,18 @@ def click_image(page, i, at):
 
 def wait_completed(page, n):
     page.wait_for_function("n => window.pacsdViewer.completed >= n", arg=n)
+    # Cornerstone computes a drawn annotation's statistics throttled (100 ms, trailing):
+    # at completion they may still be those of a few mouse moves earlier (a length 1-2
+    # pixels short in loaded runs). Wait until they hold still over 300 ms.
+    last, same = None, 0
+    for _ in range(60):
+        now = measurements(page)
+        same = same + 1 if now == last else 0
+        if same == 2:
+            return
+        last = now
+        page.wait_for_timeout(150)
+    raise AssertionError("measurements never settled")
 
 
 def measurements(page):

@@ -84,7 +84,10 @@ def rows(page) -> list[dict]:
 
 
 def search(page, **fields):
+    # Reset reloads the unfiltered list: let that answer land before filling the form.
+    page.evaluate("delete document.body.dataset.loaded")
     page.click('#filters button[type="reset"]')
+    page.wait_for_function("() => document.body.dataset.loaded !== undefined")
     for name, value in fields.items():
         sel = f'#filters [name="{name}"]'
         if name == "outcome":

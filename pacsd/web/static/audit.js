@@ -7,7 +7,7 @@ const TOKEN_KEY = 'pacsd.audit.token';
 const PAGE = 50;
 const $ = (sel) => document.querySelector(sel);
 
-const state = { before: null, stack: [], rows: [], total: null };
+const state = { before: null, stack: [], rows: [], total: null, seq: 0 };
 
 function token() { return sessionStorage.getItem(TOKEN_KEY) || ''; }
 function setToken(t) { t ? sessionStorage.setItem(TOKEN_KEY, t) : sessionStorage.removeItem(TOKEN_KEY); }
@@ -173,6 +173,9 @@ function render(rows) {
 }
 
 async function load() {
+  // Only the newest request may render: an older answer that arrives late (a reset
+  // followed at once by a search) must not replace the newer one.
+  const mine = ++state.seq;
   $('#error').textContent = '';
   const p = filterParams();
   p.set('order', 'desc');
@@ -181,6 +184,7 @@ async function load() {
   if (state.stack.length === 0) p.set('count', 'true');
   try {
     const body = await (await api(`/api/v1/audit?${p}`)).json();
+    if (mine !== state.seq) return;
     if (body.total != null) state.total = body.total;
     state.rows = body.events;
     render(body.events);

@@ -55,24 +55,46 @@ class PullReport:
         return out
 
 
-async def run_pull(settings: Settings, peer: str, *, method: str = "get",
-                   filters: dict | None = None, jobs: int = 2, forward: bool = True,
-                   progress: Callable[..., None] | None = None) -> PullReport:
-    from .dimse.bridge import Bridge
-    from .dimse.context import ScpContext
-    from .dimse.pull import PullError, Puller, RemoteStudy
-    from .services import Archive, IngestService, QueryService, RetrieveService
-    from .dimse.access import DimseAccess
-    from .services.audit import AuditTrail
-    from .services.security import LOCAL
-    from .services.forward import ForwardingService
-    from .services.jobs import JobFailed, JobService, queue_from_settings
-
+def peer_address(settings: Settings, peer: str) -> tuple[str, int]:
+    """``peer``'s host and port from ``[dimse] peers`` / ``--peer``; ConfigError if unknown."""
     peers = settings.dimse.peer_addresses()
     if peer not in peers:
         raise ConfigError(f"unknown peer {peer!r}: add it to [dimse] peers or give "
                           f"--peer {peer}=HOST:PORT")
-    host, port = peers[peer]
+    return peers[peer]
+
+
+def console_puller(settings: Settings, archive, peer: str):
+    """A :class:`~pacsd.dimse.pull.Puller` of ``peer`` that stores what it fetches through
+    ``archive``'s one ingest path as the console operator (LOCAL), audited at once
+    (``pacsd import --from-peer``, ``pacsd reconcile --fetch``). Call in the event loop."""
+    from .dimse.access import DimseAccess
+    from .dimse.bridge import Bridge
+    from .dimse.context import ScpContext
+    from .dimse.pull import Puller
+    from .services import IngestService, QueryService, RetrieveService
+    from .services.audit import AuditTrail
+    from .services.security import LOCAL
+
+    host, port = peer_address(settings, peer)
+    ctx = ScpContext(settings=settings, bridge=Bridge(asyncio.get_running_loop()),
+                     ingest=IngestService(archive), query=QueryService(archive),
+                     retrieve=RetrieveService(archive),
+                     access=DimseAccess(None, AuditTrail(archive.catalogue, immediate=True),
+                                        fixed_actor=LOCAL))
+    return Puller(settings, peer, host, port, ctx)
+
+
+async def run_pull(settings: Settings, peer: str, *, method: str = "get",
+                   filters: dict | None = None, jobs: int = 2, forward: bool = True,
+                   progress: Callable[..., None] | None = None) -> PullReport:
+    from .dimse.pull import PullError, RemoteStudy
+    from .services import Archive
+    from .services.security import LOCAL
+    from .services.forward import ForwardingService
+    from .services.jobs import JobFailed, JobService, queue_from_settings
+
+    peer_address(settings, peer)  # an unknown peer fails before the archive opens
     settings.jobs.concurrency = max(1, jobs)
     archive = Archive.open(settings)
     report = PullReport()
@@ -81,13 +103,7 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
             routing = ForwardingService(archive, queue_from_settings(archive))
             if routing.enabled:
                 archive.plugins.register(routing, "pacsd-forward")
-        retrieve = RetrieveService(archive)
-        ctx = ScpContext(settings=settings, bridge=Bridge(asyncio.get_running_loop()),
-                         ingest=IngestService(archive), query=QueryService(archive),
-                         retrieve=retrieve,
-                         access=DimseAccess(None, AuditTrail(archive.catalogue, immediate=True),
-                                            fixed_actor=LOCAL))
-        puller = Puller(settings, peer, host, port, ctx)
+        puller = console_puller(settings, archive, peer)
         try:
             studies = await asyncio.to_thread(puller.find_studies, **(filters or {}))
         except PullError as exc:
@@ -97,7 +113,7 @@ async def run_pull(settings: Settings, peer: str, *, method: str = "get",
         async def local_count(uid: str) -> int:
             try:
                 # the operator at the console: the whole archive (services.security)
-                return len(await retrieve.instances(uid, actor=LOCAL))
+                return len(await puller.ctx.retrieve.instances(uid, actor=LOCAL))
             except errors.NotFound:
                 return 0
 

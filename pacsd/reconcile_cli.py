@@ -219,33 +219,22 @@ async def _local_instances(archive, study: str) -> dict:
 async def reconcile_peer(settings: Settings, peer: str, *, filters: dict, deep: bool = False,
                          fetch: bool = False, send: bool = False, method: str = "get",
                          send_to: str | None = None, progress=None) -> Reconciliation:
-    from .dimse.access import DimseAccess
-    from .dimse.bridge import Bridge
-    from .dimse.context import ScpContext
-    from .dimse.pull import PullError, Puller, RemoteStudy
-    from .services import Archive, IngestService, QueryService, RetrieveService
+    from .dimse.pull import PullError, RemoteStudy
+    from .import_pull import console_puller, peer_address
+    from .services import Archive, RetrieveService
     from .services.audit import AuditTrail
     from .services.forward import ForwardingService, SendError
     from .services.jobs import queue_from_settings
     from .services.security import LOCAL
 
-    peers = settings.dimse.peer_addresses()
-    if peer not in peers:
-        raise ConfigError(f"unknown peer {peer!r}: add it to [dimse] peers or give "
-                          f"--peer {peer}=HOST:PORT")
-    host, port = peers[peer]
+    host, port = peer_address(settings, peer)
     destination = _send_destination(settings, peer, host, port, send_to) if send else None
     report = Reconciliation(f"peer {peer}")
     archive = Archive.open(settings)
     audit = AuditTrail(archive.catalogue, run=archive.run)
     try:
         retrieve = RetrieveService(archive)
-        ctx = ScpContext(settings=settings, bridge=Bridge(asyncio.get_running_loop()),
-                         ingest=IngestService(archive), query=QueryService(archive),
-                         retrieve=retrieve,
-                         access=DimseAccess(None, AuditTrail(archive.catalogue, immediate=True),
-                                            fixed_actor=LOCAL))
-        puller = Puller(settings, peer, host, port, ctx)
+        puller = console_puller(settings, archive, peer)
         try:
             remote = {s.study_uid: s for s in await asyncio.to_thread(
                 puller.find_studies, **filters)}

@@ -20,17 +20,21 @@ server's ``VmRSS`` (and open file descriptors) every second. Reported: RSS after
 peak (largest sample and VmHWM), RSS at the end, and the least-squares RSS slope over the
 last two thirds of the run in MiB/min — growth is judged by that slope, knowing the two
 bounded caches of ``pacsd/services/retrieve.py`` (64 MiB series/study metadata answers,
-32 MiB rendered images) may still be filling: the driver also adds up the bodies of the
-distinct metadata and rendered answers it received (each capped like the caches) and
-reports the slope of RSS minus that estimate.
+32 MiB rendered images) may still be filling: with every RSS sample the sampler reads the
+caches' real sizes from the server's ``GET /api/v1/admin/metrics`` (bytes and entries;
+loopback, security off, so the local operator may) and reports the slope of RSS minus
+those bytes. The driver's own estimate (the bodies of the distinct metadata and rendered
+answers it received, each capped like the caches) is still reported beside it.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,22 +58,47 @@ FIRST_STUDY = 500_000
 
 class Sampler(threading.Thread):
     """VmRSS (bytes) and open fds of ``pid`` every :data:`SAMPLE_S` seconds, on a thread
-    of its own so a busy event loop in the driver does not skew the time axis."""
+    of its own so a busy event loop in the driver does not skew the time axis; with
+    ``metrics_url`` also the server's cache sizes (``GET /api/v1/admin/metrics``), read
+    right after the RSS so the two belong together."""
 
-    def __init__(self, pid: int, cache_estimate: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self, pid: int, cache_estimate: Callable[[], int] = lambda: 0,
+                 metrics_url: str | None = None) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.cache_estimate = cache_estimate
+        self.metrics_url = metrics_url
         self.t0 = time.monotonic()
         self.rss: list[tuple[float, int]] = []
-        self.cache: list[tuple[float, int]] = []
+        self.cache: list[tuple[float, int]] = []        # the driver's estimate
+        self.cached: list[tuple[float, int | None]] = []  # the server's (None: unread)
+        self.entries: list[tuple[float, int, int]] = []  # metadata, render entries
+        self.metrics_errors = 0
         self.fds: list[tuple[float, int]] = []
         self._halt = threading.Event()
+
+    def read_metrics(self) -> dict | None:
+        if not self.metrics_url:
+            return None
+        try:
+            with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+                return json.loads(r.read())
+        except (OSError, ValueError):
+            self.metrics_errors += 1
+            return None
 
     def sample(self) -> None:
         t = time.monotonic() - self.t0
         self.rss.append((t, proc_status(self.pid).get("VmRSS", 0)))
         self.cache.append((t, self.cache_estimate()))
+        m = self.read_metrics()
+        if m is not None:
+            caches = m["caches"]
+            self.cached.append((t, caches["metadata"]["bytes"] + caches["render"]["bytes"]))
+            self.entries.append((t, caches["metadata"]["entries"],
+                                 caches["render"]["entries"]))
+        elif self.metrics_url:
+            self.cached.append((t, None))
         try:
             self.fds.append((t, len(os.listdir(f"/proc/{self.pid}/fd"))))
         except OSError:
@@ -306,7 +335,8 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         log(f"  stored {len(s.ct)} CT slices; soak of {minutes} min at c={concurrency}")
         await asyncio.sleep(1.0)
         setup_rss = proc_status(pid)
-        sampler = Sampler(pid, s.cache_estimate)
+        base = url.rsplit("/dicom-web", 1)[0]
+        sampler = Sampler(pid, s.cache_estimate, metrics_url=base + "/api/v1/admin/metrics")
         sampler.sample()
         sampler.start()
         progress = asyncio.get_running_loop().create_task(_progress(s, sampler, log))
@@ -320,9 +350,17 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
     end = proc_status(pid)
     rss = [(t, b / 2**20) for t, b in sampler.rss]
     tail = [(t, v) for t, v in rss if t >= wall / 3]
-    # RSS less what the bounded caches may hold: growth the caps do not explain.
-    rest = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cache)
-            if t >= wall / 3]
+    # RSS less what the bounded caches hold (the server's own figure; the driver's
+    # estimate beside it): growth the caps do not explain.
+    rest = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cached)
+            if t >= wall / 3 and c is not None]
+    rest_est = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cache)
+                if t >= wall / 3]
+    cached_mb = [(t, c / 2**20) for t, c in sampler.cached if c is not None]
+    third = [c for t, c in cached_mb if wall / 3 <= t < wall / 3 + 30]
+    last = sampler.entries[-1] if sampler.entries else (0, None, None)
+    full_at = next((t for t, c in cached_mb if c >= 0.98 * METADATA_CACHE_BYTES / 2**20),
+                   None)
     mid = [(t, v) for t, v in rss if wall / 3 <= t < wall / 3 + 30]
     ops = {}
     for op, st in sorted(s.stats.items()):
@@ -342,7 +380,14 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         "rss_peak_sampled_mb": round(max(v for _, v in rss), 1),
         "hwm_mb": round(end.get("VmHWM", 0) / 2**20, 1),
         "slope_mb_per_min": round(slope_per_min(tail), 2),
-        "slope_less_caches_mb_per_min": round(slope_per_min(rest), 2),
+        "slope_less_caches_mb_per_min": round(slope_per_min(rest), 2) if rest else None,
+        "slope_less_cache_estimate_mb_per_min": round(slope_per_min(rest_est), 2),
+        "cached_at_third_mb": round(statistics.median(third), 1) if third else None,
+        "cached_end_mb": round(cached_mb[-1][1], 1) if cached_mb else None,
+        "cached_peak_mb": round(max(c for _, c in cached_mb), 1) if cached_mb else None,
+        "caches_full_at_s": round(full_at, 1) if full_at is not None else None,
+        "metadata_entries_end": last[1], "render_entries_end": last[2],
+        "metrics_errors": sampler.metrics_errors,
         "cache_estimate_end_mb": round(s.cache_estimate() / 2**20, 1),
         "metadata_answers_distinct": len(s.meta_bytes),
         "metadata_answer_bytes_mb": round(s._meta_total / 2**20, 1),
@@ -354,6 +399,7 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         "fds_max": max(f for _, f in sampler.fds) if sampler.fds else None,
         "samples": len(rss),
         "rss_series_mb": [(round(t, 1), round(v, 1)) for t, v in rss],
+        "cached_series_mb": [(round(t, 1), round(c, 1)) for t, c in cached_mb],
     }
 
 
@@ -363,8 +409,10 @@ async def _progress(s: Soak, sampler: Sampler, log: Callable[[str], None]) -> No
         rss = sampler.rss[-1][1] / 2**20 if sampler.rss else 0
         n = sum(st["n"] for st in s.stats.values())
         e = sum(st["errors"] for st in s.stats.values())
+        cached = sampler.cached[-1][1] if sampler.cached else None
         log(f"  {sampler.rss[-1][0] if sampler.rss else 0:.0f} s: {n} requests, {e} errors, "
-            f"{len(s.tiny_studies)} tiny studies, RSS {rss:.1f} MiB")
+            f"{len(s.tiny_studies)} tiny studies, RSS {rss:.1f} MiB, cached "
+            f"{'?' if cached is None else f'{cached / 2**20:.1f}'} MiB")
 
 
 def markdown(r: dict, command: str, machine: str) -> str:
@@ -377,16 +425,26 @@ def markdown(r: dict, command: str, machine: str) -> str:
              "verified. VmRSS sampled every second on a thread of the driver; slope = "
              "least-squares fit over the last two thirds of the run.", "",
              "| RSS after setup MiB | RSS at 1/3 MiB | RSS at end MiB | peak RSS MiB "
-             "(sampled / VmHWM) | slope last 2/3 MiB/min | same, less cache estimate | "
-             "slope first 1/3 MiB/min | open fds start / max / end | errors |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "(sampled / VmHWM) | slope last 2/3 MiB/min | same, less cached bytes | "
+             "same, less driver's estimate | slope first 1/3 MiB/min | "
+             "open fds start / max / end | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|",
              f"| {r['rss_setup_mb']} | {r['rss_at_third_mb']} | {r['rss_end_mb']} | "
              f"{r['rss_peak_sampled_mb']} / {r['hwm_mb']} | **{r['slope_mb_per_min']}** | "
-             f"{r['slope_less_caches_mb_per_min']} | "
+             f"**{r.get('slope_less_caches_mb_per_min')}** | "
+             f"{r.get('slope_less_cache_estimate_mb_per_min')} | "
              f"{r['slope_first_third_mb_per_min']} | {r['fds_start']} / {r['fds_max']} / "
              f"{r['fds_end']} | {r['errors']} |", "",
-             f"Cache estimate = the bodies of the distinct answers the two bounded caches "
-             f"may hold, each capped (64 MiB metadata, 32 MiB rendered): "
+             f"Cached bytes = the server's own figure (`GET /api/v1/admin/metrics`, read "
+             f"with every RSS sample; {r.get('metrics_errors')} failed reads): "
+             f"{r.get('cached_at_third_mb')} MiB at 1/3, {r.get('cached_end_mb')} MiB at the "
+             f"end (peak {r.get('cached_peak_mb')}; caps 64 MiB metadata + 32 MiB rendered; "
+             f"metadata cap reached at "
+             f"{r.get('caches_full_at_s') if r.get('caches_full_at_s') is not None else 'never'}"
+             f"{' s' if r.get('caches_full_at_s') is not None else ''}), "
+             f"{r.get('metadata_entries_end')} metadata and {r.get('render_entries_end')} "
+             f"rendered entries at the end. Driver's estimate = the bodies of the distinct "
+             f"answers it received, each capped like the caches: "
              f"{r['metadata_answers_distinct']:,} distinct series metadata answers "
              f"({r['metadata_answer_bytes_mb']} MiB of bodies), {r['rendered_distinct']} "
              f"rendered slices; {r['cache_estimate_end_mb']} MiB at the end.", "",
@@ -400,4 +458,6 @@ def markdown(r: dict, command: str, machine: str) -> str:
 
 def write_series(r: dict, path: Path) -> None:
     """The RSS samples as CSV (seconds, MiB) next to the JSON, for plotting."""
-    path.write_text("seconds,rss_mib\n" + "".join(f"{t},{v}\n" for t, v in r["rss_series_mb"]))
+    cached = dict(r.get("cached_series_mb", []))
+    path.write_text("seconds,rss_mib,cached_mib\n" + "".join(
+        f"{t},{v},{cached.get(t, '')}\n" for t, v in r["rss_series_mb"]))

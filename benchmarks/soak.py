@@ -48,6 +48,15 @@ from .phases import (ACCEPT_FRAME, ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY,
 # One STOW per ten requests; reads dominate as in a reading room.
 ROTATION = ("stow", "qido_patient", "metadata_tiny", "frame", "qido_accession",
             "metadata_ct", "frame", "rendered", "qido_patient", "wado_study")
+#: ``--rotation``: ``standard`` (above); ``metadata``: the same operations with four
+#: series-metadata reads of the tiny series per STOW (every new series is read), so the
+#: 64 MiB metadata cache fills up within a 40-minute soak on this 2-core machine and the
+#: slope after it is full can be judged.
+ROTATIONS = {
+    "standard": ROTATION,
+    "metadata": ("stow", "metadata_tiny", "qido_patient", "metadata_tiny", "frame",
+                 "metadata_tiny", "metadata_ct", "rendered", "metadata_tiny", "wado_study"),
+}
 SAMPLE_S = 1.0
 # The caps of pacsd/services/retrieve.py (values only; keys and entries cost a little more).
 METADATA_CACHE_BYTES = 64 * 2**20
@@ -131,8 +140,9 @@ class Soak:
     """The mixed load against one pacsd: what was acknowledged and what each read expects."""
 
     def __init__(self, url: str, seed: int, ct_studies: int, slices: int,
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], rotation: tuple[str, ...] = ROTATION) -> None:
         self.url = url
+        self.rotation = rotation
         self.ds = DataSet(seed, ct_studies=ct_studies, ct_slices=slices, tiny=0)
         self.log = log
         self.manifest = Manifest()
@@ -302,17 +312,20 @@ class Soak:
 
         counter = iter(range(10**12))
         deadline = time.monotonic() + seconds
+        rotation = self.rotation
+        seq: dict[str, int] = {}   # the k-th request of each operation gets k
 
         async def worker() -> None:
             for i in counter:
                 if time.monotonic() >= deadline:
                     return
-                op = ROTATION[i % len(ROTATION)]
+                op = rotation[i % len(rotation)]
+                k = seq[op] = seq.get(op, -1) + 1
                 st = self.stats.setdefault(op, {"n": 0, "errors": 0, "error_sample": "",
                                                 "lat_ms": []})
                 t0 = time.perf_counter()
                 try:
-                    check = await getattr(self, "op_" + op)(i // len(ROTATION))
+                    check = await getattr(self, "op_" + op)(k)
                     st["lat_ms"].append((time.perf_counter() - t0) * 1000)
                     check()
                 except (V.VerificationError, aiohttp.ClientError, asyncio.TimeoutError,
@@ -327,8 +340,9 @@ class Soak:
 
 
 async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: int,
-               ct_studies: int, slices: int, log: Callable[[str], None]) -> dict[str, Any]:
-    s = Soak(url, seed, ct_studies, slices, log)
+               ct_studies: int, slices: int, log: Callable[[str], None],
+               rotation: str = "standard") -> dict[str, Any]:
+    s = Soak(url, seed, ct_studies, slices, log, ROTATIONS[rotation])
     s.session = new_session(max(concurrency, 4))
     try:
         await s.setup()
@@ -369,6 +383,7 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
                    "p95_ms": round(percentile(lat, 95), 2) if lat else None}
     return {
         "minutes": minutes, "concurrency": concurrency, "wall_s": round(wall, 1),
+        "rotation": rotation, "rotation_ops": list(ROTATIONS[rotation]),
         "ct_slices": len(s.ct), "tiny_studies_stored": len(s.tiny_studies),
         "requests": sum(o["n"] for o in ops.values()),
         "errors": sum(o["errors"] for o in ops.values()),
@@ -420,7 +435,8 @@ def markdown(r: dict, command: str, machine: str) -> str:
              f"- **Command:** `{command}`", f"- **Machine:** {machine}", "",
              f"{r['minutes']} minutes at concurrency {r['concurrency']} against one `pacsd "
              f"serve` (SQLite, local blobs) holding {r['ct_slices']} CT slices of 512x512: "
-             f"{r['requests']:,} requests in the rotation {', '.join(ROTATION)}; "
+             f"{r['requests']:,} requests in the rotation "
+             f"{', '.join(r.get('rotation_ops', ROTATION))}; "
              f"{r['tiny_studies_stored']:,} tiny studies stored during the run. Every answer "
              "verified. VmRSS sampled every second on a thread of the driver; slope = "
              "least-squares fit over the last two thirds of the run.", "",

@@ -19,7 +19,10 @@ postgresql://postgres@127.0.0.1:5432/postgres), dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as _dt
 import gc
+import os
 import statistics
 import tempfile
 import time
@@ -175,30 +178,171 @@ def _exact(tag: str, want: set[str]) -> Callable[[int, bytes], None]:
 
 def fill(url: str, insts: list[Inst], batch: int = 5000, log=print) -> float:
     """Store ``insts`` in the catalogue at ``url`` through the write path; seconds taken."""
-    from pacsd.index import Catalogue, writes
+    from pacsd.index import Catalogue
 
     cat = Catalogue(url)
     cat.migrate()
     t0 = time.perf_counter()
     try:
-        for start in range(0, len(insts), batch):
-            chunk = insts[start:start + batch]
-            with cat.engine.connect() as conn:
-                conn = conn.execution_options(pacsd_write=True)
-                with conn.begin():
-                    for i in chunk:
-                        writes.store_instance(conn, parsed_of(i), f"{i.index:064x}", 1400)
-            done = start + len(chunk)
-            if done % 50000 < batch:
-                log(f"  filled {done} of {len(insts)} ({time.perf_counter() - t0:.0f} s)")
-        # Planner statistics, as a database in service has them (autovacuum would get
-        # there minutes later; without them PostgreSQL picked sequential scans).
-        with cat.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
-            conn.commit()
+        _write_path(cat, insts, batch, log)
+        analyze(cat)
     finally:
         cat.close()
     return time.perf_counter() - t0
+
+
+def _write_path(cat, insts: list[Inst], batch: int, log) -> None:
+    from pacsd.index import writes
+
+    t0 = time.perf_counter()
+    for start in range(0, len(insts), batch):
+        chunk = insts[start:start + batch]
+        with cat.engine.connect() as conn:
+            conn = conn.execution_options(pacsd_write=True)
+            with conn.begin():
+                for i in chunk:
+                    writes.store_instance(conn, parsed_of(i), f"{i.index:064x}", 1400)
+        done = start + len(chunk)
+        if done % 50000 < batch:
+            log(f"  filled {done} of {len(insts)} ({time.perf_counter() - t0:.0f} s)")
+
+
+def analyze(cat) -> None:
+    """Planner statistics, as a database in service has them (autovacuum would get there
+    minutes later; without them PostgreSQL picked sequential scans)."""
+    with cat.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+
+
+class StagedFill:
+    """Fill a fresh catalogue fast with exactly the rows pacsd's write path makes.
+
+    The rows are made by the write path itself (``writes.store_instance``, as
+    :func:`fill`) into a staging SQLite catalogue, then copied to the target table by
+    table — PostgreSQL: ``COPY ... FROM STDIN``; SQLite: multi-row ``executemany``
+    INSERTs — with their keys unchanged (the target must be fresh: the keys are the
+    staging database's). Every column of the catalogue's tables (``schema.py``) is copied,
+    so a column the write path starts filling (a new derived search key, say) is copied
+    without a change here. Each call copies the rows added since the previous one plus
+    the older rows the write path updated since (``updated_at``: a patient's next study).
+    The write path to PostgreSQL is ~520 inst/s here; SQLite write path + COPY is several
+    times faster. Tables other than the catalogue's four must not change while filling:
+    checked, so a new table written on ingest is noticed rather than silently missed.
+    """
+
+    def __init__(self, staging_url: str) -> None:
+        from pacsd.index import Catalogue
+
+        self.staging = Catalogue(staging_url)
+        self.staging.migrate()
+        self.high: dict[str, int] = {}   # table -> highest pk copied
+
+    def close(self) -> None:
+        self.staging.close()
+
+    def fill(self, url: str, insts: list[Inst], batch: int = 5000, log=print) -> float:
+        from pacsd.index import Catalogue
+
+        cat = Catalogue(url)
+        cat.migrate()
+        t0 = time.perf_counter()
+        try:
+            others = self._other_counts()
+            step_start = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None) \
+                - _dt.timedelta(seconds=1)
+            _write_path(self.staging, insts, batch, log)
+            if self._other_counts() != others:
+                raise RuntimeError("the write path changed tables other than the "
+                                   f"catalogue's {[t.name for t in _tables()]}: "
+                                   "StagedFill would miss them")
+            t1 = time.perf_counter()
+            copied = self.copy(cat, step_start)
+            log(f"  staged in {t1 - t0:.0f} s, copied {copied} rows in "
+                f"{time.perf_counter() - t1:.0f} s")
+            analyze(cat)
+        finally:
+            cat.close()
+        return time.perf_counter() - t0
+
+    def _other_counts(self) -> dict[str, int]:
+        import sqlalchemy as sa
+
+        skip = {t.name for t in _tables()}
+        with self.staging.engine.connect() as conn:
+            names = sa.inspect(conn).get_table_names()
+            return {n: conn.exec_driver_sql(f'SELECT count(*) FROM "{n}"').scalar()
+                    for n in names if n not in skip}
+
+    def copy(self, target, since: _dt.datetime) -> int:
+        """Copy new and updated rows of the four tables to ``target`` (a Catalogue)."""
+        import sqlalchemy as sa
+
+        n = 0
+        with self.staging.engine.connect() as src, target.engine.connect() as dst:
+            with dst.begin():
+                for table in _tables():
+                    cols = [c.name for c in table.columns]
+                    high = self.high.get(table.name, 0)
+                    if not high and dst.execute(
+                            sa.select(sa.func.count()).select_from(table)).scalar():
+                        raise RuntimeError(f"{table.name} of the target is not empty")
+                    new = src.execute(sa.select(table).where(table.c.pk > high)
+                                      .order_by(table.c.pk))
+                    rows = (_to_target(r, table) for r in new)
+                    n += _insert(dst, table, cols, rows)
+                    if "updated_at" in table.c and high:
+                        changed = src.execute(sa.select(table).where(
+                            table.c.pk <= high, table.c.updated_at >= since)).all()
+                        for r in changed:
+                            values = dict(zip(cols, _to_target(tuple(r), table)))
+                            dst.execute(sa.update(table).where(
+                                table.c.pk == values.pop("pk")).values(**values))
+                        n += len(changed)
+                    self.high[table.name] = src.execute(
+                        sa.select(sa.func.coalesce(sa.func.max(table.c.pk), 0))).scalar()
+                    if dst.dialect.name == "postgresql":
+                        # Keys were copied: the next key the database hands out follows them.
+                        dst.exec_driver_sql(
+                            f"SELECT setval(pg_get_serial_sequence('{table.name}', 'pk'), "
+                            f"{max(self.high[table.name], 1)})")
+        return n
+
+
+def _tables():
+    from pacsd.index.schema import instances, patients, series, studies
+    return (patients, studies, series, instances)   # foreign keys point backwards
+
+
+def _to_target(row: tuple, table) -> tuple:
+    """Staging values as the target stores them: SQLite gives time stamps back naive
+    (UTC, as the write path stored them); the columns are ``timezone=True``."""
+    return tuple(v.replace(tzinfo=_dt.timezone.utc)
+                 if isinstance(v, _dt.datetime) and v.tzinfo is None else v for v in row)
+
+
+def _insert(dst, table, cols: list[str], rows) -> int:
+    n = 0
+    if dst.dialect.name == "postgresql":
+        cur = dst.connection.dbapi_connection.cursor()
+        names = ", ".join(f'"{c}"' for c in cols)
+        with cur.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as cp:
+            for r in rows:
+                cp.write_row(r)
+                n += 1
+        return n
+    stmt = table.insert()
+    chunk: list[dict] = []
+    for r in rows:
+        chunk.append(dict(zip(cols, r)))
+        if len(chunk) >= 5000:
+            dst.execute(stmt, chunk)
+            n += len(chunk)
+            chunk = []
+    if chunk:
+        dst.execute(stmt, chunk)
+        n += len(chunk)
+    return n
 
 
 async def measure(url: str, expect: Expect, n1: int, n16: int) -> dict[str, dict]:
@@ -251,24 +395,34 @@ def _pg_database():
     return db()
 
 
-def run(sizes: list[int], dbs: list[str], n1: int = 200, n16: int = 800, log=print
-        ) -> dict:
+def run(sizes: list[int], dbs: list[str], n1: int = 200, n16: int = 800, log=print,
+        fill_mode: str = "auto", fill_nice: int = 0) -> dict:
+    """``fill_mode``: ``write`` (the write path into the target), ``staged``
+    (:class:`StagedFill`), ``auto`` (staged for PostgreSQL, write for SQLite).
+    ``fill_nice``: the driver lowers its CPU priority by this much while filling and
+    restores it for the timed queries (as root; otherwise the fill just runs at the
+    normal priority)."""
     ds = DataSet(seed=11, tiny=max(sizes))
     all_insts = ds.tiny_all()
     results: dict = {"sizes": sizes, "dbs": dbs, "rows": []}
     for db in dbs:
+        staged = fill_mode == "staged" or (fill_mode == "auto" and db == "postgresql")
         with tempfile.TemporaryDirectory(prefix="pacsd-scale-") as tmp:
             if db == "sqlite":
                 ctx = _nullctx(f"sqlite:///{Path(tmp) / 'index.db'}")
             else:
                 ctx = _pg_database()
-            with ctx as url:
+            stager = StagedFill(f"sqlite:///{Path(tmp) / 'staging.db'}") if staged else None
+            with ctx as url, contextlib.closing(stager or _nullctx("")):
                 expect = Expect()
                 filled = 0
                 for size in sizes:
-                    log(f"{db}: filling the index to {size} instances")
+                    log(f"{db}: filling the index to {size} instances"
+                        f"{' (staged: write path into SQLite, then copied)' if staged else ''}")
                     chunk = all_insts[filled:size]
-                    secs = fill(url, chunk, log=log)
+                    with _niceness(fill_nice):
+                        secs = (stager.fill(url, chunk, log=log) if stager is not None
+                                else fill(url, chunk, log=log))
                     for i in chunk:
                         expect.add(i)
                     filled = size
@@ -288,11 +442,29 @@ def run(sizes: list[int], dbs: list[str], n1: int = 200, n16: int = 800, log=pri
                         srv.stop()
                     results["rows"].append({"db": db, "instances": size,
                                             "fill_per_s": round(len(chunk) / secs),
+                                            "fill": "staged" if staged else "write",
                                             "kinds": kinds})
                     for k, v in kinds.items():
                         log(f"  {k:20s} p50 {v['p50_ms']} ms  p95 {v['p95_ms']} ms  "
                             f"{v['qps_c16']} q/s @16  {'ok' if v['verified'] else v['error']}")
     return results
+
+
+@contextlib.contextmanager
+def _niceness(delta: int):
+    """Lower this process's CPU priority by ``delta`` inside the block, then restore it
+    (raising it back needs root; without it the block runs at the priority it has)."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    if delta:
+        os.setpriority(os.PRIO_PROCESS, 0, min(19, before + delta))
+    try:
+        yield
+    finally:
+        if delta:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, before)
+            except PermissionError:
+                pass
 
 
 class _nullctx:
@@ -303,6 +475,9 @@ class _nullctx:
         return self.value
 
     def __exit__(self, *exc) -> None:
+        return None
+
+    def close(self) -> None:
         return None
 
 

@@ -11,6 +11,7 @@ of a fixed rotation (:data:`ROTATION`) —
 * ``qido_patient`` / ``qido_accession``: studies of an acknowledged patient / accession,
 * ``metadata_ct`` / ``metadata_tiny``: series metadata of a CT series / of one of the tiny
   series stored so far (new series keep arriving, so the metadata cache keeps filling),
+  ``metadata_study`` (``--rotation metadata`` only): study metadata of a tiny study,
 * ``frame``: frame 1 of a CT slice, ``rendered``: a CT slice as JPEG,
 * ``wado_study``: a whole CT study as stored, streamed.
 
@@ -48,14 +49,16 @@ from .phases import (ACCEPT_FRAME, ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY,
 # One STOW per ten requests; reads dominate as in a reading room.
 ROTATION = ("stow", "qido_patient", "metadata_tiny", "frame", "qido_accession",
             "metadata_ct", "frame", "rendered", "qido_patient", "wado_study")
-#: ``--rotation``: ``standard`` (above); ``metadata``: the same operations with four
-#: series-metadata reads of the tiny series per STOW (every new series is read), so the
-#: 64 MiB metadata cache fills up within a 40-minute soak on this 2-core machine and the
-#: slope after it is full can be judged.
+#: ``--rotation``: ``standard`` (above); ``metadata``: two STOWs per 13 requests, each
+#: followed by series metadata of its two series and study metadata of the study
+#: (``metadata_study``: all of them are new cache entries), so the 64 MiB metadata cache
+#: fills up within a 40-minute soak on this loaded 2-core machine and the slope after it
+#: is full can be judged.
 ROTATIONS = {
     "standard": ROTATION,
-    "metadata": ("stow", "metadata_tiny", "qido_patient", "metadata_tiny", "frame",
-                 "metadata_tiny", "metadata_ct", "rendered", "metadata_tiny", "wado_study"),
+    "metadata": ("stow", "metadata_tiny", "metadata_study", "metadata_tiny", "frame",
+                 "stow", "metadata_tiny", "metadata_study", "metadata_tiny", "rendered",
+                 "qido_patient", "metadata_ct", "wado_study"),
 }
 SAMPLE_S = 1.0
 # The caps of pacsd/services/retrieve.py (values only; keys and entries cost a little more).
@@ -152,6 +155,7 @@ class Soak:
         self.next_study = FIRST_STUDY
         self.tiny_studies: dict[int, list[Inst]] = {}    # study number -> its instances
         self.tiny_series: list[tuple[str, str, dict[str, Inst]]] = []
+        self.tiny_study_list: list[tuple[str, dict[str, Inst]]] = []
         self.patients_done: list[int] = []               # both studies acknowledged
         self.accessions: list[tuple[str, str]] = []      # (accession, study UID)
         self.stats: dict[str, dict[str, Any]] = {}
@@ -216,6 +220,7 @@ class Soak:
                 self.tiny_series.append((insts[0].study, se,
                                          {x.sop: x for x in insts if x.series == se}))
             self.accessions.append((insts[0].accession, insts[0].study))
+            self.tiny_study_list.append((insts[0].study, {x.sop: x for x in insts}))
             pair = (j // 2) * 2
             if pair in self.tiny_studies and pair + 1 in self.tiny_studies:
                 self.patients_done.append(j // 2)
@@ -259,6 +264,19 @@ class Soak:
             V.check_status(status)
             V.check_metadata(V.parse_json(body), expected)
             self.note_cached(self.meta_bytes, se, len(body), True)
+        return check
+
+    async def op_metadata_study(self, i: int) -> Callable[[], None]:
+        # Mostly one of the two newest studies, sometimes an old one.
+        n = len(self.tiny_study_list)
+        k = n - 1 - (i % 2) if i % 3 else (i * 7919) % n
+        study, expected = self.tiny_study_list[max(0, k)]
+        status, body = await self._json(f"/studies/{study}/metadata")
+
+        def check() -> None:
+            V.check_status(status)
+            V.check_metadata(V.parse_json(body), expected)
+            self.note_cached(self.meta_bytes, study, len(body), True)
         return check
 
     async def op_frame(self, i: int) -> Callable[[], None]:

@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--db", default="sqlite,postgresql", help="sqlite and/or postgresql")
     sc.add_argument("--queries", type=int, default=200,
                     help="queries per kind at concurrency 1 (4x that at 16)")
-    sc.add_argument("--fill", choices=("auto", "staged", "write"), default="auto",
-                    help="staged: write path into SQLite, then COPY (auto: for postgresql)")
+    sc.add_argument("--fill", choices=("auto", "rows", "write"), default="auto",
+                    help="rows: the write path's rows built and COPYed in (auto: for "
+                    "postgresql); write: pacsd's write path, one instance at a time")
     sc.add_argument("--fill-nice", type=int, default=0,
                     help="lower the driver's priority by this much while filling only")
     sc.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))

@@ -253,31 +253,29 @@ class Soak:
             self.note_cached(self.meta_bytes, se, len(body), True)
         return check
 
+    async def _metadata(self, path: str, expected: dict[str, Inst], key: str
+                        ) -> Callable[[], None]:
+        status, body = await self._json(path + "/metadata")
+
+        def check() -> None:
+            V.check_status(status)
+            V.check_metadata(V.parse_json(body), expected)
+            self.note_cached(self.meta_bytes, key, len(body), True)
+        return check
+
     async def op_metadata_tiny(self, i: int) -> Callable[[], None]:
         # Mostly the newest series (a cache miss each time, as after ingest), sometimes old.
         n = len(self.tiny_series)
         k = n - 1 - (i % 4) if i % 3 else (i * 7919) % n
         study, se, expected = self.tiny_series[max(0, k)]
-        status, body = await self._json(f"/studies/{study}/series/{se}/metadata")
-
-        def check() -> None:
-            V.check_status(status)
-            V.check_metadata(V.parse_json(body), expected)
-            self.note_cached(self.meta_bytes, se, len(body), True)
-        return check
+        return await self._metadata(f"/studies/{study}/series/{se}", expected, se)
 
     async def op_metadata_study(self, i: int) -> Callable[[], None]:
         # Mostly one of the two newest studies, sometimes an old one.
         n = len(self.tiny_study_list)
         k = n - 1 - (i % 2) if i % 3 else (i * 7919) % n
         study, expected = self.tiny_study_list[max(0, k)]
-        status, body = await self._json(f"/studies/{study}/metadata")
-
-        def check() -> None:
-            V.check_status(status)
-            V.check_metadata(V.parse_json(body), expected)
-            self.note_cached(self.meta_bytes, study, len(body), True)
-        return check
+        return await self._metadata(f"/studies/{study}", expected, study)
 
     async def op_frame(self, i: int) -> Callable[[], None]:
         inst = self.ct[(i * 37) % len(self.ct)]

@@ -212,11 +212,18 @@ def _write_path(cat, insts: list[Inst], batch: int, log) -> None:
 
 
 def analyze(cat) -> None:
-    """Planner statistics, as a database in service has them (autovacuum would get there
-    minutes later; without them PostgreSQL picked sequential scans)."""
+    """Planner statistics and (PostgreSQL) the visibility map, as a database in service
+    has them: autovacuum would get there minutes after a bulk load, but the server here
+    runs with ``autovacuum = off``. Without ANALYZE PostgreSQL picked sequential scans;
+    without VACUUM every COUNT behind a full QIDO page reads the heap instead of an
+    index-only scan (the Modality page of the first 1M run, notes.md)."""
     with cat.engine.connect() as conn:
-        conn.exec_driver_sql("ANALYZE")
-        conn.commit()
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql("VACUUM (ANALYZE)")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
 
 
 class RowFill:

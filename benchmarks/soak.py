@@ -85,6 +85,7 @@ class Sampler(threading.Thread):
         self.cache: list[tuple[float, int]] = []        # the driver's estimate
         self.cached: list[tuple[float, int | None]] = []  # the server's (None: unread)
         self.entries: list[tuple[float, int, int]] = []  # metadata, render entries
+        self.meta_cached: list[tuple[float, int]] = []   # the metadata cache's bytes
         self.metrics_errors = 0
         self.fds: list[tuple[float, int]] = []
         self._halt = threading.Event()
@@ -109,6 +110,7 @@ class Sampler(threading.Thread):
             self.cached.append((t, caches["metadata"]["bytes"] + caches["render"]["bytes"]))
             self.entries.append((t, caches["metadata"]["entries"],
                                  caches["render"]["entries"]))
+            self.meta_cached.append((t, caches["metadata"]["bytes"]))
         elif self.metrics_url:
             self.cached.append((t, None))
         try:
@@ -382,14 +384,15 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
     tail = [(t, v) for t, v in rss if t >= wall / 3]
     # RSS less what the bounded caches hold (the server's own figure; the driver's
     # estimate beside it): growth the caps do not explain.
-    rest = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cached)
-            if t >= wall / 3 and c is not None]
+    rest_all = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cached)
+                if c is not None]
+    rest = [(t, v) for t, v in rest_all if t >= wall / 3]
     rest_est = [(t, v - c / 2**20) for (t, v), (_, c) in zip(rss, sampler.cache)
                 if t >= wall / 3]
     cached_mb = [(t, c / 2**20) for t, c in sampler.cached if c is not None]
     third = [c for t, c in cached_mb if wall / 3 <= t < wall / 3 + 30]
     last = sampler.entries[-1] if sampler.entries else (0, None, None)
-    full_at = next((t for t, c in cached_mb if c >= 0.98 * METADATA_CACHE_BYTES / 2**20),
+    full_at = next((t for t, c in sampler.meta_cached if c >= 0.98 * METADATA_CACHE_BYTES),
                    None)
     mid = [(t, v) for t, v in rss if wall / 3 <= t < wall / 3 + 30]
     ops = {}
@@ -417,6 +420,14 @@ async def soak(url: str, pid: int, *, minutes: float, concurrency: int, seed: in
         "cached_end_mb": round(cached_mb[-1][1], 1) if cached_mb else None,
         "cached_peak_mb": round(max(c for _, c in cached_mb), 1) if cached_mb else None,
         "caches_full_at_s": round(full_at, 1) if full_at is not None else None,
+        # Once the metadata cache is at its cap its size is constant: from then on RSS
+        # should be flat if nothing else grows.
+        "slope_after_full_mb_per_min": round(slope_per_min(
+            [(t, v) for t, v in rss if t >= full_at]), 2) if full_at is not None else None,
+        "slope_after_full_less_caches_mb_per_min": round(slope_per_min(
+            [(t, v) for t, v in rest_all if t >= full_at]), 2) if full_at is not None else None,
+        "minutes_after_full": round((rss[-1][0] - full_at) / 60, 1)
+        if full_at is not None and rss else None,
         "metadata_entries_end": last[1], "render_entries_end": last[2],
         "metrics_errors": sampler.metrics_errors,
         "cache_estimate_end_mb": round(s.cache_estimate() / 2**20, 1),
@@ -475,7 +486,11 @@ def markdown(r: dict, command: str, machine: str) -> str:
              f"{r.get('caches_full_at_s') if r.get('caches_full_at_s') is not None else 'never'}"
              f"{' s' if r.get('caches_full_at_s') is not None else ''}), "
              f"{r.get('metadata_entries_end')} metadata and {r.get('render_entries_end')} "
-             f"rendered entries at the end. Driver's estimate = the bodies of the distinct "
+             f"rendered entries at the end. After the metadata cap was reached "
+             f"({r.get('minutes_after_full')} min): RSS slope "
+             f"**{r.get('slope_after_full_mb_per_min')}** MiB/min, less cached bytes "
+             f"**{r.get('slope_after_full_less_caches_mb_per_min')}** MiB/min. "
+             f"Driver's estimate = the bodies of the distinct "
              f"answers it received, each capped like the caches: "
              f"{r['metadata_answers_distinct']:,} distinct series metadata answers "
              f"({r['metadata_answer_bytes_mb']} MiB of bodies), {r['rendered_distinct']} "

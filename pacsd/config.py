@@ -276,6 +276,10 @@ class OidcSettings:
     #: Page the browser is sent to after login (the token is handed over in the URL
     #: fragment, never in a query string).
     post_login_redirect: str = "/viewer/"
+    #: Where the provider sends the browser after a logout that also ends the provider's
+    #: session (RP-initiated logout; must be registered at the provider as a
+    #: post_logout_redirect_uri, absolute URL). "" = the provider's own page.
+    post_logout_redirect: str = ""
     #: Seconds a started login may take, and of clock difference allowed for exp / iat.
     login_timeout_s: float = 600.0
     clock_skew_s: float = 60.0

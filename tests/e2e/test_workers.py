@@ -266,3 +266,36 @@ def test_RH1_workers_setting_and_option(tmp_path):
     conf.write_text("[server]\nworkers = -1\n")
     p = pacsd_cli("serve", "--data-dir", str(tmp_path), "--config", str(conf))
     assert p.returncode == 2 and b"[server] workers" in p.stderr
+
+
+def test_RH1_study_stable_fires_once_for_a_study_stored_through_two_workers(tmp_path):
+    probe = tmp_path / "stable.txt"
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text('[server]\nstable_age_s = 5.0\n'
+                    '[plugins.probe]\nmodule = "stable_probe"\n')
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = {"PACSD_STABLE_PROBE": str(probe),
+           "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    srv = Server(str(data_dir), "--workers", "2", "--config", str(conf), env=env)
+    try:
+        pids = worker_pids(srv)
+        before = {i: written(p) for i, p in pids.items()}
+        study = f"2.25.{uuid.uuid4().int}"
+        items = [to_part10(make_dataset(study=study, series=f"{study}.1",
+                                        sop=f"{study}.1.{i + 1}", seed=i, rows=64, columns=64,
+                                        InstanceNumber=i + 1)) for i in range(16)]
+        with cf.ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(lambda d: stow(srv.url, d), items)) == [200] * 16
+        smallest = min(len(d) for d in items)
+        assert all(written(p) - before[i] >= smallest for i, p in pids.items())
+        deadline = time.monotonic() + 60
+        while not probe.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(7)  # longer than stable_age_s: a second announcement would be here
+        lines = probe.read_text().split()
+        # Once, by the primary, though both workers stored instances of the study.
+        assert lines == [study, str(pids[0])]
+    finally:
+        srv.stop()

@@ -217,6 +217,7 @@ class Supervisor:
         from .services.security import SharedRateLimiter
 
         # The schema once, here, rather than by N workers racing at their start.
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
         catalogue = Catalogue(self.settings.index_url,
                               busy_timeout_s=self.settings.index.busy_timeout_s)
         try:

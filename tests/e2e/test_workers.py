@@ -24,7 +24,7 @@ import uuid
 import pytest
 import requests
 from dicomgen import make_dataset, multipart, to_part10
-from pacsd_server import Server
+from pacsd_server import Server, stow_sigterm_midway
 
 SINGLE = {"Accept": "application/dicom; transfer-syntax=*"}
 STARTED = re.compile(rb"started worker (\d+) \(pid (\d+)\)")
@@ -213,26 +213,8 @@ def test_RH1_sigterm_drains_upload_in_flight_exit_0(tmp_path):
     worker_pids(srv)
     ds = make_dataset(rows=64, columns=64)
     body, ctype = multipart([to_part10(ds)])
-    result = {}
-
-    def slow_body():
-        for i in range(0, len(body), 1024):
-            yield body[i:i + 1024]
-            if i == 2048:
-                time.sleep(0.5)  # the worker is handling the request now
-                os.kill(srv.proc.pid, signal.SIGTERM)  # to the supervisor
-                time.sleep(0.5)
-
-    def post():
-        r = requests.post(srv.url + "/dicom-web/studies", data=slow_body(),
-                          headers={"Content-Type": ctype}, timeout=30)
-        result["status"] = r.status_code
-
-    t = threading.Thread(target=post)
-    t.start()
-    t.join(40)
+    assert stow_sigterm_midway(srv, body, ctype) == 200  # SIGTERM to the supervisor
     assert srv.proc.wait(40) == 0
-    assert result.get("status") == 200
     srv.stop()
     srv2 = Server(str(tmp_path))
     try:

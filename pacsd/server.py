@@ -212,6 +212,8 @@ class Supervisor:
         return sock
 
     def _prepare(self) -> None:
+        if not hasattr(os, "fork"):
+            raise ConfigError("[server] workers > 1 needs a system with fork(); use 1")
         check_startup(self.settings)
         from .index import Catalogue
         from .services.security import SharedRateLimiter

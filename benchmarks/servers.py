@@ -90,12 +90,17 @@ class _Process:
 
 
 class PacsdProcess(_Process):
-    """pacsd from this work tree, fresh data directory in a temp dir."""
+    """pacsd from this work tree, fresh data directory in a temp dir. The environment
+    variable ``PACSD_BENCH_WORKERS`` (N or ``auto``) adds ``--workers N`` (R-H1; e.g.
+    ``PACSD_BENCH_WORKERS=2 python -m benchmarks side-by-side``)."""
 
     name = "pacsd"
 
     def __init__(self, *, keep_dir: str | None = None, extra: tuple[str, ...] = ()) -> None:
         super().__init__()
+        workers = os.environ.get("PACSD_BENCH_WORKERS", "").strip()
+        if workers:
+            extra = ("--workers", workers, *extra)
         if keep_dir:
             data = Path(keep_dir)
             data.mkdir(parents=True, exist_ok=True)
@@ -115,6 +120,9 @@ class PacsdProcess(_Process):
         try:
             _wait_http(base + "/api/v1/health", self.proc, log)
             self.version = str(_get_json(base + "/api/v1/health").get("version", "?"))
+            if workers:
+                self.version += f" --workers {workers}"
+                time.sleep(3)  # the other workers listen a moment after the first
         except BaseException:
             self.stop()
             raise

@@ -420,11 +420,13 @@ def _item(q: QidoQuery, row: sa.Row, upper: bool) -> dict[str, Any]:
     if q.level != "study":
         if upper:
             _pick(obj, orjson.loads(row.study_json), q)
-        _pick(obj, _computed("study", row), q)
+        if q.include_all or not q.includefields.isdisjoint(COMPUTED["study"]):
+            _pick(obj, _computed("study", row), q)  # built only when one is asked for
     if q.level == "instance":
         if upper:
             _pick(obj, orjson.loads(row.series_json), q)
-        _pick(obj, _computed("series", row), q)
+        if q.include_all or not q.includefields.isdisjoint(COMPUTED["series"]):
+            _pick(obj, _computed("series", row), q)
         obj.update(orjson.loads(row.instance_json))
     elif q.level == "series":
         obj.update(orjson.loads(row.series_json))

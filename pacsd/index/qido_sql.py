@@ -244,15 +244,21 @@ def _pn_sql(table: sa.Table, base: str, key: tuple, p: _Binds, walk: bool
     return sa.or_(*[_wild_sql(col, k, p) for col, k in zip(cols, arg)])
 
 
-def _conditions(key: tuple, p: _Binds) -> list[sa.ColumnElement]:
+def _conditions(key: tuple, p: _Binds
+                ) -> tuple[list[sa.ColumnElement], tuple[int, list] | None]:
+    """(WHERE clauses, (position, OR branches) of the first any-group name match)."""
     level, conds_key, study, series_uid = key[:4]
     walk = key[6]
     conds: list[sa.ColumnElement] = []
     patient_conds: list[sa.ColumnElement] = []
+    split = None
     for c in conds_key:
         if c[0] == "pn":
             _, table, column, k = c
-            conds.append(_pn_sql(TABLES[table], column, k, p, walk))
+            cond = _pn_sql(TABLES[table], column, k, p, walk)
+            if k[0] == "any" and split is None:
+                split = (len(conds), list(cond.clauses))
+            conds.append(cond)
             continue
         table, column, k = c
         if column == "modalities":
@@ -278,7 +284,7 @@ def _conditions(key: tuple, p: _Binds) -> list[sa.ColumnElement]:
         conds.append(studies.c.study_instance_uid == p())
     if series_uid:
         conds.append(series.c.series_instance_uid == p())
-    return conds
+    return conds, split
 
 
 # --- statements --------------------------------------------------------------------------
@@ -335,7 +341,7 @@ def _statements(key: tuple) -> tuple[sa.Select, sa.Select]:
 def _build(key: tuple, extra_filter: sa.ColumnElement | None
            ) -> tuple[sa.Select, sa.Select]:
     level, order_key, upper = key[0], key[4], key[5]
-    where = _conditions(key, _Binds())
+    where, split = _conditions(key, _Binds())
     if extra_filter is not None:
         where.append(extra_filter)  # the actor's data scope (R-A12), AND-ed in
     if level == "study":
@@ -363,7 +369,21 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
     page = (sa.select(*cols).select_from(source).where(*where).order_by(*order)
             .limit(sa.bindparam("lim", type_=sa.Integer))
             .offset(sa.bindparam("off", type_=sa.Integer)))
-    count = sa.select(sa.func.count()).select_from(_count_source(level, where)).where(*where)
+    source = _count_source(level, where)
+    if split is None:
+        count = sa.select(sa.func.count()).select_from(source).where(*where)
+        return page, count
+    # A name matched in any of its three groups: the matches counted per group, each
+    # study under the first group it matches in (``IS NOT TRUE`` is NULL-safe). Each
+    # count then reads one name index (covering on SQLite, index-only on PostgreSQL)
+    # instead of merging three into a row set or bitmap and visiting the table: the
+    # COUNT was most of a ``Smi*`` answer at 1M instances (15,000 matches).
+    i, branches = split
+    rest = where[:i] + where[i + 1:]
+    parts = [sa.select(sa.func.count()).select_from(source).where(
+        *rest, branch, *[b.is_not(sa.true()) for b in branches[:n]]).scalar_subquery()
+        for n, branch in enumerate(branches)]
+    count = sa.select(sum(parts[1:], parts[0]))
     return page, count
 
 

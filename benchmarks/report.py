@@ -249,6 +249,15 @@ def results_md(result: dict, command: str, json_path: Path, names: tuple[str, st
         f"{cfg['stow_ct_batch']} fresh instances per repetition, {cfg['ct_per_request']} "
         f"per request; tiny {cfg['tiny_per_request']} per request; {cfg['reps']} "
         "repetitions per phase, medians quoted; targets interleaved per repetition.",
+        *([f"- **DIMSE:** DCMTK 3.6 tools with TCP_NODELAY=1 (as Orthanc); each timing covers "
+            f"the whole tool run (start, association, operations, release). C-STORE: one "
+            f"storescu association per repetition with {cfg['stow_ct_batch']} fresh CT / "
+            f"{cfg.get('dimse_tiny', '?')} fresh tiny files; C-FIND: one findscu run per study-"
+            "level query by PatientID; C-GET / C-MOVE: one whole CT study (getscu into a temp "
+            "dir; movescu to the driver's storescp). Verified: QIDO-RS lists exactly the "
+            "stored instances; C-FIND names exactly the patient's studies; every retrieved "
+            "file has the right SOP Instance UID and byte-exact pixel data."]
+          if any(r["phase"].startswith("dimse") for r in ta["rows"]) else []),
         f"- **Raw results:** `{json_path.relative_to(HERE.parent) if json_path.is_relative_to(HERE.parent) else json_path}` (git-ignored)",
         "",
         "Every answer was verified (exact UID sets and counts, byte-exact instances and "

@@ -204,6 +204,12 @@ class EventDUL(DULServiceProvider):
         super().kill_dul()
         self._wake()
 
+    def stop_dul(self) -> bool:
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True  # what pynetdicom sets; then wake the wait for it
+            self._wake()
+        return super().stop_dul()
+
     def _idle_wait(self) -> None:
         assoc_socket = self.socket
         sock = getattr(assoc_socket, "socket", None)

@@ -85,8 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_side_by_side(args: argparse.Namespace) -> int:
-    from .dimse import MOVE_AET, DicomAddress, free_port
-    from .servers import OrthancProcess, PacsdProcess
+    from .dimse import MOVE_AET, DicomAddress
+    from .servers import OrthancProcess, PacsdProcess, free_port
 
     # The driver's storage SCP (C-MOVE destination) port: both servers must know it.
     move_port = 0 if args.no_dimse else free_port()

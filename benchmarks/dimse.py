@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-import socket
 import subprocess
 import tempfile
 import time
@@ -93,12 +92,6 @@ def wait_echo(addr: DicomAddress, alive: Callable[[], bool], timeout: float = 30
         if not alive() or time.monotonic() > deadline:
             raise RuntimeError(f"no C-ECHO answer from {addr.aet}@{addr.host}:{addr.port}")
         time.sleep(0.2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class StoreSCP:

@@ -276,8 +276,9 @@ def test_dimse_phases_run_and_verify(tmp_path):
     C-FIND by PatientID, C-GET and C-MOVE of a CT study to the driver's storescp) run
     against a real pacsd with DCMTK, and every answer verifies: sent instances listed
     by QIDO-RS, the patient's studies found, each retrieved file byte-exact."""
+    from benchmarks.servers import free_port
     D = _dcmtk_or_skip()
-    move_port = D.free_port()
+    move_port = free_port()
     srv = Server(str(tmp_path), "--peer", f"{D.MOVE_AET}=127.0.0.1:{move_port}",
                  dicom_port=None)
     try:

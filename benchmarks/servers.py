@@ -97,7 +97,9 @@ class _Process:
 
 
 class PacsdProcess(_Process):
-    """pacsd from this work tree, fresh data directory in a temp dir."""
+    """pacsd from this work tree, fresh data directory in a temp dir. The environment
+    variable ``PACSD_BENCH_WORKERS`` (N or ``auto``) adds ``--workers N`` (R-H1; e.g.
+    ``PACSD_BENCH_WORKERS=2 python -m benchmarks side-by-side``)."""
 
     name = "pacsd"
 
@@ -106,6 +108,9 @@ class PacsdProcess(_Process):
         """``dicom``: listen for DIMSE on a free loopback port (``self.dicom_port``, AE
         ``PACSD``); ``peers``: C-MOVE destinations, AE title -> loopback port."""
         super().__init__()
+        workers = os.environ.get("PACSD_BENCH_WORKERS", "").strip()
+        if workers:
+            extra = ("--workers", workers, *extra)
         if keep_dir:
             data = Path(keep_dir)
             data.mkdir(parents=True, exist_ok=True)
@@ -129,6 +134,9 @@ class PacsdProcess(_Process):
         try:
             _wait_http(base + "/api/v1/health", self.proc, log)
             self.version = str(_get_json(base + "/api/v1/health").get("version", "?"))
+            if workers:
+                self.version += f" --workers {workers}"
+                time.sleep(3)  # the other workers listen a moment after the first
             if self.dicom_port:
                 _wait_dimse(self.dicom_port, self.aet, self.proc)
         except BaseException:

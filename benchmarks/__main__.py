@@ -1,6 +1,7 @@
 """Command line of the benchmark driver.
 
     python -m benchmarks run --target http://127.0.0.1:8042/dicom-web [--label pacsd]
+        [--dicom 127.0.0.1:4242:ORTHANC [--move-port 11199]]   # + the DIMSE phases
     python -m benchmarks side-by-side [--profile]      # starts Orthanc and pacsd itself
     python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
@@ -42,12 +43,17 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--smoke", action="store_true", help="smallest size (seconds)")
     g.add_argument("--no-ceiling", action="store_true",
                    help="skip the client-ceiling measurement")
+    g.add_argument("--dimse-tiny", type=int, default=200,
+                   help="tiny files per measured C-STORE repetition")
+    g.add_argument("--dimse-find", type=int, default=20,
+                   help="C-FIND queries per repetition")
 
 
 def _config(args: argparse.Namespace, **extra) -> Config:
     kw = dict(seed=args.seed, ceiling=not args.no_ceiling, **extra)
     if args.smoke:
         return Config.smoke(**kw)
+    kw.update(dimse_tiny=args.dimse_tiny, dimse_find_n=args.dimse_find)
     return Config(ct_studies=args.ct_studies, ct_slices=args.slices, tiny=args.tiny,
                   stow_ct_batch=args.stow_ct_batch, ct_per_request=args.ct_per_request,
                   tiny_per_request=args.tiny_per_request, reps=args.reps, **kw)
@@ -60,8 +66,13 @@ def log(msg: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import aiohttp
 
-    cfg = _config(args, profile=args.pid is not None)
+    from .dimse import DicomAddress
+
+    cfg = _config(args, profile=args.pid is not None, dimse_move_port=args.move_port)
     target = Target(args.label, args.target.rstrip("/"), pid=args.pid)
+    if args.dicom:
+        host, port, aet = args.dicom.rsplit(":", 2)
+        target.dicom = DicomAddress(host, int(port), aet)
     try:
         result = asyncio.run(Runner(cfg, [target], log).run())
     except (RuntimeError, aiohttp.ClientError, OSError) as exc:
@@ -74,19 +85,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_side_by_side(args: argparse.Namespace) -> int:
-    from .servers import OrthancProcess, PacsdProcess
+    from .dimse import MOVE_AET, DicomAddress
+    from .servers import OrthancProcess, PacsdProcess, free_port
 
-    cfg = _config(args, profile=args.profile)
+    # The driver's storage SCP (C-MOVE destination) port: both servers must know it.
+    move_port = 0 if args.no_dimse else free_port()
+    peers = {MOVE_AET: move_port} if move_port else None
+    cfg = _config(args, profile=args.profile, dimse_move_port=move_port)
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     t0 = time.monotonic()
-    orthanc = OrthancProcess()
+    orthanc = OrthancProcess(peers=peers or {})
     try:
-        pacsd = PacsdProcess()
+        pacsd = PacsdProcess(dicom=not args.no_dimse, peers=peers)
         try:
             log(f"orthanc: {orthanc.version} at {orthanc.url}")
             log(f"pacsd:   {pacsd.version} at {pacsd.url}")
             targets = [Target("pacsd", pacsd.url, pid=pacsd.pid, version=pacsd.version),
                        Target("orthanc", orthanc.url, version=orthanc.version)]
+            if not args.no_dimse:
+                targets[0].dicom = DicomAddress("127.0.0.1", pacsd.dicom_port, pacsd.aet)
+                targets[1].dicom = DicomAddress("127.0.0.1", orthanc.dicom_port,
+                                                orthanc.aet)
             result = asyncio.run(Runner(cfg, targets, log).run())
         finally:
             pacsd.stop()
@@ -244,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--label", default="target", help="name in tables and the JSON file")
     r.add_argument("--pid", type=int, help="server process id to profile with py-spy "
                    "(a Python server on this machine)")
+    r.add_argument("--dicom", metavar="HOST:PORT:AET",
+                   help="the target's DICOM address: adds the DIMSE phases (DCMTK)")
+    r.add_argument("--move-port", type=int, default=0,
+                   help="port for the driver's storescp (AE BENCHSCP), which the target "
+                   "must know as a C-MOVE destination; 0 = no C-MOVE phase")
     _data_args(r)
     s = sub.add_parser("side-by-side", aliases=["sbs"],
                        help="start Orthanc and pacsd on loopback and measure both")
@@ -251,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="after the measured phases, profile pacsd with py-spy")
     s.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     s.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
+    s.add_argument("--no-dimse", action="store_true",
+                   help="skip the DIMSE phases (C-STORE, C-FIND, C-GET, C-MOVE with DCMTK)")
     _data_args(s)
     c = sub.add_parser("compare", help="ratios of two result files (first / second)")
     c.add_argument("files", nargs="+")

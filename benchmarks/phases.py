@@ -42,6 +42,7 @@ class Target:
     rows: list[dict] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     session: aiohttp.ClientSession | None = None
+    dicom: Any = None  # benchmarks.dimse.DicomAddress: the DIMSE phases run when set
 
 
 def row_from(phase: str, m: Measurement, *, rep: int, instances: int = 0,

@@ -20,9 +20,10 @@ HIGHER_BETTER = {"mb_s", "inst_s", "qps"}
 
 def headline(phase: str, concurrency: int) -> str:
     """The metric a phase is judged by."""
-    if phase in ("load_ct", "stow_ct", "wado_study"):
+    if phase in ("load_ct", "stow_ct", "wado_study", "dimse_store_ct", "dimse_get",
+                 "dimse_move"):
         return "mb_s"
-    if phase == "stow_tiny":
+    if phase in ("stow_tiny", "dimse_store_tiny"):
         return "inst_s"
     if phase.startswith("qido_"):
         return "p50_ms" if concurrency == 1 else "qps"
@@ -86,8 +87,8 @@ def compare_table(a: dict[str, dict], b: dict[str, dict], na: str, nb: str) -> s
         sa, sb = a.get(key), b.get(key)
         s = sa or sb
         metrics = [s["headline"]]
-        if s["phase"] == "stow_ct" or s["phase"] == "stow_tiny":
-            metrics = ["mb_s", "inst_s"] if s["phase"] == "stow_ct" else ["inst_s"]
+        if s["phase"] in ("stow_ct", "dimse_store_ct"):
+            metrics = ["mb_s", "inst_s"]
         if s["phase"].startswith("qido_"):
             metrics = ["p50_ms", "p95_ms", "qps"] if s["concurrency"] == 1 else ["qps", "p50_ms"]
         for m in metrics:
@@ -156,6 +157,14 @@ def targets(p: dict[str, dict], o: dict[str, dict]) -> list[tuple[str, str, str]
         r = ratio(p.get(key), o.get(key), "mb_s")
         add(f"WADO study MB/s >= 1.3x Orthanc ({key})", why(key) if r is None else f"{r:.2f}x",
             None if r is None else r >= 1.3)
+    for key, metric, what in (("dimse_store_ct@1", "inst_s", "C-STORE CT files/s"),
+                              ("dimse_store_tiny@1", "inst_s", "C-STORE tiny files/s"),
+                              ("dimse_get@1", "mb_s", "C-GET study MB/s"),
+                              ("dimse_move@1", "mb_s", "C-MOVE study MB/s")):
+        if key in p:
+            r = ratio(p.get(key), o.get(key), metric)
+            add(f"DIMSE {what} >= Orthanc's", why(key) if r is None else f"{r:.2f}x",
+                None if r is None else r >= 1)
     return out
 
 
@@ -240,6 +249,15 @@ def results_md(result: dict, command: str, json_path: Path, names: tuple[str, st
         f"{cfg['stow_ct_batch']} fresh instances per repetition, {cfg['ct_per_request']} "
         f"per request; tiny {cfg['tiny_per_request']} per request; {cfg['reps']} "
         "repetitions per phase, medians quoted; targets interleaved per repetition.",
+        *([f"- **DIMSE:** DCMTK 3.6 tools with TCP_NODELAY=1 (as Orthanc); each timing covers "
+            f"the whole tool run (start, association, operations, release). C-STORE: one "
+            f"storescu association per repetition with {cfg['stow_ct_batch']} fresh CT / "
+            f"{cfg.get('dimse_tiny', '?')} fresh tiny files; C-FIND: one findscu run per study-"
+            "level query by PatientID; C-GET / C-MOVE: one whole CT study (getscu into a temp "
+            "dir; movescu to the driver's storescp). Verified: QIDO-RS lists exactly the "
+            "stored instances; C-FIND names exactly the patient's studies; every retrieved "
+            "file has the right SOP Instance UID and byte-exact pixel data."]
+          if any(r["phase"].startswith("dimse") for r in ta["rows"]) else []),
         f"- **Raw results:** `{json_path.relative_to(HERE.parent) if json_path.is_relative_to(HERE.parent) else json_path}` (git-ignored)",
         "",
         "Every answer was verified (exact UID sets and counts, byte-exact instances and "

@@ -6,8 +6,10 @@ shared machine hits both servers alike and the ratios of one run stay meaningful
 1. preflight (the target must be empty), 2. load the CT read set,
 3. STOW CT and tiny at each concurrency, 4. untimed completeness checks (every stored
 series recounted through QIDO, paging tiles the answer), 5. QIDO, WADO study, metadata,
-frames, rendered, thumbnail, 6. optional py-spy profile pass on targets we started,
-7. optional client ceiling against :mod:`benchmarks.stub`.
+frames, rendered, thumbnail, 6. DIMSE with DCMTK (:mod:`benchmarks.dimse`: C-STORE of CT
+and tiny files, C-FIND, C-GET and C-MOVE of a CT study) on targets with a DICOM address,
+7. optional py-spy profile pass on targets we started, 8. optional client ceiling against
+:mod:`benchmarks.stub`.
 """
 from __future__ import annotations
 
@@ -49,6 +51,9 @@ class Config:
     render_n: int = 15
     thumb_n: int = 15
     load_concurrency: int = 4
+    dimse_tiny: int = 200            # tiny files per measured C-STORE repetition
+    dimse_find_n: int = 20           # C-FIND queries per repetition
+    dimse_move_port: int = 0         # port of the driver's storescp (0: no C-MOVE phase)
     profile: bool = False
     profile_seconds: float = 6.0
     ceiling: bool = True
@@ -59,7 +64,8 @@ class Config:
         base = dict(ct_studies=1, ct_slices=4, tiny=30, stow_ct_batch=2, tiny_per_request=2,
                     reps=1, stow_levels=(1, 2), qido_levels=(1, 2), wado_levels=(1, 2),
                     qido_n={1: 2, 2: 3}, wado_n={1: 1, 2: 2}, metadata_n=2, frame_n=3,
-                    render_n=1, thumb_n=1, load_concurrency=2, ceiling=False)
+                    render_n=1, thumb_n=1, load_concurrency=2, ceiling=False,
+                    dimse_tiny=10, dimse_find_n=2)
         base.update(kw)
         return cls(**base)
 
@@ -141,7 +147,8 @@ class Runner:
         row["loadavg_1m"] = round(os.getloadavg()[0], 2)  # noise indicator per row
         t.rows.append(row)
         flag = "ok" if row["verified"] else f"WRONG/FAILED ({row['errors']}: {row['error_sample'][:120]})"
-        main = (f"{row['mb_s']:.1f} MB/s" if phase.startswith(("stow", "wado", "load"))
+        main = (f"{row['mb_s']:.1f} MB/s" if phase.startswith(
+            ("stow", "wado", "load", "dimse_store", "dimse_get", "dimse_move"))
                 else f"p50 {row['p50_ms']:.2f} ms, {row['qps']:.0f} q/s")
         self.log(f"  {t.name:8s} {phase:28s} c={m.concurrency:<3d} rep {rep}: {main}"
                  f"{', %.0f inst/s' % row['inst_s'] if 'inst_s' in row else ''} [{flag}]")
@@ -161,6 +168,7 @@ class Runner:
             for t in self.targets:
                 await self._completeness(t)
             await self._reads()
+            await self._dimse()
             if self.cfg.profile:
                 await self._profile()
         finally:
@@ -274,6 +282,80 @@ class Runner:
             for t in self._order():
                 m = await P.thumbnail(t, self.ds, members, c.thumb_n, self.render_cache)
                 self._record(t, "thumbnail", m, r)
+
+    # --- DIMSE ---------------------------------------------------------------------------
+    async def _dimse(self) -> None:
+        from . import dimse as D
+        targets = [t for t in self.targets if t.dicom is not None]
+        if not targets:
+            return
+        missing = D.missing_tools()
+        if missing:
+            raise RuntimeError(f"DIMSE phases need DCMTK ({', '.join(missing)} missing): "
+                               "apt-get install dcmtk")
+        c = self.cfg
+        scp = None
+        if c.dimse_move_port:
+            scp = await asyncio.to_thread(D.StoreSCP, c.dimse_move_port)
+        try:
+            self.log(f"dimse c-store: {c.stow_ct_batch} CT / {c.dimse_tiny} tiny files, "
+                     "one storescu association each")
+            for r in range(c.reps):
+                for t in self._order():
+                    k = self.targets.index(t)
+                    ct = self._built(self.ds.stow_ct(f"dimse-{t.name}-{r}"))
+                    first = (c.tiny + 4) // 5 + 20000 * (k + 1) + 500 * r
+                    tiny = self._built(self.ds.tiny_range(first, -(-c.dimse_tiny // 5),
+                                                          limit=first * 5 + c.dimse_tiny))
+                    for phase, items in (("dimse_store_ct", ct), ("dimse_store_tiny", tiny)):
+                        m = await asyncio.to_thread(
+                            D.store, t.dicom, [(i.sop, b) for i, b in items])
+                        await self._verify_stored(t, m, [i for i, _ in items])
+                        self._record(t, phase, m, r, instances=len(items))
+            self.log("dimse c-find: study level by PatientID, one findscu run per query")
+            pids = sorted({i.patient_id for t in targets for i in t.manifest.by_sop.values()})
+            for r in range(c.reps):
+                for t in self._order():
+                    chosen = [pids[(r * c.dimse_find_n + j) * 7 % len(pids)]
+                              for j in range(c.dimse_find_n)]
+                    queries = [(pid, t.manifest.studies(lambda i, p=pid: i.patient_id == p))
+                               for pid in chosen]
+                    m = await asyncio.to_thread(D.find_study_by_patient, t.dicom, queries)
+                    self._record(t, "dimse_find", m, r)
+            studies = sorted({i.study for i, _ in self.ct_main})
+            self.log(f"dimse c-get / c-move: whole CT study ({c.ct_slices} instances)")
+            for r in range(c.reps):
+                study = studies[r % len(studies)]
+                expected = {i.sop: i.pixel_sha256 for i, _ in self.ct_main if i.study == study}
+                for t in self._order():
+                    m = await asyncio.to_thread(D.get_study, t.dicom, study, expected)
+                    self._record(t, "dimse_get", m, r, instances=len(expected))
+                    if scp is not None:
+                        m = await asyncio.to_thread(D.move_study, t.dicom, scp, study,
+                                                    expected)
+                        self._record(t, "dimse_move", m, r, instances=len(expected))
+        finally:
+            if scp is not None:
+                await asyncio.to_thread(scp.stop)
+
+    async def _verify_stored(self, t: Target, m: Measurement, insts: list[Inst]) -> None:
+        """Untimed: QIDO-RS lists exactly the sent instances in each sent series; only
+        then do they enter the manifest (later expected answers count them)."""
+        s = m.samples[0]
+        if s.ok:
+            try:
+                for study, series in sorted({(i.study, i.series) for i in insts}):
+                    async with t.session.get(
+                            f"{t.url}/studies/{study}/series/{series}/instances",
+                            headers={"Accept": P.DICOM_JSON}) as resp:
+                        items = V.qido_items(resp.status, await resp.read())
+                    V.check_uid_set(items, V.SOP_INSTANCE_UID,
+                                    {i.sop for i in insts if i.series == series})
+            except Exception as exc:  # noqa: BLE001 - reported in the row
+                s.ok, s.error = False, f"wrong answer: C-STORE then QIDO-RS: {exc}"
+        if s.ok:
+            for inst in insts:
+                t.manifest.add(inst)
 
     # --- profiling -----------------------------------------------------------------------
     async def _profile(self) -> None:

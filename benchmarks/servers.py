@@ -48,6 +48,13 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60)
             time.sleep(0.2)
 
 
+def _wait_dimse(port: int, aet: str, proc: subprocess.Popen) -> None:
+    """DIMSE answers a C-ECHO (DCMTK echoscu; a real association, so no connection is
+    left waiting for an A-ASSOCIATE-RQ)."""
+    from .dimse import DicomAddress, wait_echo
+    wait_echo(DicomAddress("127.0.0.1", port, aet), lambda: proc.poll() is None)
+
+
 def _get_json(url: str) -> object:
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.loads(r.read())
@@ -90,12 +97,20 @@ class _Process:
 
 
 class PacsdProcess(_Process):
-    """pacsd from this work tree, fresh data directory in a temp dir."""
+    """pacsd from this work tree, fresh data directory in a temp dir. The environment
+    variable ``PACSD_BENCH_WORKERS`` (N or ``auto``) adds ``--workers N`` (R-H1; e.g.
+    ``PACSD_BENCH_WORKERS=2 python -m benchmarks side-by-side``)."""
 
     name = "pacsd"
 
-    def __init__(self, *, keep_dir: str | None = None, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, *, keep_dir: str | None = None, extra: tuple[str, ...] = (),
+                 dicom: bool = False, peers: dict[str, int] | None = None) -> None:
+        """``dicom``: listen for DIMSE on a free loopback port (``self.dicom_port``, AE
+        ``PACSD``); ``peers``: C-MOVE destinations, AE title -> loopback port."""
         super().__init__()
+        workers = os.environ.get("PACSD_BENCH_WORKERS", "").strip()
+        if workers:
+            extra = ("--workers", workers, *extra)
         if keep_dir:
             data = Path(keep_dir)
             data.mkdir(parents=True, exist_ok=True)
@@ -103,18 +118,27 @@ class PacsdProcess(_Process):
             self.tmp = tempfile.TemporaryDirectory(prefix="pacsd-bench-")
             data = Path(self.tmp.name)
         port = free_port()
+        self.dicom_port = free_port() if dicom else 0
+        self.aet = "PACSD"
+        for aet, peer_port in (peers or {}).items():
+            extra = (*extra, "--peer", f"{aet}=127.0.0.1:{peer_port}")
         log = data / "server.log"
         self._log = open(log, "wb")
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", str(data / "data"),
-             "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING",
+             "--http", f"127.0.0.1:{port}", "--dicom-port", str(self.dicom_port), "--log-level", "WARNING",
              *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_http(base + "/api/v1/health", self.proc, log)
             self.version = str(_get_json(base + "/api/v1/health").get("version", "?"))
+            if workers:
+                self.version += f" --workers {workers}"
+                time.sleep(3)  # the other workers listen a moment after the first
+            if self.dicom_port:
+                _wait_dimse(self.dicom_port, self.aet, self.proc)
         except BaseException:
             self.stop()
             raise
@@ -160,9 +184,12 @@ class OrthancProcess(_Process):
 
     name = "orthanc"
 
-    def __init__(self, *, aet: str = "ORTHANCBENCH", extra: dict | None = None) -> None:
+    def __init__(self, *, aet: str = "ORTHANCBENCH", extra: dict | None = None,
+                 peers: dict[str, int] | None = None) -> None:
         """``extra``: more configuration keys (e.g. ``DicomModalities`` for tests that use
-        Orthanc as a peer PACS)."""
+        Orthanc as a peer PACS). ``peers``: AE title -> loopback port of the driver's
+        C-MOVE destinations; the driver's calling AE (``BENCHSCU``) is known too, so its
+        C-FIND / C-GET / C-MOVE are allowed."""
         super().__init__()
         binary, plugin = find_orthanc()
         self.tmp = tempfile.TemporaryDirectory(prefix="orthanc-bench-")
@@ -184,6 +211,12 @@ class OrthancProcess(_Process):
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False,
                          "Ssl": False},
         }
+        if peers is not None:
+            from .dimse import CALLING_AET
+            modalities = {"bench-scu": [CALLING_AET, "127.0.0.1", 104]}
+            modalities.update({aet.lower(): [aet, "127.0.0.1", port]
+                               for aet, port in peers.items()})
+            self.config["DicomModalities"] = modalities
         self.config.update(extra or {})
         self.http_port, self.dicom_port, self.aet = http_port, dicom_port, aet
         cfg = root / "orthanc.json"

@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--store", action="append", default=[], metavar="URL",
                    help="a storage copy (directory, file:// or s3:// URL); repeatable; "
                         "replaces [storage] url/copies (R-A6)")
+    s.add_argument("--workers", type=_workers, metavar="N",
+                   help='HTTP worker processes: N, or "auto" = one per CPU; '
+                        "replaces [server] workers (default 1)")
     s.add_argument("--log-level", default="INFO")
     v = sub.add_parser("verify", help="check every copy of every stored object (scrub)")
     v.add_argument("--config", help="TOML settings file (see conf/pacsd.example.toml)")
@@ -62,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
                     log_level="WARNING")
     _plugin_commands(sub)
     return p
+
+
+def _workers(text: str) -> int:
+    """``--workers``: a positive number or ``auto`` (0: one per CPU, [server] workers)."""
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 1:
+        raise argparse.ArgumentTypeError('a positive number or "auto"')
+    return n
 
 
 def _plugin_commands(sub) -> None:
@@ -108,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         opt = lambda name: getattr(args, name, None)  # noqa: E731
         settings = load_settings(opt("config"), server__data_dir=opt("data_dir"),
                                  server__http=opt("http"), server__dicom_port=opt("dicom_port"),
-                                 server__ae_title=opt("ae_title"))
+                                 server__ae_title=opt("ae_title"),
+                                 server__workers=opt("workers"))
         for spec in getattr(args, "peer", None) or ():
             settings.dimse.add_peer(spec)
         if getattr(args, "store", None):
@@ -134,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             from .malloc import limit_arenas
             from .server import serve
-            limit_arenas()  # before the worker threads exist (pacsd/malloc.py)
-            serve(settings)
+            limit_arenas()  # before the worker threads/processes exist (pacsd/malloc.py)
+            return serve(settings)
     except ConfigError as exc:
         print(f"pacsd: {exc.reason}", file=sys.stderr)
         return 2

@@ -36,8 +36,13 @@ class ServerSettings:
     public_url: str = ""
     #: Seconds graceful shutdown waits for in-flight requests (stores finish first).
     shutdown_timeout_s: float = 30.0
-    #: Worker threads for blocking work (file IO, parsing, index).
+    #: Worker threads for blocking work (file IO, parsing, index), per worker process.
     worker_threads: int = 16
+    #: HTTP worker processes (R-H1; pacsd/server.py, docs/operations.md "Worker
+    #: processes"): 1 = one process does everything; N > 1 = N processes accept HTTP on
+    #: the same port and the first also runs DIMSE and the background work; 0 = one per
+    #: CPU.
+    workers: int = 1
     #: A study is "stable" after this many seconds without a new instance: the
     #: study_stable plugin hook fires (e-film by rule); 0 disables it.
     stable_age_s: float = 60.0
@@ -163,8 +168,10 @@ class DimseSettings:
     #: Seconds an association may stay silent, and the most one PDU may take to arrive
     #: (BI-34: slow or stalled peers are aborted).
     network_timeout_s: float = 60.0
-    #: Largest PDU pacsd receives, in bytes (0 = unlimited). pynetdicom's default.
-    max_pdu: int = 16382
+    #: Largest PDU pacsd receives, in bytes (0 = unlimited). 1 MiB: a sender puts a
+    #: whole CT slice in one PDU instead of ~32 of pynetdicom's default 16 kB, each of
+    #: which costs a reactor loop, a decode and a copy (issue 6, R-H1).
+    max_pdu: int = 1048576
     #: DIMSE identities (SEC-18, R-E3): calling AE title -> table with ``source_ips``
     #: (addresses / CIDR the AE must connect from; empty = any), ``roles``,
     #: ``institutions`` and ``clearances``. With [security] enabled an AE/address pair
@@ -276,6 +283,10 @@ class OidcSettings:
     #: Page the browser is sent to after login (the token is handed over in the URL
     #: fragment, never in a query string).
     post_login_redirect: str = "/viewer/"
+    #: Where the provider sends the browser after a logout that also ends the provider's
+    #: session (RP-initiated logout; must be registered at the provider as a
+    #: post_logout_redirect_uri, absolute URL). "" = the provider's own page.
+    post_logout_redirect: str = ""
     #: Seconds a started login may take, and of clock difference allowed for exp / iat.
     login_timeout_s: float = 600.0
     clock_skew_s: float = 60.0
@@ -784,6 +795,8 @@ def load_settings(path: str | os.PathLike | None = None, **overrides: Any) -> Se
             continue
         section, _, name = key.partition("__")
         _fill(getattr(settings, section), {name: value}, section)
+    if settings.server.workers < 0:
+        raise ConfigError("[server] workers is 0 (one per CPU) or more")
     settings.dimse.check()
     settings.security.check()
     settings.jobs.check()

@@ -13,20 +13,38 @@ DIMSE (``pacsd.dimse``) runs in the same process over the same opened archive: i
 once the HTTP site listens (the archive is open after ``runner.setup()``) unless
 ``dicom_port`` is 0, and on shutdown it stops accepting and drains its associations in
 the same window, before the web application (and with it the archive) is cleaned up.
+
+Worker processes (R-H1, ``[server] workers`` / ``pacsd serve --workers N``; docs/operations.md
+"Worker processes"): one Python process is bound by its GIL, so with N > 1 a small
+supervisor (:class:`Supervisor`, this process) forks N workers that all accept HTTP on the
+same port: each binds its own ``SO_REUSEPORT`` socket on Linux (the kernel spreads
+connections over them; the supervisor holds the port bound, not listening, so a port in
+use fails at start-up), elsewhere they share one listening socket opened by the
+supervisor. Worker 0 is the *primary*: it alone runs the singletons (DIMSE, the job
+runner and its periodic tasks, the scheduled scrub, the audit syslog export and
+retention, the stable-study watcher: web/keys.py ``PRIMARY``); the others serve HTTP
+only. A worker that dies is logged and started again (the primary as the primary). On
+SIGTERM/SIGINT the supervisor passes SIGTERM to every worker, each drains as above, and
+the supervisor exits 0 once all have exited 0. Failed logins are counted in memory
+shared by all workers (security.SharedRateLimiter).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
+import sys
+import time
 
 from aiohttp import web
 
 from . import tls
 from .config import ConfigError, Settings
 from .web import create_app
-from .web.app import INFLIGHT
-from .web.keys import AUDIT, INGEST, QUERY, RETRIEVE, SECURITY
+from .web.app import INFLIGHT, PLUGINS
+from .web.keys import AUDIT, INGEST, LOGIN_LIMITER, PRIMARY, QUERY, RETRIEVE, SECURITY
 
 log = logging.getLogger("pacsd")
 
@@ -49,28 +67,61 @@ def check_startup_security(settings: Settings) -> None:
         "authenticating reverse proxy in front and bind it to loopback)")
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+def _dimse_on(settings: Settings) -> bool:
+    return bool(settings.server.dicom_port or settings.server.dicom_tls_port)
+
+
+def check_startup(settings: Settings) -> None:
+    """Everything refused before anything listens (ConfigError, exit status 2)."""
     check_startup_security(settings)
     tls.check(settings)
-    if settings.server.dicom_port or settings.server.dicom_tls_port:
+    if _dimse_on(settings):
         from .dimse.server import check_exposure
-        check_exposure(settings)  # before anything listens
+        check_exposure(settings)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None, *,
+              primary: bool = True, sock: socket.socket | None = None,
+              reuse_port: bool = False, limiter: object | None = None,
+              stability_pipe: tuple[int, int] | None = None,
+              worker: int | None = None) -> None:
+    """One serving process: the whole server, or (with ``worker``) one worker of a
+    :class:`Supervisor`: ``primary`` runs the singletons, ``sock`` is the inherited
+    listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``limiter`` is the
+    shared rate limiter, ``stability_pipe`` carries new instances' studies to the
+    primary's stable-study watcher (services/stability.py)."""
+    if worker is None:
+        check_startup(settings)
     host, port = settings.http_host_port
     app = create_app(settings)
+    app[PRIMARY] = primary
+    if limiter is not None:
+        app[LOGIN_LIMITER] = limiter
+    if stability_pipe is not None:
+        from .services.stability import StudyStability
+        stability = app[PLUGINS].pm.get_plugin("pacsd.stability")
+        if isinstance(stability, StudyStability):
+            stability.attach(stability_pipe, primary)
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     ssl_context = tls.server_context(settings)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    site: web.BaseSite
+    if sock is not None:
+        site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    else:
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context,
+                           reuse_port=reuse_port or None)
     await site.start()
-    log.info("pacsd listening on %s://%s:%d%s (data in %s)",
+    log.info("pacsd%s listening on %s://%s:%d%s (data in %s)",
+             "" if worker is None else f" worker {worker} (pid {os.getpid()})",
              "https" if ssl_context else "http", host, port, settings.dicomweb.root,
              settings.data_path)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     dimse = None
     try:
-        if settings.server.dicom_port or settings.server.dicom_tls_port:
+        if primary and _dimse_on(settings):
             from .dimse import DimseServer
             dimse = DimseServer(settings, ingest=app[INGEST], query=app[QUERY],
                                 retrieve=app[RETRIEVE], loop=loop,
@@ -98,6 +149,208 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         log.info("pacsd stopped")
 
 
-def serve(settings: Settings) -> None:
-    check_startup_security(settings)
-    asyncio.run(run(settings))
+def worker_count(settings: Settings) -> int:
+    """``[server] workers``: N, or 0 = one per CPU."""
+    n = settings.server.workers
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def serve(settings: Settings) -> int:
+    """``pacsd serve``: one process, or a :class:`Supervisor` of worker processes.
+    Returns the exit status."""
+    n = worker_count(settings)
+    if n <= 1:
+        check_startup_security(settings)
+        asyncio.run(run(settings))
+        return 0
+    return Supervisor(settings, n).serve()
+
+
+#: Workers that die within this many seconds of their start are restarted after a
+#: growing delay (0.5 s doubling to 30 s), so a crash loop does not spin.
+QUICK_DEATH_S = 10.0
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+class Supervisor:
+    """Forks and watches the worker processes (module docstring). Not a server itself:
+    it holds no database connection, thread or event loop when it forks."""
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+        self.stopping = False
+        self.codes: list[int] = []
+        self.sock: socket.socket | None = None
+        self.reuse_port = sys.platform.startswith("linux") and hasattr(socket,
+                                                                       "SO_REUSEPORT")
+        self.limiter: object | None = None
+        self.stability_pipe: tuple[int, int] | None = None
+        self.pid = os.getpid()
+
+    # --- set-up -------------------------------------------------------------------------
+    def _open_port(self) -> socket.socket:
+        """The port, held by this process: bound SO_REUSEPORT (workers bind their own),
+        or the listening socket the workers inherit."""
+        host, port = self.settings.http_host_port
+        family, _, _, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                   flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            if not self.reuse_port:
+                sock.listen(1024)
+                sock.set_inheritable(True)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot listen on {self.settings.server.http}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+        return sock
+
+    def _prepare(self) -> None:
+        if not hasattr(os, "fork"):
+            raise ConfigError("[server] workers > 1 needs a system with fork(); use 1")
+        check_startup(self.settings)
+        from .index import Catalogue
+        from .services.security import SharedRateLimiter
+
+        # The schema once, here, rather than by N workers racing at their start.
+        self.settings.data_path.mkdir(parents=True, exist_ok=True)
+        catalogue = Catalogue(self.settings.index_url,
+                              busy_timeout_s=self.settings.index.busy_timeout_s)
+        try:
+            catalogue.migrate()
+        finally:
+            catalogue.close()
+        conf = self.settings.security
+        self.limiter = SharedRateLimiter(conf.login_rate_limit, conf.login_rate_window_s,
+                                         time.time)
+        self.stability_pipe = os.pipe()
+        self.sock = self._open_port()
+
+    # --- the workers --------------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                self._worker(index)  # never returns
+            self.children[pid] = (index, time.monotonic())
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        log.info("started worker %d (pid %d)%s", index, pid, " (primary)" if index == 0 else "")
+
+    def _worker(self, index: int) -> None:
+        code = 1
+        try:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            _die_with_parent()
+            if os.getppid() != self.pid:  # the supervisor died before that took effect
+                return
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+            inherited = None if self.reuse_port else self.sock
+            if self.reuse_port and self.sock is not None:
+                self.sock.close()  # the supervisor's placeholder, not ours to listen on
+            asyncio.run(run(self.settings, primary=index == 0, sock=inherited,
+                            reuse_port=self.reuse_port, limiter=self.limiter,
+                            stability_pipe=self.stability_pipe, worker=index))
+            code = 0
+        except ConfigError as exc:
+            print(f"pacsd: worker {index}: {exc.reason}", file=sys.stderr)
+            code = 2
+        except BaseException:  # noqa: BLE001 - logged; the supervisor restarts us
+            log.exception("worker %d failed", index)
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _on_signal(self, signum: int, _frame) -> None:
+        if not self.stopping:
+            log.info("%s: stopping %d workers (they finish requests in flight)",
+                     signal.Signals(signum).name, len(self.children))
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake for a stop at once."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def serve(self) -> int:
+        self._prepare()
+        host, port = self.settings.http_host_port
+        log.info("pacsd supervisor (pid %d): %d worker processes on %s:%d (%s)",
+                 os.getpid(), self.workers, host, port,
+                 "SO_REUSEPORT" if self.reuse_port else "one shared listening socket")
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+        quick_deaths = [0] * self.workers
+        fatal = False
+        try:
+            for index in range(self.workers):
+                self._spawn(index)
+            while self.children:
+                try:
+                    pid, status = os.waitpid(-1, 0)
+                except ChildProcessError:
+                    break
+                entry = self.children.pop(pid, None)
+                if entry is None:
+                    continue
+                index, started = entry
+                code = os.waitstatus_to_exitcode(status)
+                if self.stopping:
+                    self.codes.append(code)
+                    continue
+                how = f"exit status {code}" if code >= 0 else \
+                    f"signal {signal.Signals(-code).name}"
+                if code == 2:  # a ConfigError in the worker: restarting cannot help
+                    log.error("worker %d (pid %d) refused to start (%s): stopping", index,
+                              pid, how)
+                    fatal = True
+                    self._on_signal(signal.SIGTERM, None)
+                    continue
+                quick = time.monotonic() - started < QUICK_DEATH_S
+                quick_deaths[index] = quick_deaths[index] + 1 if quick else 0
+                delay = min(30.0, 0.5 * 2 ** (quick_deaths[index] - 1)) if quick else 0.0
+                log.error("worker %d (pid %d) died (%s); starting it again%s", index, pid,
+                          how, f" in {delay:g} s" if delay else "")
+                self._pause(delay)
+                if not self.stopping:
+                    self._spawn(index)
+        finally:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            if self.sock is not None:
+                self.sock.close()
+        if fatal:
+            return 2
+        # -SIGTERM: stopped before it served anything (its handler comes with the site)
+        bad = [c for c in self.codes if c not in (0, -signal.SIGTERM)]
+        log.info("pacsd stopped (%d workers%s)", len(self.codes),
+                 f", {len(bad)} did not exit cleanly" if bad else "")
+        return 1 if bad else 0
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the supervisor dies (even by SIGKILL), so no
+    orphan keeps serving the port or the DICOM port."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return

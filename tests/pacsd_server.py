@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -64,3 +65,21 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.log.close()
+
+
+def stow_sigterm_midway(srv: Server, body: bytes, ctype: str) -> int | None:
+    """POST a STOW-RS ``body`` slowly, sending SIGTERM to the server process while it is
+    still arriving (graceful shutdown, FT-1); the answer's status, None without one."""
+    import requests
+
+    def slow_body():
+        for i in range(0, len(body), 1024):
+            yield body[i:i + 1024]
+            if i == 2048:
+                time.sleep(0.5)  # let the server start handling the request
+                os.kill(srv.proc.pid, signal.SIGTERM)  # shutdown starts mid-request
+                time.sleep(0.5)
+
+    r = requests.post(srv.url + "/dicom-web/studies", data=slow_body(),
+                      headers={"Content-Type": ctype}, timeout=40)
+    return r.status_code

@@ -29,6 +29,25 @@ from pynetdicom.sop_class import (PatientRootQueryRetrieveInformationModelFind,
 
 from ..model import InstanceRow
 
+
+class AcceptorContext(PresentationContext):
+    """A supported context that copies cheaply. pynetdicom deep-copies the server's
+    whole list of supported contexts for every accepted association (~180 contexts,
+    ~2,800 transfer syntax UIDs, each re-created and re-validated by pydicom: tens of ms
+    per association, more on a busy machine, paid by every C-FIND and storescu run). UIDs
+    are immutable, so a copy only needs its own list of them."""
+
+    def __deepcopy__(self, memo: dict) -> "AcceptorContext":
+        new = AcceptorContext.__new__(AcceptorContext)
+        new.__dict__.update(self.__dict__)
+        new._transfer_syntax = list(self._transfer_syntax)
+        return new
+
+
+def _acceptor(cx: PresentationContext) -> AcceptorContext:
+    cx.__class__ = AcceptorContext  # same attributes, cheap __deepcopy__
+    return cx  # type: ignore[return-value]
+
 #: Transfer syntaxes accepted for storage, stored as received (R-A2).
 STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
     ExplicitVRLittleEndian,
@@ -89,7 +108,7 @@ def supported_contexts() -> list[PresentationContext]:
         cx.scu_role = True
         cx.scp_role = True
         out.append(cx)
-    return out
+    return [_acceptor(cx) for cx in out]
 
 
 def move_contexts(rows: list[InstanceRow]) -> list[PresentationContext]:

@@ -111,6 +111,19 @@ class OidcLogin:
             self._meta, self._meta_at = meta, time.monotonic()
         return self._meta
 
+    async def end_session_url(self) -> str | None:
+        """Where the browser ends its session at the provider (OpenID Connect RP-Initiated
+        Logout 1.0: ``end_session_endpoint`` with ``client_id`` and, when set,
+        ``post_logout_redirect_uri``), or None when the provider offers none. pacsd keeps
+        no ID token, so no ``id_token_hint``: the provider asks the user to confirm."""
+        endpoint = (await self.metadata()).get("end_session_endpoint")
+        if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+            return None
+        params = {"client_id": self.conf.client_id}
+        if self.conf.post_logout_redirect:
+            params["post_logout_redirect_uri"] = self.conf.post_logout_redirect
+        return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
+
     async def keys(self, refresh: bool = False) -> KeySet:
         age = time.monotonic() - self._keys_at
         if self._keys is None or age > self.conf.jwks_cache_s or (

@@ -20,6 +20,7 @@ this module; every decision and every login is written to the audit trail
 """
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
 import ipaddress
@@ -217,13 +218,89 @@ class RateLimiter:
             q.popleft()
 
 
+class SharedRateLimiter:
+    """:class:`RateLimiter` over memory shared by the worker processes of ``pacsd serve
+    --workers N`` (made by the parent before it forks them, server.py): a client whose
+    connections land on several workers is counted once, against one ``limit``.
+
+    A fixed table of ``slots`` entries (source-address digest, count, the last ``limit``
+    failure times), probed over :data:`PROBE` neighbours; when they are all taken, the
+    entry with the oldest last failure is replaced (bounded memory under a distributed
+    attack, as the in-process limiter's clear-all). One inter-process lock guards it."""
+
+    PROBE = 16
+
+    def __init__(self, limit: int, window_s: float, clock: Callable[[], float], *,
+                 slots: int = 8192) -> None:
+        import mmap
+        import multiprocessing
+
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self.slots = slots
+        self._stride = 2 + max(1, limit)  # key, count, times (8 bytes each)
+        self._mem = mmap.mmap(-1, slots * self._stride * 8)  # MAP_SHARED: fork keeps it
+        view = memoryview(self._mem)
+        self._q, self._d = view.cast("q"), view.cast("d")
+        self._lock = multiprocessing.get_context("fork").Lock()
+
+    def _key(self, key: str) -> int:
+        h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big",
+                           signed=True)
+        return h or 1  # 0 marks a free slot
+
+    def _find(self, h: int, create: bool) -> int | None:
+        """The slot base of ``h`` (pruned to the window), else a fresh one or None."""
+        q, d, stride = self._q, self._d, self._stride
+        start = (h % self.slots)
+        cutoff = self.clock() - self.window_s
+        victim, victim_t = None, None
+        for k in range(self.PROBE):
+            base = ((start + k) % self.slots) * stride
+            n = q[base + 1]
+            if q[base] == h:
+                times = [t for t in d[base + 2:base + 2 + n] if t > cutoff]
+                d[base + 2:base + 2 + len(times)] = array.array("d", times)
+                q[base + 1] = len(times)
+                return base
+            newest = d[base + 1 + n] if n else None
+            if q[base] == 0 or newest is None or newest <= cutoff:
+                newest = float("-inf")  # free or expired: the best place for a new key
+            if victim_t is None or newest < victim_t:
+                victim, victim_t = base, newest
+        if not create:
+            return None
+        assert victim is not None
+        q[victim], q[victim + 1] = h, 0
+        return victim
+
+    def retry_after(self, key: str) -> int | None:
+        with self._lock:
+            base = self._find(self._key(key), create=False)
+            if base is None or self._q[base + 1] < self.limit:
+                return None
+            return int(self._d[base + 2] + self.window_s - self.clock()) + 1
+
+    def failed(self, key: str) -> None:
+        with self._lock:
+            base = self._find(self._key(key), create=True)
+            assert base is not None
+            q, d, cap = self._q, self._d, self._stride - 2
+            n = q[base + 1]
+            if n >= cap:  # keep the newest ``limit`` times: drop the oldest
+                d[base + 2:base + 1 + cap] = array.array("d", d[base + 3:base + 2 + cap])
+                n = cap - 1
+            d[base + 2 + n] = self.clock()
+            q[base + 1] = n + 1
+
+
 class SecurityService:
     """Users, sessions, API tokens and authorization decisions over the catalogue DB."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue, audit: AuditTrail,
                  plugins: Plugins | None = None, *, run: Callable | None = None,
                  clock: Callable[[], float] = time.time,
-                 hasher: PasswordHasher | None = None) -> None:
+                 hasher: PasswordHasher | None = None,
+                 limiter: RateLimiter | SharedRateLimiter | None = None) -> None:
         self.settings = settings
         self.conf = settings.security
         self.accounts = Accounts(catalogue)
@@ -240,8 +317,9 @@ class SecurityService:
         # argon2-cffi's defaults are RFC 9106's second recommended profile (argon2id,
         # t=3, m=64 MiB, p=4), salted per hash.
         self.hasher = hasher or PasswordHasher()
-        self.limiter = RateLimiter(self.conf.login_rate_limit, self.conf.login_rate_window_s,
-                                   clock)
+        #: Per process, or shared by the worker processes (server.py, SharedRateLimiter).
+        self.limiter = limiter or RateLimiter(self.conf.login_rate_limit,
+                                              self.conf.login_rate_window_s, clock)
         self._dummy: str | None = None  # made at the first unknown-user login
 
     @property

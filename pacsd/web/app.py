@@ -31,8 +31,8 @@ from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from ..services.plugin_api import PluginAPI, install_plugin_jobs
 from ..services.stability import StudyStability
-from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER, PLUGIN_API, QUERY,
-                   RETRIEVE, SECURITY)
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, LOGIN_LIMITER, PASSWORD_HASHER,
+                   PLUGIN_API, PRIMARY, QUERY, RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, make_cors_prepare, on_prepare
 from .viewer import add_viewer_routes
 
@@ -98,7 +98,8 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
     app[AUDIT] = audit
     app[SECURITY] = SecurityService(archive.settings, archive.catalogue, audit,
                                     archive.plugins, run=archive.run, clock=clock,
-                                    hasher=app.get(PASSWORD_HASHER))
+                                    hasher=app.get(PASSWORD_HASHER),
+                                    limiter=app.get(LOGIN_LIMITER))
     if archive.settings.security.oidc.enabled:
         app[oidc_routes.OIDC] = OidcLogin(archive.settings.security.oidc, app[SECURITY])
     if archive.settings.security.enabled:
@@ -124,8 +125,8 @@ async def _jobs_ctx(app: web.Application) -> AsyncIterator[None]:
     for install in app[JOB_INSTALLERS]:
         install(app, jobs)
     install_plugin_jobs(app[PLUGIN_API], jobs)  # plugins' register_jobs kinds (R-B5)
-    if archive.settings.jobs.enabled:
-        await jobs.start()
+    if archive.settings.jobs.enabled and app.get(PRIMARY, True):
+        await jobs.start()  # one runner per server: the primary worker's (server.py)
     try:
         yield
     finally:

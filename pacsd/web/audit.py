@@ -35,7 +35,7 @@ from ..services.audit import (EVENT_TYPES, OUTCOMES, AuditFilter, is_event_type,
                               parse_time)
 from ..services.audit_export import FORMATS, TooManyRows, csv_chunks, write_xlsx
 from .auth import note_audit, public, requires
-from .keys import ARCHIVE, AUDIT
+from .keys import ARCHIVE, AUDIT, PRIMARY
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
@@ -267,13 +267,14 @@ async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
     app[VERIFY_CACHE] = _VerifyCache()
     conf = archive.settings.audit
     forwarder = None
-    if conf.syslog.enabled:
+    primary = app.get(PRIMARY, True)  # one exporter and pruner per server (server.py)
+    if conf.syslog.enabled and primary:
         forwarder = SyslogForwarder(conf.syslog, audit, run=archive.run,
                                     ae_title=archive.settings.server.ae_title)
         app[SYSLOG] = forwarder
         await forwarder.start()
     pruner = asyncio.create_task(_prune_loop(app), name="pacsd-audit-prune") \
-        if conf.retention_days > 0 else None
+        if conf.retention_days > 0 and primary else None
     try:
         yield
     finally:

@@ -328,9 +328,14 @@ async def change_password(request: web.Request) -> web.Response:
 @_password_change_ok
 @authenticated
 async def logout(request: web.Request) -> web.Response:
+    await end_session(request)
+    return web.Response(status=204)
+
+
+async def end_session(request: web.Request) -> None:
+    """Revoke the caller's session at once (logout; also the OIDC logout's first step)."""
     await request.app[SECURITY].logout(current_actor(request), source_ip=client_ip(request),
                                        device=client_device(request))
-    return web.Response(status=204)
 
 
 @_password_change_ok

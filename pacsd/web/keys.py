@@ -25,3 +25,11 @@ CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 PASSWORD_HASHER: web.AppKey[object] = web.AppKey("password_hasher")
 #: The public plugin surface (pacsd.plugin_api.api_of(request)), set at start-up.
 PLUGIN_API = web.AppKey("plugin_api", PluginAPI)
+#: Optional, set before start-up: False in the worker processes of ``pacsd serve
+#: --workers N`` other than the first, which alone runs the singletons (job runner,
+#: scheduled scrub, audit syslog export and retention, stable-study watcher; DIMSE is
+#: started by server.py). Absent = True (one process does everything).
+PRIMARY: web.AppKey[bool] = web.AppKey("primary")
+#: Optional, set before start-up: the login / bad-token rate limiter shared by every
+#: worker process (server.py; security.SharedRateLimiter). Absent = per process.
+LOGIN_LIMITER: web.AppKey[object] = web.AppKey("login_limiter")

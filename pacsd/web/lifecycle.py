@@ -36,7 +36,7 @@ from ..services.retention import RetentionService
 from ..services.scheduled_scrub import POLL_S, ScrubScheduler
 from ..services.versions import VersionService, merge_patients
 from .auth import current_actor, note_audit, requires
-from .keys import ARCHIVE, AUDIT
+from .keys import ARCHIVE, AUDIT, PRIMARY
 
 log = logging.getLogger(__name__)
 SCRUB = web.AppKey("scrub_scheduler", ScrubScheduler)
@@ -178,7 +178,7 @@ async def scrub_ctx(app: web.Application) -> AsyncIterator[None]:
     scheduler = ScrubScheduler(archive, app[AUDIT])
     app[SCRUB] = scheduler
     task = None
-    if archive.settings.storage.scrub_every_days > 0:
+    if archive.settings.storage.scrub_every_days > 0 and app.get(PRIMARY, True):
         task = asyncio.create_task(_scrub_loop(archive, scheduler), name="pacsd-scrub")
     try:
         yield

@@ -9,7 +9,10 @@
 * ``POST /api/v1/auth/oidc/otp`` ``{"ticket", "otp"}`` — pacsd's TOTP code for a user who
   needs one when the provider did not assert multi-factor login.
 
-Logout is the ordinary ``POST /api/v1/auth/logout``: it revokes the pacsd session.
+* ``POST /api/v1/auth/oidc/logout`` — revokes the pacsd session (as ``POST
+  /api/v1/auth/logout``) and answers ``{"end_session_url": ...}``: where the browser goes
+  to end its session at the provider too (RP-initiated logout), or null when the provider
+  offers none or cannot be reached (the pacsd session is revoked either way).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from aiohttp import web
 from .. import errors
 from ..services.oidc import COOKIE, OidcLogin
 from ..services.audit import iso_utc
-from .auth import client_device, client_ip, public
+from .auth import (_password_change_ok, authenticated, client_device, client_ip, end_session,
+                   public)
 
 OIDC = web.AppKey("oidc", OidcLogin)
 
@@ -77,7 +81,9 @@ async def oidc_callback(request: web.Request) -> web.Response:
         target = orjson.dumps(oidc.conf.post_login_redirect).decode().replace("<", "\\u003c")
         resp = web.Response(content_type="text/html", text=(
             "<!doctype html><meta charset=utf-8><title>pacsd</title><script>"
-            f"sessionStorage.setItem('pacsd.token',{token});location.replace({target});"
+            f"sessionStorage.setItem('pacsd.token',{token});"
+            "sessionStorage.setItem('pacsd.via','oidc');"
+            f"location.replace({target});"
             "</script>"))
         resp.headers["Content-Security-Policy"] = "default-src 'none'; script-src 'unsafe-inline'"
     resp.del_cookie(COOKIE, path="/api/v1/auth/oidc")
@@ -99,7 +105,21 @@ async def oidc_otp(request: web.Request) -> web.Response:
     return _no_store(web.Response(body=orjson.dumps(result), content_type="application/json"))
 
 
+@_password_change_ok
+@authenticated
+async def oidc_logout(request: web.Request) -> web.Response:
+    oidc = _oidc(request)
+    await end_session(request)
+    try:
+        url = await oidc.end_session_url()
+    except errors.PacsdError:
+        url = None  # provider down: pacsd's own session is over all the same
+    return _no_store(web.Response(body=orjson.dumps({"end_session_url": url}),
+                                  content_type="application/json"))
+
+
 def add_oidc_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/api/v1/auth/oidc/login", oidc_login)
     router.add_get("/api/v1/auth/oidc/callback", oidc_callback)
     router.add_post("/api/v1/auth/oidc/otp", oidc_otp)
+    router.add_post("/api/v1/auth/oidc/logout", oidc_logout)

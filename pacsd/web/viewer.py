@@ -9,7 +9,8 @@ current directory — ``scripts/serve.sh`` installs pacsd and runs it in the che
 build is missing, ``/viewer`` answers a 404 page that says how to build it.
 
 ``/viewer/config.json`` is generated (unless the build ships one): it tells the app where
-this server's DICOMweb root is, so the same build works behind any ``[dicomweb] root``.
+this server's DICOMweb root is, so the same build works behind any ``[dicomweb] root``, and
+whether sign-in with the hospital identity provider (OIDC) is offered.
 """
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ async def viewer_file(request: web.Request) -> web.StreamResponse:
         settings = request.app[_SETTINGS]
         body = {"dicomwebRoot": settings.dicomweb.root.rstrip("/") or "/",
                 "apiRoot": "/api/v1"}
+        if settings.security.oidc.enabled:  # the sign-in dialog offers the hospital login
+            body["oidcLogin"] = "/api/v1/auth/oidc/login"
         return web.Response(body=orjson.dumps(body), content_type="application/json",
                             headers={"Cache-Control": "no-cache"})
     path = _file(root, rel) if rel else None

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import requests
-from pacsd_server import Server, free_port
+from pacsd_server import Server, free_port, stow_sigterm_midway
 from dicomgen import make_dataset, multipart, to_part10
 
 
@@ -20,26 +18,8 @@ def test_graceful_shutdown_finishes_inflight_store(tmp_path):
     srv = Server(str(tmp_path))
     ds = make_dataset(rows=64, columns=64)
     body, ctype = multipart([to_part10(ds)])
-    result = {}
-
-    def slow_body():
-        for i in range(0, len(body), 1024):
-            yield body[i:i + 1024]
-            if i == 2048:
-                time.sleep(0.5)  # let the server start handling the request
-                os.kill(srv.proc.pid, signal.SIGTERM)  # shutdown starts mid-request
-                time.sleep(0.5)
-
-    def post():
-        r = requests.post(srv.url + "/dicom-web/studies", data=slow_body(),
-                          headers={"Content-Type": ctype}, timeout=30)
-        result["status"] = r.status_code
-
-    t = threading.Thread(target=post)
-    t.start()
-    t.join(40)
-    srv.proc.wait(40)
-    assert result.get("status") == 200
+    assert stow_sigterm_midway(srv, body, ctype) == 200
+    assert srv.proc.wait(40) == 0
     srv.stop()
     srv2 = Server(str(tmp_path))
     try:

@@ -276,3 +276,36 @@ def test_extra_filter_anded_into_every_level(archive):
 def find_with(cat, level, flt) -> list[str]:
     tag = {"study": "0020000D", "series": "0020000E", "instance": "00080018"}[level]
     return uids(cat.search(parse_qido(level, []), flt), tag)
+
+
+def test_R_H1_name_prefix_plans_agree(catalogue, monkeypatch):
+    """Issue 6: a common PatientName prefix pages by walking the study order, a rare one
+    through the name indexes (``qido_sql._walk_order``); every page, total and order is
+    the same either way, on both databases, ties (same date and time) by pk."""
+    from pacsd.index import qido_sql
+    from tests.index.conftest import bulk_store
+    rows = []
+    for s in range(24):
+        name = ("Smith^N%d" % s) if s % 4 else ("Jones^N%d=%s^%d=smith" % (s, "史", s))
+        if s % 8 == 1:
+            name += "==smith"  # alphabetic and phonetic groups both match: counted once
+        rows.append(make_instance(f"9.{s}", PatientID=f"P{s}", PatientName=name,
+                                  StudyDate=f"2024{1 + s % 3:02d}01" if s % 5 else None,
+                                  StudyTime="120000" if s % 2 else "080000"))
+    bulk_store(catalogue, rows)
+    answers = {}
+    for forced in (True, False):
+        monkeypatch.setattr(qido_sql, "_walk_order", lambda conn, q, total, f=forced: f)
+        for pattern in ("Smi*", "smi*", "Jon*", "S*", "Smith^N1*"):
+            for offset in (0, 5, 20):
+                r = catalogue.search(parse_qido("study", [
+                    ("PatientName", pattern), ("limit", "5"), ("offset", str(offset))]))
+                answers.setdefault((pattern, offset), []).append((uids(r), r.total))
+    for (pattern, offset), (walked, indexed) in answers.items():
+        assert walked == indexed, (pattern, offset)
+    assert answers[("Smi*", 0)][0][1] == 24  # the Jones studies have a Smith phonetic group
+    assert answers[("Jon*", 0)][0][1] == 6
+    monkeypatch.undo()
+    assert uids(catalogue.search(parse_qido("study", [("PatientName", "Smi*"),
+                                                      ("limit", "2")]))) == \
+        answers[("Smi*", 0)][0][0][:2]

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import quote, urljoin
 
 import aiohttp
 import orjson
@@ -86,6 +86,7 @@ async def oidc(aiohttp_client, tmp_path, clock, db_url):
     o.institution_claim = "hospital"
     api = await start_api(aiohttp_client, settings, clock)
     o.redirect_uri = str(api.client.make_url(CALLBACK))
+    o.post_logout_redirect = str(api.client.make_url("/viewer/"))
     provider = Provider(port, o.redirect_uri)
     try:
         yield api, provider
@@ -195,6 +196,47 @@ async def test_RE1_oidc_login_maps_roles_institutions_and_logout_revokes(oidc):
     assert (await api.client.get("/api/v1/auth/me", headers={
         "Authorization": f"Bearer {token}"})).status == 200
     assert "location.replace(\"/viewer/\")" in page
+
+
+async def test_RE1_MLPS7_oidc_logout_ends_the_provider_session_too(oidc):
+    """RP-initiated logout: ``POST /api/v1/auth/oidc/logout`` revokes the pacsd session at
+    once and names the provider's end-session page; the browser confirms there, comes back
+    to the viewer, and its single sign-on at the provider is over (a shared workstation:
+    the next user is asked for credentials, MLPS 7)."""
+    api, provider = oidc
+    base = str(api.client.make_url(""))
+    viewer = base + "/viewer/"
+    async with browser() as http:
+        async with http.get(await authorize(api, http, "dr-oidc"), headers=JSON) as r:
+            auth = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        # Signed in at the provider: a second login needs no form (single sign-on).
+        again = await _follow(http, await http.get(f"{base}/api/v1/auth/oidc/login",
+                                                   allow_redirects=False),
+                              stop=f"{base}{CALLBACK}")
+        assert isinstance(again, str), "the provider asked again before logout"
+
+        r = await api.client.post("/api/v1/auth/oidc/logout", headers=auth)
+        assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+        url = (await r.json())["end_session_url"]
+        assert url.startswith(f"{provider.url}/session/end?"), url
+        assert "client_id=pacsd" in url and f"post_logout_redirect_uri={quote(viewer, safe='')}" in url
+        assert (await api.client.get("/api/v1/auth/me", headers=auth)).status == 401
+        logouts = await api.events(event_type="logout", actor_name="dr-oidc")
+        assert len(logouts) == 1
+
+        page = await http.get(url, allow_redirects=False)
+        html = await page.text()
+        assert page.status == 200 and "sign-out" in html, html[-800:]
+        action = re.search(r'<form[^>]*action="([^"]+)"', html).group(1)
+        xsrf = re.search(r'name="xsrf" value="([^"]+)"', html).group(1)
+        done = await _follow(http, await http.post(urljoin(url, action), allow_redirects=False,
+                                                   data={"xsrf": xsrf, "logout": "yes"}),
+                             stop=viewer)
+        assert done == viewer
+        # The provider's session is over: the next login shows its login form again.
+        r = await _follow(http, await http.get(f"{base}/api/v1/auth/oidc/login",
+                                               allow_redirects=False))
+        assert not isinstance(r, str) and 'name="login"' in await r.text()
 
 
 async def test_RE1_oidc_refusals_are_401_and_audited(oidc):
@@ -327,6 +369,11 @@ async def test_RE1_provider_down_is_503_and_oidc_off_is_404(aiohttp_client, tmp_
     api = await start_api(aiohttp_client, settings, clock)
     r = await api.client.get("/api/v1/auth/oidc/login", allow_redirects=False)
     assert r.status == 503 and "Retry-After" in r.headers
+    # Logout while the provider is down still ends the pacsd session (no provider page).
+    auth = await api.session("rad", "radiologist")
+    r = await api.client.post("/api/v1/auth/oidc/logout", headers=auth)
+    assert r.status == 200 and await r.json() == {"end_session_url": None}
+    assert (await api.client.get("/api/v1/auth/me", headers=auth)).status == 401
 
 
 def test_RE1_oidc_login_in_headless_chromium(tmp_path, monkeypatch):
@@ -384,6 +431,91 @@ post_login_redirect = "/api/v1/health"
                           headers={"Authorization": f"Bearer {token}"})
         assert me.status_code == 200 and me.json()["user"] == "dr-oidc"
         assert me.json()["roles"] == ["radiologist"]
+    finally:
+        provider.stop()
+        srv.stop()
+
+
+def test_RE1_viewer_signs_in_and_out_with_the_hospital_account_in_chromium(tmp_path, monkeypatch):
+    """The web viewer (R-D1) against a real ``pacsd serve`` with OIDC: its sign-in dialog
+    offers the hospital account; after the provider's forms the viewer opens signed in;
+    "Sign out" revokes the pacsd session and ends the provider's session (RP-initiated
+    logout), then the viewer asks for a sign-in again."""
+    import os
+
+    import pacsd_server
+    import requests
+    chromium = os.environ.get("PACSD_TEST_CHROMIUM", "/usr/bin/chromium")
+    if not os.access(chromium, os.X_OK):
+        pytest.skip(f"chromium not installed at {chromium}")
+    dist = Path(__file__).resolve().parents[2] / "viewer-web" / "dist"
+    if not (dist / "index.html").is_file():
+        pytest.skip("the web viewer is not built (bash scripts/build-viewer.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    _node_modules()
+    port, idp_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    data = tmp_path / "data"
+    data.mkdir()
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text(f'''
+[server]
+viewer_dir = "{dist}"
+[security]
+enabled = true
+[security.oidc]
+issuer = "http://127.0.0.1:{idp_port}"
+client_id = "pacsd"
+client_secret = "{SECRET}"
+redirect_uri = "{base}{CALLBACK}"
+post_logout_redirect = "{base}/viewer/"
+scopes = ["openid", "profile", "pacsd"]
+role_claim = "groups"
+role_map = {{ "pacs-radiology" = "radiologist" }}
+institution_claim = "hospital"
+''')
+    monkeypatch.setattr(pacsd_server, "free_port", lambda: port)
+    srv = pacsd_server.Server(str(data), "--config", str(conf))
+    provider = Provider(idp_port, f"{base}{CALLBACK}")
+    shots = Path(__file__).resolve().parents[1] / "browser" / "screenshots"
+    shots.mkdir(exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 800})
+                page.goto(f"{base}/viewer/")
+                page.wait_for_selector("#login[open] #oidc-login", state="visible")
+                page.screenshot(path=str(shots / "viewer-oidc-sign-in.png"))
+                page.click("#oidc-login")
+                page.fill("input[name=login]", "dr-oidc")
+                page.fill("input[name=password]", "any")
+                page.click("button[type=submit]")
+                page.click("button[type=submit]")  # consent
+                page.wait_for_url(f"{base}/viewer/", timeout=30_000)
+                page.wait_for_selector("#sign-out", state="visible")
+                assert page.evaluate("sessionStorage.getItem('pacsd.via')") == "oidc"
+                token = page.evaluate("sessionStorage.getItem('pacsd.token')")
+                me = requests.get(f"{base}/api/v1/auth/me", timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"})
+                assert me.status_code == 200 and me.json()["user"] == "dr-oidc"
+                assert not page.is_visible("#login[open]")
+                page.screenshot(path=str(shots / "viewer-oidc-signed-in.png"))
+
+                page.click("#sign-out")
+                page.wait_for_url(f"{provider.url}/session/end**", timeout=30_000)
+                page.click("button[name=logout][value=yes]")
+                page.wait_for_url(f"{base}/viewer/", timeout=30_000)
+                page.wait_for_selector("#login[open] #oidc-login", state="visible")
+                assert page.evaluate("sessionStorage.getItem('pacsd.token')") is None
+                assert requests.get(f"{base}/api/v1/auth/me", timeout=30, headers={
+                    "Authorization": f"Bearer {token}"}).status_code == 401
+                # The provider forgot the user: signing in again shows its login form.
+                page.click("#oidc-login")
+                page.wait_for_selector("input[name=login]")
+            finally:
+                browser.close()
     finally:
         provider.stop()
         srv.stop()

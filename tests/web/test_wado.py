@@ -320,3 +320,21 @@ async def test_deflated_instance_bulkdata_and_frames(client, stow):
     assert r.status == 200
     ((_, payload),) = split_multipart(await r.read(), r.headers["Content-Type"])
     assert payload == ds.pixel_array.tobytes()
+
+
+async def test_study_as_stored_has_exact_content_length(client, stow):
+    """Issue 6 (R-H1): a study retrieved as stored is announced with its Content-Length
+    (sizes are known and every read is checked against size and sha256, R-A6) instead of
+    chunked encoding; the parts are the stored objects byte for byte."""
+    objs = [to_part10(make_dataset(frames=1, rows=8 + i, columns=8, seed=20 + i,
+                                   StudyInstanceUID="1.2.826.0.1.3680043.99.71"))
+            for i in range(3)]
+    assert (await stow(objs)).status == 200
+    r = await client.get("/dicom-web/studies/1.2.826.0.1.3680043.99.71", headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert r.status == 200
+    body = await r.read()
+    assert "chunked" not in r.headers.get("Transfer-Encoding", "")
+    assert int(r.headers["Content-Length"]) == len(body)
+    parts = split_multipart(body, r.headers["Content-Type"])
+    assert sorted(p for _, p in parts) == sorted(objs)

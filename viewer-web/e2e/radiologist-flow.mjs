@@ -73,8 +73,12 @@ async function clickImage(page, i, at) {
   await sleep(450); // Cornerstone's double-click tolerance (cf. test_viewer.py)
 }
 
-const waitCompleted = (page, n) =>
-  page.waitForFunction((k) => window.pacsdViewer.completed >= k, {}, n);
+// Cornerstone computes a drawn annotation's statistics throttled (100 ms, trailing): at
+// completion they may still be those of a few moves earlier, so wait until they settle.
+async function waitCompleted(page, n) {
+  await page.waitForFunction((k) => window.pacsdViewer.completed >= k, {}, n);
+  await measurements(page);
+}
 // Read once the values stop changing: Firefox may deliver the drag's last move events
 // after the press ended, and the annotation's statistics follow them.
 async function measurements(page) {

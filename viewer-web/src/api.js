@@ -67,6 +67,23 @@ export async function thumbnailUrl(path) {
   return p;
 }
 
+/** Sign out: the server revokes the session; after a hospital (OIDC) sign-in the answer
+ * also names the provider's logout page, which is returned (else null). */
+export async function logout() {
+  const viaOidc = sessionStorage.getItem('pacsd.via') === 'oidc' && config.oidcLogin;
+  let next = null;
+  if (token()) {
+    try {
+      const r = await fetch(`${config.apiRoot}/auth/${viaOidc ? 'oidc/' : ''}logout`,
+        { method: 'POST', headers: authHeaders() });
+      if (r.ok && viaOidc) next = (await r.json()).end_session_url || null;
+    } catch { /* the token is forgotten all the same */ }
+  }
+  setToken('');
+  sessionStorage.removeItem('pacsd.via');
+  return next;
+}
+
 export async function login(username, password) {
   const r = await fetch(`${config.apiRoot}/auth/login`, {
     method: 'POST', headers: { 'Content-Type': 'application/json' },
@@ -74,5 +91,6 @@ export async function login(username, password) {
   if (!r.ok) throw new HttpError(r.status, (await r.text()).trim());
   const body = await r.json();
   setToken(body.token);
+  sessionStorage.removeItem('pacsd.via');
   return body;
 }

@@ -1,7 +1,7 @@
 // pacsd viewer entry: hash routes  #/ (worklist, R-D2)  and  #/study/<uid> (viewer, R-D1).
 import './style.css';
 import { loadConfig, setUnauthorizedHandler } from './api.js';
-import { askLogin } from './login.js';
+import { askLogin, bindSignOut } from './login.js';
 import { bindWorklist, search } from './worklist.js';
 import { bindToolbar, openStudy, closeViewer, currentImage, hook } from './viewer.js';
 import { bindShare, probeShare } from './share.js';
@@ -32,6 +32,7 @@ async function route() {
 async function main() {
   await loadConfig();
   setUnauthorizedHandler(askLogin);
+  bindSignOut();
   bindWorklist();
   bindToolbar();
   bindShare(currentImage);

@@ -93,16 +93,28 @@ class MultipartWriter:
         it = aiter(chunks) if not isinstance(chunks, list) else None
         first = chunks if isinstance(chunks, list) else [await anext(it, b"")]
         await self._start()
-        head = f"--{self.boundary}\r\nContent-Type: {content_type}\r\n"
-        for k, v in (headers or {}).items():
-            head += f"{k}: {v}\r\n"
-        await self.response.write((head + "\r\n").encode())
+        await self.response.write(self._head(content_type, headers))
         for c in first:
             await self.response.write(c)
         if it is not None:
             async for c in it:
                 await self.response.write(c)
         await self.response.write(b"\r\n")
+
+    def _head(self, content_type: str, headers: dict[str, str] | None = None) -> bytes:
+        head = f"--{self.boundary}\r\nContent-Type: {content_type}\r\n"
+        for k, v in (headers or {}).items():
+            head += f"{k}: {v}\r\n"
+        return (head + "\r\n").encode()
+
+    def sized(self, parts: list[tuple[str, int]]) -> None:
+        """Announce every part (content type, body length) before the first: the answer
+        gets a Content-Length instead of chunked encoding, whose framing made aiohttp
+        join each part into a new bytes object on Python < 3.12 (a copy of every byte
+        sent; issue 6, WADO-RS study at c=8). The parts must then be written exactly."""
+        self.response.content_length = sum(
+            len(self._head(ct)) + size + 2 for ct, size in parts) + \
+            len(f"--{self.boundary}--\r\n")
 
     async def finish(self) -> web.StreamResponse:
         await self._start()

@@ -2,7 +2,8 @@
 // login tests (R-E1). Started by tests/security/test_oidc.py:
 //   node provider.js PORT REDIRECT_URI KID
 // Listens on 127.0.0.1:PORT with issuer http://127.0.0.1:PORT, one confidential client
-// "pacsd" (PKCE required), the provider's development login / consent forms (any password),
+// "pacsd" (PKCE required; after logout the provider may send the browser to that pacsd's
+// /viewer/), the provider's development login / consent forms (any password),
 // and accounts whose claims carry pacsd roles and institutions. A fresh RS256 key with
 // the given kid is made at start (restart with another kid = key rotation).
 //
@@ -33,6 +34,8 @@ const provider = new Provider(issuer, {
     client_id: 'pacsd',
     client_secret: 'pacsd-test-client-secret-0123456789',
     redirect_uris: [redirectUri],
+    // RP-initiated logout returns to the viewer of the same pacsd.
+    post_logout_redirect_uris: [new URL('/viewer/', redirectUri).href],
     grant_types: ['authorization_code'],
     response_types: ['code'],
     token_endpoint_auth_method: 'client_secret_basic',

@@ -180,7 +180,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     mi = machine_info()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    results = scale.run(sizes, dbs, n1=args.queries, n16=4 * args.queries, log=log)
+    results = scale.run(sizes, dbs, n1=args.queries, n16=4 * args.queries, log=log,
+                        fill_mode=args.fill, fill_nice=args.fill_nice)
     section = scale.markdown(results, command, _machine_line(mi, started))
     _write_section(args, section, "scale.md", report.save_json(results, "scale"))
     return 0 if all(v["verified"] for r in results["rows"] for v in r["kinds"].values()) \
@@ -237,7 +238,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
         log(f"pacsd: {server.version} at {server.url} (pid {server.pid})")
         result = asyncio.run(soak.soak(
             server.url, server.pid, minutes=args.minutes, concurrency=args.concurrency,
-            seed=args.seed, ct_studies=args.ct_studies, slices=args.slices, log=log))
+            seed=args.seed, ct_studies=args.ct_studies, slices=args.slices, log=log,
+            rotation=args.rotation))
         version = server.version
     finally:
         server.stop()
@@ -288,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--db", default="sqlite,postgresql", help="sqlite and/or postgresql")
     sc.add_argument("--queries", type=int, default=200,
                     help="queries per kind at concurrency 1 (4x that at 16)")
+    sc.add_argument("--fill", choices=("auto", "rows", "write"), default="auto",
+                    help="rows: the write path's rows built and COPYed in (auto: for "
+                    "postgresql); write: pacsd's write path, one instance at a time")
+    sc.add_argument("--fill-nice", type=int, default=0,
+                    help="lower the driver's priority by this much while filling only")
     sc.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     sc.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     me = sub.add_parser("memory", help="peak RSS while a large study is retrieved "
@@ -307,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--ct-studies", type=int, default=2)
     so.add_argument("--slices", type=int, default=40, help="CT slices per study")
     so.add_argument("--seed", type=int, default=1)
+    so.add_argument("--rotation", choices=("standard", "metadata"), default="standard",
+                    help="metadata: four series-metadata reads per STOW (fills the cache)")
     so.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     so.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)

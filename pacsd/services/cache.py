@@ -62,5 +62,11 @@ class BytesLRU:
     def size(self) -> int:
         return self._size
 
+    def stats(self) -> dict[str, int]:
+        """Sizes and counters, no keys (the metrics endpoint shows them: no patient data)."""
+        with self._lock:
+            return {"bytes": self._size, "entries": len(self._items),
+                    "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses}
+
     def __len__(self) -> int:
         return len(self._items)

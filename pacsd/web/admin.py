@@ -10,6 +10,13 @@ and roles (R-E1; docs/security.md "Administration API"), plus:
 * ``PUT /api/v1/admin/users/{user}/scope`` — body ``{"institutions": [...] | null,
   "clearances": [...]}`` sets a user's data scope (R-A12; audited as
   ``user-scope-changed``). ``null`` institutions = ``[security] default_institutions``.
+* ``GET /api/v1/admin/metrics`` — this server process's in-process state, for memory
+  soaks and operators (issue 6, R-H1): ``pid``, ``rss_bytes`` and ``rss_peak_bytes``
+  (VmRSS / VmHWM), the bounded retrieve caches (``caches.metadata`` /
+  ``caches.render``: ``bytes``, ``entries``, ``max_bytes``, ``hits``, ``misses``) and the
+  requests in flight. Sizes and counters only: no keys, UIDs or patient data. Each
+  worker process of ``[server] workers`` has its own caches; the answer is the one
+  process's that served the request.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from ..services.audit import iso_utc
 from ..services.security import ADMIN_ROLES, ROLE_ACTIONS, ROLES
 from .auth import client_device, client_ip, current_actor, json_object, requires
 from .dicomweb.common import path_uid
-from .keys import ARCHIVE, SECURITY
+from .keys import ARCHIVE, RETRIEVE, SECURITY
 
 
 def _json(body, status: int = 200) -> web.Response:
@@ -288,8 +295,38 @@ async def list_roles(request: web.Request) -> web.Response:
                   "exclusive": sorted(ADMIN_ROLES)})
 
 
+def _proc_memory() -> dict[str, int | None]:
+    """VmRSS and VmHWM of this process in bytes (None where /proc is not there)."""
+    out: dict[str, int | None] = {"rss_bytes": None, "rss_peak_bytes": None}
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    key = "rss_bytes" if line.startswith(b"VmRSS:") else "rss_peak_bytes"
+                    out[key] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+@requires("admin")
+async def metrics(request: web.Request) -> web.Response:
+    """In-process sizes of this server process (module docstring); no patient data."""
+    import os
+
+    from .app import INFLIGHT
+
+    retrieve = request.app[RETRIEVE]
+    tracker = request.app.get(INFLIGHT)
+    return _json({"pid": os.getpid(), **_proc_memory(),
+                  "caches": {"metadata": retrieve.metadata_cache.stats(),
+                             "render": retrieve.render_cache.stats()},
+                  "requests_in_flight": tracker.count if tracker is not None else None})
+
+
 def add_admin_routes(router: web.UrlDispatcher) -> None:
     a = "/api/v1/admin"
+    router.add_get(f"{a}/metrics", metrics)
     router.add_get(f"{a}/studies/{{study}}/labels", get_labels)
     router.add_put(f"{a}/studies/{{study}}/labels", put_labels)
     router.add_put(f"{a}/users/{{user}}/scope", put_user_scope)

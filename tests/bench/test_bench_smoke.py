@@ -225,6 +225,9 @@ def test_soak_verifies_a_mixed_load_and_samples_rss(tmp_path):
         out = asyncio.run(S.soak(srv.url + "/dicom-web", srv.proc.pid, minutes=0.08,
                                  concurrency=2, seed=6, ct_studies=1, slices=4,
                                  log=lambda _: None))
+        meta = asyncio.run(S.soak(srv.url + "/dicom-web", srv.proc.pid, minutes=0.08,
+                                  concurrency=2, seed=8, ct_studies=1, slices=4,
+                                  log=lambda _: None, rotation="metadata"))
 
         async def with_wrong_expectations():
             s = S.Soak(srv.url + "/dicom-web", 7, 1, 3, lambda _: None)
@@ -245,6 +248,13 @@ def test_soak_verifies_a_mixed_load_and_samples_rss(tmp_path):
     assert out["samples"] >= 3 and out["tiny_studies_stored"] >= 3
     assert 0 < out["rss_setup_mb"] <= out["rss_peak_sampled_mb"] <= out["hwm_mb"] + 1
     assert "| operation |" in S.markdown(out, "cmd", "machine")
+    # The caches' real size comes from the server (GET /api/v1/admin/metrics) with every
+    # RSS sample; the metadata rotation reads study metadata too, every answer verified.
+    assert out["metrics_errors"] == 0 and out["cached_end_mb"] > 0
+    assert out["metadata_entries_end"] >= 1 and out["render_entries_end"] >= 1
+    assert meta["verified"], {k: v["error_sample"] for k, v in meta["ops"].items()}
+    assert set(meta["ops"]) == set(S.ROTATIONS["metadata"])
+    assert meta["metadata_entries_end"] > out["metadata_entries_end"]
     assert stats["wado_study"]["errors"] > 0 and stats["frame"]["errors"] > 0
     assert stats["qido_patient"]["errors"] == 0 and stats["stow"]["errors"] == 0
 

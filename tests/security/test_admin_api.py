@@ -91,3 +91,52 @@ async def test_MLPS6_only_the_security_administrator_and_not_on_itself(api_db):
     assert (await api.client.delete(f"{A}/users/sec", headers=sec)).status == 403
     denied = await api.events(event_type="permission-denied")
     assert len(denied) == 15
+
+
+async def test_RH1_metrics_show_cache_sizes_to_the_secadmin_only(api, aiohttp_client, tmp_path,
+                                                                 clock):
+    """GET /api/v1/admin/metrics (issue 6 item 4, R-H1): this process's RSS and the
+    retrieve caches' bytes / entries, for memory soaks; secadmin only like the rest of
+    /api/v1/admin, the local operator where [security] is off (loopback); sizes and
+    counters only, never a UID or a patient's name or ID."""
+    from dicomgen import make_dataset, multipart, to_part10
+
+    url = f"{A}/metrics"
+    assert (await api.client.get(url)).status == 401
+    for role in ("sysadmin", "auditor", "radiologist", "clinician"):
+        who = await api.session(f"m-{role}", role)
+        assert (await api.client.get(url, headers=who)).status == 403, role
+    sec = await api.session("sec", "secadmin")
+    r = await api.client.get(url, headers=sec)
+    assert r.status == 200 and r.headers["Cache-Control"] == "no-store"
+    before = await r.json()
+    assert before["caches"]["metadata"]["entries"] == 0
+    assert before["caches"]["metadata"]["max_bytes"] == 64 * 2**20
+    assert before["rss_bytes"] > 0 and before["rss_peak_bytes"] >= before["rss_bytes"]
+    # A radiologist stores and reads series metadata: one cache entry of that size.
+    rad = await api.session("rad", "radiologist")
+    ds = make_dataset(PatientName="Wang^Xiaoming", PatientID="PID-METRICS-7")
+    body, ctype = multipart([to_part10(ds)])
+    assert (await api.client.post("/dicom-web/studies", data=body, headers={
+        "Content-Type": ctype, **rad})).status == 200
+    r = await api.client.get(
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/metadata",
+        headers={**rad, "Accept": "application/dicom+json", "Accept-Encoding": "identity"})
+    assert r.status == 200
+    answer = await r.read()
+    r = await api.client.get(url, headers=sec)
+    raw = await r.read()
+    after = orjson.loads(raw)
+    meta = after["caches"]["metadata"]
+    assert meta["entries"] == 1 and meta["bytes"] == len(answer) and meta["misses"] >= 1
+    assert after["caches"]["render"]["entries"] == 0
+    for secret in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                   "Wang", "PID-METRICS-7"):
+        assert secret.encode() not in raw
+    # [security] off (loopback only): the implicit local operator reads it, as the soak does.
+    from sechelpers import make_settings, start_api
+
+    local = await start_api(aiohttp_client, make_settings(tmp_path / "local", enabled=False),
+                            clock)
+    r = await local.client.get(url)
+    assert r.status == 200 and set((await r.json())["caches"]) == {"metadata", "render"}

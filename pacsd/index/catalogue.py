@@ -221,8 +221,9 @@ class Catalogue:
             with self._engine.connect() as conn:
                 conn = conn.execution_options(pacsd_write=True)
                 with conn.begin():
+                    sql = writes.Sql(conn)  # savepoints on the driver cursor (hot path)
                     for job in batch:
-                        conn.exec_driver_sql("SAVEPOINT pacsd_group")
+                        sql.execute("SAVEPOINT pacsd_group")
                         try:
                             job.result = job.fn(conn)
                         except writes.Retry:
@@ -230,10 +231,11 @@ class Catalogue:
                         except Exception as e:  # refused: only this job's rows go
                             job.error = e
                         else:
-                            conn.exec_driver_sql("RELEASE pacsd_group")
+                            sql.execute("RELEASE pacsd_group")
                             continue
-                        conn.exec_driver_sql("ROLLBACK TO pacsd_group")
-                        conn.exec_driver_sql("RELEASE pacsd_group")
+                        sql.execute("ROLLBACK TO pacsd_group")
+                        sql.execute("RELEASE pacsd_group")
+                    sql.close()
         except BaseException as e:  # BEGIN or COMMIT failed: nothing of the group is stored
             for job in batch:
                 job.result, job.error = None, e

@@ -9,6 +9,7 @@ of the bad part was stored"). Identical re-sends are idempotent (BI-25).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -163,7 +164,11 @@ class IngestService:
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
         # Encryption at rest (R-G1): the object is sealed under its institution's key.
-        with key_scope(encryption_scope(a, parsed)):
+        institution = encryption_scope(a, parsed)
+        if institution and not parsed.institution:
+            # Computed once: the catalogue files a new study under the same code (R-A12).
+            parsed = dataclasses.replace(parsed, institution=institution)
+        with key_scope(institution):
             newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
                                              move=True)
         try:

@@ -9,7 +9,6 @@ of the bad part was stored"). Identical re-sends are idempotent (BI-25).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -165,17 +164,17 @@ class IngestService:
         a.plugins.collect("instance_received", parsed=parsed)
         # Encryption at rest (R-G1): the object is sealed under its institution's key.
         institution = encryption_scope(a, parsed)
-        if institution and not parsed.institution:
-            # Computed once: the catalogue files a new study under the same code (R-A12).
-            parsed = dataclasses.replace(parsed, institution=institution)
         with key_scope(institution):
             newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
                                              move=True)
         try:
             # The write scope (R-A12) is checked inside the index transaction; a denial
             # rolls it back and removes the blob below, like any refused instance.
+            # The institution code is computed once: a new study is filed under the code
+            # its objects are sealed for (R-A12, R-G1).
             outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256,
-                                                 size=staged.size, scope=scope)
+                                                 size=staged.size, scope=scope,
+                                                 institution=institution)
         except BaseException:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not

@@ -221,8 +221,9 @@ class Catalogue:
             with self._engine.connect() as conn:
                 conn = conn.execution_options(pacsd_write=True)
                 with conn.begin():
+                    sql = writes.Sql(conn)  # savepoints on the driver cursor (hot path)
                     for job in batch:
-                        conn.exec_driver_sql("SAVEPOINT pacsd_group")
+                        sql.execute("SAVEPOINT pacsd_group")
                         try:
                             job.result = job.fn(conn)
                         except writes.Retry:
@@ -230,10 +231,11 @@ class Catalogue:
                         except Exception as e:  # refused: only this job's rows go
                             job.error = e
                         else:
-                            conn.exec_driver_sql("RELEASE pacsd_group")
+                            sql.execute("RELEASE pacsd_group")
                             continue
-                        conn.exec_driver_sql("ROLLBACK TO pacsd_group")
-                        conn.exec_driver_sql("RELEASE pacsd_group")
+                        sql.execute("ROLLBACK TO pacsd_group")
+                        sql.execute("RELEASE pacsd_group")
+                    sql.close()
         except BaseException as e:  # BEGIN or COMMIT failed: nothing of the group is stored
             for job in batch:
                 job.result, job.error = None, e
@@ -254,15 +256,20 @@ class Catalogue:
         return self._write(action, fn)
 
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int,
-                       scope: Iterable | None = None) -> StoreOutcome:
+                       scope: Iterable | None = None, institution: str | None = None
+                       ) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``). With a write ``scope``
         (R-A12) the study, as it stands after this write (an existing study's recorded
         institution and labels; a new study's computed institution and any labels set in
         advance), must satisfy it, checked in the same transaction; otherwise WriteDenied
-        and nothing of the instance is kept (same answer whether the study existed)."""
+        and nothing of the instance is kept (same answer whether the study existed).
+        ``institution``: the code ``institution_of(p)`` gives, when the caller has it
+        already (ingest computes it once for encryption at rest)."""
         derived: dict = {}
-        if self.institution_of is not None and not p.institution:
+        if institution and not p.institution:
+            derived["institution"] = institution
+        elif self.institution_of is not None and not p.institution:
             derived["institution"] = self.institution_of(p)
         if self.visit_of is not None and p.worklist is None:
             derived["worklist"] = self.visit_of(p)

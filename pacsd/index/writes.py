@@ -155,22 +155,89 @@ def _driver_sql(dialect: str, name: str, keys: tuple[str, ...]) -> tuple[str, di
     return str(compiled), {k: v for k, v in compiled.params.items() if k not in keys}
 
 
-class _Sql:
-    """Runs the store-path statements as driver SQL (``exec_driver_sql``): the statements
-    are compiled once, so each execution skips SQLAlchemy's per-call compile-cache lookup
-    and bind/result processing — on the ingest hot path that was most of the index time
-    (issue 6 profile). Parameter values must already be driver values: :meth:`stamp`
-    gives the timestamp form of the dialect (SQLite: SQLAlchemy's text form)."""
+class _Row(tuple):
+    """A fetched row of a store-path statement: a tuple with attribute access by column
+    name (see :func:`_row_type`)."""
 
-    __slots__ = ("conn", "dialect")
+    __slots__ = ()
+
+
+@functools.lru_cache(maxsize=None)
+def _row_type(names: tuple[str, ...]) -> type:
+    return type("_Row", (_Row,), {"__slots__": (), **{
+        n: property(lambda self, i=i: self[i]) for i, n in enumerate(names)}})
+
+
+class _Result:
+    """What a store-path statement returns: its first row (``first``) or first value
+    (``scalar``); the statements fetch one row at most."""
+
+    __slots__ = ("row",)
+
+    def __init__(self, row: _Row | None) -> None:
+        self.row = row
+
+    def first(self) -> _Row | None:
+        return self.row
+
+    def scalar(self) -> Any:
+        return None if self.row is None else self.row[0]
+
+
+class Sql:
+    """Runs the store-path statements on the connection's DBAPI cursor: the statements
+    are compiled once (:func:`_driver_sql`), so each execution skips SQLAlchemy's
+    per-call compile-cache lookup, execution context, events and result objects — on the
+    ingest hot path that was a third of the GIL time (issue 6 profiles, session 4).
+    Parameter values must already be driver values: :meth:`stamp` gives the timestamp
+    form of the dialect (SQLite: SQLAlchemy's text form). The transaction is still the
+    SQLAlchemy connection's (``BEGIN`` / savepoints / ``COMMIT`` as before); a driver error
+    is raised as SQLAlchemy's wrapper (``DBAPIError.instance``), so the retry rules and
+    ``translate_errors`` see exactly what they saw before."""
+
+    __slots__ = ("conn", "dialect", "cursor", "_error")
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self.cursor = conn.connection.cursor()
+        self._error = conn.dialect.loaded_dbapi.Error
 
-    def __call__(self, name: str, params: dict[str, Any]) -> sa.CursorResult:
+    def __call__(self, name: str, params: dict[str, Any]) -> _Result:
         sql, constants = _driver_sql(self.dialect, name, tuple(params))
-        return self.conn.exec_driver_sql(sql, {**constants, **params} if constants else params)
+        if constants:
+            params = {**constants, **params}
+        return self.execute(sql, params)
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> _Result:
+        """Driver SQL on the cursor (e.g. ``SAVEPOINT x``); errors wrapped as above."""
+        cur = self.cursor
+        try:
+            if params is None:
+                cur.execute(sql)
+            else:
+                cur.execute(sql, params)
+            if cur.description is None:
+                return _Result(None)
+            row = cur.fetchone()
+            if row is not None:
+                row = _row_type(tuple(d[0] for d in cur.description))(row)
+            if self.dialect == "sqlite":
+                # Step the statement to its end: a RETURNING insert is only complete
+                # then, and SQLite keeps no half-run statement open on the connection.
+                cur.fetchall()
+            return _Result(row)
+        except self._error as e:
+            raise sa.exc.DBAPIError.instance(
+                sql, params or {}, e, self._error, hide_parameters=True,  # no PHI in messages
+                connection_invalidated=self.conn.dialect.is_disconnect(
+                    e, self.conn.connection.dbapi_connection, cur)) from e
+
+    def close(self) -> None:
+        try:
+            self.cursor.close()
+        except Exception:  # noqa: BLE001 - closing a cursor of a failed transaction
+            pass
 
     def stamp(self, t: _dt.datetime) -> Any:
         if self.dialect == "sqlite":
@@ -178,7 +245,7 @@ class _Sql:
         return t
 
 
-def _existing_outcome(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, sha256: str
+def _existing_outcome(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str
                       ) -> StoreOutcome | None:
     """BI-25/26/27 for an SOP Instance UID already in the catalogue, else None."""
     row = stmts("existing", {"b_sop": p.sop_instance_uid}).first()
@@ -208,7 +275,7 @@ def _patient_demographics(p: ParsedInstance) -> dict[str, Any]:
     return vals
 
 
-def _upsert_patient(conn: sa.Connection, stmts: _Sql, p: ParsedInstance,
+def _upsert_patient(conn: sa.Connection, stmts: Sql, p: ParsedInstance,
                     now: _dt.datetime) -> int:
     pid, issuer = _patient_key(p)
     stmts("ins_patient", {
@@ -220,7 +287,7 @@ def _upsert_patient(conn: sa.Connection, stmts: _Sql, p: ParsedInstance,
     return pk
 
 
-def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetime
+def _study(conn: sa.Connection, stmts: Sql, p: ParsedInstance, now: _dt.datetime
            ) -> tuple[sa.Row, bool]:
     """The locked study row (created if needed) and whether this call created it."""
     created = False
@@ -248,7 +315,7 @@ def _study(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, now: _dt.datetim
     return row, created
 
 
-def _series(conn: sa.Connection, stmts: _Sql, p: ParsedInstance, study_pk: int,
+def _series(conn: sa.Connection, stmts: Sql, p: ParsedInstance, study_pk: int,
             now: _dt.datetime) -> tuple[int, bool]:
     row = stmts("series", {"b_series": p.series_instance_uid}).first()
     if row is None:
@@ -271,7 +338,15 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
                    ) -> StoreOutcome:
     """Commit one instance (module docstring); the caller owns the transaction.
     Usual case, a new instance of a known series: six statements."""
-    stmts = _Sql(conn)
+    stmts = Sql(conn)
+    try:
+        return _store(conn, stmts, p, sha256, size)
+    finally:
+        stmts.close()
+
+
+def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size: int
+           ) -> StoreOutcome:
     outcome = _existing_outcome(conn, stmts, p, sha256)
     if outcome is not None:
         return outcome

@@ -163,14 +163,18 @@ class IngestService:
         # Plugins may refuse the instance before anything is stored (R-E6).
         a.plugins.collect("instance_received", parsed=parsed)
         # Encryption at rest (R-G1): the object is sealed under its institution's key.
-        with key_scope(encryption_scope(a, parsed)):
+        institution = encryption_scope(a, parsed)
+        with key_scope(institution):
             newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
                                              move=True)
         try:
             # The write scope (R-A12) is checked inside the index transaction; a denial
             # rolls it back and removes the blob below, like any refused instance.
+            # The institution code is computed once: a new study is filed under the code
+            # its objects are sealed for (R-A12, R-G1).
             outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256,
-                                                 size=staged.size, scope=scope)
+                                                 size=staged.size, scope=scope,
+                                                 institution=institution)
         except BaseException:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not

@@ -8,8 +8,9 @@ Layout under the root directory (all on the same filesystem, so a rename is atom
 
 Durable write protocol (§7 item 1, FT-2, Pillai et al. OSDI'14): write to ``tmp/`` ->
 ``fsync(file)`` -> ``rename`` to ``objects/ab/cd/<sha256>`` -> ``fsync(objects/ab/cd)``;
-a fan-out directory is made durable in its parent (``fsync(parent)``) the first time this
-process uses it, so the directory entry chain survives power loss too. Any OSError (ENOSPC,
+a fan-out directory is made durable in its parent (``fsync(parent)``, after the leaf's
+fsync) the first time this process uses it, so the directory entry chain survives power
+loss too. Nothing is acknowledged before all of these returned. Any OSError (ENOSPC,
 EIO on fsync) aborts the write, removes the temp file and raises OutOfResources; the
 write is never retried after a failed fsync (fsyncgate: the kernel may have dropped the
 dirty pages and a second fsync would wrongly report success) (FT-3).
@@ -82,13 +83,19 @@ class LocalBlobStore(BlobStore):
     def staging_dir(self) -> str:
         return self._staging
 
-    def _ensure_fanout(self, leaf: str) -> None:
-        """Create objects/ab and objects/ab/cd if needed, each made durable in its parent.
+    def _make_fanout(self, leaf: str) -> list[str]:
+        """Create objects/ab and objects/ab/cd if needed, WITHOUT syncing; returns the
+        parents whose entries (ab in objects, cd in ab) are not yet known durable. The
+        caller renames the object into ``leaf`` and then syncs ``leaf`` and these
+        (:meth:`_sync_dirs`): every metadata change of the write is made first and synced
+        after, so on a journaling filesystem the syncs share one journal commit instead
+        of one commit each (issue 6 STOW profile, session 4: fsync_dir was 13-17 % of all-thread samples).
 
-        The parent is fsynced even when another thread created the directory first: that
-        thread may not have fsynced yet, and our acknowledgement must not depend on it.
+        A parent is synced even when another thread created the directory first: that
+        thread may not have synced yet, and our acknowledgement must not depend on it.
         """
         mid = os.path.dirname(leaf)
+        parents = []
         for d in (mid, leaf):
             # The cache is re-checked with a stat: an operator or a future empty-dir sweep
             # may have removed the directory, and a stale entry would fail every put.
@@ -98,8 +105,17 @@ class LocalBlobStore(BlobStore):
                 os.mkdir(d)
             except FileExistsError:
                 pass
-            fsync_dir(os.path.dirname(d))
-            self._durable_dirs.add(d)
+            parents.append(os.path.dirname(d))
+        return parents
+
+    def _sync_dirs(self, leaf: str, parents: list[str]) -> None:
+        """After the rename into ``leaf``: its entry, then the new fan-out entries."""
+        fsync_dir(leaf)
+        for p in reversed(parents):  # objects/ab (holds cd), then objects (holds ab)
+            fsync_dir(p)
+        mid = os.path.dirname(leaf)
+        for p in parents:
+            self._durable_dirs.add(leaf if p == mid else mid)
 
     # --- writing ------------------------------------------------------------------------
 
@@ -167,7 +183,7 @@ class LocalBlobStore(BlobStore):
             finally:
                 os.close(fd)
             failpoints.hit("store.after_fsync")
-            self._ensure_fanout(leaf)
+            parents = self._make_fanout(leaf)
             try:
                 os.replace(src_path, final)
             except OSError as e:
@@ -178,7 +194,7 @@ class LocalBlobStore(BlobStore):
                 _unlink_quiet(src_path)
                 return True
             failpoints.hit("store.after_rename")
-            fsync_dir(leaf)
+            self._sync_dirs(leaf, parents)
         except OSError as e:
             raise OutOfResources("The object could not be made durable.") from e
         return True
@@ -207,10 +223,10 @@ class LocalBlobStore(BlobStore):
                     dst.flush()
                     os.fsync(dst.fileno())  # one attempt only (fsyncgate)
             leaf = os.path.dirname(final)
-            self._ensure_fanout(leaf)
+            parents = self._make_fanout(leaf)
             os.replace(tmp, final)
             tmp = None
-            fsync_dir(leaf)
+            self._sync_dirs(leaf, parents)
         except OSError as e:
             raise OutOfResources("The object could not be made durable.") from e
         finally:

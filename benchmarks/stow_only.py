@@ -1,0 +1,179 @@
+"""STOW-RS only, side by side: ``python -m benchmarks.stow_only`` (issue 6, R-H1).
+
+The STOW phases of the side-by-side run (same data set, same driver code, same
+interleaving of targets per repetition) without the read phases, so a change to the
+ingest path can be measured in a minute or two. ``--profile DIR`` records pacsd with
+py-spy (``--gil`` and all threads, raw collapsed stacks) during one extra pass at c=4,
+after the measured ones.
+
+Prints, per phase and concurrency, the median over the repetitions of MB/s and inst/s
+for each target, the pacsd/Orthanc ratio, and each server's CPU time (user + system,
+all threads, from /proc) per instance: on a shared, loaded machine the throughput moves
+with the neighbours' load, the CPU cost per instance much less.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from pathlib import Path
+
+from . import phases as P, profiling
+from .client import new_session
+from .dataset import DataSet
+from .phases import Target, row_from
+from .servers import OrthancProcess, PacsdProcess
+
+
+async def _run(args, targets: list[Target]) -> dict:
+    ds = DataSet(args.seed, ct_studies=1, ct_slices=1, tiny=args.tiny,
+                 stow_ct_batch=args.ct_batch)
+    levels = [int(x) for x in args.levels.split(",")]
+    stow_ct = {(lv, r): [(i, ds.build(i)) for i in ds.stow_ct(f"c{lv}r{r}")]
+               for lv in levels for r in range(args.reps)}
+    tiny = [(i, ds.build(i)) for i in ds.tiny_all()]
+    size = -(-len(tiny) // (len(levels) * args.reps))
+    stow_tiny = {}
+    k = 0
+    for lv in levels:
+        for r in range(args.reps):
+            stow_tiny[(lv, r)] = tiny[k * size:(k + 1) * size]
+            k += 1
+    rows: dict[tuple, list[dict]] = {}
+    for t in targets:
+        t.session = new_session(32)
+    flip = False
+    try:
+        for kind, data, per in (("stow_ct", stow_ct, args.ct_per_request),
+                                ("stow_tiny", stow_tiny, args.tiny_per_request)):
+            for lv in levels:
+                for r in range(args.reps):
+                    items = data[(lv, r)]
+                    flip = not flip
+                    for t in (targets if flip else list(reversed(targets))):
+                        cpu0, sys0 = _cpu_s(t.pid), _cpu_s(t.pid, sys_only=True)
+                        m = await P.stow(t, P.batched(items, per), lv)
+                        row = row_from(kind, m, rep=r, instances=len(items))
+                        row["server_cpu_ms_per_inst"] = round(
+                            1000 * (_cpu_s(t.pid) - cpu0) / len(items), 2)
+                        row["server_sys_ms_per_inst"] = round(
+                            1000 * (_cpu_s(t.pid, sys_only=True) - sys0) / len(items), 2)
+                        if not row["verified"]:
+                            raise SystemExit(f"{t.name} {kind} c={lv}: {row['error_sample']}")
+                        rows.setdefault((kind, lv, t.name), []).append(row)
+                        print(f"  {t.name:8s} {kind:9s} c={lv:<3d} rep {r}: "
+                              f"{row['mb_s']:7.1f} MB/s {row['inst_s']:7.1f} inst/s "
+                              f"{row['server_cpu_ms_per_inst']:6.2f} cpu-ms/inst "
+                              f"({row['server_sys_ms_per_inst']:.2f} sys) "
+                              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        if args.profile:
+            await _profile(args, ds, targets[0])
+    finally:
+        for t in targets:
+            await t.session.close()
+    return rows
+
+
+def _cpu_s(pid: int, *, sys_only: bool = False) -> float:
+    """User + system (or system only) CPU seconds of a process and its threads
+    (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[12]) + (0 if sys_only else int(fields[11]))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def _profile(args, ds: DataSet, t: Target) -> None:
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind in ("ct", "tiny"):
+        spies = {mode: profiling.PySpy(t.pid, out / f"stow-{kind}-{mode}.txt",
+                                       rate=args.rate, gil=mode == "gil")
+                 for mode in ("gil", "all")}
+        try:
+            for k in range(args.profile_rounds):
+                if kind == "ct":
+                    items = [(i, ds.build(i)) for i in ds.stow_ct(f"prof{k}")]
+                    await P.stow(t, P.batched(items, args.ct_per_request), 4)
+                else:
+                    first = 100000 + 200 * k
+                    items = [(i, ds.build(i)) for i in ds.tiny_range(first, 100)]
+                    await P.stow(t, P.batched(items, args.tiny_per_request), 4)
+        finally:
+            for mode, spy in spies.items():
+                path = spy.stop()
+                if path is None:
+                    print(f"profile {kind}/{mode}: nothing recorded")
+                    continue
+                s = profiling.summarise(path, top=25)
+                print(f"\nprofile {kind}/{mode}: {s['samples']} samples ({path})")
+                for h in s["self"][:25]:
+                    print(f"  self {h['pct']:5.1f}%  {h['function']}")
+                for h in s["inclusive_pacsd"][:25]:
+                    print(f"  incl {h['pct']:5.1f}%  {h['function']}")
+                print("  by package: " + ", ".join(f"{h['package']} {h['pct']}%"
+                                                   for h in s["by_package"]))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.stow_only")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ct-batch", type=int, default=48, help="CT instances per repetition")
+    ap.add_argument("--tiny", type=int, default=3000, help="tiny instances, split over reps")
+    ap.add_argument("--ct-per-request", type=int, default=1)
+    ap.add_argument("--tiny-per-request", type=int, default=5)
+    ap.add_argument("--levels", default="1,4,16")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-orthanc", action="store_true")
+    ap.add_argument("--baseline", metavar="TREE",
+                    help="also run pacsd from another source tree (e.g. an export of main) "
+                         "as target 'base', interleaved like the others")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy pacsd in an extra pass at c=4")
+    ap.add_argument("--profile-rounds", type=int, default=4)
+    ap.add_argument("--rate", type=int, default=250)
+    args = ap.parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load0 = os.getloadavg()
+    procs = [PacsdProcess()]
+    try:
+        if args.baseline:
+            from . import servers
+            repo, servers.REPO = servers.REPO, Path(args.baseline).resolve()
+            try:
+                base = PacsdProcess()
+            finally:
+                servers.REPO = repo
+            base.name = "base"
+            procs.append(base)
+        if not args.no_orthanc:
+            procs.append(OrthancProcess())
+        targets = [Target(p.name, p.url, pid=p.pid, version=p.version) for p in procs]
+        rows = asyncio.run(_run(args, targets))
+    finally:
+        for p in procs:
+            p.stop()
+    names = [p.name for p in procs]
+    print(f"\nstarted {started}, load {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}; "
+          + "; ".join(f"{p.name}: {p.version}" for p in procs))
+    others = names[1:]
+    print("| phase | c | " + " | ".join(f"{n} MB/s | {n} inst/s | {n} CPU ms/inst"
+                                        for n in names)
+          + "".join(f" | pacsd/{n}" for n in others) + " |")
+    print("|---|---|" + "---|" * (3 * len(names) + len(others)))
+    keys = sorted({(k, lv) for k, lv, _ in rows}, key=lambda x: (x[0], x[1]))
+    for kind, lv in keys:
+        med = {}
+        for name in names:
+            rs = rows.get((kind, lv, name))
+            if rs:
+                med[name] = (statistics.median(r["mb_s"] for r in rs),
+                             statistics.median(r["inst_s"] for r in rs),
+                             statistics.median(r["server_cpu_ms_per_inst"] for r in rs))
+        cells = [f"{med[n][0]:.1f} | {med[n][1]:.0f} | {med[n][2]:.2f}" for n in names]
+        ratios = [f"{med['pacsd'][1] / med[n][1]:.2f}" for n in others]
+        print(f"| {kind} | {lv} | " + " | ".join(cells + ratios) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,16 +15,8 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* :class:`EventDUL` / :class:`EventDIMSE` (accepted associations) — pynetdicom 3.0's
-  reactors poll: the DUL thread sleeps 1 ms whenever a loop found nothing to do and the
-  association thread looks for a decoded message once per 1 ms. A C-STORE therefore
-  waited for up to three polls (the first PDU, the decoded message, the response
-  primitive), more when the machine is busy and a sleeping thread is woken late. Here the
-  DUL's idle wait blocks on the socket and a wake-up pipe (written when a primitive is
-  queued for sending), and the association thread blocks on the message queue: both
-  wake the moment there is work, and an idle association costs no CPU. Outgoing
-  associations (C-MOVE destinations) keep pynetdicom's reactor with a shorter loop delay
-  while they are busy sending.
+* Outgoing associations (C-MOVE destinations) run pynetdicom's reactor with a shorter
+  loop delay while they are busy sending.
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations send
   the stored Part 10 file's dataset bytes unchanged (R-A5). pynetdicom's Q/R service
   insists on yielded ``Dataset`` objects and re-encodes them; an :class:`Outgoing` is a
@@ -38,20 +30,16 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import queue
 import select
 import socket
 import ssl
 import struct
-import threading
 import time
 from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
 
 from .. import errors
@@ -63,9 +51,6 @@ log = logging.getLogger(__name__)
 PDU_FLOOR = 1024 * 1024
 #: Bytes read per recv() call.
 RECV_CHUNK = 256 * 1024
-#: Longest idle wait of an accepted association's reactors: its timers (ARTIM, network
-#: idle), kill flags and release requests are looked at least this often.
-IDLE_WAIT_S = 0.01
 #: pynetdicom's DUL loop delay on outgoing (C-MOVE) associations, instead of 1 ms.
 OUTGOING_LOOP_DELAY_S = 0.0002
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
@@ -149,162 +134,6 @@ def set_nodelay(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass  # not TCP (tests) or already closed
-
-
-# --- event-driven reactors (accepted associations) ----------------------------------------
-
-class EventDUL(DULServiceProvider):
-    """pynetdicom's DUL provider whose idle wait is event-driven (module docstring).
-
-    ``run_reactor`` is pynetdicom 3.0's loop with one change: where it slept
-    ``_run_loop_delay`` after a loop that found nothing to do, it waits (at most
-    ``IDLE_WAIT_S``) until the socket is readable or :meth:`send_pdu` / :meth:`kill_dul`
-    wrote to the wake-up pipe."""
-
-    def __init__(self, assoc: Association) -> None:
-        super().__init__(assoc)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._wake_lock = threading.Lock()
-        self._woke_readable = False  # the last idle wait ended on a readable socket
-        self._waiting = False  # in select(): only then does a sender write to the pipe
-
-    @classmethod
-    def replace(cls, assoc: Association) -> None:
-        """Give a not yet started acceptor ``assoc`` this provider (and EventDIMSE),
-        taking over the socket, the timers and the queued transport event."""
-        old = assoc.dul
-        new = cls(assoc)
-        new.socket = old.socket
-        new.event_queue = old.event_queue  # holds Evt5 (connection accepted)
-        new._idle_timer = old._idle_timer
-        new.artim_timer = old.artim_timer
-        assoc.dul = new
-        assoc.dimse = EventDIMSE(assoc)
-
-    def _wake(self) -> None:
-        if not self._waiting:
-            # Not waiting: the reactor looks at the queue before it waits (it sets
-            # _waiting first, so a primitive queued after that look finds it set).
-            return
-        with self._wake_lock:
-            if self._wake_w is None:
-                return
-            try:
-                os.write(self._wake_w, b"\0")
-            except OSError:
-                pass  # the pipe is full: the reactor is awake anyway
-
-    def send_pdu(self, primitive) -> None:  # type: ignore[override]
-        super().send_pdu(primitive)
-        self._wake()
-
-    def kill_dul(self) -> None:
-        super().kill_dul()
-        self._wake()
-
-    def stop_dul(self) -> bool:
-        if self.state_machine.current_state == "Sta1":
-            self._kill_thread = True  # what pynetdicom sets; then wake the wait for it
-            self._wake()
-        return super().stop_dul()
-
-    def _idle_wait(self) -> None:
-        assoc_socket = self.socket
-        sock = getattr(assoc_socket, "socket", None)
-        if (sock is None or not getattr(assoc_socket, "_is_connected", False)
-                or self._woke_readable):
-            # Closed, or readable without anything to do (pynetdicom decides): poll.
-            self._woke_readable = False
-            time.sleep(self._run_loop_delay)
-            return
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return
-        self._waiting = True
-        try:
-            if not self.to_provider_queue.empty():
-                return
-            ready, _, _ = select.select([sock, self._wake_r], [], [], IDLE_WAIT_S)
-        except (OSError, ValueError):
-            time.sleep(self._run_loop_delay)
-            return
-        finally:
-            self._waiting = False
-        if self._wake_r in ready:
-            try:
-                os.read(self._wake_r, 4096)
-            except OSError:
-                pass
-        self._woke_readable = sock in ready
-
-    def run_reactor(self) -> None:
-        try:
-            self._run()
-        finally:
-            with self._wake_lock:
-                wake_r, wake_w, self._wake_w = self._wake_r, self._wake_w, None
-            for fd in (wake_r, wake_w):
-                if fd is not None:
-                    os.close(fd)
-
-    def _run(self) -> None:
-        # pynetdicom 3.0 DULServiceProvider.run_reactor, the idle sleep replaced.
-        from pynetdicom.pdu import A_ABORT_RQ
-        self._idle_timer.start()
-        sleep = False
-        while True:
-            if not self.assoc._dul_ready.is_set():
-                self.assoc._dul_ready.set()
-                sleep = True
-            if sleep:
-                self._idle_wait()
-            if self._kill_thread:
-                break
-            if self.artim_timer.expired:
-                self.event_queue.put("Evt18")
-            try:
-                if self._process_recv_primitive():
-                    pass
-                elif self._is_transport_event():
-                    self._idle_timer.restart()
-            except Exception as exc:  # noqa: BLE001 - pynetdicom's own handling
-                log.error("Exception in the DUL reactor, aborting association: %s",
-                          type(exc).__name__)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = 0x02
-                abort_pdu.reason_diagnostic = 0x00
-                if self.socket is not None:
-                    self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                self.assoc._kill = True
-                self._kill_thread = True
-                return
-            try:
-                event = self.event_queue.get(block=False)
-            except queue.Empty:
-                sleep = True
-                continue
-            self.state_machine.do_action(event)
-            self._woke_readable = False
-            sleep = False
-            if event == "Evt12":  # A-RELEASE-RQ: wake the association thread
-                self.assoc.dimse.msg_queue.put((None, None))
-
-
-class EventDIMSE(DIMSEServiceProvider):
-    """The association reactor's non-blocking ``get_msg`` waits up to ``IDLE_WAIT_S``
-    for a decoded message instead of returning at once (pynetdicom then sleeps 1 ms
-    and asks again); aborts and closes already queue (None, None) to wake it."""
-
-    def get_msg(self, block: bool = False):  # type: ignore[override]
-        if block:
-            return super().get_msg(block=True)
-        try:
-            return self.msg_queue.get(timeout=IDLE_WAIT_S)
-        except queue.Empty:
-            return None, None
 
 
 # --- bit-exact sub-operations ------------------------------------------------------------
@@ -428,6 +257,5 @@ class RequestHandler(_PynetdicomRequestHandler):
 
     def _create_association(self) -> Association:
         assoc = super()._create_association()
-        EventDUL.replace(assoc)
         prepare_association(assoc, self.server.ae.policy)  # type: ignore[attr-defined]
         return assoc

@@ -11,6 +11,7 @@ misconfigured or hostile provider would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -376,81 +377,17 @@ async def test_RE1_provider_down_is_503_and_oidc_off_is_404(aiohttp_client, tmp_
     assert (await api.client.get("/api/v1/auth/me", headers=auth)).status == 401
 
 
-def test_RE1_oidc_login_in_headless_chromium(tmp_path, monkeypatch):
-    """The same login in a real browser (Debian chromium via playwright) against a real
-    ``pacsd serve``: the state cookie travels through the provider's redirects (SameSite
-    Lax on top-level navigation) and the callback page leaves the session token in the
-    tab's sessionStorage, where the web viewer reads it."""
+@contextlib.contextmanager
+def served_with_oidc(tmp_path, monkeypatch, *, server_toml: str = "", oidc_toml: str = ""):
+    """(base URL, provider, playwright chromium browser): a real ``pacsd serve`` with
+    [security.oidc] pointing at a running provider, and headless Debian chromium.
+    ``{base}`` in the extra TOML lines stands for the server's base URL."""
     import os
 
     import pacsd_server
-    import requests
     chromium = os.environ.get("PACSD_TEST_CHROMIUM", "/usr/bin/chromium")
     if not os.access(chromium, os.X_OK):
         pytest.skip(f"chromium not installed at {chromium}")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    _node_modules()
-    port, idp_port = free_port(), free_port()
-    redirect = f"http://127.0.0.1:{port}{CALLBACK}"
-    data = tmp_path / "data"
-    data.mkdir()
-    conf = tmp_path / "pacsd.toml"
-    conf.write_text(f'''
-[security]
-enabled = true
-[security.oidc]
-issuer = "http://127.0.0.1:{idp_port}"
-client_id = "pacsd"
-client_secret = "{SECRET}"
-redirect_uri = "{redirect}"
-scopes = ["openid", "profile", "pacsd"]
-role_claim = "groups"
-role_map = {{ "pacs-radiology" = "radiologist" }}
-institution_claim = "hospital"
-post_login_redirect = "/api/v1/health"
-''')
-    monkeypatch.setattr(pacsd_server, "free_port", lambda: port)
-    srv = pacsd_server.Server(str(data), "--config", str(conf))
-    provider = Provider(idp_port, redirect)
-    try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                        args=["--no-sandbox"])
-            try:
-                page = browser.new_page()
-                page.goto(f"{srv.url}/api/v1/auth/oidc/login")
-                page.fill("input[name=login]", "dr-oidc")
-                page.fill("input[name=password]", "any")
-                page.click("button[type=submit]")
-                page.click("button[type=submit]")  # consent
-                page.wait_for_url(f"{srv.url}/api/v1/health", timeout=30_000)
-                token = page.evaluate("sessionStorage.getItem('pacsd.token')")
-            finally:
-                browser.close()
-        me = requests.get(f"{srv.url}/api/v1/auth/me", timeout=30,
-                          headers={"Authorization": f"Bearer {token}"})
-        assert me.status_code == 200 and me.json()["user"] == "dr-oidc"
-        assert me.json()["roles"] == ["radiologist"]
-    finally:
-        provider.stop()
-        srv.stop()
-
-
-def test_RE1_viewer_signs_in_and_out_with_the_hospital_account_in_chromium(tmp_path, monkeypatch):
-    """The web viewer (R-D1) against a real ``pacsd serve`` with OIDC: its sign-in dialog
-    offers the hospital account; after the provider's forms the viewer opens signed in;
-    "Sign out" revokes the pacsd session and ends the provider's session (RP-initiated
-    logout), then the viewer asks for a sign-in again."""
-    import os
-
-    import pacsd_server
-    import requests
-    chromium = os.environ.get("PACSD_TEST_CHROMIUM", "/usr/bin/chromium")
-    if not os.access(chromium, os.X_OK):
-        pytest.skip(f"chromium not installed at {chromium}")
-    dist = Path(__file__).resolve().parents[2] / "viewer-web" / "dist"
-    if not (dist / "index.html").is_file():
-        pytest.skip("the web viewer is not built (bash scripts/build-viewer.sh)")
     sync_api = pytest.importorskip("playwright.sync_api")
     _node_modules()
     port, idp_port = free_port(), free_port()
@@ -460,7 +397,7 @@ def test_RE1_viewer_signs_in_and_out_with_the_hospital_account_in_chromium(tmp_p
     conf = tmp_path / "pacsd.toml"
     conf.write_text(f'''
 [server]
-viewer_dir = "{dist}"
+{server_toml.replace("{base}", base)}
 [security]
 enabled = true
 [security.oidc]
@@ -468,54 +405,93 @@ issuer = "http://127.0.0.1:{idp_port}"
 client_id = "pacsd"
 client_secret = "{SECRET}"
 redirect_uri = "{base}{CALLBACK}"
-post_logout_redirect = "{base}/viewer/"
 scopes = ["openid", "profile", "pacsd"]
 role_claim = "groups"
 role_map = {{ "pacs-radiology" = "radiologist" }}
 institution_claim = "hospital"
+{oidc_toml.replace("{base}", base)}
 ''')
     monkeypatch.setattr(pacsd_server, "free_port", lambda: port)
     srv = pacsd_server.Server(str(data), "--config", str(conf))
     provider = Provider(idp_port, f"{base}{CALLBACK}")
-    shots = Path(__file__).resolve().parents[1] / "browser" / "screenshots"
-    shots.mkdir(exist_ok=True)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True,
                                         args=["--no-sandbox"])
             try:
-                page = browser.new_page(viewport={"width": 1200, "height": 800})
-                page.goto(f"{base}/viewer/")
-                page.wait_for_selector("#login[open] #oidc-login", state="visible")
-                page.screenshot(path=str(shots / "viewer-oidc-sign-in.png"))
-                page.click("#oidc-login")
-                page.fill("input[name=login]", "dr-oidc")
-                page.fill("input[name=password]", "any")
-                page.click("button[type=submit]")
-                page.click("button[type=submit]")  # consent
-                page.wait_for_url(f"{base}/viewer/", timeout=30_000)
-                page.wait_for_selector("#sign-out", state="visible")
-                assert page.evaluate("sessionStorage.getItem('pacsd.via')") == "oidc"
-                token = page.evaluate("sessionStorage.getItem('pacsd.token')")
-                me = requests.get(f"{base}/api/v1/auth/me", timeout=30,
-                                  headers={"Authorization": f"Bearer {token}"})
-                assert me.status_code == 200 and me.json()["user"] == "dr-oidc"
-                assert not page.is_visible("#login[open]")
-                page.screenshot(path=str(shots / "viewer-oidc-signed-in.png"))
-
-                page.click("#sign-out")
-                page.wait_for_url(f"{provider.url}/session/end**", timeout=30_000)
-                page.click("button[name=logout][value=yes]")
-                page.wait_for_url(f"{base}/viewer/", timeout=30_000)
-                page.wait_for_selector("#login[open] #oidc-login", state="visible")
-                assert page.evaluate("sessionStorage.getItem('pacsd.token')") is None
-                assert requests.get(f"{base}/api/v1/auth/me", timeout=30, headers={
-                    "Authorization": f"Bearer {token}"}).status_code == 401
-                # The provider forgot the user: signing in again shows its login form.
-                page.click("#oidc-login")
-                page.wait_for_selector("input[name=login]")
+                yield base, provider, browser
             finally:
                 browser.close()
     finally:
         provider.stop()
         srv.stop()
+
+
+def me(base: str, token: str):
+    import requests
+    return requests.get(f"{base}/api/v1/auth/me", timeout=30,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def test_RE1_oidc_login_in_headless_chromium(tmp_path, monkeypatch):
+    """The same login in a real browser (Debian chromium via playwright) against a real
+    ``pacsd serve``: the state cookie travels through the provider's redirects (SameSite
+    Lax on top-level navigation) and the callback page leaves the session token in the
+    tab's sessionStorage, where the web viewer reads it."""
+    with served_with_oidc(tmp_path, monkeypatch,
+                          oidc_toml='post_login_redirect = "/api/v1/health"') as (
+            base, _, browser):
+        page = browser.new_page()
+        page.goto(f"{base}/api/v1/auth/oidc/login")
+        page.fill("input[name=login]", "dr-oidc")
+        page.fill("input[name=password]", "any")
+        page.click("button[type=submit]")
+        page.click("button[type=submit]")  # consent
+        page.wait_for_url(f"{base}/api/v1/health", timeout=30_000)
+        token = page.evaluate("sessionStorage.getItem('pacsd.token')")
+        r = me(base, token)
+        assert r.status_code == 200 and r.json()["user"] == "dr-oidc"
+        assert r.json()["roles"] == ["radiologist"]
+
+
+def test_RE1_viewer_signs_in_and_out_with_the_hospital_account_in_chromium(tmp_path, monkeypatch):
+    """The web viewer (R-D1) against a real ``pacsd serve`` with OIDC: its sign-in dialog
+    offers the hospital account; after the provider's forms the viewer opens signed in;
+    "Sign out" revokes the pacsd session and ends the provider's session (RP-initiated
+    logout), then the viewer asks for a sign-in again."""
+    dist = Path(__file__).resolve().parents[2] / "viewer-web" / "dist"
+    if not (dist / "index.html").is_file():
+        pytest.skip("the web viewer is not built (bash scripts/build-viewer.sh)")
+    shots = Path(__file__).resolve().parents[1] / "browser" / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with served_with_oidc(tmp_path, monkeypatch, server_toml=f'viewer_dir = "{dist}"',
+                          oidc_toml='post_logout_redirect = "{base}/viewer/"') as (
+            base, provider, browser):
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(f"{base}/viewer/")
+        page.wait_for_selector("#login[open] #oidc-login", state="visible")
+        page.screenshot(path=str(shots / "viewer-oidc-sign-in.png"))
+        page.click("#oidc-login")
+        page.fill("input[name=login]", "dr-oidc")
+        page.fill("input[name=password]", "any")
+        page.click("button[type=submit]")
+        page.click("button[type=submit]")  # consent
+        page.wait_for_url(f"{base}/viewer/", timeout=30_000)
+        page.wait_for_selector("#sign-out", state="visible")
+        assert page.evaluate("sessionStorage.getItem('pacsd.via')") == "oidc"
+        token = page.evaluate("sessionStorage.getItem('pacsd.token')")
+        r = me(base, token)
+        assert r.status_code == 200 and r.json()["user"] == "dr-oidc"
+        assert not page.is_visible("#login[open]")
+        page.screenshot(path=str(shots / "viewer-oidc-signed-in.png"))
+
+        page.click("#sign-out")
+        page.wait_for_url(f"{provider.url}/session/end**", timeout=30_000)
+        page.click("button[name=logout][value=yes]")
+        page.wait_for_url(f"{base}/viewer/", timeout=30_000)
+        page.wait_for_selector("#login[open] #oidc-login", state="visible")
+        assert page.evaluate("sessionStorage.getItem('pacsd.token')") is None
+        assert me(base, token).status_code == 401
+        # The provider forgot the user: signing in again shows its login form.
+        page.click("#oidc-login")
+        page.wait_for_selector("input[name=login]")

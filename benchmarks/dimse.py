@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from .client import Measurement, Sample
+from .servers import stop_process
 
 TOOLS = {name: f"/usr/bin/{name}" for name in
          ("storescu", "findscu", "getscu", "movescu", "storescp", "echoscu")}
@@ -116,13 +117,7 @@ class StoreSCP:
             p.unlink()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         self.log.close()
         self.tmp.cleanup()
 

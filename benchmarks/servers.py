@@ -60,6 +60,17 @@ def _get_json(url: str) -> object:
         return json.loads(r.read())
 
 
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; returns once the process is gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
 class _Process:
     name = "server"
 
@@ -75,13 +86,8 @@ class _Process:
         return self.proc.pid if self.proc else None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 30)
         if self._log is not None:
             self._log.close()
             self._log = None

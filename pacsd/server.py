@@ -25,8 +25,8 @@ runner and its periodic tasks, the scheduled scrub, the audit syslog export and
 retention, the stable-study watcher: web/keys.py ``PRIMARY``); the others serve HTTP
 only. A worker that dies is logged and started again (the primary as the primary). On
 SIGTERM/SIGINT the supervisor passes SIGTERM to every worker, each drains as above, and
-the supervisor exits 0 once all have exited 0. Failed logins are counted in memory
-shared by all workers (security.SharedRateLimiter).
+the supervisor exits 0 once all have exited 0. Failed logins, and the failures plugins'
+limiters count, are kept in memory shared by all workers (security.SharedFailureTable).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ from . import tls
 from .config import ConfigError, Settings
 from .web import create_app
 from .web.app import INFLIGHT, PLUGINS
-from .web.keys import AUDIT, INGEST, LOGIN_LIMITER, PRIMARY, QUERY, RETRIEVE, SECURITY
+from .web.keys import AUDIT, INGEST, PRIMARY, QUERY, RATE_LIMITS, RETRIEVE, SECURITY
 
 log = logging.getLogger("pacsd")
 
@@ -82,21 +82,21 @@ def check_startup(settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, *,
               primary: bool = True, sock: socket.socket | None = None,
-              reuse_port: bool = False, limiter: object | None = None,
+              reuse_port: bool = False, rate_limits: object | None = None,
               stability_pipe: tuple[int, int] | None = None,
               worker: int | None = None) -> None:
     """One serving process: the whole server, or (with ``worker``) one worker of a
     :class:`Supervisor`: ``primary`` runs the singletons, ``sock`` is the inherited
-    listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``limiter`` is the
-    shared rate limiter, ``stability_pipe`` carries new instances' studies to the
+    listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``rate_limits`` is the
+    rate-limit table the workers share (security.SharedFailureTable), ``stability_pipe`` carries new instances' studies to the
     primary's stable-study watcher (services/stability.py)."""
     if worker is None:
         check_startup(settings)
     host, port = settings.http_host_port
     app = create_app(settings)
     app[PRIMARY] = primary
-    if limiter is not None:
-        app[LOGIN_LIMITER] = limiter
+    if rate_limits is not None:
+        app[RATE_LIMITS] = rate_limits
     if stability_pipe is not None:
         from .services.stability import StudyStability
         stability = app[PLUGINS].pm.get_plugin("pacsd.stability")
@@ -185,7 +185,7 @@ class Supervisor:
         self.sock: socket.socket | None = None
         self.reuse_port = sys.platform.startswith("linux") and hasattr(socket,
                                                                        "SO_REUSEPORT")
-        self.limiter: object | None = None
+        self.rate_limits: object | None = None
         self.stability_pipe: tuple[int, int] | None = None
         self.pid = os.getpid()
 
@@ -216,7 +216,7 @@ class Supervisor:
             raise ConfigError("[server] workers > 1 needs a system with fork(); use 1")
         check_startup(self.settings)
         from .index import Catalogue
-        from .services.security import SharedRateLimiter
+        from .services.security import SHARED_LIMIT_CAP, SharedFailureTable
 
         # The schema once, here, rather than by N workers racing at their start.
         self.settings.data_path.mkdir(parents=True, exist_ok=True)
@@ -226,9 +226,9 @@ class Supervisor:
             catalogue.migrate()
         finally:
             catalogue.close()
-        conf = self.settings.security
-        self.limiter = SharedRateLimiter(conf.login_rate_limit, conf.login_rate_window_s,
-                                         time.time)
+        # Failures per address of the login limiter and of plugins' limiters (SEC-8).
+        self.rate_limits = SharedFailureTable(
+            cap=max(SHARED_LIMIT_CAP, self.settings.security.login_rate_limit))
         self.stability_pipe = os.pipe()
         self.sock = self._open_port()
 
@@ -257,7 +257,7 @@ class Supervisor:
             if self.reuse_port and self.sock is not None:
                 self.sock.close()  # the supervisor's placeholder, not ours to listen on
             asyncio.run(run(self.settings, primary=index == 0, sock=inherited,
-                            reuse_port=self.reuse_port, limiter=self.limiter,
+                            reuse_port=self.reuse_port, rate_limits=self.rate_limits,
                             stability_pipe=self.stability_pipe, worker=index))
             code = 0
         except ConfigError as exc:

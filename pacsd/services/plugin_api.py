@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -32,7 +33,7 @@ from .audit import AuditTrail
 from .ingest import IngestService, StagedFile
 from .query import QueryService
 from .retrieve import RetrieveService
-from .security import Actor
+from .security import Actor, RateLimiter, SharedFailureTable, SharedRateLimiter
 from .jobs import JobService, queue_from_settings
 
 #: Whom plugin reads act for unless given an actor: the plugin itself, whole archive.
@@ -47,7 +48,8 @@ class PluginAPI:
     ``pacsd.plugin_api.api_of(request)``; in a CLI command, ``open_api(settings)``."""
 
     def __init__(self, archive: Archive, ingest: IngestService, query: QueryService,
-                 retrieve: RetrieveService, audit: AuditTrail) -> None:
+                 retrieve: RetrieveService, audit: AuditTrail, *,
+                 rate_limits: SharedFailureTable | None = None) -> None:
         self._archive = archive
         self._ingest = ingest
         self._query = query
@@ -57,6 +59,7 @@ class PluginAPI:
         self._tasks: set[asyncio.Task] = set()
         self._daemons: set[asyncio.Task] = set()
         self.jobs = PluginJobs(archive)
+        self._rate_limits = rate_limits
 
     # --- settings and state ---------------------------------------------------------
     @property
@@ -71,6 +74,19 @@ class PluginAPI:
     def plugin_state(self, name: str) -> dict[str, Any]:
         """A dict a plugin may keep per-server state in (caches), instead of globals."""
         return self._state.setdefault(name, {})
+
+    def rate_limiter(self, name: str, limit: int, window_s: float, *,
+                     clock: Callable[[], float] = time.time
+                     ) -> RateLimiter | SharedRateLimiter:
+        """A limiter of failures (or attempts) per key in a sliding window (SEC-8):
+        ``retry_after(key)`` / ``failed(key)``. Under ``pacsd serve --workers N`` it counts
+        in memory every worker shares, so ``limit`` holds per server, not per process
+        (up to ``SHARED_LIMIT_CAP`` per key; a larger limit counts per process). ``name``
+        keeps one limiter's keys apart from another's: use ``"<plugin>.<what>"``."""
+        table = self._rate_limits
+        if table is not None and limit <= table.cap:
+            return table.limiter(f"plugin:{name}", limit, window_s, clock)
+        return RateLimiter(limit, window_s, clock)
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` on the archive's worker pool."""

@@ -31,8 +31,8 @@ from .dicomweb import qido, stow, wado, wado_uri
 from ..services.jobs import JobService
 from ..services.plugin_api import PluginAPI, install_plugin_jobs
 from ..services.stability import StudyStability
-from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, LOGIN_LIMITER, PASSWORD_HASHER,
-                   PLUGIN_API, PRIMARY, QUERY, RETRIEVE, SECURITY)
+from .keys import (ARCHIVE, AUDIT, CLOCK, INGEST, JOBS, PASSWORD_HASHER,
+                   PLUGIN_API, PRIMARY, QUERY, RATE_LIMITS, RETRIEVE, SECURITY)
 from .middleware import error_middleware, make_cors_middleware, make_cors_prepare, on_prepare
 from .viewer import add_viewer_routes
 
@@ -96,10 +96,12 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
     clock = app.get(CLOCK, time.time)
     audit = AuditTrail(archive.catalogue, clock=clock, run=archive.run)
     app[AUDIT] = audit
+    table, conf = app.get(RATE_LIMITS), archive.settings.security
+    limiter = None if table is None else table.limiter(
+        "login", conf.login_rate_limit, conf.login_rate_window_s, clock)
     app[SECURITY] = SecurityService(archive.settings, archive.catalogue, audit,
                                     archive.plugins, run=archive.run, clock=clock,
-                                    hasher=app.get(PASSWORD_HASHER),
-                                    limiter=app.get(LOGIN_LIMITER))
+                                    hasher=app.get(PASSWORD_HASHER), limiter=limiter)
     if archive.settings.security.oidc.enabled:
         app[oidc_routes.OIDC] = OidcLogin(archive.settings.security.oidc, app[SECURITY])
     if archive.settings.security.enabled:
@@ -107,7 +109,8 @@ async def _security_ctx(app: web.Application) -> AsyncIterator[None]:
             log.warning("route %s declares no permission: it answers 403 (SEC-21)", route)
     await audit.start()
     # The public plugin surface (R-E6): plugins use it instead of internals.
-    app[PLUGIN_API] = PluginAPI(archive, app[INGEST], app[QUERY], app[RETRIEVE], audit)
+    app[PLUGIN_API] = PluginAPI(archive, app[INGEST], app[QUERY], app[RETRIEVE], audit,
+                                rate_limits=table)
     archive.plugins.fire("api_ready", api=app[PLUGIN_API])
     try:
         yield

@@ -30,6 +30,7 @@ PLUGIN_API = web.AppKey("plugin_api", PluginAPI)
 #: scheduled scrub, audit syslog export and retention, stable-study watcher; DIMSE is
 #: started by server.py). Absent = True (one process does everything).
 PRIMARY: web.AppKey[bool] = web.AppKey("primary")
-#: Optional, set before start-up: the login / bad-token rate limiter shared by every
-#: worker process (server.py; security.SharedRateLimiter). Absent = per process.
-LOGIN_LIMITER: web.AppKey[object] = web.AppKey("login_limiter")
+#: Optional, set before start-up: the rate-limit table shared by every worker process
+#: (server.py; security.SharedFailureTable): the login / bad-token limiter and plugins'
+#: limiters (PluginAPI.rate_limiter) count there. Absent = per process.
+RATE_LIMITS: web.AppKey[object] = web.AppKey("rate_limits")

@@ -7,7 +7,7 @@ PostgreSQL; everything reads back byte for byte through QIDO and WADO-RS; the au
 both processes appended to verifies (``pacsd audit verify``). A killed worker is started
 again while the port keeps answering (FT-1 applied to one worker); SIGTERM lets an upload
 in flight finish and the supervisor exits 0; only the primary runs the DIMSE SCP; failed
-logins are counted across workers (SEC-8).
+logins and a plugin's refused share-link openings are counted across workers (SEC-8).
 """
 from __future__ import annotations
 
@@ -237,6 +237,26 @@ def test_RH1_SEC8_failed_logins_counted_across_workers(tmp_path):
                  for k in range(6)]
         # Per process, up to 2 x 3 failures would pass before the first 429.
         assert codes == [401, 401, 401, 429, 429, 429]
+    finally:
+        srv.stop()
+
+
+def test_RH1_SEC8_plugin_rate_limit_counted_across_workers(tmp_path):
+    """pacsd-share's link-guessing limit (PluginAPI.rate_limiter) holds per server."""
+    pytest.importorskip("pacsd_share")
+    conf = tmp_path / "pacsd.toml"
+    conf.write_text("[security]\nenabled = true\n\n[plugins.share]\nrate_limit = 3\n")
+    srv = Server(str(tmp_path), "--workers", "2", "--config", str(conf))
+    try:
+        worker_pids(srv)
+        codes = []
+        for k in range(8):
+            r = requests.get(f"{srv.url}/plugins/share/s/guess-{k}-{uuid.uuid4().hex}",
+                             allow_redirects=False, timeout=30,
+                             headers={"Connection": "close"})
+            codes.append(r.status_code)
+        # Per process, up to 2 x 3 refusals would pass before the first 429.
+        assert codes == [401, 401, 401] + [429] * 5, codes
     finally:
         srv.stop()
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from dataclasses import dataclass
 
-from pacsd.plugin_api import (Actor, RateLimiter, api_of, client_device, client_ip,
+from pacsd.plugin_api import (Actor, api_of, client_device, client_ip,
                               current_actor, errors, hookimpl, json_object, note_audit,
                               public, requires,
                               retrieve_frames, retrieve_metadata)
@@ -86,8 +86,8 @@ def register_tables():
 @hookimpl
 def api_ready(api):
     c = conf(api)
-    api.plugin_state(NAME).update(sessions={}, limiter=RateLimiter(
-        int(c["rate_limit"]), float(c["rate_window_s"]), time.time))
+    api.plugin_state(NAME).update(sessions={}, limiter=api.rate_limiter(
+        f"{NAME}.open", int(c["rate_limit"]), float(c["rate_window_s"])))
 
 
 def _cache(api) -> dict:

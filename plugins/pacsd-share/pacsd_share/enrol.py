@@ -141,8 +141,10 @@ def _limiters(api) -> tuple[RateLimiter, RateLimiter]:
     if "enrol_ip" not in state:
         c = S.conf(api)
         window = float(c["enrol_rate_window_s"])
-        state["enrol_ip"] = RateLimiter(int(c["enrol_rate_limit"]), window, time.time)
-        state["enrol_phone"] = RateLimiter(int(c["enrol_phone_limit"]), window, time.time)
+        state["enrol_ip"] = api.rate_limiter(f"{S.NAME}.enrol_ip", int(c["enrol_rate_limit"]),
+                                             window)
+        state["enrol_phone"] = api.rate_limiter(f"{S.NAME}.enrol_phone",
+                                                int(c["enrol_phone_limit"]), window)
     return state["enrol_ip"], state["enrol_phone"]
 
 

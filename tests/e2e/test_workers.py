@@ -7,7 +7,9 @@ PostgreSQL; everything reads back byte for byte through QIDO and WADO-RS; the au
 both processes appended to verifies (``pacsd audit verify``). A killed worker is started
 again while the port keeps answering (FT-1 applied to one worker); SIGTERM lets an upload
 in flight finish and the supervisor exits 0; only the primary runs the DIMSE SCP; failed
-logins and a plugin's refused share-link openings are counted across workers (SEC-8).
+logins and a plugin's refused share-link openings are counted across workers (SEC-8);
+rendered images are shared by the workers in ``<data_dir>/render-cache``, which is gone
+once the server stopped.
 """
 from __future__ import annotations
 
@@ -301,3 +303,25 @@ def test_RH1_study_stable_fires_once_for_a_study_stored_through_two_workers(tmp_
         assert lines == [study, str(pids[0])]
     finally:
         srv.stop()
+
+
+def test_RH1_rendered_images_shared_by_workers_and_removed_at_stop(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shared = data_dir / "render-cache"
+    shared.mkdir()
+    (shared / "left-by-a-crash").write_bytes(b"x")
+    srv = Server(str(data_dir), "--workers", "2")
+    try:
+        worker_pids(srv)
+        study, series, sop, data = instances(1, 1)[0]
+        assert stow(srv.url, data) == 200
+        url = f"{srv.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered"
+        # New connections: the kernel spreads them over both workers.
+        answers = {requests.get(url, headers={"Accept": "image/jpeg", "Connection": "close"},
+                                timeout=60).content for _ in range(8)}
+        assert len(answers) == 1 and next(iter(answers))[:2] == b"\xff\xd8"
+        assert not (shared / "left-by-a-crash").exists() and len(list(shared.iterdir())) == 1
+    finally:
+        srv.stop()
+    assert not shared.exists()

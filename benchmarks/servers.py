@@ -104,13 +104,14 @@ class _Process:
 
 def effective_workers(workers: str | None) -> int:
     """The worker processes ``pacsd serve --workers WORKERS`` runs: N, ``auto`` = one per
-    CPU, None = pacsd's own default (``[server] workers``, 0 = one per CPU)."""
+    usable CPU, None = pacsd's own default (``[server] workers``, 0 = auto)."""
+    from pacsd.config import ServerSettings
+    from pacsd.server import usable_cpus
     if workers is None:
-        from pacsd.config import ServerSettings
         n = ServerSettings().workers
     else:
         n = 0 if workers.strip().lower() == "auto" else int(workers)
-    return n if n > 0 else (os.cpu_count() or 1)
+    return n if n > 0 else usable_cpus()
 
 
 class PacsdProcess(_Process):

@@ -160,10 +160,28 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
         log.info("pacsd stopped")
 
 
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask (taskset, cpusets), lowered to a
+    cgroup v2 CPU quota (``cpu.max``, e.g. a container's ``--cpus 2``) rounded up;
+    ``os.cpu_count()`` alone counts the host's CPUs."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open(os.path.join(cgroup, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 def worker_count(settings: Settings) -> int:
-    """``[server] workers``: N, or 0 = one per CPU."""
+    """``[server] workers``: N, or 0 (the default, ``auto``) = one per usable CPU."""
     n = settings.server.workers
-    return n if n > 0 else (os.cpu_count() or 1)
+    return n if n > 0 else usable_cpus()
 
 
 def serve(settings: Settings) -> int:

@@ -263,6 +263,23 @@ def test_RH1_SEC8_plugin_rate_limit_counted_across_workers(tmp_path):
         srv.stop()
 
 
+def test_RH1_auto_is_one_worker_per_usable_cpu(tmp_path):
+    from pacsd.config import load_settings
+    from pacsd.server import usable_cpus, worker_count
+
+    assert load_settings(None).server.workers == 0  # the default: auto
+    mine = len(os.sched_getaffinity(0))
+    assert usable_cpus(str(tmp_path)) == mine  # no cgroup file: the affinity mask
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(str(tmp_path)) == mine
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container's --cpus 1.5
+    assert usable_cpus(str(tmp_path)) == min(mine, 2)
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(str(tmp_path)) == 1
+    assert worker_count(load_settings(None, server__workers=3)) == 3
+    assert worker_count(load_settings(None)) == usable_cpus()
+
+
 def test_RH1_workers_setting_and_option(tmp_path):
     p = pacsd_cli("serve", "--data-dir", str(tmp_path), "--workers", "0")
     assert p.returncode == 2 and b"positive number" in p.stderr

@@ -243,7 +243,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     mi = machine_info()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    server = PacsdProcess()
+    server = PacsdProcess(workers=args.pacsd_workers)
     try:
         log(f"pacsd: {server.version} at {server.url} (pid {server.pid})")
         result = asyncio.run(soak.soak(
@@ -329,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--seed", type=int, default=1)
     so.add_argument("--rotation", choices=("standard", "metadata"), default="standard",
                     help="metadata: four series-metadata reads per STOW (fills the cache)")
+    so.add_argument("--pacsd-workers", metavar="N|auto", type=_workers_arg, default="1",
+                    help="pacsd serve --workers (default 1: the cached bytes subtracted "
+                    "are those of the one worker that answers the metrics request)")
     so.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     so.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)

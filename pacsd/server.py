@@ -112,10 +112,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     if worker is not None:
         # Rendered images are shared by the workers: a client's next connection may land
         # on another worker (SO_REUSEPORT), which would otherwise render them again.
-        from .services.cache import SharedFileCache
-        from .services.retrieve import SHARED_RENDER_CACHE_BYTES, SHARED_RENDER_CACHE_DIR
-        app[RETRIEVE].shared_render = SharedFileCache(
-            settings.data_path / SHARED_RENDER_CACHE_DIR, SHARED_RENDER_CACHE_BYTES)
+        app[RETRIEVE].shared_render = shared_render_cache(settings)
     ssl_context = tls.server_context(settings)
     site: web.BaseSite
     if sock is not None:
@@ -176,6 +173,18 @@ def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
     except (OSError, ValueError):
         pass
     return max(1, n)
+
+
+def shared_render_cache(settings: Settings):
+    """The render cache's files shared by the workers (services/cache.py SharedFileCache),
+    or None with ``[encryption] enabled``: rendered pixels are not written to disk in
+    plaintext there, so each worker keeps its own in memory."""
+    if settings.encryption.enabled:
+        return None
+    from .services.cache import SharedFileCache
+    from .services.retrieve import SHARED_RENDER_CACHE_BYTES, SHARED_RENDER_CACHE_DIR
+    return SharedFileCache(settings.data_path / SHARED_RENDER_CACHE_DIR,
+                           SHARED_RENDER_CACHE_BYTES)
 
 
 def worker_count(settings: Settings) -> int:
@@ -268,8 +277,8 @@ class Supervisor:
         from .services.retrieve import SHARED_RENDER_CACHE_DIR
         path = self.settings.data_path / SHARED_RENDER_CACHE_DIR
         shutil.rmtree(path, ignore_errors=True)
-        if create:
-            path.mkdir()
+        if create and shared_render_cache(self.settings) is not None:
+            path.mkdir(mode=0o700)
 
     # --- the workers --------------------------------------------------------------------
     def _spawn(self, index: int) -> None:

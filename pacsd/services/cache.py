@@ -85,8 +85,9 @@ class SharedFileCache:
     Like :class:`BytesLRU` it only ever holds answers derived from what the key names, so
     an entry never goes stale. Each file is the sha256 of its value followed by the value,
     checked on every read: a torn or damaged file is a miss (and removed), never served.
-    Written to a temporary name and renamed, so a reader sees a whole file or none; no
-    fsync (it is a cache). The supervisor empties the directory when it starts and
+    Written to a temporary name (mode 0600) and renamed, so a reader sees a whole file or
+    none; no fsync (it is a cache). Not used with ``[encryption] enabled`` (no rendered
+    pixels on disk in plaintext: server.py ``shared_render_cache``). The supervisor empties the directory when it starts and
     removes it when it stops, so nothing outlives the server run but what the in-memory
     caches would also hold. Bounded by ``max_bytes``: each process counts what it wrote
     and, past a quarter of the bound, removes the oldest files down to three quarters.
@@ -123,7 +124,9 @@ class SharedFileCache:
         path = self._path(key)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         try:
-            tmp.write_bytes(hashlib.sha256(value).digest() + value)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(hashlib.sha256(value).digest() + value)
             os.replace(tmp, path)
         except OSError:  # full disk, directory removed at shutdown: only a cache
             tmp.unlink(missing_ok=True)

@@ -263,6 +263,16 @@ def test_RH1_SEC8_plugin_rate_limit_counted_across_workers(tmp_path):
         srv.stop()
 
 
+def test_RH1_no_rendered_pixels_on_disk_with_encryption_at_rest(tmp_path):
+    from pacsd.config import load_settings
+    from pacsd.server import shared_render_cache
+
+    plain = shared_render_cache(load_settings(None, server__data_dir=str(tmp_path)))
+    assert plain is not None and plain.dir == tmp_path / "render-cache"
+    assert shared_render_cache(load_settings(None, server__data_dir=str(tmp_path),
+                                             encryption__enabled=True)) is None
+
+
 def test_RH1_auto_is_one_worker_per_usable_cpu(tmp_path):
     from pacsd.config import load_settings
     from pacsd.server import usable_cpus, worker_count
@@ -339,6 +349,9 @@ def test_RH1_rendered_images_shared_by_workers_and_removed_at_stop(tmp_path):
                                 timeout=60).content for _ in range(8)}
         assert len(answers) == 1 and next(iter(answers))[:2] == b"\xff\xd8"
         assert not (shared / "left-by-a-crash").exists() and len(list(shared.iterdir())) == 1
+        # Rendered pixels: readable by the server's user only.
+        assert shared.stat().st_mode & 0o777 == 0o700
+        assert [f.stat().st_mode & 0o777 for f in shared.iterdir()] == [0o600]
     finally:
         srv.stop()
     assert not shared.exists()

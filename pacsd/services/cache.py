@@ -80,16 +80,16 @@ class SharedFileCache:
     N``, R-H1): immutable byte strings in files of one directory that every worker of
     the server reads and fills, so a preview rendered by one worker is not rendered again
     by the next worker a client's new connection lands on (the kernel spreads connections
-    over the workers; benchmarks/notes.md "Workers: the render anomaly").
+    over the workers; benchmarks/notes.md "Workers by default, and the /rendered anomaly").
 
     Like :class:`BytesLRU` it only ever holds answers derived from what the key names, so
     an entry never goes stale. Each file is the sha256 of its value followed by the value,
     checked on every read: a torn or damaged file is a miss (and removed), never served.
     Written to a temporary name (mode 0600) and renamed, so a reader sees a whole file or
     none; no fsync (it is a cache). Not used with ``[encryption] enabled`` (no rendered
-    pixels on disk in plaintext: server.py ``shared_render_cache``). The supervisor empties the directory when it starts and
-    removes it when it stops, so nothing outlives the server run but what the in-memory
-    caches would also hold. Bounded by ``max_bytes``: each process counts what it wrote
+    pixels on disk in plaintext: server.py ``shared_render_cache``). The supervisor
+    empties the directory when it starts and removes it when it stops, so nothing
+    outlives the server run but what the in-memory caches would also hold. Bounded by ``max_bytes``: each process counts what it wrote
     and, past a quarter of the bound, removes the oldest files down to three quarters.
 
     Blocking file I/O: call from the worker threads, not the event loop."""

@@ -89,8 +89,9 @@ class SharedFileCache:
     none; no fsync (it is a cache). Not used with ``[encryption] enabled`` (no rendered
     pixels on disk in plaintext: server.py ``shared_render_cache``). The supervisor
     empties the directory when it starts and removes it when it stops, so nothing
-    outlives the server run but what the in-memory caches would also hold. Bounded by ``max_bytes``: each process counts what it wrote
-    and, past a quarter of the bound, removes the oldest files down to three quarters.
+    outlives the server run but what the in-memory caches would also hold. Bounded by
+    ``max_bytes``: each process counts what it wrote and, past a quarter of the bound,
+    removes the oldest files down to three quarters.
 
     Blocking file I/O: call from the worker threads, not the event loop."""
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks run --target http://127.0.0.1:8042/dicom-web [--label pacsd]
         [--dicom 127.0.0.1:4242:ORTHANC [--move-port 11199]]   # + the DIMSE phases
-    python -m benchmarks side-by-side [--profile]      # starts Orthanc and pacsd itself
+    python -m benchmarks side-by-side [--profile] [--pacsd-workers N|auto]  # starts both
     python -m benchmarks compare out/pacsd-*.json out/orthanc-*.json
     python -m benchmarks report out/side-by-side-*.json  # rewrite RESULTS.md (notes.md)
     python -m benchmarks scale [--sizes 10000,100000,1000000] [--db sqlite,postgresql]
@@ -49,6 +49,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help="C-FIND queries per repetition")
 
 
+def _workers_arg(text: str) -> str:
+    text = text.strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) > 0):
+        raise argparse.ArgumentTypeError('a positive number or "auto"')
+    return text
+
+
 def _config(args: argparse.Namespace, **extra) -> Config:
     kw = dict(seed=args.seed, ceiling=not args.no_ceiling, **extra)
     if args.smoke:
@@ -86,17 +93,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_side_by_side(args: argparse.Namespace) -> int:
     from .dimse import MOVE_AET, DicomAddress
-    from .servers import OrthancProcess, PacsdProcess, free_port
+    from .servers import OrthancProcess, PacsdProcess, effective_workers, free_port
 
     # The driver's storage SCP (C-MOVE destination) port: both servers must know it.
     move_port = 0 if args.no_dimse else free_port()
     peers = {MOVE_AET: move_port} if move_port else None
     cfg = _config(args, profile=args.profile, dimse_move_port=move_port)
+    if args.profile and effective_workers(args.pacsd_workers) > 1:
+        log("--profile attaches py-spy to one pacsd process: add --pacsd-workers 1")
+        return 2
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     t0 = time.monotonic()
     orthanc = OrthancProcess(peers=peers or {})
     try:
-        pacsd = PacsdProcess(dicom=not args.no_dimse, peers=peers)
+        pacsd = PacsdProcess(dicom=not args.no_dimse, peers=peers, workers=args.pacsd_workers)
         try:
             log(f"orthanc: {orthanc.version} at {orthanc.url}")
             log(f"pacsd:   {pacsd.version} at {pacsd.url}")
@@ -233,7 +243,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     mi = machine_info()
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    server = PacsdProcess()
+    server = PacsdProcess(workers=args.pacsd_workers)
     try:
         log(f"pacsd: {server.version} at {server.url} (pid {server.pid})")
         result = asyncio.run(soak.soak(
@@ -277,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     s.add_argument("--no-dimse", action="store_true",
                    help="skip the DIMSE phases (C-STORE, C-FIND, C-GET, C-MOVE with DCMTK)")
+    s.add_argument("--pacsd-workers", metavar="N|auto", type=_workers_arg,
+                   help="pacsd serve --workers (R-H1); default: pacsd's own default "
+                   "([server] workers); RESULTS.md names the worker processes")
     _data_args(s)
     c = sub.add_parser("compare", help="ratios of two result files (first / second)")
     c.add_argument("files", nargs="+")
@@ -316,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--seed", type=int, default=1)
     so.add_argument("--rotation", choices=("standard", "metadata"), default="standard",
                     help="metadata: four series-metadata reads per STOW (fills the cache)")
+    so.add_argument("--pacsd-workers", metavar="N|auto", type=_workers_arg, default="1",
+                    help="pacsd serve --workers (default 1: the cached bytes subtracted "
+                    "are those of the one worker that answers the metrics request)")
     so.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     so.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)

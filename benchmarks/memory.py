@@ -31,20 +31,44 @@ from .phases import ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY, STOW_TYPE, Tar
 SAMPLE_S = 0.05
 
 
+def server_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants: a ``pacsd serve --workers N`` supervisor and its
+    worker processes (Linux ``/proc/PID/task/*/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def proc_status(pid: int) -> dict[str, int]:
-    """VmRSS / VmHWM (and VmPeak) of a process in bytes (Linux)."""
+    """VmRSS / VmHWM (and VmPeak) in bytes (Linux) of a server process, summed over its
+    worker processes if it has any (each worker's pages shared with the supervisor by
+    fork are counted in each: an upper bound)."""
     out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "VmPeak"):
-            out[key] = int(value.split()[0]) * 1024
+    for p in server_pids(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:  # a worker exiting as we read
+            continue
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "VmPeak"):
+                out[key] = out.get(key, 0) + int(value.split()[0]) * 1024
     return out
 
 
 def reset_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0; needs to own the process)."""
+    """Reset VmHWM to the current RSS (Linux >= 4.0; needs to own the process), of the
+    server process and its workers."""
     try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        for p in server_pids(pid):
+            Path(f"/proc/{p}/clear_refs").write_text("5")
         return True
     except OSError:
         return False

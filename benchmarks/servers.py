@@ -102,21 +102,38 @@ class _Process:
         self.stop()
 
 
+def effective_workers(workers: str | None) -> int:
+    """The worker processes ``pacsd serve --workers WORKERS`` runs: N, ``auto`` = one per
+    usable CPU, None = pacsd's own default (``[server] workers``, 0 = auto)."""
+    from pacsd.config import ServerSettings
+    from pacsd.server import usable_cpus
+    if workers is None:
+        n = ServerSettings().workers
+    else:
+        n = 0 if workers.strip().lower() == "auto" else int(workers)
+    return n if n > 0 else usable_cpus()
+
+
 class PacsdProcess(_Process):
-    """pacsd from this work tree, fresh data directory in a temp dir. The environment
-    variable ``PACSD_BENCH_WORKERS`` (N or ``auto``) adds ``--workers N`` (R-H1; e.g.
-    ``PACSD_BENCH_WORKERS=2 python -m benchmarks side-by-side``)."""
+    """pacsd from this work tree, fresh data directory in a temp dir. ``workers`` (N or
+    ``auto``; ``python -m benchmarks side-by-side --pacsd-workers``) is passed as
+    ``pacsd serve --workers``; None leaves pacsd's default, or the environment variable
+    ``PACSD_BENCH_WORKERS`` when set (R-H1). ``self.workers`` is the number of worker
+    processes it runs, and the version string names it (RESULTS.md records it)."""
 
     name = "pacsd"
 
     def __init__(self, *, keep_dir: str | None = None, extra: tuple[str, ...] = (),
-                 dicom: bool = False, peers: dict[str, int] | None = None) -> None:
+                 dicom: bool = False, peers: dict[str, int] | None = None,
+                 workers: str | None = None) -> None:
         """``dicom``: listen for DIMSE on a free loopback port (``self.dicom_port``, AE
         ``PACSD``); ``peers``: C-MOVE destinations, AE title -> loopback port."""
         super().__init__()
-        workers = os.environ.get("PACSD_BENCH_WORKERS", "").strip()
-        if workers:
+        if workers is None:
+            workers = os.environ.get("PACSD_BENCH_WORKERS", "").strip() or None
+        if workers is not None:
             extra = ("--workers", workers, *extra)
+        self.workers = effective_workers(workers)
         if keep_dir:
             data = Path(keep_dir)
             data.mkdir(parents=True, exist_ok=True)
@@ -140,8 +157,10 @@ class PacsdProcess(_Process):
         try:
             _wait_http(base + "/api/v1/health", self.proc, log)
             self.version = str(_get_json(base + "/api/v1/health").get("version", "?"))
-            if workers:
-                self.version += f" --workers {workers}"
+            self.version += (f", {self.workers} worker process"
+                             f"{'es' if self.workers > 1 else ''}"
+                             + (f" (--workers {workers})" if workers is not None else ""))
+            if self.workers > 1:
                 time.sleep(3)  # the other workers listen a moment after the first
             if self.dicom_port:
                 _wait_dimse(self.dicom_port, self.aet, self.proc)

@@ -4,20 +4,30 @@
 
 The three servers get the same data set and every phase in turn (the runner alternates
 their order per repetition), so on a shared machine the load drifts over all three alike
-and the ratios are within one run. Prints the medians of QIDO at c=16 and WADO-RS whole
-study at c=8 per server and the ratios; the full result is saved as JSON in
+and the ratios are within one run. Prints the medians per server and the ratios of STOW
+(c=1/4), QIDO (p50 at c=1, queries/s at c=16), WADO-RS whole study (c=1/8), series
+metadata, frames, /rendered and /thumbnail; the full result is saved as JSON in
 benchmarks/out/. Writes nothing else (RESULTS.md is the side-by-side's).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 
 from . import report
 from .phases import Target
 from .runner import Config, Runner, machine_info
 from .servers import OrthancProcess, PacsdProcess
+
+
+def _metric_of(key: str) -> str:
+    if key.startswith("stow_"):
+        return "inst_s"
+    if key.startswith("wado_study"):
+        return "mb_s"
+    return "qps" if key.startswith("qido_") and not key.endswith("@1") else "p50_ms"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,17 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=3)
     args = p.parse_args(argv)
     cfg = Config(ct_studies=2, ct_slices=args.slices, tiny=args.tiny, reps=args.reps,
-                 stow_levels=(4,), qido_levels=(16,), wado_levels=(8,),
-                 qido_n={16: 160}, wado_n={8: 8}, metadata_n=4, frame_n=10, render_n=2,
-                 thumb_n=2, ceiling=False)
+                 stow_levels=(1, 4), qido_levels=(1, 16), wado_levels=(1, 8),
+                 qido_n={1: 30, 16: 160}, wado_n={1: 4, 8: 8}, metadata_n=10, frame_n=30,
+                 render_n=16, thumb_n=8, ceiling=False)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     mi = machine_info()
     servers = []
     try:
         servers.append(OrthancProcess())
-        servers.append(PacsdProcess())
-        servers.append(PacsdProcess(extra=("--workers", args.workers)))
-        time.sleep(3)  # every worker listening
+        servers.append(PacsdProcess(workers="1"))
+        servers.append(PacsdProcess(workers=args.workers))
         names = ["orthanc", "pacsd-w1", f"pacsd-w{args.workers}"]
         targets = [Target(n, s.url, version=s.version) for n, s in zip(names, servers)]
         result = asyncio.run(Runner(cfg, targets, print).run())
@@ -48,9 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     path = report.save_json(result, "workers-ab")
     sums = {n: report.summarise(result["targets"][n]["rows"]) for n in names}
     print(f"\n{started}; {mi['nproc']} CPUs {mi['cpu']}, load at start "
-          + "/".join(f"{x:.2f}" for x in mi["loadavg_start"]) + f"; result {path}")
-    rows = [(k, "qps") for k in sums[names[1]] if k.startswith("qido_")]
-    rows += [(k, "mb_s") for k in sums[names[1]] if k.startswith("wado_study")]
+          + "/".join(f"{x:.2f}" for x in mi["loadavg_start"]) + ", at end "
+          + "/".join(f"{x:.2f}" for x in os.getloadavg()) + f"; result {path}")
+    print("(ratios are of the values: above 1 is better for inst_s, mb_s and qps, worse "
+          "for p50_ms)")
+    rows = [(k, _metric_of(k)) for k in sums[names[1]] if not k.startswith("load_")]
     print("\n| phase | " + " | ".join(names) + f" | w{args.workers}/w1 | w1/orthanc | "
           f"w{args.workers}/orthanc |")
     print("|---|" + "---|" * (len(names) + 3))
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def r(x, y):
             return f"{x / y:.2f}" if x and y else "-"
-        print(f"| {key} ({metric}) | " + " | ".join(f"{v:.1f}" if v else "-" for v in vals)
+        print(f"| {key} ({metric}) | " + " | ".join(
+            (f"{v:.2f}" if metric == "p50_ms" else f"{v:.1f}") if v else "-" for v in vals)
               + f" | {r(b, a)} | {r(a, o)} | {r(b, o)} |"
               + (f" not verified: {', '.join(bad)}" if bad else ""))
     return 0

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                         "replaces [storage] url/copies (R-A6)")
     s.add_argument("--workers", type=_workers, metavar="N",
                    help='HTTP worker processes: N, or "auto" = one per CPU; '
-                        "replaces [server] workers (default 1)")
+                        "replaces [server] workers (default auto)")
     s.add_argument("--log-level", default="INFO")
     v = sub.add_parser("verify", help="check every copy of every stored object (scrub)")
     v.add_argument("--config", help="TOML settings file (see conf/pacsd.example.toml)")

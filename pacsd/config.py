@@ -40,9 +40,9 @@ class ServerSettings:
     worker_threads: int = 16
     #: HTTP worker processes (R-H1; pacsd/server.py, docs/operations.md "Worker
     #: processes"): 1 = one process does everything; N > 1 = N processes accept HTTP on
-    #: the same port and the first also runs DIMSE and the background work; 0 = one per
-    #: CPU.
-    workers: int = 1
+    #: the same port and the first also runs DIMSE and the background work; 0 (the
+    #: default) = one per CPU this process may use (affinity and cgroup CPU quota).
+    workers: int = 0
     #: A study is "stable" after this many seconds without a new instance: the
     #: study_stable plugin hook fires (e-film by rule); 0 disables it.
     stable_age_s: float = 60.0

@@ -26,13 +26,17 @@ retention, the stable-study watcher: web/keys.py ``PRIMARY``); the others serve 
 only. A worker that dies is logged and started again (the primary as the primary). On
 SIGTERM/SIGINT the supervisor passes SIGTERM to every worker, each drains as above, and
 the supervisor exits 0 once all have exited 0. Failed logins, and the failures plugins'
-limiters count, are kept in memory shared by all workers (security.SharedFailureTable).
+limiters count, are kept in memory shared by all workers (security.SharedFailureTable);
+rendered images and thumbnails in files the workers share (services/cache.py
+SharedFileCache), so a client whose new connection lands on another worker does not wait
+for the same image to be rendered again.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -105,6 +109,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
+    if worker is not None:
+        # Rendered images are shared by the workers: a client's next connection may land
+        # on another worker (SO_REUSEPORT), which would otherwise render them again.
+        app[RETRIEVE].shared_render = shared_render_cache(settings)
     ssl_context = tls.server_context(settings)
     site: web.BaseSite
     if sock is not None:
@@ -149,10 +157,40 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
         log.info("pacsd stopped")
 
 
+def usable_cpus(cgroup: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask (taskset, cpusets), lowered to a
+    cgroup v2 CPU quota (``cpu.max``, e.g. a container's ``--cpus 2``) rounded up;
+    ``os.cpu_count()`` alone counts the host's CPUs."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    try:
+        with open(os.path.join(cgroup, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max" and int(period) > 0:
+            n = min(n, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def shared_render_cache(settings: Settings):
+    """The render cache's files shared by the workers (services/cache.py SharedFileCache),
+    or None with ``[encryption] enabled``: rendered pixels are not written to disk in
+    plaintext there, so each worker keeps its own in memory."""
+    if settings.encryption.enabled:
+        return None
+    from .services.cache import SharedFileCache
+    from .services.retrieve import SHARED_RENDER_CACHE_BYTES, SHARED_RENDER_CACHE_DIR
+    return SharedFileCache(settings.data_path / SHARED_RENDER_CACHE_DIR,
+                           SHARED_RENDER_CACHE_BYTES)
+
+
 def worker_count(settings: Settings) -> int:
-    """``[server] workers``: N, or 0 = one per CPU."""
+    """``[server] workers``: N, or 0 (the default, ``auto``) = one per usable CPU."""
     n = settings.server.workers
-    return n if n > 0 else (os.cpu_count() or 1)
+    return n if n > 0 else usable_cpus()
 
 
 def serve(settings: Settings) -> int:
@@ -231,6 +269,16 @@ class Supervisor:
             cap=max(SHARED_LIMIT_CAP, self.settings.security.login_rate_limit))
         self.stability_pipe = os.pipe()
         self.sock = self._open_port()
+        self._render_cache_dir(create=True)
+
+    def _render_cache_dir(self, *, create: bool) -> None:
+        """The workers' shared render cache (services/cache.py SharedFileCache): emptied
+        at start (a crash may have left one), removed at stop."""
+        from .services.retrieve import SHARED_RENDER_CACHE_DIR
+        path = self.settings.data_path / SHARED_RENDER_CACHE_DIR
+        shutil.rmtree(path, ignore_errors=True)
+        if create and shared_render_cache(self.settings) is not None:
+            path.mkdir(mode=0o700)
 
     # --- the workers --------------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -333,6 +381,7 @@ class Supervisor:
                 signal.signal(sig, signal.SIG_DFL)
             if self.sock is not None:
                 self.sock.close()
+            self._render_cache_dir(create=False)
         if fatal:
             return 2
         # -SIGTERM: stopped before it served anything (its handler comes with the site)

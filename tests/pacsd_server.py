@@ -33,7 +33,9 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", data_dir,
              "--http", f"127.0.0.1:{self.port}", "--dicom-port", str(self.dicom_port),
-             *extra],
+             # One process unless a test asks for workers (the default is one per CPU):
+             # tests signal, profile and count this pid (tests/e2e/test_workers.py).
+             *(() if "--workers" in extra else ("--workers", "1")), *extra],
             stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, **env} if env else None)
         deadline = time.monotonic() + 30

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
 from .archive import Archive
-from .cache import BytesLRU
+from .cache import BytesLRU, SharedFileCache
 
 #: Objects up to this size are read whole, verified, then sent (one read). Larger ones are
 #: streamed in chunks with the hash checked at the end (the connection is aborted on a
@@ -38,6 +38,10 @@ METADATA_CACHE_BYTES = 64 * 1024**2
 #: Rendered frames and thumbnails kept in memory, keyed by the instance's sha256 and the
 #: rendering parameters (a viewer asks for the same previews again when it scrolls back).
 RENDER_CACHE_BYTES = 32 * 1024**2
+#: Worker processes: the rendered images the workers share (files in
+#: ``<data_dir>/render-cache``, made empty at start and removed at stop; server.py).
+SHARED_RENDER_CACHE_BYTES = 128 * 1024**2
+SHARED_RENDER_CACHE_DIR = "render-cache"
 #: gzip level of cached metadata answers (compressed once per ETag, then served as is).
 METADATA_GZIP_LEVEL = 6
 
@@ -60,6 +64,9 @@ class RetrieveService:
         self.archive = archive
         self.metadata_cache = BytesLRU(METADATA_CACHE_BYTES)
         self.render_cache = BytesLRU(RENDER_CACHE_BYTES)
+        #: Worker processes (server.py): the render cache's second level, shared by the
+        #: server's workers (cache.SharedFileCache); None in a single process.
+        self.shared_render: SharedFileCache | None = None
 
     # --- which instances ----------------------------------------------------------------
     # Every lookup takes the actor (required) and is limited to its data scope
@@ -318,14 +325,33 @@ class RetrieveService:
         # The image depends only on the object's bytes (named by their sha256, verified
         # when it was rendered) and these parameters.
         key = ("rendered", row.sha256, frame, media_type, window, viewport, quality)
+
+        async def make() -> bytes:
+            data = await self.read_verified(row)
+            return await self.archive.run(
+                render, data, frame, media_type=media_type, window=window,
+                viewport=viewport, quality=quality,
+                max_pixels=self.archive.settings.dicomweb.render_max_pixels)
+        return await self._render_cached(key, make)
+
+    async def _render_cached(self, key: tuple, make: Callable[[], Awaitable[bytes]]
+                             ) -> bytes:
+        """A rendered image from the render cache: this process's memory, then (worker
+        processes) the file cache the workers share, else ``make()`` it and keep it in
+        both."""
         hit = self.render_cache.get(key)
         if hit is not None:
             return hit
-        data = await self.read_verified(row)
-        out = await self.archive.run(
-            render, data, frame, media_type=media_type, window=window, viewport=viewport,
-            quality=quality, max_pixels=self.archive.settings.dicomweb.render_max_pixels)
+        shared = self.shared_render
+        if shared is not None:
+            hit = await self.archive.run(shared.get, key)
+            if hit is not None:
+                self.render_cache.put(key, hit)
+                return hit
+        out = await make()
         self.render_cache.put(key, out)
+        if shared is not None:
+            await self.archive.run(shared.put, key, out)
         return out
 
     async def level_thumbnail(self, study: str, series: str | None, sop: str | None,
@@ -342,26 +368,19 @@ class RetrieveService:
             if token is None:
                 raise errors.NotFound("no such study, series or instance")
             key = ("level-thumbnail", study, series, token, size)
-            hit = self.render_cache.get(key)
-            if hit is not None:
-                return hit
-        rows = [r for r in await self.instances(study, series, sop, actor=actor)
-                if r.frames is not None]
-        if not rows:
-            raise errors.NotFound("nothing with pixel data to show")
-        out = await self.thumbnail(rows[len(rows) // 2], size)
-        if key is not None:
-            self.render_cache.put(key, out)
-        return out
+
+        async def make() -> bytes:
+            rows = [r for r in await self.instances(study, series, sop, actor=actor)
+                    if r.frames is not None]
+            if not rows:
+                raise errors.NotFound("nothing with pixel data to show")
+            return await self.thumbnail(rows[len(rows) // 2], size)
+        return await (make() if key is None else self._render_cached(key, make))
 
     async def thumbnail(self, row: InstanceRow, size: int = 128) -> bytes:
         if row.frames is None:
             raise errors.Unprocessable("the instance has no pixel data to render")
-        key = ("thumbnail", row.sha256, size)
-        hit = self.render_cache.get(key)
-        if hit is not None:
-            return hit
-        data = await self.read_verified(row)
-        out = await self.archive.run(thumbnail, data, size=size)
-        self.render_cache.put(key, out)
-        return out
+        async def make() -> bytes:
+            data = await self.read_verified(row)
+            return await self.archive.run(thumbnail, data, size=size)
+        return await self._render_cached(("thumbnail", row.sha256, size), make)

@@ -7,7 +7,9 @@ PostgreSQL; everything reads back byte for byte through QIDO and WADO-RS; the au
 both processes appended to verifies (``pacsd audit verify``). A killed worker is started
 again while the port keeps answering (FT-1 applied to one worker); SIGTERM lets an upload
 in flight finish and the supervisor exits 0; only the primary runs the DIMSE SCP; failed
-logins and a plugin's refused share-link openings are counted across workers (SEC-8).
+logins and a plugin's refused share-link openings are counted across workers (SEC-8);
+rendered images are shared by the workers in ``<data_dir>/render-cache``, which is gone
+once the server stopped.
 """
 from __future__ import annotations
 
@@ -261,6 +263,33 @@ def test_RH1_SEC8_plugin_rate_limit_counted_across_workers(tmp_path):
         srv.stop()
 
 
+def test_RH1_no_rendered_pixels_on_disk_with_encryption_at_rest(tmp_path):
+    from pacsd.config import load_settings
+    from pacsd.server import shared_render_cache
+
+    plain = shared_render_cache(load_settings(None, server__data_dir=str(tmp_path)))
+    assert plain is not None and plain.dir == tmp_path / "render-cache"
+    assert shared_render_cache(load_settings(None, server__data_dir=str(tmp_path),
+                                             encryption__enabled=True)) is None
+
+
+def test_RH1_auto_is_one_worker_per_usable_cpu(tmp_path):
+    from pacsd.config import load_settings
+    from pacsd.server import usable_cpus, worker_count
+
+    assert load_settings(None).server.workers == 0  # the default: auto
+    mine = len(os.sched_getaffinity(0))
+    assert usable_cpus(str(tmp_path)) == mine  # no cgroup file: the affinity mask
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(str(tmp_path)) == mine
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # a container's --cpus 1.5
+    assert usable_cpus(str(tmp_path)) == min(mine, 2)
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(str(tmp_path)) == 1
+    assert worker_count(load_settings(None, server__workers=3)) == 3
+    assert worker_count(load_settings(None)) == usable_cpus()
+
+
 def test_RH1_workers_setting_and_option(tmp_path):
     p = pacsd_cli("serve", "--data-dir", str(tmp_path), "--workers", "0")
     assert p.returncode == 2 and b"positive number" in p.stderr
@@ -301,3 +330,28 @@ def test_RH1_study_stable_fires_once_for_a_study_stored_through_two_workers(tmp_
         assert lines == [study, str(pids[0])]
     finally:
         srv.stop()
+
+
+def test_RH1_rendered_images_shared_by_workers_and_removed_at_stop(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shared = data_dir / "render-cache"
+    shared.mkdir()
+    (shared / "left-by-a-crash").write_bytes(b"x")
+    srv = Server(str(data_dir), "--workers", "2")
+    try:
+        worker_pids(srv)
+        study, series, sop, data = instances(1, 1)[0]
+        assert stow(srv.url, data) == 200
+        url = f"{srv.url}/dicom-web/studies/{study}/series/{series}/instances/{sop}/rendered"
+        # New connections: the kernel spreads them over both workers.
+        answers = {requests.get(url, headers={"Accept": "image/jpeg", "Connection": "close"},
+                                timeout=60).content for _ in range(8)}
+        assert len(answers) == 1 and next(iter(answers))[:2] == b"\xff\xd8"
+        assert not (shared / "left-by-a-crash").exists() and len(list(shared.iterdir())) == 1
+        # Rendered pixels: readable by the server's user only.
+        assert shared.stat().st_mode & 0o777 == 0o700
+        assert [f.stat().st_mode & 0o777 for f in shared.iterdir()] == [0o600]
+    finally:
+        srv.stop()
+    assert not shared.exists()

@@ -73,7 +73,8 @@ def test_MLPS5_cli_first_user_then_secured_server_on_all_interfaces(tmp_path):
     port = free_port()
     log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "pacsd.cli", "serve", *common,
-                             "--dicom-port", "0", "--http", f"0.0.0.0:{port}"],
+                             "--dicom-port", "0", "--http", f"0.0.0.0:{port}",
+                             "--workers", "1"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:

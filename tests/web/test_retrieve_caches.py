@@ -2,7 +2,8 @@
 answers kept under their ETag: byte-for-byte the array the per-instance join produced
 before the cache, with GB18030 / UTF-8 names and private tags (BI-28), gzip compressed
 once, and never stale after an ingest or a delete below the series. Rendered frames and
-thumbnails kept per object sha256 and parameters."""
+thumbnails kept per object sha256 and parameters, and (worker processes) in the files the
+workers share, checked by their hash on every read."""
 from __future__ import annotations
 
 import gzip
@@ -12,7 +13,7 @@ import pytest
 from dicomgen import make_dataset, to_part10
 
 from pacsd.model import BULK_BASE
-from pacsd.services.cache import BytesLRU
+from pacsd.services.cache import BytesLRU, SharedFileCache
 from pacsd.web.dicomweb.wado import accepts_gzip
 from pacsd.web.keys import ARCHIVE, RETRIEVE
 
@@ -207,3 +208,42 @@ async def test_rendered_and_thumbnail_kept_per_object_and_parameters(client, sto
     assert (await client.delete(f"/dicom-web/studies/{ds.StudyInstanceUID}")).status == 204
     assert (await client.get(f"{base}/rendered", headers=jpeg)).status == 404
     assert (await client.get(thumb, headers=jpeg)).status == 404
+
+
+async def test_RH1_shared_file_cache_checked_and_bounded(tmp_path):
+    c = SharedFileCache(tmp_path, 4000)
+    assert c.get(("rendered", "ab", 1)) is None and c.misses == 1
+    c.put(("rendered", "ab", 1), b"jpeg-1")
+    assert SharedFileCache(tmp_path, 4000).get(("rendered", "ab", 1)) == b"jpeg-1"
+    assert c.get(("rendered", "ab", 2)) is None
+    # A damaged file is a miss (and removed), never served.
+    (path,) = [f for f in tmp_path.iterdir()]
+    path.write_bytes(path.read_bytes()[:-1] + b"X")
+    assert c.get(("rendered", "ab", 1)) is None and not path.exists()
+    for i in range(40):
+        c.put(i, bytes([i]) * 300)
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) <= 4000
+    assert c.get(39) == bytes([39]) * 300 and c.get(0) is None
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no temp left
+
+
+async def test_RH1_rendered_and_thumbnail_shared_between_workers(client, stow, tmp_path):
+    """With worker processes a preview rendered by one is served to the others from the
+    shared files (server.py): emptying this process's memory cache, as another worker's
+    is, gives the same bytes without rendering again."""
+    retrieve = client.server.app[RETRIEVE]
+    retrieve.shared_render = shared = SharedFileCache(tmp_path / "render-cache", 2**20)
+    shared.dir.mkdir()
+    ds = make_dataset(rows=64, columns=48, WindowCenter=1000, WindowWidth=2000)
+    assert (await stow([to_part10(ds)])).status == 200
+    series = f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    jpeg = {"Accept": "image/jpeg"}
+    for url in (f"{series}/instances/{ds.SOPInstanceUID}/rendered", f"{series}/thumbnail"):
+        first = await (await client.get(url, headers=jpeg)).read()
+        retrieve.render_cache.clear()
+        hits = shared.hits
+        again = await client.get(url, headers=jpeg)
+        assert again.status == 200 and await again.read() == first
+        assert shared.hits == hits + 1
+    assert (await client.delete(f"/dicom-web/studies/{ds.StudyInstanceUID}")).status == 204
+    assert (await client.get(f"{series}/thumbnail", headers=jpeg)).status == 404

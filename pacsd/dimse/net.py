@@ -17,25 +17,27 @@
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
 * Outgoing associations (C-MOVE destinations) run pynetdicom's reactor with a shorter
   loop delay while they are busy sending.
-* :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations send
-  the stored Part 10 file's dataset bytes unchanged (R-A5). pynetdicom's Q/R service
-  insists on yielded ``Dataset`` objects and re-encodes them; an :class:`Outgoing` is a
-  stand-in Dataset (SOP Class/Instance UID only) that the association's ``send_c_store``
-  turns into a staged file sent with pynetdicom's own file-based path
-  (``_config.STORE_SEND_CHUNKED_DATASET``: the dataset bytes are streamed from the
-  file, never decoded).
+* :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
+  store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
+  pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
+  an :class:`Outgoing` is a stand-in Dataset (SOP Class/Instance UID only) that the
+  association's ``send_c_store`` turns into the object's bytes (:func:`load_instance`:
+  as stored or transcoded, in memory or, when large, a memory-mapped staging file),
+  sent as pre-framed P-DATA-TF PDUs (``pdata.py``: never decoded, one write per
+  instance instead of a primitive per PDU).
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import mmap
 import os
 import select
 import socket
 import ssl
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
@@ -43,6 +45,12 @@ from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
 
 from .. import errors
+from ..dicom import SUPPORTED_TRANSCODE_TARGETS
+from ..model import InstanceRow
+from ..services.retrieve import WHOLE_READ_LIMIT, RetrieveService
+from . import pdata
+from .bridge import Bridge
+from .contexts import AcceptorContext, choose_transfer_syntax
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,7 @@ PDU_FLOOR = 1024 * 1024
 #: Bytes read per recv() call.
 RECV_CHUNK = 256 * 1024
 #: pynetdicom's DUL loop delay on outgoing (C-MOVE) associations, instead of 1 ms.
-OUTGOING_LOOP_DELAY_S = 0.0002
+OUTGOING_LOOP_DELAY_S = pdata.BUSY_LOOP_DELAY_S
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -142,12 +150,13 @@ class Outgoing(Dataset):
     """A C-STORE sub-operation to perform: the stored instance, by reference.
 
     ``stage(accepted)`` receives the transfer syntaxes the peer accepted for this SOP
-    class and returns the path of a Part 10 file to send (it owns nothing afterwards:
-    the sender deletes the file). ``originator``: (AE title, Message ID) of a C-MOVE.
+    class and returns the Part 10 object to send: its bytes, or the path of a staging
+    file (large objects; the sender deletes it). ``originator``: (AE title, Message ID)
+    of a C-MOVE.
     """
 
     def __init__(self, sop_class_uid: str, sop_instance_uid: str,
-                 stage: Callable[[frozenset[str]], str],
+                 stage: Callable[[frozenset[str]], bytes | str],
                  originator: tuple[str, int] | None = None) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
@@ -162,6 +171,35 @@ def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
                      if cx.abstract_syntax == sop_class_uid and cx.as_scu)
 
 
+def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
+                  accepted: frozenset[str]) -> bytes | str:
+    """What an :class:`Outgoing` sends: the stored object (sha256-verified, FT-6) when
+    the peer accepted its transfer syntax, else a verified lossless transcode to one it
+    accepted; in memory, or in a staging file when it is larger than
+    ``WHOLE_READ_LIMIT`` as stored. NotAcceptable when no accepted syntax will do."""
+    ts = choose_transfer_syntax(row.transfer_syntax_uid, accepted, SUPPORTED_TRANSCODE_TARGETS)
+    if ts is None:
+        raise errors.NotAcceptable("the peer accepted no transfer syntax this instance "
+                                   "can be sent in")
+    wanted = "*" if ts == row.transfer_syntax_uid else ts
+    if wanted != "*" or row.size <= WHOLE_READ_LIMIT:
+        # One trip to the event loop: the object, or its transcode (one chunk each).
+        return bridge.call(_joined(retrieve.object_chunks(row, wanted)))
+    writer = retrieve.archive.store.new_staging_file()
+    try:
+        for chunk in bridge.iterate(retrieve.object_chunks(row, wanted)):
+            writer.write(chunk)
+        path, _, _ = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return path
+
+
+async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
 def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset: Any,
                   msg_id: int = 1, priority: int = 2, originator_aet: str | None = None,
                   originator_id: int | None = None) -> Dataset:
@@ -172,18 +210,23 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
         # PS3.7 9.3.1.1: the AE that asked for the C-MOVE (pynetdicom passes its own).
         originator_aet, originator_id = dataset._pacsd_originator
     try:
-        path = dataset._pacsd_stage(accepted_syntaxes(assoc, str(dataset.SOPClassUID)))
+        payload = dataset._pacsd_stage(accepted_syntaxes(assoc, str(dataset.SOPClassUID)))
     except errors.PacsdError:
         raise  # pynetdicom counts the sub-operation failed and logs the (PHI-free) reason
     except Exception as exc:  # noqa: BLE001 - keep third-party messages out of the log
         log.error("staging a C-STORE sub-operation failed: %s", type(exc).__name__)
         raise RuntimeError("processing failure") from None
+    if not isinstance(payload, str):
+        return pdata.send_c_store(assoc, payload, msg_id, priority, originator_aet,
+                                  originator_id)
     try:
-        return original(path, msg_id=msg_id, priority=priority,
-                        originator_aet=originator_aet, originator_id=originator_id)
+        with open(payload, "rb") as fh, mmap.mmap(fh.fileno(), 0,
+                                                   access=mmap.ACCESS_READ) as mapped:
+            return pdata.send_c_store(assoc, mapped, msg_id, priority, originator_aet,
+                                      originator_id)
     finally:
         try:
-            os.unlink(path)
+            os.unlink(payload)
         except FileNotFoundError:
             pass
 
@@ -229,7 +272,12 @@ def prefer_requestor_order(assoc: Association) -> None:
         ours = [str(ts) for ts in cx.transfer_syntax]
         ranked = [ts for ts in order if ts in ours] + [ts for ts in ours if ts not in order]
         ranked.sort(key=lambda ts: ts in LOSSY_TRANSFER_SYNTAXES)  # stable: lossy last
-        cx.transfer_syntax = ranked
+        if ranked == ours:
+            continue
+        if isinstance(cx, AcceptorContext):
+            cx.reorder(ranked)
+        else:
+            cx.transfer_syntax = ranked
 
 
 # --- the AE and the connection handler ---------------------------------------------------

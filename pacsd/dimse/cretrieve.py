@@ -35,7 +35,7 @@ from . import status as st
 from .context import ScpContext
 from .contexts import QR_MODELS, move_contexts
 from .identifier import query_level, uid_values
-from .net import Outgoing, load_instance
+from .net import Outgoing, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,12 @@ def _audit_read(event, ctx: ScpContext, actor, rows: list[InstanceRow], service:
 
 def _suboperations(event, ctx: ScpContext, rows: list[InstanceRow],
                    originator: tuple[str, int] | None) -> Iterator[tuple[int, Dataset | None]]:
-    for row in rows:
+    reader = ReadAhead(ctx.retrieve, ctx.bridge, rows)
+    for index, row in enumerate(rows):
         if event.is_cancelled:
             yield st.CANCEL, None
             return
-        stage = functools.partial(load_instance, ctx.retrieve, ctx.bridge, row)
+        stage = functools.partial(reader.stage, index)
         yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator)
 
 

@@ -28,6 +28,7 @@
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
 import mmap
@@ -172,16 +173,24 @@ def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
 
 
 def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
-                  accepted: frozenset[str]) -> bytes | str:
+                  accepted: frozenset[str],
+                  read: "concurrent.futures.Future[bytes] | None" = None) -> bytes | str:
     """What an :class:`Outgoing` sends: the stored object (sha256-verified, FT-6) when
     the peer accepted its transfer syntax, else a verified lossless transcode to one it
     accepted; in memory, or in a staging file when it is larger than
-    ``WHOLE_READ_LIMIT`` as stored. NotAcceptable when no accepted syntax will do."""
+    ``WHOLE_READ_LIMIT`` as stored. NotAcceptable when no accepted syntax will do.
+    ``read``: the object's ``read_verified``, already started (:class:`ReadAhead`)."""
     ts = choose_transfer_syntax(row.transfer_syntax_uid, accepted, SUPPORTED_TRANSCODE_TARGETS)
     if ts is None:
+        if read is not None:
+            read.cancel()
         raise errors.NotAcceptable("the peer accepted no transfer syntax this instance "
                                    "can be sent in")
     wanted = "*" if ts == row.transfer_syntax_uid else ts
+    if read is not None:
+        if wanted == "*":
+            return read.result()
+        read.cancel()
     if wanted != "*" or row.size <= WHOLE_READ_LIMIT:
         # One trip to the event loop: the object, or its transcode (one chunk each).
         return bridge.call(_joined(retrieve.object_chunks(row, wanted)))
@@ -194,6 +203,32 @@ def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
         writer.abort()
         raise
     return path
+
+
+class ReadAhead:
+    """Stages the instances of one retrieve in order, reading the next one (as stored,
+    sha256-verified, on the worker pool) while the current one is being sent: the read
+    and hash overlap the network round trip. At most two objects are in memory; a read
+    ahead that turns out unneeded (transcode, no context) is cancelled or dropped."""
+
+    def __init__(self, retrieve: RetrieveService, bridge: Bridge,
+                 rows: list[InstanceRow]) -> None:
+        self.retrieve, self.bridge, self.rows = retrieve, bridge, rows
+        self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None
+
+    def stage(self, index: int, accepted: frozenset[str]) -> bytes | str:
+        read = None
+        if self._ahead is not None:
+            ahead_index, future = self._ahead
+            if ahead_index == index:
+                read = future
+            else:
+                future.cancel()
+        self._ahead = None
+        nxt = index + 1
+        if nxt < len(self.rows) and self.rows[nxt].size <= WHOLE_READ_LIMIT:
+            self._ahead = (nxt, self.bridge.submit(self.retrieve.read_verified(self.rows[nxt])))
+        return load_instance(self.retrieve, self.bridge, self.rows[index], accepted, read)
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:

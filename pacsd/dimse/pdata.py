@@ -39,6 +39,8 @@ WRITE_BYTES = 4 * 1024 * 1024
 IN_FLIGHT = 2
 #: pynetdicom's DUL loop delay while a pre-framed C-STORE is in flight (default 1 ms).
 BUSY_LOOP_DELAY_S = 0.0002
+#: Longest wait for a requestor's reactor to leave its pause after a C-STORE.
+RESUME_WAIT_S = 1.0
 #: Fragment size for a peer with no maximum PDU length (0): any size is allowed.
 UNLIMITED_FRAGMENT = WRITE_BYTES
 #: PDU header (type, reserved, length) + PDV item header (length, context ID, control).
@@ -245,6 +247,8 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
     finally:
         dul._run_loop_delay = delay
         assoc._reactor_checkpoint.set()
+        if assoc.is_requestor:
+            _wait_resumed(assoc)
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
@@ -255,3 +259,18 @@ def _wait_written(dul: Any, sent: threading.Event) -> None:
     while not sent.wait(0.5):
         if not dul.is_alive():
             raise RuntimeError("the association was lost while sending")
+
+
+def _wait_resumed(assoc: Any) -> None:
+    """Return once the association's reactor thread has left its pause.
+
+    pynetdicom's pause is a flag the reactor sets before it blocks on the checkpoint.
+    Right after ``set()`` that flag still reads "paused" until the reactor thread runs,
+    so a C-STORE started at once (the next sub-operation of a C-MOVE, read ahead) would
+    take the stale flag for a pause, and the resuming reactor would take that C-STORE's
+    response off the queue (seen as sub-operations failing after the DIMSE timeout).
+    Only a requestor's reactor is another thread; an acceptor's calls this from within
+    its reactor (C-GET)."""
+    deadline = time.monotonic() + RESUME_WAIT_S
+    while assoc._is_paused and not assoc._kill and time.monotonic() < deadline:
+        time.sleep(0.00005)

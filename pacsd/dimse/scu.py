@@ -3,8 +3,8 @@
 One association per forwarding job (per study): the presentation contexts proposed are
 the C-MOVE ones (``contexts.move_contexts``: each SOP class with its stored transfer
 syntax, plus uncompressed fallbacks). Each instance is read through the one retrieve path
-(``RetrieveService.object_chunks``, sha256-checked) into a staging file and sent with the
-same bit-exact path as C-MOVE sub-operations (``net.Outgoing``: the data set bytes as
+(``RetrieveService.object_chunks``, sha256-checked; the next one read ahead) and sent
+with the same bit-exact path as C-MOVE sub-operations (``net.Outgoing``: the data set bytes as
 stored when the peer accepted that transfer syntax, otherwise a verified lossless
 transcode). TCP_NODELAY on the socket (``net.PacsdAE``).
 
@@ -31,7 +31,7 @@ from ..services.forward import SendError
 from ..services.retrieve import RetrieveService
 from .bridge import Bridge
 from .contexts import move_contexts
-from .net import Outgoing, PacsdAE, Policy, accepted_syntaxes, load_instance  # noqa: F401
+from .net import Outgoing, PacsdAE, Policy, ReadAhead, accepted_syntaxes  # noqa: F401
 from .server import configure_pynetdicom
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,9 @@ class CStoreSender:
             raise SendError("association failed (destination down or unreachable)")
         confirmed: list[InstanceRow] = []
         try:
-            for row in rows:
-                stage = functools.partial(load_instance, retrieve, bridge, row)
+            reader = ReadAhead(retrieve, bridge, rows)
+            for index, row in enumerate(rows):
+                stage = functools.partial(reader.stage, index)
                 try:
                     status = assoc.send_c_store(
                         Outgoing(row.sop_class_uid, row.sop_instance_uid, stage))

@@ -15,7 +15,8 @@ DT-1, Sta6 -> Sta6), queued on the DUL's provider queue behind anything already 
 only the DUL thread writes to the socket; the per-DUL ``_send`` that :func:`install`
 sets writes its buffer with one ``sendall`` instead of encoding a PDU object (any other PDU
 goes to pynetdicom's own ``_send``). The response is read by pynetdicom as before
-(``dimse.get_msg``), with the reactor paused exactly as ``Association.send_c_store`` does.
+(``dimse.get_msg``); instead of pausing the reactor (``Association.send_c_store``), the
+reactor is kept off the message queue meanwhile (:func:`guard`).
 Not triggered for these PDUs: EVT_DIMSE_SENT, EVT_PDU_SENT, EVT_DATA_SENT (pacsd binds no
 handler to them; their pynetdicom log handlers are off, ``server.configure_pynetdicom``).
 """
@@ -39,8 +40,6 @@ WRITE_BYTES = 4 * 1024 * 1024
 IN_FLIGHT = 2
 #: pynetdicom's DUL loop delay while a pre-framed C-STORE is in flight (default 1 ms).
 BUSY_LOOP_DELAY_S = 0.0002
-#: Longest wait for a requestor's reactor to leave its pause after a C-STORE.
-RESUME_WAIT_S = 1.0
 #: Fragment size for a peer with no maximum PDU length (0): any size is allowed.
 UNLIMITED_FRAGMENT = WRITE_BYTES
 #: PDU header (type, reserved, length) + PDV item header (length, context ID, control).
@@ -177,6 +176,35 @@ class FramedPData(P_DATA):
         self.presentation_data_value_list.append((context_id, mark))
 
 
+def guard(assoc: Any) -> None:
+    """Keep this association's reactor off the DIMSE message queue while a pre-framed
+    C-STORE waits for its response.
+
+    pynetdicom's ``send_c_store`` pauses the reactor for that: it clears a checkpoint
+    and waits for a "paused" flag the reactor sets before blocking on it. On a
+    requestor (C-MOVE destination, forwarding) that costs up to the reactor's 1 ms
+    sleep per C-STORE, and right after the previous C-STORE resumed it the flag still
+    reads "paused" until the reactor thread runs: a C-STORE started at once (the next
+    sub-operation, read ahead) was answered while the resuming reactor took the
+    response off the queue (sub-operations failing after the DIMSE timeout; main shows
+    it now and then). Instead the reactor keeps running (release, abort and timeout
+    checks as usual) and its non-blocking ``get_msg`` sees nothing while
+    ``_pacsd_sending`` is set; the sender's blocking ``get_msg`` is pynetdicom's own.
+    On an acceptor (C-GET) the caller is the reactor thread itself."""
+    dimse = assoc.dimse
+    if getattr(dimse, "_pacsd_guarded", False):
+        return
+    original = dimse.get_msg
+
+    def get_msg(block: bool = False) -> Any:
+        if not block and getattr(assoc, "_pacsd_sending", False):
+            return None, None
+        return original(block)
+
+    dimse.get_msg = get_msg
+    dimse._pacsd_guarded = True
+
+
 def install(dul: Any) -> None:
     """Let this DUL write :class:`FramedPData` buffers as they are (module docstring)."""
     if getattr(dul, "_pacsd_framed", False):
@@ -213,8 +241,8 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
                  originator_aet: str | None = None, originator_id: int | None = None
                  ) -> Dataset:
     """``Association.send_c_store`` for a Part 10 object in memory, pre-framed: the same
-    context choice (the stored transfer syntax, no conversion), reactor pause, response
-    handling and return value (the status Dataset; empty when no response came)."""
+    context choice (the stored transfer syntax, no conversion), response handling and
+    return value (the status Dataset; empty when no response came)."""
     if not assoc.is_established:
         raise RuntimeError("The association with a peer SCP must be established before "
                            "sending a C-STORE request")
@@ -227,14 +255,12 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
     install(dul)
     buffers = frame(cid, command, memoryview(part10)[offset:],
                     int(assoc.dimse.maximum_pdu_size or 0))
-    # Pause the reactor as pynetdicom's send_c_store does, so the response is ours.
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
+    guard(assoc)
     # The DUL polls its queues and socket, sleeping between empty loops: while this
     # sub-operation is in flight it picks up the buffers and the response sooner.
     delay = dul._run_loop_delay
     dul._run_loop_delay = min(delay, BUSY_LOOP_DELAY_S)
+    assoc._pacsd_sending = True  # the reactor cannot take the response (guard)
     try:
         in_flight: deque[threading.Event] = deque()
         for buf in buffers:
@@ -245,10 +271,8 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
             in_flight.append(primitive.sent)
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
+        assoc._pacsd_sending = False
         dul._run_loop_delay = delay
-        assoc._reactor_checkpoint.set()
-        if assoc.is_requestor:
-            _wait_resumed(assoc)
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()
@@ -259,18 +283,3 @@ def _wait_written(dul: Any, sent: threading.Event) -> None:
     while not sent.wait(0.5):
         if not dul.is_alive():
             raise RuntimeError("the association was lost while sending")
-
-
-def _wait_resumed(assoc: Any) -> None:
-    """Return once the association's reactor thread has left its pause.
-
-    pynetdicom's pause is a flag the reactor sets before it blocks on the checkpoint.
-    Right after ``set()`` that flag still reads "paused" until the reactor thread runs,
-    so a C-STORE started at once (the next sub-operation of a C-MOVE, read ahead) would
-    take the stale flag for a pause, and the resuming reactor would take that C-STORE's
-    response off the queue (seen as sub-operations failing after the DIMSE timeout).
-    Only a requestor's reactor is another thread; an acceptor's calls this from within
-    its reactor (C-GET)."""
-    deadline = time.monotonic() + RESUME_WAIT_S
-    while assoc._is_paused and not assoc._kill and time.monotonic() < deadline:
-        time.sleep(0.00005)

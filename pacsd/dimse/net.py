@@ -271,6 +271,7 @@ def prepare_association(assoc: Association, policy: Policy | None) -> None:
     original = assoc.send_c_store
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
+    pdata.install_responses(assoc)  # C-STORE / C-GET / C-MOVE responses pre-encoded
     if policy is not None:
         guard_socket(assoc, policy)
 

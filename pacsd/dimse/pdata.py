@@ -283,3 +283,67 @@ def _wait_written(dul: Any, sent: threading.Event) -> None:
     while not sent.wait(0.5):
         if not dul.is_alive():
             raise RuntimeError("the association was lost while sending")
+
+
+# --- responses -------------------------------------------------------------------------------
+
+_RSP_FIELDS = {"C_STORE": 0x8001, "C_GET": 0x8010, "C_MOVE": 0x8021}
+_COUNTS = ((0x00001020, "NumberOfRemainingSuboperations"),
+           (0x00001021, "NumberOfCompletedSuboperations"),
+           (0x00001022, "NumberOfFailedSuboperations"),
+           (0x00001023, "NumberOfWarningSuboperations"))
+
+
+def response_command(primitive: Any) -> bytes | None:
+    """The command set of a C-STORE-RSP, or of a C-GET-RSP / C-MOVE-RSP without an
+    identifier, with no Offending Element or Error Comment — the responses sent once per
+    instance — encoded as pynetdicom's ``primitive_to_message`` + ``encode`` would;
+    ``None`` for anything else (pynetdicom encodes it)."""
+    field = _RSP_FIELDS.get(type(primitive).__name__)
+    if (field is None or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status is None
+            or getattr(primitive, "ErrorComment", None) is not None
+            or getattr(primitive, "OffendingElement", None) is not None
+            or getattr(primitive, "Identifier", None) is not None):
+        return None
+    us = struct.Struct("<H").pack
+    body = []
+    if primitive.AffectedSOPClassUID is not None:
+        body.append(_element(0x00000002, _ui(str(primitive.AffectedSOPClassUID))))
+    body += [_element(0x00000100, us(field)),
+             _element(0x00000120, us(int(primitive.MessageIDBeingRespondedTo))),
+             _element(0x00000800, us(0x0101)),
+             _element(0x00000900, us(int(primitive.Status)))]
+    if field == 0x8001:
+        if primitive.AffectedSOPInstanceUID is not None:
+            body.append(_element(0x00001000, _ui(str(primitive.AffectedSOPInstanceUID))))
+    else:
+        for tag, keyword in _COUNTS:
+            value = getattr(primitive, keyword)
+            if value is not None:
+                body.append(_element(tag, us(int(value))))
+    rest = b"".join(body)
+    return _element(0x00000000, struct.pack("<L", len(rest))) + rest
+
+
+def install_responses(assoc: Any) -> None:
+    """Send the per-instance responses of :func:`response_command` pre-framed (one
+    FramedPData through the DUL's queue, in order with everything else); any other
+    message through pynetdicom's ``send_msg``."""
+    dimse = assoc.dimse
+    if getattr(dimse, "_pacsd_responses", False):
+        return
+    original = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        command = response_command(primitive)
+        if command is None:
+            original(primitive, context_id)
+            return
+        dul = assoc.dul
+        install(dul)
+        for buf in frame(context_id, command, b"", int(dimse.maximum_pdu_size or 0)):
+            dul.send_pdu(FramedPData(buf, context_id))
+
+    dimse.send_msg = send_msg
+    dimse._pacsd_responses = True

@@ -215,3 +215,36 @@ def test_split_part10(tmp_path):
     for bad in (b"", raw[:100], b"\0" * 128 + b"DICM\x02\x00\x10\x00UI\xff\x00"):
         with pytest.raises(pdata.Part10Error):
             pdata.stored_syntax(bad)
+
+
+@pytest.mark.parametrize("kind,status,extra", [
+    ("C_STORE", 0x0000, {}), ("C_STORE", 0xB007, {"AffectedSOPClassUID": None}),
+    ("C_STORE", 0xA900, {"ErrorComment": "mismatch"}),
+    ("C_GET", 0xFF00, {}), ("C_GET", 0xB000, {"NumberOfRemainingSuboperations": None}),
+    ("C_MOVE", 0xFF00, {}), ("C_MOVE", 0x0000, {"NumberOfWarningSuboperations": 2}),
+])
+def test_response_command_matches_pynetdicom(kind, status, extra):
+    """Per-instance responses are encoded as pynetdicom encodes them; one with an Error
+    Comment is left to pynetdicom."""
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    from pacsd.dimse import pdata
+    p = getattr(dimse_primitives, kind)()
+    p.MessageIDBeingRespondedTo = 77
+    p.Status = status
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    if kind == "C_STORE":
+        p.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    else:
+        (p.NumberOfRemainingSuboperations, p.NumberOfCompletedSuboperations,
+         p.NumberOfFailedSuboperations, p.NumberOfWarningSuboperations) = (3, 10, 1, 0)
+    for keyword, value in extra.items():
+        setattr(p, keyword, value)
+    msg = getattr(dimse_messages, kind + "_RSP")()
+    msg.primitive_to_message(p)
+    got = pdata.response_command(p)
+    if "ErrorComment" in extra:
+        assert got is None
+    else:
+        assert got == encode(msg.command_set, True, True)

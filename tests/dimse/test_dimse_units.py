@@ -248,3 +248,27 @@ def test_response_command_matches_pynetdicom(kind, status, extra):
         assert got is None
     else:
         assert got == encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("sop_class,sop_instance,ts,calling", [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1", "STORESCU"),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.33", "1.2.840.10008.1.2", "A"),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.33", "1.2.840.10008.1.2.4.50", ""),
+])
+def test_file_meta_bytes_match_pydicom(sop_class, sop_instance, ts, calling):
+    """The C-STORE SCP's hand-built File Meta Information equals pydicom's encoding of
+    pynetdicom's event.file_meta; odd values are left to pydicom."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    from pacsd.dimse.cstore import file_meta_bytes
+    meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                            transfer_syntax=ts)
+    if calling:
+        meta.SourceApplicationEntityTitle = calling
+    buf = DicomBytesIO()
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    assert file_meta_bytes(sop_class, sop_instance, ts, calling) == buf.getvalue()
+    assert file_meta_bytes(sop_class + "x", sop_instance, ts, calling) is None
+    assert file_meta_bytes(sop_class, "1." * 40, ts, calling) is None

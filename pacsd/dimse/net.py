@@ -15,8 +15,8 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* Outgoing associations (C-MOVE destinations) run pynetdicom's reactor with a shorter
-  loop delay while they are busy sending.
+* Every association's DUL polls with a shorter loop delay while PDUs are flowing
+  (:class:`BusyAwareDUL`), pynetdicom's 1 ms when idle.
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
   store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
   pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
@@ -43,6 +43,7 @@ from typing import Any, AsyncIterator, Callable
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
 
 from .. import errors
@@ -60,8 +61,10 @@ log = logging.getLogger(__name__)
 PDU_FLOOR = 1024 * 1024
 #: Bytes read per recv() call.
 RECV_CHUNK = 256 * 1024
-#: pynetdicom's DUL loop delay on outgoing (C-MOVE) associations, instead of 1 ms.
-OUTGOING_LOOP_DELAY_S = pdata.BUSY_LOOP_DELAY_S
+#: pynetdicom's DUL sleeps this long between loops that found nothing to do while PDUs
+#: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
+BUSY_LOOP_DELAY_S = 0.0002
+BUSY_WINDOW_S = 0.05
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -266,8 +269,41 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
             pass
 
 
+class BusyAwareDUL(DULServiceProvider):
+    """pynetdicom's DUL provider with a loop delay that follows the traffic.
+
+    The DUL thread polls its queues and the socket and sleeps ``_run_loop_delay`` (1 ms)
+    after every loop that found nothing, so each response pacsd queues and each PDU a
+    peer sends next can wait up to that long: with one synchronous C-STORE per
+    instance that is a good part of the time per small instance. While PDUs arrived
+    within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom restarts on each)
+    the delay is :data:`BUSY_LOOP_DELAY_S`; an idle association is back at the set
+    delay (1 ms) and costs no more CPU than before. Only this attribute differs; the
+    reactor loop is pynetdicom's."""
+
+    @property  # type: ignore[override]
+    def _run_loop_delay(self) -> float:
+        started = self._idle_timer._start_time
+        if started is not None and time.time() - started < BUSY_WINDOW_S:
+            return BUSY_LOOP_DELAY_S
+        return self._pacsd_idle_delay
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        self._pacsd_idle_delay = value
+
+
+def busy_aware(dul: DULServiceProvider) -> None:
+    if type(dul) is DULServiceProvider:
+        idle = dul.__dict__.pop("_run_loop_delay", 0.001)
+        dul.__class__ = BusyAwareDUL
+        dul._run_loop_delay = idle
+
+
 def prepare_association(assoc: Association, policy: Policy | None) -> None:
-    """Install the bit-exact send path and, when a policy is given, the PDU guard."""
+    """Install the bit-exact send path, the busy-aware DUL loop delay and, when a policy
+    is given, the PDU guard."""
+    busy_aware(assoc.dul)
     original = assoc.send_c_store
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
@@ -327,7 +363,6 @@ class PacsdAE(AE):
         assoc = super().associate(*args, **kwargs)
         if assoc.is_established:
             set_nodelay(getattr(assoc.dul.socket, "socket", None))
-            assoc.dul._run_loop_delay = OUTGOING_LOOP_DELAY_S  # busy while it lives
         prepare_association(assoc, self.policy)  # a destination is a peer like any other
         return assoc
 

@@ -38,8 +38,6 @@ WRITE_BYTES = 4 * 1024 * 1024
 #: Buffers queued to the DUL thread and not yet written, at most (memory bound for
 #: large objects: about this many times WRITE_BYTES).
 IN_FLIGHT = 2
-#: pynetdicom's DUL loop delay while a pre-framed C-STORE is in flight (default 1 ms).
-BUSY_LOOP_DELAY_S = 0.0002
 #: Fragment size for a peer with no maximum PDU length (0): any size is allowed.
 UNLIMITED_FRAGMENT = WRITE_BYTES
 #: PDU header (type, reserved, length) + PDV item header (length, context ID, control).
@@ -256,10 +254,6 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
     buffers = frame(cid, command, memoryview(part10)[offset:],
                     int(assoc.dimse.maximum_pdu_size or 0))
     guard(assoc)
-    # The DUL polls its queues and socket, sleeping between empty loops: while this
-    # sub-operation is in flight it picks up the buffers and the response sooner.
-    delay = dul._run_loop_delay
-    dul._run_loop_delay = min(delay, BUSY_LOOP_DELAY_S)
     assoc._pacsd_sending = True  # the reactor cannot take the response (guard)
     try:
         in_flight: deque[threading.Event] = deque()
@@ -272,7 +266,6 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._pacsd_sending = False
-        dul._run_loop_delay = delay
     if rsp is None:
         assoc._handle_no_response()
         return Dataset()

@@ -345,3 +345,23 @@ def test_move_to_pynetdicom_peer_bit_exact(tmp_path, study, pacs, max_pdu):
     finally:
         srv.stop()
         scp.shutdown()
+
+
+def test_getscu_small_pdu_bit_preserving(pacs, study, tmp_path):
+    """DCMTK getscu with a 4096-byte maximum PDU, writing what arrives (+B): the
+    instance sent as stored is byte-identical to pacsd's copy; the transcoded ones
+    decode to the same pixels."""
+    out = tmp_path / "get"
+    out.mkdir()
+    ct = study["CT_small.dcm"][1]
+    p = run(dcmtk("getscu"), "-aec", "PACSD", "-S", "+B", "-pdu", "4096", "-od", str(out),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ct.StudyInstanceUID}",
+            "127.0.0.1", str(pacs.dicom_port))
+    assert p.returncode == 0, p.stderr
+    stored = _stored_data_sets(pacs, study)
+    for name, (_, original) in study.items():
+        got = stored_file(out, original.SOPInstanceUID).read_bytes()
+        if name == "CT_small.dcm":
+            assert dataset_part(got)[1] == stored[original.SOPInstanceUID]
+        else:
+            assert np.array_equal(pixels(pydicom.dcmread(io.BytesIO(got))), pixels(original))

@@ -170,9 +170,15 @@ class Outgoing(Dataset):
 
 
 def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
-    """Transfer syntaxes of contexts on which this side may send ``sop_class_uid``."""
-    return frozenset(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-                     if cx.abstract_syntax == sop_class_uid and cx.as_scu)
+    """Transfer syntaxes of contexts on which this side may send ``sop_class_uid``
+    (cached per association: the accepted contexts are fixed once negotiated)."""
+    cache = assoc.__dict__.setdefault("_pacsd_accepted", {})
+    found = cache.get(sop_class_uid)
+    if found is None:
+        found = cache[sop_class_uid] = frozenset(
+            str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == sop_class_uid and cx.as_scu)
+    return found
 
 
 def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,

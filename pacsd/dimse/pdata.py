@@ -245,7 +245,11 @@ def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: 
         raise RuntimeError("The association with a peer SCP must be established before "
                            "sending a C-STORE request")
     sop_class, sop_instance, ts, offset = stored_syntax(part10)
-    context = assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
+    contexts = assoc.__dict__.setdefault("_pacsd_contexts", {})  # fixed once negotiated
+    context = contexts.get((sop_class, ts))
+    if context is None:
+        context = assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
+        contexts[(sop_class, ts)] = context
     command = c_store_rq(msg_id, sop_class, sop_instance, priority, originator_aet,
                          originator_id)
     cid = int(context.context_id)

@@ -290,7 +290,7 @@ class BusyAwareDUL(DULServiceProvider):
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         started = self._idle_timer._start_time
-        if started is not None and time.time() - started < BUSY_WINDOW_S:
+        if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
             return BUSY_LOOP_DELAY_S
         return self._pacsd_idle_delay
 

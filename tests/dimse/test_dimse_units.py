@@ -272,3 +272,28 @@ def test_file_meta_bytes_match_pydicom(sop_class, sop_instance, ts, calling):
     assert file_meta_bytes(sop_class, sop_instance, ts, calling) == buf.getvalue()
     assert file_meta_bytes(sop_class + "x", sop_instance, ts, calling) is None
     assert file_meta_bytes(sop_class, "1." * 40, ts, calling) is None
+
+
+def test_busy_aware_dul_delay():
+    """The DUL's loop delay is short while PDUs arrived recently, the set delay otherwise
+    (and after a clock step backwards)."""
+    import time as _time
+
+    from pynetdicom.dul import DULServiceProvider
+
+    from pacsd.dimse.net import BUSY_LOOP_DELAY_S, BusyAwareDUL, busy_aware
+
+    class _Assoc:
+        pass
+    dul = DULServiceProvider(_Assoc())
+    busy_aware(dul)
+    assert isinstance(dul, BusyAwareDUL)
+    assert dul._run_loop_delay == 0.001  # timer not started: idle
+    dul._idle_timer.start()
+    assert dul._run_loop_delay == BUSY_LOOP_DELAY_S
+    dul._idle_timer._start_time = _time.time() - 1
+    assert dul._run_loop_delay == 0.001
+    dul._run_loop_delay = 0.002
+    assert dul._run_loop_delay == 0.002
+    dul._idle_timer._start_time = _time.time() + 60
+    assert dul._run_loop_delay == 0.002

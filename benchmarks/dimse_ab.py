@@ -37,7 +37,9 @@ def start_pacsd(tree: str | None, peers: dict[str, int]) -> servers.PacsdProcess
     if tree:
         servers.REPO = Path(tree).resolve()
     try:
-        return servers.PacsdProcess(dicom=True, peers=peers)
+        # One process: DIMSE runs in the primary worker only, and /proc/PID/stat of a
+        # supervisor would not count its workers' CPU.
+        return servers.PacsdProcess(dicom=True, peers=peers, workers="1")
     finally:
         servers.REPO = old
 

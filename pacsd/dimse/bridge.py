@@ -18,6 +18,7 @@ associations) before it cleans up the web application and closes the archive.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from typing import Any, AsyncIterator, Awaitable, Coroutine, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -36,6 +37,10 @@ class Bridge:
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop; block this thread until it finishes; re-raise."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> "concurrent.futures.Future[T]":
+        """Start ``coro`` on the loop without waiting (e.g. reading ahead)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator one item at a time (e.g. object chunks)."""

@@ -7,8 +7,9 @@ missing, then ``RetrieveService.instances`` lists the instances — the same ind
 WADO-RS serves. Unknown UIDs simply match nothing.
 
 Sending: each instance is one C-STORE sub-operation. The object is read through
-``RetrieveService.object_chunks`` (sha256-verified, FT-6/FT-8) into a staging file and
-its data set bytes are sent unchanged when the peer accepted the stored transfer syntax;
+``RetrieveService.object_chunks`` (sha256-verified, FT-6/FT-8; ``net.load_instance``) and
+its data set bytes are sent unchanged, as pre-framed PDUs (``pdata.py``), when the peer
+accepted the stored transfer syntax;
 otherwise it is transcoded losslessly (``pacsd.dicom.transcode``, pixels verified) to a
 transfer syntax the peer accepted, and when that is impossible the sub-operation fails
 (counted; the instance is listed in Failed SOP Instance UID List). pynetdicom keeps the
@@ -27,14 +28,14 @@ from typing import Any, Iterator
 from pydicom.dataset import Dataset
 
 from .. import errors
-from ..dicom import SUPPORTED_TRANSCODE_TARGETS, is_valid_uid
+from ..dicom import is_valid_uid
 from ..model import InstanceRow
 from ..services.audit import store_location
 from . import status as st
 from .context import ScpContext
-from .contexts import QR_MODELS, choose_transfer_syntax, move_contexts
+from .contexts import QR_MODELS, move_contexts
 from .identifier import query_level, uid_values
-from .net import Outgoing
+from .net import Outgoing, ReadAhead
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,13 @@ def _audit_read(event, ctx: ScpContext, actor, rows: list[InstanceRow], service:
 
 def _suboperations(event, ctx: ScpContext, rows: list[InstanceRow],
                    originator: tuple[str, int] | None) -> Iterator[tuple[int, Dataset | None]]:
-    for row in rows:
+    reader = ReadAhead(ctx.retrieve, ctx.bridge, rows)
+    for index, row in enumerate(rows):
         if event.is_cancelled:
             yield st.CANCEL, None
             return
-        stage = functools.partial(_stage, ctx, row)
+        stage = functools.partial(reader.stage, index)
         yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator)
-
-
-def _stage(ctx: ScpContext, row: InstanceRow, accepted: frozenset[str]) -> str:
-    """Write the instance, as stored or transcoded to an accepted transfer syntax, to a
-    staging file; return its path (the sender deletes it)."""
-    ts = choose_transfer_syntax(row.transfer_syntax_uid, accepted, SUPPORTED_TRANSCODE_TARGETS)
-    if ts is None:
-        raise errors.NotAcceptable("the peer accepted no transfer syntax this instance "
-                                   "can be sent in")
-    wanted = "*" if ts == row.transfer_syntax_uid else ts
-    writer = ctx.retrieve.archive.store.new_staging_file()
-    try:
-        for chunk in ctx.bridge.iterate(ctx.retrieve.object_chunks(row, wanted)):
-            writer.write(chunk)
-        path, _, _ = writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-    return path
 
 
 # --- matching ---------------------------------------------------------------------------

@@ -15,34 +15,44 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* Outgoing associations (C-MOVE destinations) run pynetdicom's reactor with a shorter
-  loop delay while they are busy sending.
-* :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations send
-  the stored Part 10 file's dataset bytes unchanged (R-A5). pynetdicom's Q/R service
-  insists on yielded ``Dataset`` objects and re-encodes them; an :class:`Outgoing` is a
-  stand-in Dataset (SOP Class/Instance UID only) that the association's ``send_c_store``
-  turns into a staged file sent with pynetdicom's own file-based path
-  (``_config.STORE_SEND_CHUNKED_DATASET``: the dataset bytes are streamed from the
-  file, never decoded).
+* Every association's DUL polls with a shorter loop delay while PDUs are flowing
+  (:class:`BusyAwareDUL`), pynetdicom's 1 ms when idle.
+* :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
+  store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
+  pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
+  an :class:`Outgoing` is a stand-in Dataset (SOP Class/Instance UID only) that the
+  association's ``send_c_store`` turns into the object's bytes (:func:`load_instance`:
+  as stored or transcoded, in memory or, when large, a memory-mapped staging file),
+  sent as pre-framed P-DATA-TF PDUs (``pdata.py``: never decoded, one write per
+  instance instead of a primitive per PDU).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
+import mmap
 import os
 import select
 import socket
 import ssl
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
 
 from .. import errors
+from ..dicom import SUPPORTED_TRANSCODE_TARGETS
+from ..model import InstanceRow
+from ..services.retrieve import WHOLE_READ_LIMIT, RetrieveService
+from . import pdata
+from .bridge import Bridge
+from .contexts import AcceptorContext, choose_transfer_syntax
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +61,10 @@ log = logging.getLogger(__name__)
 PDU_FLOOR = 1024 * 1024
 #: Bytes read per recv() call.
 RECV_CHUNK = 256 * 1024
-#: pynetdicom's DUL loop delay on outgoing (C-MOVE) associations, instead of 1 ms.
-OUTGOING_LOOP_DELAY_S = 0.0002
+#: pynetdicom's DUL sleeps this long between loops that found nothing to do while PDUs
+#: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
+BUSY_LOOP_DELAY_S = 0.0002
+BUSY_WINDOW_S = 0.05
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -142,12 +154,13 @@ class Outgoing(Dataset):
     """A C-STORE sub-operation to perform: the stored instance, by reference.
 
     ``stage(accepted)`` receives the transfer syntaxes the peer accepted for this SOP
-    class and returns the path of a Part 10 file to send (it owns nothing afterwards:
-    the sender deletes the file). ``originator``: (AE title, Message ID) of a C-MOVE.
+    class and returns the Part 10 object to send: its bytes, or the path of a staging
+    file (large objects; the sender deletes it). ``originator``: (AE title, Message ID)
+    of a C-MOVE.
     """
 
     def __init__(self, sop_class_uid: str, sop_instance_uid: str,
-                 stage: Callable[[frozenset[str]], str],
+                 stage: Callable[[frozenset[str]], bytes | str],
                  originator: tuple[str, int] | None = None) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
@@ -157,9 +170,78 @@ class Outgoing(Dataset):
 
 
 def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
-    """Transfer syntaxes of contexts on which this side may send ``sop_class_uid``."""
-    return frozenset(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
-                     if cx.abstract_syntax == sop_class_uid and cx.as_scu)
+    """Transfer syntaxes of contexts on which this side may send ``sop_class_uid``
+    (cached per association: the accepted contexts are fixed once negotiated)."""
+    cache = assoc.__dict__.setdefault("_pacsd_accepted", {})
+    found = cache.get(sop_class_uid)
+    if found is None:
+        found = cache[sop_class_uid] = frozenset(
+            str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts
+            if cx.abstract_syntax == sop_class_uid and cx.as_scu)
+    return found
+
+
+def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
+                  accepted: frozenset[str],
+                  read: "concurrent.futures.Future[bytes] | None" = None) -> bytes | str:
+    """What an :class:`Outgoing` sends: the stored object (sha256-verified, FT-6) when
+    the peer accepted its transfer syntax, else a verified lossless transcode to one it
+    accepted; in memory, or in a staging file when it is larger than
+    ``WHOLE_READ_LIMIT`` as stored. NotAcceptable when no accepted syntax will do.
+    ``read``: the object's ``read_verified``, already started (:class:`ReadAhead`)."""
+    ts = choose_transfer_syntax(row.transfer_syntax_uid, accepted, SUPPORTED_TRANSCODE_TARGETS)
+    if ts is None:
+        if read is not None:
+            read.cancel()
+        raise errors.NotAcceptable("the peer accepted no transfer syntax this instance "
+                                   "can be sent in")
+    wanted = "*" if ts == row.transfer_syntax_uid else ts
+    if read is not None:
+        if wanted == "*":
+            return read.result()
+        read.cancel()
+    if wanted != "*" or row.size <= WHOLE_READ_LIMIT:
+        # One trip to the event loop: the object, or its transcode (one chunk each).
+        return bridge.call(_joined(retrieve.object_chunks(row, wanted)))
+    writer = retrieve.archive.store.new_staging_file()
+    try:
+        for chunk in bridge.iterate(retrieve.object_chunks(row, wanted)):
+            writer.write(chunk)
+        path, _, _ = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    return path
+
+
+class ReadAhead:
+    """Stages the instances of one retrieve in order, reading the next one (as stored,
+    sha256-verified, on the worker pool) while the current one is being sent: the read
+    and hash overlap the network round trip. At most two objects are in memory; a read
+    ahead that turns out unneeded (transcode, no context) is cancelled or dropped."""
+
+    def __init__(self, retrieve: RetrieveService, bridge: Bridge,
+                 rows: list[InstanceRow]) -> None:
+        self.retrieve, self.bridge, self.rows = retrieve, bridge, rows
+        self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None
+
+    def stage(self, index: int, accepted: frozenset[str]) -> bytes | str:
+        read = None
+        if self._ahead is not None:
+            ahead_index, future = self._ahead
+            if ahead_index == index:
+                read = future
+            else:
+                future.cancel()
+        self._ahead = None
+        nxt = index + 1
+        if nxt < len(self.rows) and self.rows[nxt].size <= WHOLE_READ_LIMIT:
+            self._ahead = (nxt, self.bridge.submit(self.retrieve.read_verified(self.rows[nxt])))
+        return load_instance(self.retrieve, self.bridge, self.rows[index], accepted, read)
+
+
+async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
 
 
 def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset: Any,
@@ -172,27 +254,66 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
         # PS3.7 9.3.1.1: the AE that asked for the C-MOVE (pynetdicom passes its own).
         originator_aet, originator_id = dataset._pacsd_originator
     try:
-        path = dataset._pacsd_stage(accepted_syntaxes(assoc, str(dataset.SOPClassUID)))
+        payload = dataset._pacsd_stage(accepted_syntaxes(assoc, str(dataset.SOPClassUID)))
     except errors.PacsdError:
         raise  # pynetdicom counts the sub-operation failed and logs the (PHI-free) reason
     except Exception as exc:  # noqa: BLE001 - keep third-party messages out of the log
         log.error("staging a C-STORE sub-operation failed: %s", type(exc).__name__)
         raise RuntimeError("processing failure") from None
+    if not isinstance(payload, str):
+        return pdata.send_c_store(assoc, payload, msg_id, priority, originator_aet,
+                                  originator_id)
     try:
-        return original(path, msg_id=msg_id, priority=priority,
-                        originator_aet=originator_aet, originator_id=originator_id)
+        with open(payload, "rb") as fh, mmap.mmap(fh.fileno(), 0,
+                                                   access=mmap.ACCESS_READ) as mapped:
+            return pdata.send_c_store(assoc, mapped, msg_id, priority, originator_aet,
+                                      originator_id)
     finally:
         try:
-            os.unlink(path)
+            os.unlink(payload)
         except FileNotFoundError:
             pass
 
 
+class BusyAwareDUL(DULServiceProvider):
+    """pynetdicom's DUL provider with a loop delay that follows the traffic.
+
+    The DUL thread polls its queues and the socket and sleeps ``_run_loop_delay`` (1 ms)
+    after every loop that found nothing, so each response pacsd queues and each PDU a
+    peer sends next can wait up to that long: with one synchronous C-STORE per
+    instance that is a good part of the time per small instance. While PDUs arrived
+    within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom restarts on each)
+    the delay is :data:`BUSY_LOOP_DELAY_S`; an idle association is back at the set
+    delay (1 ms) and costs no more CPU than before. Only this attribute differs; the
+    reactor loop is pynetdicom's."""
+
+    @property  # type: ignore[override]
+    def _run_loop_delay(self) -> float:
+        started = self._idle_timer._start_time
+        if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
+            return BUSY_LOOP_DELAY_S
+        return self._pacsd_idle_delay
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        self._pacsd_idle_delay = value
+
+
+def busy_aware(dul: DULServiceProvider) -> None:
+    if type(dul) is DULServiceProvider:
+        idle = dul.__dict__.pop("_run_loop_delay", 0.001)
+        dul.__class__ = BusyAwareDUL
+        dul._run_loop_delay = idle
+
+
 def prepare_association(assoc: Association, policy: Policy | None) -> None:
-    """Install the bit-exact send path and, when a policy is given, the PDU guard."""
+    """Install the bit-exact send path, the busy-aware DUL loop delay and, when a policy
+    is given, the PDU guard."""
+    busy_aware(assoc.dul)
     original = assoc.send_c_store
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
+    pdata.install_responses(assoc)  # C-STORE / C-GET / C-MOVE responses pre-encoded
     if policy is not None:
         guard_socket(assoc, policy)
 
@@ -229,7 +350,12 @@ def prefer_requestor_order(assoc: Association) -> None:
         ours = [str(ts) for ts in cx.transfer_syntax]
         ranked = [ts for ts in order if ts in ours] + [ts for ts in ours if ts not in order]
         ranked.sort(key=lambda ts: ts in LOSSY_TRANSFER_SYNTAXES)  # stable: lossy last
-        cx.transfer_syntax = ranked
+        if ranked == ours:
+            continue
+        if isinstance(cx, AcceptorContext):
+            cx.reorder(ranked)
+        else:
+            cx.transfer_syntax = ranked
 
 
 # --- the AE and the connection handler ---------------------------------------------------
@@ -243,7 +369,6 @@ class PacsdAE(AE):
         assoc = super().associate(*args, **kwargs)
         if assoc.is_established:
             set_nodelay(getattr(assoc.dul.socket, "socket", None))
-            assoc.dul._run_loop_delay = OUTGOING_LOOP_DELAY_S  # busy while it lives
         prepare_association(assoc, self.policy)  # a destination is a peer like any other
         return assoc
 

@@ -3,8 +3,8 @@
 One association per forwarding job (per study): the presentation contexts proposed are
 the C-MOVE ones (``contexts.move_contexts``: each SOP class with its stored transfer
 syntax, plus uncompressed fallbacks). Each instance is read through the one retrieve path
-(``RetrieveService.object_chunks``, sha256-checked) into a staging file and sent with the
-same bit-exact path as C-MOVE sub-operations (``net.Outgoing``: the data set bytes as
+(``RetrieveService.object_chunks``, sha256-checked; the next one read ahead) and sent
+with the same bit-exact path as C-MOVE sub-operations (``net.Outgoing``: the data set bytes as
 stored when the peer accepted that transfer syntax, otherwise a verified lossless
 transcode). TCP_NODELAY on the socket (``net.PacsdAE``).
 
@@ -26,13 +26,12 @@ from typing import Any
 
 from .. import errors
 from ..config import ForwardDestination, Settings
-from ..dicom import SUPPORTED_TRANSCODE_TARGETS
 from ..model import InstanceRow
 from ..services.forward import SendError
 from ..services.retrieve import RetrieveService
 from .bridge import Bridge
-from .contexts import choose_transfer_syntax, move_contexts
-from .net import Outgoing, PacsdAE, Policy, accepted_syntaxes  # noqa: F401
+from .contexts import move_contexts
+from .net import Outgoing, PacsdAE, Policy, ReadAhead, accepted_syntaxes  # noqa: F401
 from .server import configure_pynetdicom
 
 log = logging.getLogger(__name__)
@@ -40,24 +39,6 @@ log = logging.getLogger(__name__)
 WARNINGS = frozenset({0xB000, 0xB006, 0xB007})
 #: Confirmed instances are logged as sent in batches of this many.
 CONFIRM_BATCH = 20
-
-
-def _stage(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
-           accepted: frozenset[str]) -> str:
-    ts = choose_transfer_syntax(row.transfer_syntax_uid, accepted, SUPPORTED_TRANSCODE_TARGETS)
-    if ts is None:
-        raise errors.NotAcceptable("the destination accepted no transfer syntax this "
-                                   "instance can be sent in")
-    wanted = "*" if ts == row.transfer_syntax_uid else ts
-    writer = retrieve.archive.store.new_staging_file()
-    try:
-        for chunk in bridge.iterate(retrieve.object_chunks(row, wanted)):
-            writer.write(chunk)
-        path, _, _ = writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
-    return path
 
 
 class CStoreSender:
@@ -98,8 +79,9 @@ class CStoreSender:
             raise SendError("association failed (destination down or unreachable)")
         confirmed: list[InstanceRow] = []
         try:
-            for row in rows:
-                stage = functools.partial(_stage, retrieve, bridge, row)
+            reader = ReadAhead(retrieve, bridge, rows)
+            for index, row in enumerate(rows):
+                stage = functools.partial(reader.stage, index)
                 try:
                     status = assoc.send_c_store(
                         Outgoing(row.sop_class_uid, row.sop_instance_uid, stage))

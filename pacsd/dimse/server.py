@@ -13,8 +13,6 @@ pynetdicom switches set at start, and why:
   every C-FIND/C-GET/C-MOVE identifier (patient names, IDs) at INFO (SEC-23);
 * ``LOG_HANDLER_LEVEL`` "none": no per-PDU / per-message log handlers (their messages
   are formatted eagerly, a cost on every PDU, and summarise message contents);
-* ``STORE_SEND_CHUNKED_DATASET`` on: a C-STORE sub-operation sent from a file streams
-  the file's data set bytes instead of decoding and re-encoding them (R-A5; net.py);
 * the ``pynetdicom`` logger defaults to WARNING (one INFO line per PDU otherwise) unless
   it was configured explicitly.
 """
@@ -52,7 +50,6 @@ def configure_pynetdicom() -> None:
     pynetdicom_config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     pnd_log = logging.getLogger("pynetdicom")
     if pnd_log.level == logging.NOTSET:
         pnd_log.setLevel(logging.WARNING)

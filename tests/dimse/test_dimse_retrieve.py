@@ -6,14 +6,19 @@ MR_small_jp2klossless (JPEG 2000 Lossless) and SC_rgb_jpeg_dcmtk (JPEG Baseline)
 """
 from __future__ import annotations
 
+import io
+import struct
+
 import numpy as np
 import pydicom
 import pytest
 from dimse_helpers import (association, copy_with_new_uids, dataset_part, dcmtk,
-                           run, stored_file, wado_instance)
-from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import build_context, build_role, evt
+                           run, start_server, stored_file, wado_instance)
+from pacsd_server import free_port
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.sop_class import (CTImageStorage, MRImageStorage,
                                   PatientRootQueryRetrieveInformationModelGet,
                                   SecondaryCaptureImageStorage,
@@ -223,3 +228,140 @@ def test_get_unknown_study_matches_nothing(pacs, study):
     assert final.Status == 0x0000 and received == []
     assert final.NumberOfCompletedSuboperations == 0
 
+
+
+# --- pre-framed sub-operations (pacsd/dimse/pdata.py) ------------------------------------
+
+def _stored_data_sets(pacs, study) -> dict[str, bytes]:
+    """SOP Instance UID -> the data set bytes pacsd holds (WADO-RS, as stored)."""
+    return {ds.SOPInstanceUID: dataset_part(wado_instance(pacs, ds))[1]
+            for _, ds in study.values()}
+
+
+def _as_stored_contexts(study) -> list:
+    return [build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+            for _, ds in study.values()]
+
+
+def _receive_raw(sink: dict, pdus: list):
+    def on_store(event):
+        sink[event.request.AffectedSOPInstanceUID] = (
+            event.context.transfer_syntax, event.request.DataSet.getvalue())
+        return 0x0000
+
+    def on_data(event):
+        if event.data[:1] == b"\x04":  # P-DATA-TF: its PDU length field
+            pdus.append(struct.unpack(">L", event.data[2:6])[0])
+    return [(evt.EVT_C_STORE, on_store), (evt.EVT_DATA_RECV, on_data)]
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 16382, 0])
+def test_get_sends_stored_bytes_within_peer_max_pdu(pacs, study, max_pdu):
+    """A pynetdicom C-GET requestor with a small, DCMTK's and an unlimited maximum PDU
+    receives every instance's data set byte-identical to what pacsd stored, and no
+    P-DATA-TF PDU longer than it allowed."""
+    ct = study["CT_small.dcm"][1]
+    received: dict = {}
+    pdus: list[int] = []
+    contexts = _as_stored_contexts(study)
+    roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in contexts]
+    with association(pacs.dicom_port, [build_context(STUDY_GET)] + contexts, ext_neg=roles,
+                     max_pdu=max_pdu, evt_handlers=_receive_raw(received, pdus)) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_get(
+            identifier("STUDY", StudyInstanceUID=ct.StudyInstanceUID), STUDY_GET)]
+    assert statuses[-1] == 0x0000
+    stored = _stored_data_sets(pacs, study)
+    assert {uid: data for uid, (_, data) in received.items()} == stored
+    for _, ds in study.values():
+        assert received[ds.SOPInstanceUID][0] == ds.file_meta.TransferSyntaxUID
+    if max_pdu:
+        assert max(pdus) <= max_pdu
+        assert len(pdus) > sum(len(d) for d in stored.values()) // max_pdu  # fragmented
+    else:
+        assert len(pdus) >= 2 * len(stored)  # command + data set PDU per instance
+
+
+def test_get_transcode_fallback_small_pdu(pacs, study):
+    """The requestor takes MR only uncompressed: the JPEG 2000 instance is transcoded
+    losslessly and still framed within a 4096-byte maximum PDU."""
+    mr = study["MR_small_jp2klossless.dcm"][1]
+    received: dict = {}
+    pdus: list[int] = []
+    contexts = [build_context(MRImageStorage, [ImplicitVRLittleEndian])]
+    roles = [build_role(MRImageStorage, scp_role=True)]
+    with association(pacs.dicom_port, [build_context(STUDY_GET)] + contexts, ext_neg=roles,
+                     max_pdu=4096, evt_handlers=_receive_raw(received, pdus)) as assoc:
+        statuses = [s.Status for s, _ in assoc.send_c_get(identifier(
+            "IMAGE", StudyInstanceUID=mr.StudyInstanceUID,
+            SeriesInstanceUID=mr.SeriesInstanceUID, SOPInstanceUID=mr.SOPInstanceUID),
+            STUDY_GET)]
+    assert statuses[-1] == 0x0000
+    ts, data = received[mr.SOPInstanceUID]
+    assert ts == ImplicitVRLittleEndian and max(pdus) <= 4096
+    got = read_dataset(io.BytesIO(data), is_implicit_VR=True, is_little_endian=True)
+    got.file_meta = FileMetaDataset()
+    got.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    assert np.array_equal(got.pixel_array, pixels(mr))
+
+
+@pytest.mark.parametrize("max_pdu", [4096, 0])
+def test_move_to_pynetdicom_peer_bit_exact(tmp_path, study, pacs, max_pdu):
+    """C-MOVE to a pynetdicom Storage SCP with a small or no maximum PDU: the data sets
+    arrive byte-identical, with the Move Originator of the C-MOVE."""
+    received: dict = {}
+    originators: list = []
+    pdus: list[int] = []
+    handlers = _receive_raw(received, pdus)
+
+    def on_store(event):
+        originators.append((event.request.MoveOriginatorApplicationEntityTitle,
+                            event.request.MoveOriginatorMessageID))
+        return handlers[0][1](event)
+
+    ae = AE(ae_title="PNDSCP")
+    ae.maximum_pdu_size = max_pdu
+    ae.supported_contexts = _as_stored_contexts(study)
+    port = free_port()
+    scp = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, on_store), handlers[1]])
+    srv = start_server(tmp_path / "pacsd", "", "--peer", f"PNDSCP=127.0.0.1:{port}")
+    try:
+        for path, ds in study.values():
+            cx = build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+            with association(srv.dicom_port, [cx], ae_title="LOADER") as assoc:
+                assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0x0000
+        ct = study["CT_small.dcm"][1]
+        with association(srv.dicom_port, [build_context(STUDY_MOVE)],
+                         ae_title="MOVER") as assoc:
+            rsps = [s for s, _ in assoc.send_c_move(
+                identifier("STUDY", StudyInstanceUID=ct.StudyInstanceUID), "PNDSCP",
+                STUDY_MOVE, msg_id=7)]
+        assert rsps[-1].Status == 0x0000 and rsps[-1].NumberOfCompletedSuboperations == 3
+        stored = _stored_data_sets(srv, study)
+        assert {uid: data for uid, (_, data) in received.items()} == stored
+        assert set(originators) == {("MOVER", 7)}
+        if max_pdu:
+            assert max(pdus) <= max_pdu
+    finally:
+        srv.stop()
+        scp.shutdown()
+
+
+def test_getscu_small_pdu_bit_preserving(pacs, study, tmp_path):
+    """DCMTK getscu with a 4096-byte maximum PDU, writing what arrives (+B): the
+    instance sent as stored is byte-identical to pacsd's copy; the transcoded ones
+    decode to the same pixels."""
+    out = tmp_path / "get"
+    out.mkdir()
+    ct = study["CT_small.dcm"][1]
+    p = run(dcmtk("getscu"), "-aec", "PACSD", "-S", "+B", "-pdu", "4096", "-od", str(out),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={ct.StudyInstanceUID}",
+            "127.0.0.1", str(pacs.dicom_port))
+    assert p.returncode == 0, p.stderr
+    stored = _stored_data_sets(pacs, study)
+    for name, (_, original) in study.items():
+        got = stored_file(out, original.SOPInstanceUID).read_bytes()
+        if name == "CT_small.dcm":
+            assert dataset_part(got)[1] == stored[original.SOPInstanceUID]
+        else:
+            assert np.array_equal(pixels(pydicom.dcmread(io.BytesIO(got))), pixels(original))

@@ -147,3 +147,153 @@ def test_cli_bad_peer_flag_exits_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pacsd.cli", "serve", "--data-dir",
                         str(tmp_path), "--peer", "BROKEN"], capture_output=True, timeout=60)
     assert p.returncode == 2 and b"--peer must be AET=host:port" in p.stderr
+
+
+# --- pre-framed C-STORE (pacsd/dimse/pdata.py) --------------------------------------------
+
+def _pynetdicom_pdus(cid, msg_id, sop_class, sop_instance, data, max_pdu, aet=None,
+                     orig_id=None, priority=2) -> list[bytes]:
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+    req = C_STORE()
+    req.MessageID, req.Priority = msg_id, priority
+    req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = sop_class, sop_instance
+    req.MoveOriginatorApplicationEntityTitle = aet
+    req.MoveOriginatorMessageID = orig_id
+    req.DataSet = BytesIO(data)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    return [P_DATA_TF(p).encode() for p in msg.encode_msg(cid, max_pdu)]
+
+
+@pytest.mark.parametrize("max_pdu,size,aet,orig_id", [
+    (16382, 530_000, None, None), (4096, 70_001, "MOVESCU", 7), (0, 100_000, "A", 65535),
+    (1024 * 1024, 10, "ABCDEFGHIJKLMNOP", 1), (130, 1000, "MOVE SCU", 3), (8, 50, None, None),
+])
+def test_framed_c_store_matches_pynetdicom(max_pdu, size, aet, orig_id):
+    """Command set encoding and fragmentation are byte-identical to pynetdicom's,
+    whatever the buffer split, including a command set longer than one PDU."""
+    from pacsd.dimse import pdata
+    data = bytes(range(256)) * (size // 256) + b"\x01" * (size % 256)
+    sop_class, sop_instance = "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.1"
+    pdus = _pynetdicom_pdus(3, 42, sop_class, sop_instance, data, max_pdu, aet, orig_id)
+    command = pdata.c_store_rq(42, sop_class, sop_instance, 2, aet, orig_id)
+    for write_bytes in (pdata.WRITE_BYTES, 20_000, 1):
+        buffers = list(pdata.frame(3, command, data, max_pdu, write_bytes))
+        assert b"".join(buffers) == b"".join(pdus)
+        if write_bytes == 1:
+            assert [bytes(b) for b in buffers] == pdus  # one buffer per PDU
+
+
+def test_framed_c_store_checks():
+    from pacsd.dimse import pdata
+    with pytest.raises(ValueError):
+        list(pdata.frame(1, b"x" * 10, b"y", 6))
+    with pytest.raises(ValueError):
+        pdata.c_store_rq(70000, "1.2", "1.2.3")
+
+
+def test_split_part10(tmp_path):
+    """The stored object's UIDs and data set offset, as pydicom reads them."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from pacsd.dimse import pdata
+    path = get_testdata_file("CT_small.dcm")
+    raw = open(path, "rb").read()
+    sop_class, sop_instance, ts, offset = pdata.stored_syntax(raw)
+    meta = pydicom.filereader.read_file_meta_info(path)
+    assert (sop_class, sop_instance, ts) == (meta.MediaStorageSOPClassUID,
+                                              meta.MediaStorageSOPInstanceUID,
+                                              meta.TransferSyntaxUID)
+    ds = pydicom.filereader.read_dataset(__import__("io").BytesIO(raw[offset:]),
+                                         is_implicit_VR=False, is_little_endian=True)
+    assert ds.SOPInstanceUID == sop_instance
+    for bad in (b"", raw[:100], b"\0" * 128 + b"DICM\x02\x00\x10\x00UI\xff\x00"):
+        with pytest.raises(pdata.Part10Error):
+            pdata.stored_syntax(bad)
+
+
+@pytest.mark.parametrize("kind,status,extra", [
+    ("C_STORE", 0x0000, {}), ("C_STORE", 0xB007, {"AffectedSOPClassUID": None}),
+    ("C_STORE", 0xA900, {"ErrorComment": "mismatch"}),
+    ("C_GET", 0xFF00, {}), ("C_GET", 0xB000, {"NumberOfRemainingSuboperations": None}),
+    ("C_MOVE", 0xFF00, {}), ("C_MOVE", 0x0000, {"NumberOfWarningSuboperations": 2}),
+])
+def test_response_command_matches_pynetdicom(kind, status, extra):
+    """Per-instance responses are encoded as pynetdicom encodes them; one with an Error
+    Comment is left to pynetdicom."""
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    from pacsd.dimse import pdata
+    p = getattr(dimse_primitives, kind)()
+    p.MessageIDBeingRespondedTo = 77
+    p.Status = status
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    if kind == "C_STORE":
+        p.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    else:
+        (p.NumberOfRemainingSuboperations, p.NumberOfCompletedSuboperations,
+         p.NumberOfFailedSuboperations, p.NumberOfWarningSuboperations) = (3, 10, 1, 0)
+    for keyword, value in extra.items():
+        setattr(p, keyword, value)
+    msg = getattr(dimse_messages, kind + "_RSP")()
+    msg.primitive_to_message(p)
+    got = pdata.response_command(p)
+    if "ErrorComment" in extra:
+        assert got is None
+    else:
+        assert got == encode(msg.command_set, True, True)
+
+
+@pytest.mark.parametrize("sop_class,sop_instance,ts,calling", [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", "1.2.840.10008.1.2.1", "STORESCU"),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.33", "1.2.840.10008.1.2", "A"),
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.33", "1.2.840.10008.1.2.4.50", ""),
+])
+def test_file_meta_bytes_match_pydicom(sop_class, sop_instance, ts, calling):
+    """The C-STORE SCP's hand-built File Meta Information equals pydicom's encoding of
+    pynetdicom's event.file_meta; odd values are left to pydicom."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    from pacsd.dimse.cstore import file_meta_bytes
+    meta = create_file_meta(sop_class_uid=sop_class, sop_instance_uid=sop_instance,
+                            transfer_syntax=ts)
+    if calling:
+        meta.SourceApplicationEntityTitle = calling
+    buf = DicomBytesIO()
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    assert file_meta_bytes(sop_class, sop_instance, ts, calling) == buf.getvalue()
+    assert file_meta_bytes(sop_class + "x", sop_instance, ts, calling) is None
+    assert file_meta_bytes(sop_class, "1." * 40, ts, calling) is None
+
+
+def test_busy_aware_dul_delay():
+    """The DUL's loop delay is short while PDUs arrived recently, the set delay otherwise
+    (and after a clock step backwards)."""
+    import time as _time
+
+    from pynetdicom.dul import DULServiceProvider
+
+    from pacsd.dimse.net import BUSY_LOOP_DELAY_S, BusyAwareDUL, busy_aware
+
+    class _Assoc:
+        pass
+    dul = DULServiceProvider(_Assoc())
+    busy_aware(dul)
+    assert isinstance(dul, BusyAwareDUL)
+    assert dul._run_loop_delay == 0.001  # timer not started: idle
+    dul._idle_timer.start()
+    assert dul._run_loop_delay == BUSY_LOOP_DELAY_S
+    dul._idle_timer._start_time = _time.time() - 1
+    assert dul._run_loop_delay == 0.001
+    dul._run_loop_delay = 0.002
+    assert dul._run_loop_delay == 0.002
+    dul._idle_timer._start_time = _time.time() + 60
+    assert dul._run_loop_delay == 0.002

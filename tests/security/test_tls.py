@@ -16,8 +16,9 @@ import requests
 from dicomgen import make_dataset, to_part10
 from pacsd_server import Server, free_port
 from pki import make_pki
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import (CTImageStorage, StudyRootQueryRetrieveInformationModelGet,
+                                  Verification)
 
 SINGLE = {"Accept": "application/dicom; transfer-syntax=*"}
 
@@ -77,6 +78,32 @@ def test_MLPS3_https_and_dicom_tls_with_client_certificates(tmp_path, pki):
                          f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
                          headers=SINGLE, verify=pki["ca"], timeout=30)
         assert r.status_code == 200 and ds.PixelData in r.content
+
+        # C-GET over TLS: the pre-framed sub-operation arrives intact (pdata.py).
+        received = []
+
+        def on_store(event):
+            received.append(event.request.DataSet.getvalue())
+            return 0x0000
+        getter = AE(ae_title="CT01")
+        getter.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        getter.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        getter.acse_timeout = getter.network_timeout = getter.dimse_timeout = 20
+        assoc = getter.associate("127.0.0.1", tls_port, ae_title="PACSD",
+                                 tls_args=(_modality(pki, True), "127.0.0.1"),
+                                 ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                                 evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        assert assoc.is_established
+        try:
+            query = pydicom.Dataset()
+            query.QueryRetrieveLevel = "STUDY"
+            query.StudyInstanceUID = ds.StudyInstanceUID
+            statuses = [s.Status for s, _ in assoc.send_c_get(
+                query, StudyRootQueryRetrieveInformationModelGet)]
+        finally:
+            assoc.release()
+        assert statuses[-1] == 0x0000 and len(received) == 1
+        assert received[0] == r.content[-len(received[0]):]  # the stored data set bytes
 
         # Mutual TLS: a peer without a client certificate never gets an association.
         refused = ae.associate("127.0.0.1", tls_port, ae_title="PACSD",

@@ -88,10 +88,11 @@ class LocalBlobStore(BlobStore):
 
     def _open_layout(self) -> int:
         """Fan-out levels of this store: 1 when ``FORMAT`` says so, or when ``objects/``
-        is empty (a new store: the 256 directories are made and synced, then ``FORMAT``
-        is written, fsynced and renamed into place, so a crash leaves either no marker
-        and an empty store, or the marker with every directory); otherwise 2 (a store
-        made before, kept as it is)."""
+        holds nothing but empty directories (a new store: the 256 directories are made
+        and synced, then ``FORMAT`` is written, fsynced and renamed into place, so a
+        crash leaves either no marker and an empty store, or the marker with every
+        directory; worker processes opening a new store together all make the same);
+        otherwise 2 (a store made before, kept as it is)."""
         marker = os.path.join(self.root, FORMAT_FILE)
         try:
             with open(marker, encoding="ascii") as f:
@@ -102,8 +103,10 @@ class LocalBlobStore(BlobStore):
             if text != FANOUT_1:
                 raise OutOfResources(f"Unknown object store format in {marker}.")
             return 1
-        if os.listdir(self._objects):
-            return 2
+        for name in os.listdir(self._objects):
+            d = os.path.join(self._objects, name)
+            if name not in _HEX2 or not os.path.isdir(d) or os.listdir(d):
+                return 2
         for a in sorted(_HEX2):
             os.makedirs(os.path.join(self._objects, a), exist_ok=True)
         fsync_dir(self._objects)

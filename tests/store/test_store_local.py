@@ -87,6 +87,18 @@ def test_existing_two_level_store_keeps_its_layout(tmp_path):
     assert LocalBlobStore(old.root).read(first) == b"made by an earlier version"
 
 
+def test_store_opened_while_another_process_creates_it_is_one_level(tmp_path):
+    """Worker processes open a new store together: one that finds some of the 256
+    directories made, but no FORMAT yet, makes the same one-level store."""
+    root = tmp_path / "s"
+    os.makedirs(root / "objects" / "00")
+    os.makedirs(root / "objects" / "01")
+    store = LocalBlobStore(str(root))
+    assert (root / "FORMAT").read_text() == "fanout 1\n"
+    key = store.put_bytes(DATA)
+    assert store.local_path(key) == os.path.join(store.root, "objects", key[:2], key)
+
+
 def test_unknown_format_is_refused(tmp_path):
     root = tmp_path / "s"
     LocalBlobStore(str(root))

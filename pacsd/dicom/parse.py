@@ -256,5 +256,12 @@ def visit_values(meta: dict) -> dict[str, str | None]:
     return {kw: first_text(meta, key) for kw, key in _VISIT_TAGS.items() if key in meta}
 
 
+#: DICOM JSON keys of each level's tags, formatted once (issue 6 STOW CPU, session 5).
+_LEVEL_KEYS: dict[tuple[int, ...], tuple[str, ...]] = {}
+
+
 def _level(meta: dict, tags: tuple[int, ...]) -> bytes:
-    return orjson.dumps({k: meta[k] for k in (f"{t:08X}" for t in tags) if k in meta})
+    keys = _LEVEL_KEYS.get(tags)
+    if keys is None:
+        keys = _LEVEL_KEYS[tags] = tuple(f"{t:08X}" for t in tags)
+    return orjson.dumps({k: meta[k] for k in keys if k in meta})

@@ -187,7 +187,9 @@ class Catalogue:
     def _write_grouped(self, action: str, fn: Callable[[sa.Connection], Any]) -> Any:
         """Like :meth:`_write`, committed together with concurrent grouped writes on SQLite
         (module docstring). ``fn`` must be safe to run in a savepoint of a shared
-        transaction: raise to refuse, never commit or roll back itself."""
+        transaction: raise to refuse, never commit or roll back itself. It is called as
+        ``fn(conn, sql)`` in a group (``sql``: the group's :class:`writes.Sql` on
+        ``conn``, one cursor for the whole group) and as ``fn(conn)`` on its own."""
         if self._write_lock is None:
             return self._write(action, fn)  # PostgreSQL: row locks; the server groups commits
         job = _Queued(fn)
@@ -225,7 +227,7 @@ class Catalogue:
                     for job in batch:
                         sql.execute("SAVEPOINT pacsd_group")
                         try:
-                            job.result = job.fn(conn)
+                            job.result = job.fn(conn, sql)
                         except writes.Retry:
                             retry.append(job)
                         except Exception as e:  # refused: only this job's rows go
@@ -277,8 +279,8 @@ class Catalogue:
             p = dataclasses.replace(p, **derived)
         extra = scope_clause(scope)
 
-        def store(conn: sa.Connection) -> StoreOutcome:
-            outcome = writes.store_instance(conn, p, sha256, size)
+        def store(conn: sa.Connection, sql: writes.Sql | None = None) -> StoreOutcome:
+            outcome = writes.store_instance(conn, p, sha256, size, sql)
             if extra is not None and conn.execute(sa.select(studies.c.pk).where(
                     studies.c.study_instance_uid == p.study_instance_uid, extra)
                     ).first() is None:

@@ -334,10 +334,13 @@ def _series(conn: sa.Connection, stmts: Sql, p: ParsedInstance, study_pk: int,
     return row.pk, False
 
 
-def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: int
-                   ) -> StoreOutcome:
+def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: int,
+                   stmts: Sql | None = None) -> StoreOutcome:
     """Commit one instance (module docstring); the caller owns the transaction.
-    Usual case, a new instance of a known series: six statements."""
+    Usual case, a new instance of a known series: six statements. ``stmts``: the
+    caller's :class:`Sql` on ``conn`` (the group commit's), else one is made here."""
+    if stmts is not None:
+        return _store(conn, stmts, p, sha256, size)
     stmts = Sql(conn)
     try:
         return _store(conn, stmts, p, sha256, size)

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import itertools
 import os
 import re
-import tempfile
 import time
 from typing import BinaryIO, Iterator
 
@@ -165,6 +165,25 @@ def verified_chunks(f: BinaryIO, sha256: str, chunk_size: int,
         f.close()
 
 
+_names = itertools.count()
+
+
+def _create_unique(directory: str, prefix: str) -> tuple[int, str]:
+    """Create a new private file ``<prefix><pid>-<n>.part`` in ``directory`` (O_EXCL: never
+    an existing file or a symlink; a name left by a crashed process is skipped). Like
+    ``tempfile.mkstemp`` without its random names, a third of a tiny instance's staging
+    cost (issue 6 STOW CPU, session 5)."""
+    pid = os.getpid()
+    for _ in range(10000):
+        path = os.path.join(directory, f"{prefix}{pid}-{next(_names)}.part")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError("no free staging file name")
+
+
 class HashingWriter:
     """Stream an upload into a staging file, hashing and counting as it goes.
 
@@ -187,7 +206,7 @@ class HashingWriter:
         self._h = hashlib.sha256()
         self._finished = False
         try:
-            fd, self.path = tempfile.mkstemp(dir=directory, prefix=prefix, suffix=".part")
+            fd, self.path = _create_unique(directory, prefix)
             self._f: BinaryIO | None = os.fdopen(fd, "wb")
         except OSError as e:
             raise OutOfResources("Cannot create a staging file.") from e

@@ -2,15 +2,23 @@
 
 Layout under the root directory (all on the same filesystem, so a rename is atomic)::
 
-    objects/ab/cd/<sha256>   immutable objects, fanned out by the first two hex bytes
+    objects/ab/<sha256>      immutable objects, fanned out by the first hex byte (a store
+                             created by this version: the 256 directories are made, and
+                             synced, with the store, and ``FORMAT`` says "fanout 1")
+    objects/ab/cd/<sha256>   the same in a store created before (no ``FORMAT``): two levels,
+                             65,536 leaves made as objects arrive; kept as it is
+    FORMAT                   the layout marker (absent: two levels)
     tmp/                     in-flight copies made by put_file (crash leftovers: cleanup_temp)
     staging/                 upload files written by HashingWriter (adapters' STOW / C-STORE)
 
 Durable write protocol (§7 item 1, FT-2, Pillai et al. OSDI'14): write to ``tmp/`` ->
-``fsync(file)`` -> ``rename`` to ``objects/ab/cd/<sha256>`` -> ``fsync(objects/ab/cd)``;
-a fan-out directory is made durable in its parent (``fsync(parent)``, after the leaf's
-fsync) the first time this process uses it, so the directory entry chain survives power
-loss too. Nothing is acknowledged before all of these returned. Any OSError (ENOSPC,
+``fsync(file)`` -> ``rename`` to ``objects/ab/<sha256>`` -> ``fsync(objects/ab)``; a
+fan-out directory made by a write (two-level stores, or one removed behind the store) is
+made durable in its parent (``fsync(parent)``, after the leaf's fsync) the first time
+this process uses it, so the directory entry chain survives power loss too. In a one-level
+store no write makes a directory, so an object costs fsync(file) + fsync(its directory):
+each fsync of a new directory was one more journal commit per object on a fresh two-level
+store (issue 6 STOW, session 5: ~3 ms each, 2.5 directory fsyncs per object). Nothing is acknowledged before all of these returned. Any OSError (ENOSPC,
 EIO on fsync) aborts the write, removes the temp file and raises OutOfResources; the
 write is never retried after a failed fsync (fsyncgate: the kernel may have dropped the
 dirty pages and a second fsync would wrongly report success) (FT-3).
@@ -39,6 +47,10 @@ _MISMATCH = "The stored data does not match its declared hash or size."
 
 _HEX2 = frozenset(f"{i:02x}" for i in range(256))
 
+#: The layout marker at the store root, and its one value (module docstring).
+FORMAT_FILE = "FORMAT"
+FANOUT_1 = "fanout 1"
+
 
 def _unlink_quiet(path: str) -> None:
     try:
@@ -61,6 +73,9 @@ class LocalBlobStore(BlobStore):
         try:
             for d in (self._objects, self._tmp, self._staging):
                 os.makedirs(d, exist_ok=True)
+            self._levels = self._open_layout()
+            if self._levels == 1:  # made and synced with the store (_open_layout)
+                self._durable_dirs.update(os.path.join(self._objects, a) for a in _HEX2)
             fsync_dir(self.root)
             devs = {os.stat(d).st_dev for d in (self._objects, self._tmp, self._staging)}
         except OSError as e:
@@ -71,10 +86,48 @@ class LocalBlobStore(BlobStore):
             log.warning("store %s: objects, tmp and staging are on different filesystems",
                         self.root)
 
+    def _open_layout(self) -> int:
+        """Fan-out levels of this store: 1 when ``FORMAT`` says so, or when ``objects/``
+        holds nothing but empty directories (a new store: the 256 directories are made
+        and synced, then ``FORMAT`` is written, fsynced and renamed into place, so a
+        crash leaves either no marker and an empty store, or the marker with every
+        directory; worker processes opening a new store together all make the same);
+        otherwise 2 (a store made before, kept as it is)."""
+        marker = os.path.join(self.root, FORMAT_FILE)
+        try:
+            with open(marker, encoding="ascii") as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            text = None
+        if text is not None:
+            if text != FANOUT_1:
+                raise OutOfResources(f"Unknown object store format in {marker}.")
+            return 1
+        for name in os.listdir(self._objects):
+            d = os.path.join(self._objects, name)
+            if name not in _HEX2 or not os.path.isdir(d) or os.listdir(d):
+                return 2
+        for a in sorted(_HEX2):
+            os.makedirs(os.path.join(self._objects, a), exist_ok=True)
+        fsync_dir(self._objects)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".format-")
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(FANOUT_1 + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, marker)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        return 1  # the root is fsynced by the caller
+
     # --- paths --------------------------------------------------------------------------
 
     def _path(self, sha256: str) -> str:
         check_sha256(sha256)
+        if self._levels == 1:
+            return os.path.join(self._objects, sha256[:2], sha256)
         return os.path.join(self._objects, sha256[:2], sha256[2:4], sha256)
 
     def local_path(self, sha256: str) -> str | None:
@@ -84,8 +137,9 @@ class LocalBlobStore(BlobStore):
         return self._staging
 
     def _make_fanout(self, leaf: str) -> list[str]:
-        """Create objects/ab and objects/ab/cd if needed, WITHOUT syncing; returns the
-        parents whose entries (ab in objects, cd in ab) are not yet known durable. The
+        """Create objects/ab (and objects/ab/cd, two levels) if needed, WITHOUT syncing;
+        returns the parents whose entries (ab in objects, cd in ab) are not yet known
+        durable (one level: none, unless a directory was removed behind the store). The
         caller renames the object into ``leaf`` and then syncs ``leaf`` and these
         (:meth:`_sync_dirs`): every metadata change of the write is made first and synced
         after, so on a journaling filesystem the syncs share one journal commit instead
@@ -96,7 +150,7 @@ class LocalBlobStore(BlobStore):
         """
         mid = os.path.dirname(leaf)
         parents = []
-        for d in (mid, leaf):
+        for d in ((leaf,) if self._levels == 1 else (mid, leaf)):
             # The cache is re-checked with a stat: an operator or a future empty-dir sweep
             # may have removed the directory, and a stale entry would fail every put.
             if d in self._durable_dirs and os.path.isdir(d):
@@ -313,6 +367,12 @@ class LocalBlobStore(BlobStore):
                 if a not in _HEX2:
                     continue
                 da = os.path.join(self._objects, a)
+                if self._levels == 1:
+                    for name in sorted(_listdir(da)):
+                        if (name.startswith(a) and is_sha256(name)
+                                and os.path.isfile(os.path.join(da, name))):
+                            yield name
+                    continue
                 for b in sorted(_listdir(da)):
                     if b not in _HEX2:
                         continue

@@ -3,7 +3,6 @@ archive whose store has three copies (two local directories and one more), real 
 through the service layer, and ways to damage one copy behind pacsd's back."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from pacsd.config import Settings
 from pacsd.services import Archive, IngestService, StagedFile
 from pacsd.services.security import LOCAL
+from pacsd.store.local import LocalBlobStore
 
 
 def three_copy_settings(tmp_path, third: dict | None = None) -> Settings:
@@ -47,4 +47,4 @@ async def ingest(archive: Archive, data: bytes) -> str:
 
 
 def object_path(root, sha: str) -> str:
-    return os.path.join(str(root), "objects", sha[:2], sha[2:4], sha)
+    return LocalBlobStore(str(root)).local_path(sha)  # the store's own layout

@@ -16,6 +16,7 @@ import uuid
 import requests
 from dicomgen import make_dataset, multipart, to_part10
 from pacsd_server import Server
+from pacsd.store.local import LocalBlobStore
 
 SINGLE = {"Accept": "application/dicom; transfer-syntax=*"}
 
@@ -58,11 +59,11 @@ url = "s3://pacsd-e2e/{prefix}"
         r = requests.post(srv.url + "/dicom-web/studies", data=body,
                           headers={"Content-Type": ctype}, timeout=30)
         assert r.status_code == 200
-        rel = os.path.join("objects", sha[:2], sha[2:4], sha)
         s3 = s3_endpoint.client()
-        s3_key = f"{prefix}/{rel}"
+        s3_key = f"{prefix}/objects/{sha[:2]}/{sha[2:4]}/{sha}"
         assert s3.get_object(Bucket="pacsd-e2e", Key=s3_key)["Body"].read() == data
-        for d in (a, b):
+        rel = os.path.relpath(LocalBlobStore(str(a)).local_path(sha), str(a))
+        for d in (a, b):  # new local stores: one fan-out level (store/local.py)
             assert (d / rel).read_bytes() == data
 
         # FT-6: flip one bit of the copy read first; WADO still answers the right bytes.

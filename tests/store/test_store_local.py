@@ -53,12 +53,66 @@ def tmpfs(tmp_path):
 
 # --- layout and the write protocol ---------------------------------------------------------
 
+def legacy_store(root) -> LocalBlobStore:
+    """A store made before the one-level layout: objects/ab/cd/<sha256>, no FORMAT."""
+    key = sha(b"made by an earlier version")
+    d = os.path.join(str(root), "objects", key[:2], key[2:4])
+    os.makedirs(d)
+    with open(os.path.join(d, key), "wb") as f:
+        f.write(b"made by an earlier version")
+    return LocalBlobStore(str(root))
+
+
+def test_new_store_is_one_level_with_every_directory_made(local):
+    """§7 item 1 (issue 6, R-H1): a new store has objects/00..ff and FORMAT, so no write
+    makes a directory; reopening keeps the layout."""
+    objects = os.path.join(local.root, "objects")
+    assert sorted(os.listdir(objects)) == [f"{i:02x}" for i in range(256)]
+    with open(os.path.join(local.root, "FORMAT")) as f:
+        assert f.read() == "fanout 1\n"
+    key = local.put_bytes(DATA)
+    assert local.local_path(key) == os.path.join(objects, key[:2], key)
+    again = LocalBlobStore(local.root)
+    assert again.local_path(key) == local.local_path(key) and again.read(key) == DATA
+    assert list(again.iter_keys()) == [key]
+
+
+def test_existing_two_level_store_keeps_its_layout(tmp_path):
+    old = legacy_store(tmp_path / "old")
+    first = next(old.iter_keys())
+    assert not os.path.exists(os.path.join(old.root, "FORMAT"))
+    key = old.put_bytes(DATA)
+    assert old.local_path(key) == os.path.join(old.root, "objects", key[:2], key[2:4], key)
+    assert old.read(key) == DATA and sorted(old.iter_keys()) == sorted([first, key])
+    assert LocalBlobStore(old.root).read(first) == b"made by an earlier version"
+
+
+def test_store_opened_while_another_process_creates_it_is_one_level(tmp_path):
+    """Worker processes open a new store together: one that finds some of the 256
+    directories made, but no FORMAT yet, makes the same one-level store."""
+    root = tmp_path / "s"
+    os.makedirs(root / "objects" / "00")
+    os.makedirs(root / "objects" / "01")
+    store = LocalBlobStore(str(root))
+    assert (root / "FORMAT").read_text() == "fanout 1\n"
+    key = store.put_bytes(DATA)
+    assert store.local_path(key) == os.path.join(store.root, "objects", key[:2], key)
+
+
+def test_unknown_format_is_refused(tmp_path):
+    root = tmp_path / "s"
+    LocalBlobStore(str(root))
+    (root / "FORMAT").write_text("fanout 7\n")
+    with pytest.raises(OutOfResources):
+        LocalBlobStore(str(root))
+
+
 def test_layout_and_no_temp_left(local, tmp_path):
     src = tmp_path / "src"
     src.write_bytes(DATA)
     key = sha(DATA)
     assert local.put_file(str(src), key, len(DATA))
-    path = os.path.join(local.root, "objects", key[:2], key[2:4], key)
+    path = os.path.join(local.root, "objects", key[:2], key)
     assert local.local_path(key) == path
     with open(path, "rb") as f:
         assert f.read() == DATA
@@ -93,14 +147,18 @@ def test_move_refuses_size_mismatch_and_keeps_source(local):
     assert leftovers(local) == []
 
 
-def test_write_protocol_fsyncs_file_before_rename_and_dirs_after(local, tmp_path,
-                                                                  monkeypatch):
+@pytest.mark.parametrize("layout", ["one-level", "two-level"])
+def test_write_protocol_fsyncs_file_before_rename_and_dirs_after(tmp_path, monkeypatch,
+                                                                  layout):
     """§7 item 1 / FT-2: fsync(temp file) before the rename; fsync(fan-out dir) after it,
     and each newly created fan-out dir fsynced in its parent — also after the rename,
     once every directory change of the write is made, so on a journaling filesystem the
     directory syncs share one journal commit (issue 6, R-H1); all before put_file
     returns. (A spy around the real os.fsync records the order; power loss itself
-    cannot be simulated here.)"""
+    cannot be simulated here.) One level: the directory exists and is durable from the
+    store's creation, so only it is synced."""
+    local = (LocalBlobStore(str(tmp_path / "store")) if layout == "one-level"
+             else legacy_store(tmp_path / "store"))
     key = sha(DATA)
     final = local.local_path(key)
     leaf = os.path.dirname(final)
@@ -121,8 +179,8 @@ def test_write_protocol_fsyncs_file_before_rename_and_dirs_after(local, tmp_path
     assert len(file_syncs) == 1 and events[file_syncs[0]][1] is False
     # After the rename: the leaf (holds the object), then the parents of the new
     # fan-out directories, innermost first.
-    assert events[file_syncs[0] + 1:] == [(leaf, True), (mid, True),
-                                          (os.path.join(local.root, "objects"), True)]
+    assert events[file_syncs[0] + 1:] == ([(leaf, True)] if layout == "one-level" else [
+        (leaf, True), (mid, True), (os.path.join(local.root, "objects"), True)])
 
     # move=True: the staged file itself is fsynced before its rename.
     events.clear()
@@ -284,12 +342,26 @@ def test_unusable_root_is_out_of_resources(tmp_path):
         LocalBlobStore(str(f / "store"))
 
 
-def test_put_after_fanout_dirs_were_removed(local):
+@pytest.mark.parametrize("layout", ["one-level", "two-level"])
+def test_put_after_fanout_dirs_were_removed(tmp_path, layout, monkeypatch):
     """A fan-out directory removed behind the store (operator, empty-dir sweep) is
-    recreated; the store's cache of durable directories never goes stale."""
+    recreated, and synced in its parent; the store's cache of durable directories never
+    goes stale."""
+    local = (LocalBlobStore(str(tmp_path / "store")) if layout == "one-level"
+             else legacy_store(tmp_path / "store"))
     key = local.put_bytes(DATA)
     local.delete(key)
     leaf = os.path.dirname(local.local_path(key))
     os.rmdir(leaf)
-    os.rmdir(os.path.dirname(leaf))
+    if layout == "two-level":
+        os.rmdir(os.path.dirname(leaf))
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
     assert local.put_bytes(DATA) == key and local.read(key) == DATA
+    assert os.path.join(local.root, "objects") in synced

@@ -1,7 +1,8 @@
 """The one retrieve path (WADO-RS, WADO-URI, ZIP download; later C-GET / C-MOVE / export).
 
 Never a whole study in memory: callers iterate instances one at a time. Every byte served
-is checked: whole objects against their sha256 (via the store), frames against the CRC32
+is checked: whole objects against the fast digest recorded at ingest (XXH3-128, R-H1;
+rows from before migration 10: their sha256), via the store, frames against the CRC32
 recorded at ingest ("hash is the arbiter", reliability-matrix §3.2). A mismatch raises
 :class:`pacsd.errors.DataUnavailable` and nothing of the bad bytes is sent (FT-6, FT-8).
 Transcoding happens only when the client asks for another transfer syntax (R-A5:
@@ -94,9 +95,10 @@ class RetrieveService:
 
     # --- whole objects --------------------------------------------------------------------
     async def read_verified(self, row: InstanceRow) -> bytes:
-        """The stored object, sha256-verified (DataUnavailable when no good copy exists)."""
+        """The stored object, verified (DataUnavailable when no good copy exists): by the
+        fast digest recorded at ingest when the row has one, else by its sha256."""
         return await self.archive.run(self.archive.store.read, row.sha256,
-                                      expected_size=row.size)
+                                      expected_size=row.size, digest=row.digest)
 
     async def object_chunks(self, row: InstanceRow, transfer_syntax: str
                             ) -> AsyncIterator[bytes]:
@@ -105,7 +107,8 @@ class RetrieveService:
             if row.size <= WHOLE_READ_LIMIT:
                 yield await self.read_verified(row)
                 return
-            it: Iterator[bytes] = self.archive.store.open_verified(row.sha256, CHUNK)
+            it: Iterator[bytes] = self.archive.store.open_verified(row.sha256, CHUNK,
+                                                                   digest=row.digest)
             while True:
                 chunk = await self.archive.run(next, it, None)
                 if chunk is None:

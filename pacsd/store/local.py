@@ -39,8 +39,8 @@ import pacsd.failpoints as failpoints
 from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, fsync_dir,
-                              hash_source, hash_stream, is_sha256, open_source,
-                              remove_stale_files, verified_chunks)
+                              hash_source, hash_stream, is_sha256, object_ok,
+                              open_source, remove_stale_files, verified_chunks)
 
 log = logging.getLogger(__name__)
 _MISMATCH = "The stored data does not match its declared hash or size."
@@ -298,7 +298,8 @@ class LocalBlobStore(BlobStore):
         except OSError as e:
             raise DataUnavailable("Stored object could not be read.") from e
 
-    def read(self, sha256: str, *, expected_size: int | None = None) -> bytes:
+    def read(self, sha256: str, *, expected_size: int | None = None,
+             digest: str | None = None) -> bytes:
         with self._open(sha256) as f:
             try:
                 if expected_size is not None and os.fstat(f.fileno()).st_size != expected_size:
@@ -306,7 +307,7 @@ class LocalBlobStore(BlobStore):
                 data = f.read()
             except OSError as e:
                 raise DataUnavailable("Stored object could not be read.") from e
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if not object_ok(data, sha256, digest):
             raise ChecksumMismatch("Stored object failed its integrity check.")
         return data
 
@@ -328,8 +329,9 @@ class LocalBlobStore(BlobStore):
             raise DataUnavailable("Stored object is shorter than the requested range.")
         return b"".join(parts)
 
-    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
-        return verified_chunks(self._open(sha256), sha256, chunk_size)
+    def open_verified(self, sha256: str, chunk_size: int = CHUNK, *,
+                      digest: str | None = None) -> Iterator[bytes]:
+        return verified_chunks(self._open(sha256), sha256, chunk_size, digest=digest)
 
     def _stat(self, sha256: str) -> os.stat_result | None:
         try:

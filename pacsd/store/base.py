@@ -432,6 +432,17 @@ class BlobStore(abc.ABC):
         the index keeps (:func:`fast_digest`); when usable it is checked instead of
         re-hashing with SHA-256 (:func:`object_ok`)."""
 
+    def read_framed(self, sha256: str, head: bytes, tail: bytes, *,
+                    expected_size: int | None = None, digest: str | None = None
+                    ) -> bytes | bytearray:
+        """``head`` + the object + ``tail`` in one buffer, the object verified exactly as
+        by :meth:`read` (same errors). For senders that frame each object (a multipart
+        part's headers and its CRLF): one socket write per object instead of three
+        (issue 6, WADO-RS study). Default: :meth:`read` and a join (a copy); the local
+        store reads the object straight into the buffer."""
+        return b"".join((head, self.read(sha256, expected_size=expected_size,
+                                         digest=digest), tail))
+
     @abc.abstractmethod
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; NOT hash verified (callers check per-frame CRC32

@@ -276,12 +276,24 @@ class ReplicatedStore(BlobStore):
 
     def read(self, sha256: str, *, expected_size: int | None = None,
              digest: str | None = None) -> bytes:
+        return self._read_first_good(sha256, expected_size, lambda c: c.read(
+            sha256, expected_size=expected_size, digest=digest))
+
+    def read_framed(self, sha256: str, head: bytes, tail: bytes, *,
+                    expected_size: int | None = None, digest: str | None = None
+                    ) -> bytes | bytearray:
+        return self._read_first_good(sha256, expected_size, lambda c: c.read_framed(
+            sha256, head, tail, expected_size=expected_size, digest=digest))
+
+    def _read_first_good(self, sha256: str, expected_size: int | None,
+                         read: Callable[[BlobStore], Any]) -> Any:
+        """``read(copy)`` of the first copy that passes its checks (read order above);
+        every bad copy seen is reported (and repaired on read)."""
         check_sha256(sha256)
         failures: list[tuple[int, CopyState, BaseException]] = []
         for i in self._read_order(sha256):
             try:
-                data = self.copies[i].read(sha256, expected_size=expected_size,
-                                           digest=digest)
+                data = read(self.copies[i])
             except (NotFound, DataUnavailable) as e:
                 failures.append((i, self._state_of(i, sha256, e, expected_size), e))
                 continue

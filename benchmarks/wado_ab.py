@@ -1,6 +1,6 @@
 """WADO-RS whole-study A/B of two pacsd source trees in ONE run (R-H1, issue 6).
 
-    python -m benchmarks.wado_ab --a /work/main --b . [--slices 200] [--reps 5]
+    python -m benchmarks.wado_ab --a /work/main --b . [--slices 200] [--reps 5] [--orthanc]
 
 Writes one CT study (512x512x16-bit slices from benchmarks/dataset.py) to a temp dir,
 imports it into a fresh data directory per tree (``pacsd import`` with that tree's
@@ -11,12 +11,14 @@ processes, ``--n8`` requests each), the two servers alternating per repetition. 
 per tree the median MB/s and the server's CPU ms per MB (utime + stime of the server
 process from /proc, every thread). The byte-exact checks of every answer are the
 side-by-side benchmark's (``python -m benchmarks side-by-side``); here only the body
-length and the part count are checked.
+length is checked. ``--orthanc``: Orthanc (``benchmarks/servers.py``, study uploaded through
+its REST API) is measured the same way in the same rounds; its CPU is the Orthanc process's.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from .dataset import DataSet
-from .servers import free_port
+from .servers import OrthancProcess, free_port
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--n1", type=int, default=4, help="requests per repetition at c=1")
     p.add_argument("--n8", type=int, default=2, help="requests per curl at c=8")
+    p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
     args = p.parse_args(argv)
     trees = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     tmp = Path(tempfile.mkdtemp(prefix="wado-ab-"))
@@ -90,8 +93,17 @@ def main(argv: list[str] | None = None) -> int:
     study = insts[0].study
     size = sum(f.stat().st_size for f in files.iterdir())
     servers = {}
+    orthanc = None
     try:
-        for name, tree in trees.items():
+        if args.orthanc:
+            orthanc = OrthancProcess()
+            rest = orthanc.url.rsplit("/dicom-web", 1)[0]
+            for f in sorted(files.iterdir()):
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", "--data-binary",
+                                f"@{f}", rest + "/instances"], check=True)
+            servers["Orthanc"] = (orthanc.proc, rest)
+            trees["Orthanc"] = Path(orthanc.version.split(",")[0])
+        for name, tree in list(trees.items())[:2]:
             data = tmp / f"data-{name}"
             env = dict(os.environ, PYTHONPATH=str(tree))
             subprocess.run([sys.executable, "-m", "pacsd.cli", "import", "--data-dir",
@@ -102,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         res: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for rep in range(args.reps):
             for conc, n in ((1, args.n1), (8, args.n8)):
-                order = ["A", "B"] if rep % 2 == 0 else ["B", "A"]
+                order = list(servers)
+                if rep % 2:
+                    order.reverse()
                 for name in order:
                     proc, base = servers[name]
                     c0 = cpu_s(proc.pid)
@@ -124,12 +138,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{statistics.median(v[1] for v in vals):.3f} | "
                   + " ".join(f"{v[0]:.0f}" for v in vals) + " |")
     finally:
+        if orthanc is not None:
+            orthanc.stop()
+            servers.pop("Orthanc", None)
         for proc, _ in servers.values():
             proc.terminate()
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -25,16 +25,24 @@ DEFAULT_ARENAS = 2
 def limit_arenas(arenas: int = DEFAULT_ARENAS) -> bool:
     """Cap this process's malloc arenas (and, through the environment, those of the
     processes it starts); True when the cap was set here."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    return _mallopt({"MALLOC_ARENA_MAX": (M_ARENA_MAX, arenas)})
+
+
+def _mallopt(settings: dict[str, tuple[int, int]]) -> bool:
+    """Set each glibc malloc parameter (environment name -> (mallopt number, value)) and
+    hand it to child processes through the environment; nothing when the operator set
+    any of those names (their choice) or on a libc without ``mallopt``."""
+    if any(os.environ.get(name) for name in settings):
         return False   # the operator chose
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False   # not glibc
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    if mallopt(M_ARENA_MAX, arenas) != 1:
-        return False
-    os.environ["MALLOC_ARENA_MAX"] = str(arenas)
+    for param, value in settings.values():
+        if mallopt(param, value) != 1:
+            return False
+    os.environ.update({name: str(value) for name, (_, value) in settings.items()})
     return True
 
 
@@ -58,16 +66,5 @@ def keep_object_buffers() -> bool:
     which keeps up to :data:`TRIM_THRESHOLD` free: RSS may stay up to that much higher
     after a burst. An operator's own ``MALLOC_MMAP_THRESHOLD_`` or
     ``MALLOC_TRIM_THRESHOLD_`` is respected (then nothing is set); True when set here."""
-    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    if any(os.environ.get(n) for n in names):
-        return False   # the operator chose
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False   # not glibc
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 or \
-            mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1:
-        return False
-    os.environ.update({names[0]: str(MMAP_THRESHOLD), names[1]: str(TRIM_THRESHOLD)})
-    return True
+    return _mallopt({"MALLOC_MMAP_THRESHOLD_": (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+                     "MALLOC_TRIM_THRESHOLD_": (M_TRIM_THRESHOLD, TRIM_THRESHOLD)})

@@ -6,7 +6,8 @@ Writes one CT study (512x512x16-bit slices from benchmarks/dataset.py) to a temp
 imports it into a fresh data directory per tree (``pacsd import`` with that tree's
 code), starts ``pacsd serve`` from each tree and fetches the whole study as stored
 (``multipart/related; type="application/dicom"; transfer-syntax=*``) with curl, which
-costs the client little CPU: at c=1 (``--n1`` sequential requests) and c=8 (8 curl
+costs the client little CPU (``--workers``: pacsd's worker processes, default 1; the
+CPU counted is the server's and its workers'): at c=1 (``--n1`` sequential requests) and c=8 (8 curl
 processes, ``--n8`` requests each), the two servers alternating per repetition. Prints
 per tree the median MB/s and the server's CPU ms per MB (utime + stime of the server
 process from /proc, every thread). The byte-exact checks of every answer are the
@@ -32,18 +33,33 @@ from .servers import OrthancProcess, free_port
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def cpu_s(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
 
 
-def start(tree: Path, data: Path, log: Path) -> tuple[subprocess.Popen, str]:
+def cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` and its child processes (pacsd's worker processes)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat(int(entry))
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start(tree: Path, data: Path, log: Path, workers: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(tree))
     proc = subprocess.Popen(
         [sys.executable, "-m", "pacsd.cli", "serve", "--data-dir", str(data),
-         "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING"],
+         "--http", f"127.0.0.1:{port}", "--dicom-port", "0", "--log-level", "WARNING",
+         "--workers", workers],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=str(tree), env=env)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -81,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n1", type=int, default=4, help="requests per repetition at c=1")
     p.add_argument("--n8", type=int, default=2, help="requests per curl at c=8")
     p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
+    p.add_argument("--workers", default="1", help="pacsd serve --workers (both trees)")
     args = p.parse_args(argv)
     trees = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     tmp = Path(tempfile.mkdtemp(prefix="wado-ab-"))
@@ -109,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-m", "pacsd.cli", "import", "--data-dir",
                             str(data), str(files)], check=True, cwd=str(tree), env=env,
                            stdout=subprocess.DEVNULL)
-            servers[name] = start(tree, data, tmp / f"server-{name}.log")
+            servers[name] = start(tree, data, tmp / f"server-{name}.log", args.workers)
+        time.sleep(3 if args.workers != "1" else 0)  # every worker listening
         load = os.getloadavg()
         res: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for rep in range(args.reps):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .. import errors, failpoints
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
-from ..store import ChecksumMismatch, hash_digests
+from ..store import IntegrityMismatch, hash_digests
 from ..store.crypto import key_scope
 from .archive import Archive
 from .compression import maybe_compress
@@ -78,7 +78,7 @@ def _with_digest(staged: StagedFile) -> StagedFile:
     with open(staged.path, "rb") as fh:
         sha, size, digest = hash_digests(fh)
     if (sha, size) != (staged.sha256, staged.size):
-        raise ChecksumMismatch("The staged object changed before it was stored.")
+        raise IntegrityMismatch("The staged object does not match its declared hash.")
     return StagedFile(staged.path, sha, size, digest)
 
 

@@ -401,9 +401,10 @@ class Catalogue:
 
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 
-    def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH
-                   ) -> Iterator[tuple[int, str, int]]:
-        """(pk, sha256, size) of every instance in pk order, starting after ``after_pk``.
+    def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH, *,
+                   missing_digest: bool = False) -> Iterator[tuple[int, str, int]]:
+        """(pk, sha256, size) of every instance in pk order, starting after ``after_pk``
+        (``missing_digest``: only those without a fast read-time digest, migration 10).
 
         Keyset pagination: each batch is its own short query (``pk > last ORDER BY pk
         LIMIT batch``), so a scrub that runs for hours holds no cursor, transaction or
@@ -414,6 +415,8 @@ class Catalogue:
         stmt = (sa.select(instances.c.pk, instances.c.sha256, instances.c.size)
                 .where(instances.c.pk > sa.bindparam("last"))
                 .order_by(instances.c.pk).limit(batch))
+        if missing_digest:
+            stmt = stmt.where(instances.c.digest.is_(None))
         while True:
             with translate_errors("listing stored objects"), self._engine.connect() as conn:
                 rows = conn.execute(stmt, {"last": last}).all()
@@ -422,6 +425,15 @@ class Catalogue:
             if len(rows) < batch:
                 return
             last = rows[-1].pk
+
+    def set_digest(self, sha256: str, digest: str) -> int:
+        """Record the fast read-time digest of the object ``sha256`` on the instance rows
+        that have none (the scrubber's backfill, R-H1); returns the rows changed."""
+        def fn(conn: sa.Connection) -> int:
+            return conn.execute(sa.update(instances).where(
+                instances.c.sha256 == sha256, instances.c.digest.is_(None)).values(
+                digest=digest)).rowcount
+        return self._write("recording an object digest", fn)
 
     def known_sha256(self, shas: list[str] | set[str]) -> set[str]:
         """The subset of ``shas`` that some instance row refers to (scrub orphan pass,

@@ -37,7 +37,7 @@ import itertools
 import os
 import re
 import time
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import xxhash
 
@@ -124,6 +124,15 @@ def digest_value(xxh3_hex: str, sha256: str) -> str:
 def fast_digest(data: bytes | bytearray | memoryview, sha256: str) -> str:
     """The fast digest of ``data``, the bytes of the object named ``sha256``."""
     return digest_value(xxhash.xxh3_128_hexdigest(data), sha256)
+
+
+def digest_of_chunks(chunks: Iterable[bytes], sha256: str) -> str:
+    """The fast digest of the object ``sha256`` given as ``chunks`` (e.g. the verified
+    stream of ``open_verified``: its errors propagate)."""
+    x = xxhash.xxh3_128()
+    for chunk in chunks:
+        x.update(chunk)
+    return digest_value(x.hexdigest(), sha256)
 
 
 def usable_digest(digest: object, sha256: str) -> bool:

@@ -149,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in lifecycle_cli.COMMANDS:
             return lifecycle_cli.run(args, settings)
         if args.command == "serve":
-            from .malloc import limit_arenas
+            from .malloc import keep_object_buffers, limit_arenas
             from .server import serve
             limit_arenas()  # before the worker threads/processes exist (pacsd/malloc.py)
+            keep_object_buffers()
             return serve(settings)
     except ConfigError as exc:
         print(f"pacsd: {exc.reason}", file=sys.stderr)

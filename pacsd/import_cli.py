@@ -180,7 +180,7 @@ def _stage(store, src: Source, max_bytes: int):
         except BaseException:
             writer.abort()
             raise
-        return StagedFile(path, sha, size)
+        return StagedFile(path, sha, size, writer.digest)
     finally:
         fh.close()
         if src.member is not None:

@@ -116,6 +116,9 @@ class InstanceRow:
     frames: FrameIndex | None
     bulk: dict[str, tuple[int, int]]
     instance_number: int | None = None
+    #: Fast read-time digest recorded at ingest (store.base.fast_digest); None: the
+    #: object is verified by its SHA-256 (rows from before migration 10).
+    digest: str | None = None
 
 
 @dataclass(frozen=True)

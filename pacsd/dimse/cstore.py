@@ -110,7 +110,8 @@ def _store(event, ctx: ScpContext, actor):
         raise
     # Durable (blob fsynced and hash-checked, index committed) once this returns; the
     # staged file is consumed either way.
-    return ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size), actor=actor))
+    return ctx.bridge.call(ctx.ingest.ingest(StagedFile(path, sha256, size, writer.digest),
+                                             actor=actor))
 
 
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:

@@ -64,7 +64,8 @@ class _Queued:
 _ROW_COLS = (studies.c.study_instance_uid, series.c.series_instance_uid,
              instances.c.sop_instance_uid, instances.c.sop_class_uid,
              instances.c.transfer_syntax_uid, instances.c.sha256, instances.c.size,
-             instances.c.frames, instances.c.bulk, instances.c.instance_number)
+             instances.c.frames, instances.c.bulk, instances.c.instance_number,
+             instances.c.digest)
 _HIERARCHY = instances.join(series, instances.c.series_fk == series.c.pk).join(
     studies, instances.c.study_fk == studies.c.pk)
 
@@ -94,7 +95,7 @@ def _instance_row(row: sa.Row) -> InstanceRow:
         transfer_syntax_uid=row.transfer_syntax_uid, sha256=row.sha256, size=row.size,
         frames=FrameIndex.from_json(row.frames) if row.frames is not None else None,
         bulk={k: (int(v[0]), int(v[1])) for k, v in orjson.loads(row.bulk).items()},
-        instance_number=row.instance_number,
+        instance_number=row.instance_number, digest=row.digest,
     )
 
 
@@ -258,8 +259,8 @@ class Catalogue:
         return self._write(action, fn)
 
     def store_instance(self, p: ParsedInstance, *, sha256: str, size: int,
-                       scope: Iterable | None = None, institution: str | None = None
-                       ) -> StoreOutcome:
+                       scope: Iterable | None = None, institution: str | None = None,
+                       digest: str | None = None) -> StoreOutcome:
         """Index one instance in one transaction (BI-25 idempotent, BI-26 DuplicateInstance,
         BI-27 HierarchyConflict; see ``writes.store_instance``). With a write ``scope``
         (R-A12) the study, as it stands after this write (an existing study's recorded
@@ -267,7 +268,8 @@ class Catalogue:
         advance), must satisfy it, checked in the same transaction; otherwise WriteDenied
         and nothing of the instance is kept (same answer whether the study existed).
         ``institution``: the code ``institution_of(p)`` gives, when the caller has it
-        already (ingest computes it once for encryption at rest)."""
+        already (ingest computes it once for encryption at rest). ``digest``: the fast
+        read-time digest of the object, checked by retrieval instead of its SHA-256."""
         derived: dict = {}
         if institution and not p.institution:
             derived["institution"] = institution
@@ -280,7 +282,7 @@ class Catalogue:
         extra = scope_clause(scope)
 
         def store(conn: sa.Connection, sql: writes.Sql | None = None) -> StoreOutcome:
-            outcome = writes.store_instance(conn, p, sha256, size, sql)
+            outcome = writes.store_instance(conn, p, sha256, size, sql, digest=digest)
             if extra is not None and conn.execute(sa.select(studies.c.pk).where(
                     studies.c.study_instance_uid == p.study_instance_uid, extra)
                     ).first() is None:
@@ -399,9 +401,10 @@ class Catalogue:
 
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 
-    def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH
-                   ) -> Iterator[tuple[int, str, int]]:
-        """(pk, sha256, size) of every instance in pk order, starting after ``after_pk``.
+    def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH, *,
+                   missing_digest: bool = False) -> Iterator[tuple[int, str, int]]:
+        """(pk, sha256, size) of every instance in pk order, starting after ``after_pk``
+        (``missing_digest``: only those without a fast read-time digest, migration 10).
 
         Keyset pagination: each batch is its own short query (``pk > last ORDER BY pk
         LIMIT batch``), so a scrub that runs for hours holds no cursor, transaction or
@@ -412,6 +415,8 @@ class Catalogue:
         stmt = (sa.select(instances.c.pk, instances.c.sha256, instances.c.size)
                 .where(instances.c.pk > sa.bindparam("last"))
                 .order_by(instances.c.pk).limit(batch))
+        if missing_digest:
+            stmt = stmt.where(instances.c.digest.is_(None))
         while True:
             with translate_errors("listing stored objects"), self._engine.connect() as conn:
                 rows = conn.execute(stmt, {"last": last}).all()
@@ -420,6 +425,15 @@ class Catalogue:
             if len(rows) < batch:
                 return
             last = rows[-1].pk
+
+    def set_digest(self, sha256: str, digest: str) -> int:
+        """Record the fast read-time digest of the object ``sha256`` on the instance rows
+        that have none (the scrubber's backfill, R-H1); returns the rows changed."""
+        def fn(conn: sa.Connection) -> int:
+            return conn.execute(sa.update(instances).where(
+                instances.c.sha256 == sha256, instances.c.digest.is_(None)).values(
+                digest=digest)).rowcount
+        return self._write("recording an object digest", fn)
 
     def known_sha256(self, shas: list[str] | set[str]) -> set[str]:
         """The subset of ``shas`` that some instance row refers to (scrub orphan pass,

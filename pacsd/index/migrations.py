@@ -73,6 +73,13 @@ def _series_modality_order(conn: sa.Connection) -> None:
         schema.SERIES_MODALITY_ORDER.create(conn)
 
 
+def _instance_digest(conn: sa.Connection) -> None:
+    # The fast read-time digest (R-H1): a nullable column; rows without it are verified
+    # by their SHA-256 as before (the scrubber may fill it in).
+    if "digest" not in {c["name"] for c in sa.inspect(conn).get_columns("instances")}:
+        conn.execute(sa.text("ALTER TABLE instances ADD COLUMN digest TEXT"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
@@ -86,6 +93,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               audit_schema.migrate_audit),
     Migration(8, "perf: index series (modality, series_number, pk)", _series_modality_order),
     Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
+    Migration(10, "instances.digest: fast read-time digest (R-H1)", _instance_digest),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES

@@ -222,6 +222,9 @@ instances = sa.Table(
     sa.Column("instance_json", Blob, nullable=False),
     sa.Column("specific_character_set", Text),
     sa.Column("sha256", Text, nullable=False),
+    # Fast read-time digest of the object (store.base.fast_digest, migration 10); NULL:
+    # retrieval verifies the SHA-256 (R-H1, R-A6).
+    sa.Column("digest", Text),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("metadata", Blob, nullable=False),        # zlib(ParsedInstance.metadata)
     sa.Column("frames", Blob),                          # FrameIndex.to_json() or NULL

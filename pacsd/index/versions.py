@@ -72,7 +72,7 @@ def apply_correction(conn: sa.Connection, study_uid: str,
             size=row.size, transfer_syntax_uid=row.transfer_syntax_uid, correction_fk=cpk,
             created_at=_ts(row.created_at), superseded_at=now))
         conn.execute(sa.update(instances).where(instances.c.pk == row.pk).values(
-            sha256=sha, size=size, transfer_syntax_uid=p.transfer_syntax_uid,
+            sha256=sha, digest=None, size=size, transfer_syntax_uid=p.transfer_syntax_uid,
             instance_json=p.instance_json, specific_character_set=p.specific_character_set,
             metadata=zlib.compress(p.metadata, 6),
             frames=p.frames.to_json() if p.frames is not None else None,

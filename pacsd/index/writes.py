@@ -335,21 +335,23 @@ def _series(conn: sa.Connection, stmts: Sql, p: ParsedInstance, study_pk: int,
 
 
 def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: int,
-                   stmts: Sql | None = None) -> StoreOutcome:
+                   stmts: Sql | None = None, *, digest: str | None = None) -> StoreOutcome:
     """Commit one instance (module docstring); the caller owns the transaction.
     Usual case, a new instance of a known series: six statements. ``stmts``: the
-    caller's :class:`Sql` on ``conn`` (the group commit's), else one is made here."""
+    caller's :class:`Sql` on ``conn`` (the group commit's), else one is made here.
+    ``digest``: the fast read-time digest of the object (``store.base.fast_digest``),
+    or None."""
     if stmts is not None:
-        return _store(conn, stmts, p, sha256, size)
+        return _store(conn, stmts, p, sha256, size, digest)
     stmts = Sql(conn)
     try:
-        return _store(conn, stmts, p, sha256, size)
+        return _store(conn, stmts, p, sha256, size, digest)
     finally:
         stmts.close()
 
 
-def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size: int
-           ) -> StoreOutcome:
+def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size: int,
+           digest: str | None = None) -> StoreOutcome:
     outcome = _existing_outcome(conn, stmts, p, sha256)
     if outcome is not None:
         return outcome
@@ -361,7 +363,7 @@ def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size
         "study_fk": study.pk, "sop_class_uid": p.sop_class_uid,
         "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
         "specific_character_set": p.specific_character_set, "sha256": sha256,
-        "size": size, "metadata": zlib.compress(p.metadata, 6),
+        "digest": digest, "size": size, "metadata": zlib.compress(p.metadata, 6),
         "frames": p.frames.to_json() if p.frames is not None else None,
         "bulk": orjson.dumps(p.bulk), "created_at": now,
         **_values(INSTANCE_COLUMNS, p.instance)}).scalar()

@@ -29,7 +29,7 @@ from ..index.engine import translate_errors
 from ..index.lifecycle_schema import compressed_objects
 from ..index.schema import instances
 from ..model import ParsedInstance
-from ..store import hash_stream
+from ..store import hash_digests
 from .archive import Archive
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,10 @@ def maybe_compress(archive: Archive, staged, parsed: ParsedInstance):
         if os.path.exists(tmp):
             os.unlink(tmp)
     with open(staged.path, "rb") as fh:
-        sha, size = hash_stream(fh)
+        sha, size, digest = hash_digests(fh)
     new_parsed = parse_instance(staged.path)
     _record(archive, sha, staged.size, size, target)
-    return type(staged)(staged.path, sha, size), new_parsed
+    return type(staged)(staged.path, sha, size, digest), new_parsed
 
 
 def _stored_as_received(archive: Archive, sop_uid: str, sha256: str) -> bool:

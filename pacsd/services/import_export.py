@@ -91,7 +91,7 @@ class Importer:
             if (got, n) != (sha, size):
                 w.abort()
                 return None
-        return StagedFile(path, got, n)
+        return StagedFile(path, got, n, w.digest)
 
     async def run(self) -> ImportReport:
         report = ImportReport(redacted(self.source.url))

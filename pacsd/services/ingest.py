@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .. import errors, failpoints
 from ..dicom import parse_instance
 from ..model import ParsedInstance, StoreOutcome
-from ..store import hash_stream
+from ..store import IntegrityMismatch, hash_digests
 from ..store.crypto import key_scope
 from .archive import Archive
 from .compression import maybe_compress
@@ -31,6 +31,9 @@ class StagedFile:
     path: str
     sha256: str
     size: int
+    #: Fast read-time digest hashed in the same pass (HashingWriter.digest); None: ingest
+    #: computes it with the SHA-256 again before the object is stored.
+    digest: str | None = None
 
 
 def _discard(path: str) -> None:
@@ -64,9 +67,19 @@ def _sanitize_preamble(staged: StagedFile) -> StagedFile:
         fh.write(bytes(128))
         fh.flush()
         fh.seek(0)
-        sha, size = hash_stream(fh)
+        sha, size, digest = hash_digests(fh)
     log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
-    return StagedFile(staged.path, sha, size)
+    return StagedFile(staged.path, sha, size, digest)
+
+
+def _with_digest(staged: StagedFile) -> StagedFile:
+    """``staged`` with its fast digest, for callers that staged without HashingWriter's:
+    both hashes in one pass, so the digest is of the bytes the SHA-256 names."""
+    with open(staged.path, "rb") as fh:
+        sha, size, digest = hash_digests(fh)
+    if (sha, size) != (staged.sha256, staged.size):
+        raise IntegrityMismatch("The staged object does not match its declared hash.")
+    return StagedFile(staged.path, sha, size, digest)
 
 
 def _referenced(a: Archive, sha256: str) -> bool:
@@ -114,7 +127,7 @@ class IngestService:
         parsed = parse_instance(data)
         with self.archive.store.new_staging_file(max_size=limit) as w:
             w.write(data)
-            staged = StagedFile(*w.finish())
+            staged = StagedFile(*w.finish(), digest=w.digest)
         try:
             return self._commit_named(staged, parsed, expected_study_uid, scope)
         except BaseException:
@@ -145,6 +158,8 @@ class IngestService:
     def _commit_named(self, staged: StagedFile, parsed: ParsedInstance,
                       expected_study_uid: str | None, scope: tuple) -> StoreOutcome:
         staged, parsed = maybe_compress(self.archive, staged, parsed)  # R-A5 policy
+        if staged.digest is None:
+            staged = _with_digest(staged)
         try:
             return self._commit(staged, parsed, expected_study_uid, scope)
         except errors.InstanceError as exc:
@@ -174,7 +189,8 @@ class IngestService:
             # its objects are sealed for (R-A12, R-G1).
             outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256,
                                                  size=staged.size, scope=scope,
-                                                 institution=institution)
+                                                 institution=institution,
+                                                 digest=staged.digest)
         except BaseException:
             # The index refused it (duplicate with other content, hierarchy conflict,
             # database unavailable): nothing of this instance may remain. A blob we did not

@@ -126,7 +126,7 @@ class PluginAPI:
         if size == 0:
             os.unlink(path)
             raise errors.InvalidDicom("empty object")
-        return StagedFile(path, sha, size)
+        return StagedFile(path, sha, size, writer.digest)
 
     # --- query --------------------------------------------------------------------------
     async def search(self, level: str, params: Mapping[str, str] | Iterable[tuple[str, str]]

@@ -1,7 +1,8 @@
 """The one retrieve path (WADO-RS, WADO-URI, ZIP download; later C-GET / C-MOVE / export).
 
 Never a whole study in memory: callers iterate instances one at a time. Every byte served
-is checked: whole objects against their sha256 (via the store), frames against the CRC32
+is checked: whole objects against the fast digest recorded at ingest (XXH3-128, R-H1;
+rows from before migration 10: their sha256), via the store, frames against the CRC32
 recorded at ingest ("hash is the arbiter", reliability-matrix §3.2). A mismatch raises
 :class:`pacsd.errors.DataUnavailable` and nothing of the bad bytes is sent (FT-6, FT-8).
 Transcoding happens only when the client asks for another transfer syntax (R-A5:
@@ -94,9 +95,10 @@ class RetrieveService:
 
     # --- whole objects --------------------------------------------------------------------
     async def read_verified(self, row: InstanceRow) -> bytes:
-        """The stored object, sha256-verified (DataUnavailable when no good copy exists)."""
+        """The stored object, verified (DataUnavailable when no good copy exists): by the
+        fast digest recorded at ingest when the row has one, else by its sha256."""
         return await self.archive.run(self.archive.store.read, row.sha256,
-                                      expected_size=row.size)
+                                      expected_size=row.size, digest=row.digest)
 
     async def object_chunks(self, row: InstanceRow, transfer_syntax: str
                             ) -> AsyncIterator[bytes]:
@@ -105,7 +107,8 @@ class RetrieveService:
             if row.size <= WHOLE_READ_LIMIT:
                 yield await self.read_verified(row)
                 return
-            it: Iterator[bytes] = self.archive.store.open_verified(row.sha256, CHUNK)
+            it: Iterator[bytes] = self.archive.store.open_verified(row.sha256, CHUNK,
+                                                                   digest=row.digest)
             while True:
                 chunk = await self.archive.run(next, it, None)
                 if chunk is None:
@@ -114,27 +117,52 @@ class RetrieveService:
         data = await self.read_verified(row)
         yield await self.archive.run(transcode, data, transfer_syntax)
 
-    async def objects_as_stored(self, rows: list[InstanceRow]
-                                ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
+    async def objects_as_stored(
+            self, rows: list[InstanceRow],
+            frame: Callable[[InstanceRow], tuple[bytes, bytes]] | None = None,
+    ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
         """(row, its chunks as stored) for each row, in order, reading (and verifying)
         the next object on the worker pool while the caller sends the current one
-        (issue 6: the sha256 check and the socket writes overlap; at most two objects
-        of one answer in memory). Objects over WHOLE_READ_LIMIT stream as before."""
-        async def one(data: bytes) -> AsyncIterator[bytes]:
+        (issue 6: the check and the socket writes overlap; at most two objects of one
+        answer in memory). Objects over WHOLE_READ_LIMIT stream as before.
+
+        ``frame(row)`` gives (head, tail) bytes to send around each object (a multipart
+        part's headers and CRLF): the chunks then include them, read into one buffer
+        with the object (``BlobStore.read_framed``), so a part is one socket write."""
+        async def one(data: bytes | bytearray) -> AsyncIterator[bytes]:
             yield data
+
+        async def streamed(row: InstanceRow) -> AsyncIterator[bytes]:
+            assert frame is not None
+            head, tail = frame(row)
+            chunks = self.object_chunks(row, "*")
+            first = await anext(chunks, b"")  # a missing object fails before the head
+            yield head
+            yield first
+            async for c in chunks:
+                yield c
+            yield tail
+
+        def read(row: InstanceRow) -> "asyncio.Future":
+            if frame is None:
+                return asyncio.ensure_future(self.read_verified(row))
+            head, tail = frame(row)
+            return asyncio.ensure_future(self.archive.run(
+                self.archive.store.read_framed, row.sha256, head, tail,
+                expected_size=row.size, digest=row.digest))
 
         pending: asyncio.Future | None = None
         try:
             for i, row in enumerate(rows):
                 if row.size > WHOLE_READ_LIMIT:
-                    yield row, self.object_chunks(row, "*")
+                    yield row, (self.object_chunks(row, "*") if frame is None
+                                else streamed(row))
                     continue
-                task = pending if pending is not None else asyncio.ensure_future(
-                    self.read_verified(row))
+                task = pending if pending is not None else read(row)
                 pending = None
                 nxt = rows[i + 1] if i + 1 < len(rows) else None
                 if nxt is not None and nxt.size <= WHOLE_READ_LIMIT:
-                    pending = asyncio.ensure_future(self.read_verified(nxt))
+                    pending = read(nxt)
                 yield row, one(await task)
         finally:
             if pending is not None:

@@ -31,9 +31,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import PacsdError
+from ..errors import DataUnavailable, NotFound, OutOfResources, PacsdError
 from ..index import Catalogue
 from ..store import BlobStore
+from ..store.base import digest_of_chunks
 from ..store.replicated import copies_of
 from ..store.verification import CopyState, check_copy, copy_object, object_mtime
 
@@ -82,6 +83,7 @@ class ScrubReport:
     findings_dropped: int = 0
     last_pk: int = 0
     complete: bool = False
+    digests: int = 0            # fast read-time digests recorded (backfill, R-H1)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +118,7 @@ class ScrubReport:
                 "unrepairable": self.unrepairable, "remaining": self.remaining,
                 "orphans": self.orphans, "orphans_recent": self.orphans_recent,
                 "errors": self.errors, "last_pk": self.last_pk, "complete": self.complete,
+                "digests": self.digests,
                 "ok": self.ok, "findings": [f.__dict__ for f in self.findings]}
 
 
@@ -161,6 +164,7 @@ class Scrubber:
             checkpoint(report.last_pk)
         if stopped:
             return report
+        self._backfill_digests(report)
         # Kept earlier versions (R-A8, services/versions.py) are stored objects too.
         from ..index.lifecycle import Lifecycle
         for _pk, sha256, size in Lifecycle(self.catalogue).iter_version_blobs():
@@ -170,6 +174,22 @@ class Scrubber:
             self._orphan_pass(report)
         report.complete = True
         return report
+
+    def _backfill_digests(self, report: ScrubReport) -> None:
+        """Instances stored before migration 10 have no fast read-time digest, so every
+        read of them re-hashes with SHA-256 (R-H1). Read each such object once more from a
+        good copy, SHA-256-checked as it streams, hash XXH3-128 over the same bytes and
+        record it. An object without a good copy is skipped (pass 1 reported it)."""
+        for _pk, sha256, _size in self.catalogue.iter_blobs(missing_digest=True):
+            try:
+                digest = digest_of_chunks(self.store.open_verified(sha256), sha256)
+            except (NotFound, DataUnavailable, OutOfResources):
+                continue
+            try:
+                report.digests += bool(self.catalogue.set_digest(sha256, digest))
+            except PacsdError as e:
+                report.errors.append(f"recording digests: {e.reason}")
+                return
 
     def _tick(self, phase: str, done: int, total: int | None) -> None:
         if self.progress is not None:

@@ -64,7 +64,7 @@ class VersionService:
         when = _dt.datetime.fromtimestamp(now, _dt.timezone.utc)
         prepared = []
         for row in rows:
-            data = a.store.read(row.sha256, expected_size=row.size)
+            data = a.store.read(row.sha256, expected_size=row.size, digest=row.digest)
             new = correct_instance(data, changes, reason=reason, when=when)
             del data
             with a.store.new_staging_file() as w:

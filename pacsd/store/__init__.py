@@ -12,7 +12,8 @@ Objects are named by the SHA-256 of their bytes, never by DICOM UIDs (BI-6). One
 * ``memory://name`` -> :class:`FsspecBlobStore` over fsspec's in-memory filesystem (tests;
   note that fsspec's memory filesystem is process-global, so equal URLs share objects).
 
-This module may import only :mod:`pacsd.errors`, fsspec, s3fs and the standard library;
+This module may import only :mod:`pacsd.errors`, fsspec, s3fs, cryptography (crypto.py),
+xxhash (base.py) and the standard library;
 never pydicom, aiohttp or sqlalchemy (ARCHITECTURE layering).
 """
 from __future__ import annotations
@@ -23,13 +24,15 @@ from urllib.parse import unquote, urlsplit
 
 from pacsd.errors import BadRequest
 from pacsd.store.base import (BlobStore, ChecksumMismatch, HashingWriter, IntegrityMismatch,
-                              check_sha256, hash_stream, is_sha256, sha256_hex)
+                              check_sha256, fast_digest, hash_digests, hash_stream,
+                              is_sha256, sha256_hex, usable_digest)
 from pacsd.store.fsspec_store import FsspecBlobStore
 from pacsd.store.local import LocalBlobStore
 
 __all__ = ["BlobStore", "ChecksumMismatch", "FsspecBlobStore", "HashingWriter",
-           "IntegrityMismatch", "LocalBlobStore", "check_sha256", "hash_stream", "is_sha256",
-           "open_store", "s3_filesystem", "sha256_hex"]
+           "IntegrityMismatch", "LocalBlobStore", "check_sha256", "fast_digest",
+           "hash_digests", "hash_stream", "is_sha256", "open_store", "s3_filesystem",
+           "sha256_hex", "usable_digest"]
 
 #: Options understood by FsspecBlobStore itself; the rest go to the filesystem.
 _STORE_OPTIONS = ("staging_dir", "retries", "backoff", "conditional_create",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import errno
-import hashlib
 import math
 import os
 import shutil
@@ -40,7 +39,8 @@ from pacsd.errors import DataUnavailable, NotFound, OutOfResources, PacsdError
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, hash_source,
                               hash_stream, is_sha256,
-                              remove_stale_files, sha256_hex, verified_chunks)
+                              object_ok, remove_stale_files, sha256_hex,
+                              verified_chunks)
 
 T = TypeVar("T")
 _MISMATCH = "The stored data does not match its declared hash or size."
@@ -263,11 +263,12 @@ class FsspecBlobStore(BlobStore):
         except (PermissionError, IsADirectoryError, NotADirectoryError, OSError) as e:
             raise DataUnavailable("Stored object could not be read.") from e
 
-    def read(self, sha256: str, *, expected_size: int | None = None) -> bytes:
+    def read(self, sha256: str, *, expected_size: int | None = None,
+             digest: str | None = None) -> bytes:
         data = self._cat(self._key(sha256))
         if expected_size is not None and len(data) != expected_size:
             raise ChecksumMismatch("Stored object has the wrong size.")
-        if hashlib.sha256(data).hexdigest() != sha256:
+        if not object_ok(data, sha256, digest):
             raise ChecksumMismatch("Stored object failed its integrity check.")
         return data
 
@@ -295,11 +296,12 @@ class FsspecBlobStore(BlobStore):
         except (PermissionError, IsADirectoryError, NotADirectoryError, OSError) as e:
             raise DataUnavailable("Stored object could not be read.") from e
 
-    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def open_verified(self, sha256: str, chunk_size: int = CHUNK, *,
+                      digest: str | None = None) -> Iterator[bytes]:
         f = self.open_raw(sha256, chunk_size)
         # Any failure mid-stream (connection reset, timeout) means this copy was not
         # served in full: DataUnavailable, like a hash mismatch.
-        return verified_chunks(f, sha256, chunk_size, errors=(Exception,))
+        return verified_chunks(f, sha256, chunk_size, errors=(Exception,), digest=digest)
 
     def local_path(self, sha256: str) -> str | None:
         check_sha256(sha256)

@@ -274,12 +274,26 @@ class ReplicatedStore(BlobStore):
                   ", ".join(f"{self.copies[i].url}={s.value}" for i, s, _ in seen))
         return err
 
-    def read(self, sha256: str, *, expected_size: int | None = None) -> bytes:
+    def read(self, sha256: str, *, expected_size: int | None = None,
+             digest: str | None = None) -> bytes:
+        return self._read_first_good(sha256, expected_size, lambda c: c.read(
+            sha256, expected_size=expected_size, digest=digest))
+
+    def read_framed(self, sha256: str, head: bytes, tail: bytes, *,
+                    expected_size: int | None = None, digest: str | None = None
+                    ) -> bytes | bytearray:
+        return self._read_first_good(sha256, expected_size, lambda c: c.read_framed(
+            sha256, head, tail, expected_size=expected_size, digest=digest))
+
+    def _read_first_good(self, sha256: str, expected_size: int | None,
+                         read: Callable[[BlobStore], Any]) -> Any:
+        """``read(copy)`` of the first copy that passes its checks (read order above);
+        every bad copy seen is reported (and repaired on read)."""
         check_sha256(sha256)
         failures: list[tuple[int, CopyState, BaseException]] = []
         for i in self._read_order(sha256):
             try:
-                data = self.copies[i].read(sha256, expected_size=expected_size)
+                data = read(self.copies[i])
             except (NotFound, DataUnavailable) as e:
                 failures.append((i, self._state_of(i, sha256, e, expected_size), e))
                 continue
@@ -307,27 +321,30 @@ class ReplicatedStore(BlobStore):
         cause = failures[-1][2]
         raise self._fail(sha256, failures, "read_range") from cause
 
-    def open_verified(self, sha256: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    def open_verified(self, sha256: str, chunk_size: int = CHUNK, *,
+                      digest: str | None = None) -> Iterator[bytes]:
         check_sha256(sha256)
         order = self._read_order(sha256)
         failures: list[tuple[int, CopyState, BaseException]] = []
         # Opened eagerly, so NotFound (all copies missing) is raised by this call.
-        i, it = self._open_next(sha256, order, chunk_size, failures)
-        return self._stream(sha256, order, i, it, chunk_size, failures)
+        i, it = self._open_next(sha256, order, chunk_size, failures, digest)
+        return self._stream(sha256, order, i, it, chunk_size, failures, digest)
 
     def _open_next(self, sha256: str, order: list[int], chunk_size: int,
-                   failures: list) -> tuple[int, Iterator[bytes]]:
+                   failures: list, digest: str | None = None
+                   ) -> tuple[int, Iterator[bytes]]:
         while order:
             i = order.pop(0)
             try:
-                return i, self.copies[i].open_verified(sha256, chunk_size)
+                return i, self.copies[i].open_verified(sha256, chunk_size, digest=digest)
             except (NotFound, DataUnavailable) as e:
                 failures.append((i, self._state_of(i, sha256, e), e))
         cause = failures[-1][2] if failures else None
         raise self._fail(sha256, failures, "stream") from cause
 
     def _stream(self, sha256: str, order: list[int], i: int, it: Iterator[bytes],
-                chunk_size: int, failures: list) -> Iterator[bytes]:
+                chunk_size: int, failures: list, digest: str | None = None
+                ) -> Iterator[bytes]:
         sent = False
         try:
             while True:
@@ -342,7 +359,7 @@ class ReplicatedStore(BlobStore):
                         # copy is marked bad, so a retry reads another copy first (FT-6).
                         self._report(sha256, failures, None, "stream")
                         raise
-                    i, it = self._open_next(sha256, order, chunk_size, failures)
+                    i, it = self._open_next(sha256, order, chunk_size, failures, digest)
                     continue
                 self._mark_good(sha256, i)
                 self._report(sha256, failures, i, "stream")

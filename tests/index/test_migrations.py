@@ -189,3 +189,22 @@ def test_upgrade_from_version_5_adds_series_modality_index(fresh_url, monkeypatc
     with cat.engine.connect() as conn:
         assert conn.execute(sa.select(series.c.series_number)).scalars().all() == [7]
     cat.close()
+
+
+def test_upgrade_from_version_9_adds_instance_digest(fresh_url):
+    """Migration 10 (R-H1): instances.digest (the fast read-time digest) is added to a
+    version-9 catalogue, nullable (existing rows keep being verified by SHA-256)."""
+    from pacsd.index.schema import instances
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    with cat.engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE instances DROP COLUMN digest"))
+        conn.execute(sa.delete(schema_version).where(schema_version.c.version >= 10))
+    assert "digest" not in {c["name"] for c in sa.inspect(cat.engine).get_columns("instances")}
+    assert cat.migrate() == migrations.LATEST
+    assert cat.migrate() == migrations.LATEST
+    assert 10 in versions(cat)
+    cols = {c["name"]: c for c in sa.inspect(cat.engine).get_columns("instances")}
+    assert cols["digest"]["nullable"]
+    assert instances.c.digest.nullable
+    cat.close()

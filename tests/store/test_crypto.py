@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from pacsd.errors import DataUnavailable, NotFound
-from pacsd.store import FsspecBlobStore, IntegrityMismatch, open_store, sha256_hex
+from pacsd.store import (FsspecBlobStore, IntegrityMismatch, fast_digest, open_store,
+                         sha256_hex)
 from pacsd.store.base import ChecksumMismatch
 from pacsd.store.crypto import (MAGIC, EncryptedBlobStore, KeyUnavailable, Keyring,
                                 KeyringError, file_id, key_scope)
@@ -77,6 +78,11 @@ def test_raw_object_is_ciphertext_and_round_trips(store):
     assert store.read(sha) == data
     assert store.read(sha, expected_size=len(data)) == data
     assert b"".join(store.open_verified(sha, 3000)) == data
+    digest = fast_digest(data, sha)  # the read-time digest (R-H1): AEAD + XXH3
+    assert store.read(sha, digest=digest) == data
+    assert b"".join(store.open_verified(sha, 3000, digest=digest)) == data
+    with pytest.raises(ChecksumMismatch):  # the digest is what is checked
+        store.read(sha, digest=fast_digest(data + b"x", sha))
     assert store.size(sha) == len(data) and store.exists(sha)
     for off, n in [(0, 10), (SEG - 3, 7), (SEG, SEG), (2 * SEG + 1, 3 * SEG),
                    (len(data) - 4, 4), (0, len(data)), (17, 0)]:
@@ -104,6 +110,8 @@ def test_any_modified_byte_fails_the_read(store, where):
     flip(store, sha, pos)
     with pytest.raises(ChecksumMismatch):
         store.read(sha)
+    with pytest.raises(ChecksumMismatch):  # with the fast digest too (R-H1)
+        store.read(sha, digest=fast_digest(data, sha))
     with pytest.raises(ChecksumMismatch):
         for _ in store.open_verified(sha):
             pass

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pacsd.errors import BadRequest, DataUnavailable, InstanceTooLarge, NotFound
-from pacsd.store import BlobStore, ChecksumMismatch, IntegrityMismatch
+from pacsd.store import BlobStore, ChecksumMismatch, IntegrityMismatch, fast_digest
 
 DATA = bytes(range(256)) * 40 + b"tail"  # 10244 bytes, not a multiple of any chunk size
 
@@ -122,6 +122,52 @@ def test_read_detects_corruption(store, tamper, damage):
         store.read(key)
     assert isinstance(ei.value, DataUnavailable) and ei.value.http_status == 503
     assert store.verify(key) is False
+    # The same with the fast read-time digest instead of SHA-256 (R-H1), read and stream.
+    digest = fast_digest(DATA, key)
+    with pytest.raises(ChecksumMismatch):
+        store.read(key, digest=digest)
+    with pytest.raises(DataUnavailable):
+        for _ in store.open_verified(key, digest=digest):
+            pass
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate"])
+def test_read_framed(store, tamper, damage):
+    """read_framed (one buffer per multipart part, R-H1): head + verified object + tail;
+    the same checks and errors as read, with and without the fast digest."""
+    key = store.put_bytes(DATA)
+    digest = fast_digest(DATA, key)
+    for d in (None, digest):
+        got = store.read_framed(key, b"HEAD\r\n", b"\r\n", expected_size=len(DATA),
+                                digest=d)
+        assert bytes(got) == b"HEAD\r\n" + DATA + b"\r\n"
+    assert bytes(store.read_framed(key, b"", b"")) == DATA
+    with pytest.raises(ChecksumMismatch):
+        store.read_framed(key, b"H", b"T", expected_size=len(DATA) + 1)
+    bad = (DATA[:5000] + bytes([DATA[5000] ^ 0x01]) + DATA[5001:]
+           if damage == "bitflip" else DATA[:-1])
+    tamper.overwrite(key, bad)
+    for d in (None, digest):
+        with pytest.raises(ChecksumMismatch):
+            store.read_framed(key, b"H", b"T", digest=d)
+
+
+def test_read_with_fast_digest(store):
+    """R-H1: a usable digest is checked instead of SHA-256 (a wrong one fails the read,
+    so it is really what is checked); a stale or unknown one falls back to SHA-256."""
+    key = store.put_bytes(DATA)
+    digest = fast_digest(DATA, key)
+    assert store.read(key, expected_size=len(DATA), digest=digest) == DATA
+    assert b"".join(store.open_verified(key, 1000, digest=digest)) == DATA
+    wrong = fast_digest(DATA + b"x", key)
+    with pytest.raises(ChecksumMismatch):
+        store.read(key, digest=wrong)
+    with pytest.raises(ChecksumMismatch):
+        for _ in store.open_verified(key, digest=wrong):
+            pass
+    stale = fast_digest(b"x", "f" * 64)   # computed for another object: ignored
+    assert store.read(key, digest=stale) == DATA
+    assert store.read(key, digest="md5:0") == DATA
 
 
 def test_read_expected_size_mismatch(store):

@@ -101,6 +101,23 @@ class MultipartWriter:
                 await self.response.write(c)
         await self.response.write(b"\r\n")
 
+    async def framed(self, chunks: AsyncIterator[bytes]) -> None:
+        """Write one part whose chunks already carry its head and closing CRLF
+        (:meth:`frame`; ``RetrieveService.objects_as_stored(frame=...)``), with
+        :meth:`part`'s rule: nothing is written before the first chunk exists."""
+        it = aiter(chunks)
+        first = await anext(it, b"")
+        await self._start()
+        # A view: the transport slices what the socket did not take at once, and a
+        # slice of a view copies nothing (of a bytes or bytearray it would).
+        await self.response.write(memoryview(first))
+        async for c in it:
+            await self.response.write(memoryview(c))
+
+    def frame(self, content_type: str) -> tuple[bytes, bytes]:
+        """(head, tail) around a part's body, as :meth:`part` writes them."""
+        return self._head(content_type), b"\r\n"
+
     def _head(self, content_type: str, headers: dict[str, str] | None = None) -> bytes:
         head = f"--{self.boundary}\r\nContent-Type: {content_type}\r\n"
         for k, v in (headers or {}).items():

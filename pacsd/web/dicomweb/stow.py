@@ -192,8 +192,9 @@ class _Stow:
             if writer is None:
                 return b"".join(buffered)
             path, sha, size = writer.finish()
+            staged = StagedFile(path, sha, size, writer.digest)
             writer = None
-            return StagedFile(path, sha, size)
+            return staged
         finally:
             if writer is not None:
                 writer.abort()

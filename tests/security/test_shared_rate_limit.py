@@ -19,16 +19,21 @@ class Clock:
         return self.t
 
 
+def fail_in_children(lim, key: str, n: int) -> None:
+    """``n`` failures of ``key``, each recorded by another (forked) process."""
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            lim.failed(key)
+            os._exit(0)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
 def test_failures_in_forked_processes_count_against_one_limit():
     clock = Clock()
     lim = SharedRateLimiter(3, 60.0, clock, slots=64)
     lim.failed("10.0.0.1")
-    for _ in range(2):  # two more failures, each in another process
-        pid = os.fork()
-        if pid == 0:
-            lim.failed("10.0.0.1")
-            os._exit(0)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    fail_in_children(lim, "10.0.0.1", 2)  # two more failures, each in another process
     assert lim.retry_after("10.0.0.1") == 61
     assert lim.retry_after("10.0.0.2") is None
 
@@ -88,12 +93,7 @@ def test_plugin_limiter_counts_across_forked_workers_and_per_process_without_the
     api._rate_limits = SharedFailureTable(slots=64)
     lim = api.rate_limiter("demo.enrol", 3, 60.0, clock=clock)
     assert isinstance(lim, SharedRateLimiter)
-    for _ in range(3):
-        pid = os.fork()
-        if pid == 0:
-            lim.failed("192.0.2.7")
-            os._exit(0)
-        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    fail_in_children(lim, "192.0.2.7", 3)
     assert lim.retry_after("192.0.2.7") == 61
     assert isinstance(api.rate_limiter("demo.big", SHARED_LIMIT_CAP + 1, 60.0),
                       RateLimiter)

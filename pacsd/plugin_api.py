@@ -28,7 +28,8 @@ from .model import InstanceRow, StoreOutcome
 from .index.jobs import Job
 from .services.jobs import JobFailed
 from .services.plugin_api import PluginAPI, PluginJobs
-from .services.security import Actor, RateLimiter, Resource
+from .services.ratelimit import RateLimiter
+from .services.security import Actor, Resource
 from .web.auth import (authenticated, client_device, client_ip, current_actor, json_object,
                        note_audit, public, requires)
 from .web.dicomweb.wado import retrieve_frames, retrieve_metadata

@@ -26,7 +26,7 @@ retention, the stable-study watcher: web/keys.py ``PRIMARY``); the others serve 
 only. A worker that dies is logged and started again (the primary as the primary). On
 SIGTERM/SIGINT the supervisor passes SIGTERM to every worker, each drains as above, and
 the supervisor exits 0 once all have exited 0. Failed logins, and the failures plugins'
-limiters count, are kept in memory shared by all workers (security.SharedFailureTable);
+limiters count, are kept in memory shared by all workers (services.ratelimit.SharedFailureTable);
 rendered images and thumbnails in files the workers share (services/cache.py
 SharedFileCache), so a client whose new connection lands on another worker does not wait
 for the same image to be rendered again.
@@ -92,7 +92,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     """One serving process: the whole server, or (with ``worker``) one worker of a
     :class:`Supervisor`: ``primary`` runs the singletons, ``sock`` is the inherited
     listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``rate_limits`` is the
-    rate-limit table the workers share (security.SharedFailureTable), ``stability_pipe`` carries new instances' studies to the
+    rate-limit table the workers share (services.ratelimit.SharedFailureTable), ``stability_pipe`` carries new instances' studies to the
     primary's stable-study watcher (services/stability.py)."""
     if worker is None:
         check_startup(settings)
@@ -254,7 +254,7 @@ class Supervisor:
             raise ConfigError("[server] workers > 1 needs a system with fork(); use 1")
         check_startup(self.settings)
         from .index import Catalogue
-        from .services.security import SHARED_LIMIT_CAP, SharedFailureTable
+        from .services.ratelimit import SHARED_LIMIT_CAP, SharedFailureTable
 
         # The schema once, here, rather than by N workers racing at their start.
         self.settings.data_path.mkdir(parents=True, exist_ok=True)

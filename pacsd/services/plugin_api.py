@@ -33,7 +33,8 @@ from .audit import AuditTrail
 from .ingest import IngestService, StagedFile
 from .query import QueryService
 from .retrieve import RetrieveService
-from .security import Actor, RateLimiter, SharedFailureTable, SharedRateLimiter
+from .ratelimit import RateLimiter, SharedFailureTable, SharedRateLimiter
+from .security import Actor
 from .jobs import JobService, queue_from_settings
 
 #: Whom plugin reads act for unless given an actor: the plugin itself, whole archive.

@@ -31,6 +31,6 @@ PLUGIN_API = web.AppKey("plugin_api", PluginAPI)
 #: started by server.py). Absent = True (one process does everything).
 PRIMARY: web.AppKey[bool] = web.AppKey("primary")
 #: Optional, set before start-up: the rate-limit table shared by every worker process
-#: (server.py; security.SharedFailureTable): the login / bad-token limiter and plugins'
+#: (server.py; services.ratelimit.SharedFailureTable): the login / bad-token limiter and plugins'
 #: limiters (PluginAPI.rate_limiter) count there. Absent = per process.
 RATE_LIMITS: web.AppKey[object] = web.AppKey("rate_limits")

@@ -1,13 +1,13 @@
 """SEC-8 with worker processes (R-H1): the failed-login limiter of ``pacsd serve
 --workers N`` and plugins' limiters (PluginAPI.rate_limiter) live in memory the forked
-workers share (security.SharedFailureTable / SharedRateLimiter)."""
+workers share (services.ratelimit.SharedFailureTable / SharedRateLimiter)."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from pacsd.services.security import (SHARED_LIMIT_CAP, RateLimiter, SharedFailureTable,
+from pacsd.services.ratelimit import (SHARED_LIMIT_CAP, RateLimiter, SharedFailureTable,
                                      SharedRateLimiter)
 
 

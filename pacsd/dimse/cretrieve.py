@@ -218,7 +218,8 @@ def _rows(ctx: ScpContext, targets: list[tuple[str, str | None]], only: set[str]
     seen: set[str] = set()
     for study, series in targets:
         try:
-            batch = ctx.bridge.call(ctx.retrieve.instances(study, series, actor=actor))
+            batch = ctx.bridge.call(ctx.retrieve.instance_files(study, series,
+                                                                 actor=actor))
         except errors.NotFound:
             continue
         for row in batch:

@@ -88,6 +88,18 @@ class RetrieveService:
             raise errors.NotFound("no such study, series or instance")
         return rows
 
+    async def instance_files(self, study: str, series: str | None = None,
+                             sop: str | None = None, *, actor: Any) -> list[InstanceRow]:
+        """:meth:`instances` for answers of whole stored objects (WADO-RS instances,
+        C-GET, C-MOVE): the rows carry no frame index or bulk data offsets
+        (``Catalogue.iter_instance_files``); same scope, order and NotFound."""
+        scope = self._scope(actor)
+        rows = await self.archive.run(lambda: list(
+            self.archive.catalogue.iter_instance_files(study, series, sop, scope=scope)))
+        if not rows:
+            raise errors.NotFound("no such study, series or instance")
+        return rows
+
     async def instance(self, study: str, series: str, sop: str, *, actor: Any
                        ) -> InstanceRow:
         scope = self._scope(actor)

@@ -464,6 +464,7 @@ class BlobStore(abc.ABC):
         :meth:`read_framed` on a worker, which re-reads, raises the error, and (a
         replicated store) falls back to a good copy and repairs the bad one. Never
         returns unverified bytes. Default: None (no such read)."""
+        check_sha256(sha256)
         return None
 
     @abc.abstractmethod

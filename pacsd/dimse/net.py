@@ -15,8 +15,8 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* Every association's DUL polls with a shorter loop delay while PDUs are flowing
-  (:class:`BusyAwareDUL`), pynetdicom's 1 ms when idle.
+* Every association's DUL thread wakes when a PDU arrives or a primitive is queued
+  instead of polling every 1 ms (:class:`BusyAwareDUL`).
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
   store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
   pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
@@ -37,7 +37,9 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
+import weakref
 from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
@@ -65,6 +67,8 @@ RECV_CHUNK = 256 * 1024
 #: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
 BUSY_LOOP_DELAY_S = 0.0002
 BUSY_WINDOW_S = 0.05
+#: os.eventfd (Linux, Python >= 3.10): BusyAwareDUL's wake-up; without it, it polls.
+_EVENTFD = hasattr(os, "eventfd")
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -215,10 +219,13 @@ def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
 
 
 class ReadAhead:
-    """Stages the instances of one retrieve in order, reading the next one (as stored,
-    sha256-verified, on the worker pool) while the current one is being sent: the read
-    and hash overlap the network round trip. At most two objects are in memory; a read
-    ahead that turns out unneeded (transcode, no context) is cancelled or dropped."""
+    """Stages the instances of one retrieve in order. An object in the page cache is
+    read and verified right here, on the association thread
+    (``RetrieveService.read_cached``: no trip to the event loop and the worker pool);
+    otherwise it is read on the pool, and then the next one is read there too while the
+    current one is being sent (the read and hash overlap the network round trip). At
+    most two objects are in memory; a read ahead that turns out unneeded (transcode, no
+    context) is cancelled or dropped."""
 
     def __init__(self, retrieve: RetrieveService, bridge: Bridge,
                  rows: list[InstanceRow]) -> None:
@@ -234,10 +241,15 @@ class ReadAhead:
             else:
                 future.cancel()
         self._ahead = None
+        row = self.rows[index]
+        if read is None and row.transfer_syntax_uid in accepted:   # sent as stored
+            data = self.retrieve.read_cached(row)
+            if data is not None:
+                return data
         nxt = index + 1
         if nxt < len(self.rows) and self.rows[nxt].size <= WHOLE_READ_LIMIT:
             self._ahead = (nxt, self.bridge.submit(self.retrieve.read_verified(self.rows[nxt])))
-        return load_instance(self.retrieve, self.bridge, self.rows[index], accepted, read)
+        return load_instance(self.retrieve, self.bridge, row, accepted, read)
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
@@ -276,27 +288,75 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
 
 
 class BusyAwareDUL(DULServiceProvider):
-    """pynetdicom's DUL provider with a loop delay that follows the traffic.
+    """pynetdicom's DUL provider, woken by traffic instead of polling.
 
     The DUL thread polls its queues and the socket and sleeps ``_run_loop_delay`` (1 ms)
     after every loop that found nothing, so each response pacsd queues and each PDU a
-    peer sends next can wait up to that long: with one synchronous C-STORE per
-    instance that is a good part of the time per small instance. While PDUs arrived
-    within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom restarts on each)
-    the delay is :data:`BUSY_LOOP_DELAY_S`; an idle association is back at the set
-    delay (1 ms) and costs no more CPU than before. Only this attribute differs; the
-    reactor loop is pynetdicom's."""
+    peer sends next could wait up to that long: with one synchronous C-STORE per
+    instance, two such waits per sub-operation (the request queued, the response
+    arriving). Here the DUL thread's "sleep" is a ``select`` on the association's socket
+    and an eventfd that :meth:`send_pdu` signals: it returns as soon as a PDU arrives or
+    a primitive is queued, and after the set delay otherwise (ARTIM timer, release and
+    kill checks as before; no more CPU when idle). The reactor loop is pynetdicom's:
+    the property hands ``time.sleep`` 0 after waiting. Read from any other thread
+    (pynetdicom's ``stop_dul``), it is a plain delay: :data:`BUSY_LOOP_DELAY_S` while
+    PDUs arrived within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom
+    restarts on each), the set delay otherwise. Where the wait cannot be used (no
+    socket yet, a closed one, no eventfd) the thread sleeps that delay."""
 
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         started = self._idle_timer._start_time
         if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
-            return BUSY_LOOP_DELAY_S
-        return self._pacsd_idle_delay
+            delay = BUSY_LOOP_DELAY_S
+        else:
+            delay = self._pacsd_idle_delay
+        if threading.get_ident() == self.ident and self._pacsd_wait(self._pacsd_idle_delay):
+            return 0.0
+        return delay
 
     @_run_loop_delay.setter
     def _run_loop_delay(self, value: float) -> None:
         self._pacsd_idle_delay = value
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        fd = self.__dict__.get("_pacsd_wake")
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass  # closed with the DUL: nothing waits on it any more
+
+    def _pacsd_wait(self, timeout: float) -> bool:
+        """On the DUL thread: wait until the socket is readable (a PDU, or the peer
+        closed), a primitive was queued, or ``timeout``; False: could not wait."""
+        sock = getattr(self.socket, "socket", None)
+        if sock is None or not _EVENTFD:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True   # decrypted bytes buffered: select would not see them
+        fd = self.__dict__.get("_pacsd_wake")
+        if fd is None:
+            try:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            except OSError:
+                return False
+            self._pacsd_wake = fd
+            weakref.finalize(self, os.close, fd)
+        # A primitive queued before the eventfd existed, or events already waiting.
+        if not self.to_provider_queue.empty() or not self.event_queue.empty():
+            return True
+        try:
+            ready, _, _ = select.select([sock, fd], [], [], timeout)
+        except (OSError, ValueError):
+            return False  # socket closed meanwhile: pynetdicom's loop notices
+        if fd in ready:
+            try:
+                os.eventfd_read(fd)
+            except OSError:
+                pass
+        return True
 
 
 def busy_aware(dul: DULServiceProvider) -> None:

@@ -116,6 +116,17 @@ class RetrieveService:
         return await self.archive.run(self.archive.store.read, row.sha256,
                                       expected_size=row.size, digest=row.digest)
 
+    def read_cached(self, row: InstanceRow) -> bytes | bytearray | None:
+        """The stored object, verified as by :meth:`read_verified`, when every byte of it
+        is in the page cache (``BlobStore.read_framed_nowait``): never waits for a
+        device, so it may run on the event loop or a DIMSE association thread without a
+        hop to the worker pool. None: not cached, too large, or anything wrong with the
+        copy — then :meth:`read_verified` reads it (and raises, falls back, repairs)."""
+        if row.size > INLINE_READ_LIMIT:
+            return None
+        return self.archive.store.read_framed_nowait(
+            row.sha256, b"", b"", expected_size=row.size, digest=row.digest)
+
     async def object_chunks(self, row: InstanceRow, transfer_syntax: str
                             ) -> AsyncIterator[bytes]:
         """The instance as Part 10 bytes in ``transfer_syntax`` ('*' = as stored)."""

@@ -76,6 +76,75 @@ LOSSY_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
 
 
+# --- UID conversion, memoized ------------------------------------------------------------
+
+#: Distinct (value, parameters) pairs :func:`memoized_set_uid` keeps; emptied when full.
+SET_UID_CACHE = 4096
+
+
+def memoized_set_uid(original: Callable[..., Any]) -> Callable[..., Any]:
+    """pynetdicom's ``utils.set_uid`` (str/bytes -> pydicom UID, validated by regular
+    expressions) with its results kept per argument tuple: a DCMTK getscu's
+    A-ASSOCIATE-RQ carries ~120 SCP/SCU role selection items and as many presentation
+    contexts, and their decode was a fifth of the server's GIL time of a 100-instance
+    C-GET (issue 6, session 6 profile); every C-STORE-RSP converts two UIDs more. Only
+    exact str/bytes values (and plain UIDs, by their text) and successful results are kept (an invalid UID raises
+    every time); the key includes the validation switches of pynetdicom and pydicom, so
+    changing them takes effect. A non-conformant UID's warning is logged the first
+    time only."""
+    from pydicom import config as pydicom_config
+    from pydicom.uid import UID
+    from pynetdicom import _config as pnd_config
+
+    cache: dict[tuple, Any] = {}
+
+    def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+                validate: bool = True) -> Any:
+        kind = type(value)
+        if kind is UID:
+            if value.__dict__:   # e.g. a private transfer syntax's encoding: as is
+                return original(value, name, allow_empty, allow_none, validate)
+            value = str(value)
+        elif kind is not str and kind is not bytes:
+            return original(value, name, allow_empty, allow_none, validate)
+        key = (value, name, allow_empty, allow_none, validate,
+               pnd_config.ENFORCE_UID_CONFORMANCE, id(pnd_config.VALIDATORS.get("UI")),
+               pydicom_config.settings.reading_validation_mode)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        out = original(value, name, allow_empty, allow_none, validate)
+        if out is not None:
+            if len(cache) >= SET_UID_CACHE:
+                cache.clear()
+            cache[key] = out
+        return out
+
+    set_uid.__wrapped__ = original  # type: ignore[attr-defined]
+    return set_uid
+
+
+def install_memoized_set_uid() -> None:
+    """Use :func:`memoized_set_uid` in the pynetdicom modules that import ``set_uid``
+    (idempotent)."""
+    import pynetdicom.ae
+    import pynetdicom.dimse_primitives
+    import pynetdicom.pdu_items
+    import pynetdicom.pdu_primitives
+    import pynetdicom.presentation
+    import pynetdicom.utils
+
+    original = getattr(pynetdicom.utils.set_uid, "__wrapped__", pynetdicom.utils.set_uid)
+    fast = memoized_set_uid(original)
+    for module in (pynetdicom.ae, pynetdicom.dimse_primitives, pynetdicom.pdu_items,
+                   pynetdicom.pdu_primitives, pynetdicom.presentation):
+        if getattr(module.set_uid, "__wrapped__", None) is None:
+            module.set_uid = fast
+
+
+install_memoized_set_uid()
+
+
 def a_abort(source: int = 2, reason: int = 0) -> bytes:
     """A-ABORT PDU (PS3.8 9.3.8): source 2 = service provider."""
     return struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, source, reason)

@@ -2,6 +2,7 @@
 transfer syntax choice, settings (no network)."""
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 
@@ -297,3 +298,52 @@ def test_busy_aware_dul_delay():
     assert dul._run_loop_delay == 0.002
     dul._idle_timer._start_time = _time.time() + 60
     assert dul._run_loop_delay == 0.002
+
+
+@pytest.mark.parametrize("status,extra", [
+    (0x0000, {}), (0xB007, {}), (0xB000, {"AffectedSOPClassUID": None}),
+    (0x0000, {"AffectedSOPInstanceUID": None}), (0xA700, {}),
+    (0xA900, {"ErrorComment": "mismatch"}), (0xC000, {"OffendingElement": [0x00100010]}),
+])
+def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
+    """A C-STORE-RSP taken by the hand decoder (pdata.install_store_rsp) becomes the
+    primitive pynetdicom's decode makes of the same bytes, with the same status Dataset;
+    one with an Error Comment or Offending Element is left to pynetdicom."""
+    import io
+
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    from pacsd.dimse import pdata
+    p = dimse_primitives.C_STORE()
+    p.MessageIDBeingRespondedTo = 513
+    p.Status = status
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    p.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    for keyword, value in extra.items():
+        setattr(p, keyword, value)
+    msg = dimse_messages.C_STORE_RSP()
+    msg.primitive_to_message(p)
+    raw = encode(msg.command_set, True, True)
+    fields = pdata.store_rsp_fields(raw)
+    if "ErrorComment" in extra or "OffendingElement" in extra:
+        assert fields is None
+        return
+    assert fields is not None
+    want = msg.message_to_primitive()
+    assert fields[0x0120] == want.MessageIDBeingRespondedTo == 513
+    assert fields[0x0900] == want.Status == status
+    assert fields.get(0x0002) == (str(want.AffectedSOPClassUID)
+                                  if want.AffectedSOPClassUID else None)
+    assert fields.get(0x1000) == (str(want.AffectedSOPInstanceUID)
+                                  if want.AffectedSOPInstanceUID else None)
+    # Not a C-STORE-RSP, truncated, or with a data set: pynetdicom's.
+    assert pdata.store_rsp_fields(raw[:-3]) is None
+    assert pdata.store_rsp_fields(raw + b"\x00\x00") is None
+    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
+                                              struct.pack("<HHLH", 0, 0x0800, 2, 0x0000))
+                                  ) is None
+    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
+                                              struct.pack("<HHLH", 0, 0x0100, 2, 0x8010))
+                                  ) is None
+    assert pdata.store_rsp_fields(b"") is None

@@ -104,7 +104,8 @@ def _suboperations(event, ctx: ScpContext, rows: list[InstanceRow],
             yield st.CANCEL, None
             return
         stage = functools.partial(reader.stage, index)
-        yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator)
+        yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator,
+                                   functools.partial(reader.after_send, index))
 
 
 # --- matching ---------------------------------------------------------------------------

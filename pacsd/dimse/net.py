@@ -227,19 +227,23 @@ class Outgoing(Dataset):
     """A C-STORE sub-operation to perform: the stored instance, by reference.
 
     ``stage(accepted)`` receives the transfer syntaxes the peer accepted for this SOP
-    class and returns the Part 10 object to send: its bytes, or the path of a staging
-    file (large objects; the sender deletes it). ``originator``: (AE title, Message ID)
-    of a C-MOVE.
+    class and returns the Part 10 object to send: its bytes, the path of a staging
+    file (large objects; the sender deletes it), or a ``pdata.Prepared`` made for this
+    association. ``originator``: (AE title, Message ID) of a C-MOVE. ``after_send``:
+    ``pdata.send_c_store``'s hook (prepare the next sub-operation while the peer
+    stores this one).
     """
 
     def __init__(self, sop_class_uid: str, sop_instance_uid: str,
-                 stage: Callable[[frozenset[str]], bytes | str],
-                 originator: tuple[str, int] | None = None) -> None:
+                 stage: Callable[[frozenset[str]], "bytes | str | pdata.Prepared"],
+                 originator: tuple[str, int] | None = None,
+                 after_send: Callable[[Association], None] | None = None) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self._pacsd_stage = stage
         self._pacsd_originator = originator
+        self._pacsd_after_send = after_send
 
 
 def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
@@ -288,20 +292,26 @@ def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
 
 
 class ReadAhead:
-    """Stages the instances of one retrieve in order. An object in the page cache is
-    read and verified right here, on the association thread
-    (``RetrieveService.read_cached``: no trip to the event loop and the worker pool);
-    otherwise it is read on the pool, and then the next one is read there too while the
-    current one is being sent (the read and hash overlap the network round trip). At
-    most two objects are in memory; a read ahead that turns out unneeded (transcode, no
-    context) is cancelled or dropped."""
+    """Stages the instances of one retrieve in order. While the peer stores one
+    instance (``after_send``), the next one, when it is in the page cache and goes as
+    stored, is read and verified on the association thread
+    (``RetrieveService.read_cached``: no trip to the event loop and the worker pool)
+    and its data set cut into PDUs (``pdata.Prepared``), so the next sub-operation
+    starts at once when the response arrives. Otherwise the object is read as it comes
+    (cached: here; not: on the pool, and then the next one is read there too while the
+    current one is being sent). At most two objects are in memory; a read ahead that
+    turns out unneeded (transcode, no context, a cancel) is cancelled or dropped."""
 
     def __init__(self, retrieve: RetrieveService, bridge: Bridge,
                  rows: list[InstanceRow]) -> None:
         self.retrieve, self.bridge, self.rows = retrieve, bridge, rows
         self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None
+        self._prepared: tuple[int, pdata.Prepared] | None = None
 
-    def stage(self, index: int, accepted: frozenset[str]) -> bytes | str:
+    def stage(self, index: int, accepted: frozenset[str]) -> "bytes | str | pdata.Prepared":
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == index:
+            return prepared[1]
         read = None
         if self._ahead is not None:
             ahead_index, future = self._ahead
@@ -319,6 +329,20 @@ class ReadAhead:
         if nxt < len(self.rows) and self.rows[nxt].size <= WHOLE_READ_LIMIT:
             self._ahead = (nxt, self.bridge.submit(self.retrieve.read_verified(self.rows[nxt])))
         return load_instance(self.retrieve, self.bridge, row, accepted, read)
+
+    def after_send(self, index: int, assoc: Association) -> None:
+        """``pdata.send_c_store``'s hook for sub-operation ``index``: prepare the next
+        one if it is cached and the peer takes it as stored (else it is staged as it
+        comes). Nothing is prepared while a pool read ahead is under way."""
+        nxt = index + 1
+        if nxt >= len(self.rows) or self._ahead is not None:
+            return
+        row = self.rows[nxt]
+        if row.transfer_syntax_uid not in accepted_syntaxes(assoc, row.sop_class_uid):
+            return
+        data = self.retrieve.read_cached(row)
+        if data is not None:
+            self._prepared = (nxt, pdata.Prepared(assoc, data))
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
@@ -341,14 +365,15 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
     except Exception as exc:  # noqa: BLE001 - keep third-party messages out of the log
         log.error("staging a C-STORE sub-operation failed: %s", type(exc).__name__)
         raise RuntimeError("processing failure") from None
+    after_send = dataset._pacsd_after_send
     if not isinstance(payload, str):
         return pdata.send_c_store(assoc, payload, msg_id, priority, originator_aet,
-                                  originator_id)
+                                  originator_id, after_send=after_send)
     try:
         with open(payload, "rb") as fh, mmap.mmap(fh.fileno(), 0,
                                                    access=mmap.ACCESS_READ) as mapped:
             return pdata.send_c_store(assoc, mapped, msg_id, priority, originator_aet,
-                                      originator_id)
+                                      originator_id, after_send=after_send)
     finally:
         try:
             os.unlink(payload)

@@ -347,3 +347,31 @@ def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
                                               struct.pack("<HHLH", 0, 0x0100, 2, 0x8010))
                                   ) is None
     assert pdata.store_rsp_fields(b"") is None
+
+
+def test_sendmsg_all_partial_sends_in_order():
+    """pdata._sendmsg_all (the command and the first data PDUs in one sendmsg): every
+    byte, in order, when the socket takes a little at a time."""
+    import socket
+    import threading
+
+    from pacsd.dimse import pdata
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    bufs = [b"head" * 10, bytearray(range(256)) * 4000, b"", memoryview(b"tail!")]
+    want = b"".join(bytes(x) for x in bufs)
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(want):
+            chunk = b.recv(1000)
+            if not chunk:
+                return
+            got.extend(chunk)
+    t = threading.Thread(target=reader)
+    t.start()
+    pdata._sendmsg_all(a, bufs)
+    t.join(10)
+    a.close()
+    b.close()
+    assert bytes(got) == want

@@ -375,3 +375,29 @@ def test_sendmsg_all_partial_sends_in_order():
     a.close()
     b.close()
     assert bytes(got) == want
+
+
+def test_memoized_set_uid_same_results_as_pynetdicom():
+    """net.memoized_set_uid (association negotiation, R-H1): the same UID values as
+    pynetdicom's set_uid for str, bytes and UID input; errors are raised every time,
+    never cached; pynetdicom's modules use it."""
+    import pynetdicom.pdu_items
+    import pynetdicom.presentation
+    from pydicom.uid import UID
+    from pynetdicom import utils
+
+    from pacsd.dimse import net
+    original = utils.set_uid
+    fast = net.memoized_set_uid(original)
+    for value in ("1.2.840.10008.5.1.4.1.1.2", b"1.2.840.10008.1.2.1\x00",
+                  UID("1.2.840.10008.1.2"), "", None):
+        for _ in range(2):
+            got, want = fast(value, "x"), original(value, "x")
+            assert got == want and type(got) is type(want)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            fast("", "x", allow_empty=False)
+        with pytest.raises(TypeError):
+            fast(12, "x")
+    assert pynetdicom.pdu_items.set_uid.__wrapped__ is original
+    assert pynetdicom.presentation.set_uid.__wrapped__ is original

@@ -104,7 +104,8 @@ def _suboperations(event, ctx: ScpContext, rows: list[InstanceRow],
             yield st.CANCEL, None
             return
         stage = functools.partial(reader.stage, index)
-        yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator)
+        yield st.PENDING, Outgoing(row.sop_class_uid, row.sop_instance_uid, stage, originator,
+                                   functools.partial(reader.after_send, index))
 
 
 # --- matching ---------------------------------------------------------------------------
@@ -218,7 +219,8 @@ def _rows(ctx: ScpContext, targets: list[tuple[str, str | None]], only: set[str]
     seen: set[str] = set()
     for study, series in targets:
         try:
-            batch = ctx.bridge.call(ctx.retrieve.instances(study, series, actor=actor))
+            batch = ctx.bridge.call(ctx.retrieve.instance_files(study, series,
+                                                                 actor=actor))
         except errors.NotFound:
             continue
         for row in batch:

@@ -15,8 +15,8 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* Every association's DUL polls with a shorter loop delay while PDUs are flowing
-  (:class:`BusyAwareDUL`), pynetdicom's 1 ms when idle.
+* Every association's DUL thread wakes when a PDU arrives or a primitive is queued
+  instead of polling every 1 ms (:class:`BusyAwareDUL`).
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
   store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
   pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
@@ -37,7 +37,9 @@ import select
 import socket
 import ssl
 import struct
+import threading
 import time
+import weakref
 from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
@@ -65,11 +67,82 @@ RECV_CHUNK = 256 * 1024
 #: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
 BUSY_LOOP_DELAY_S = 0.0002
 BUSY_WINDOW_S = 0.05
+#: os.eventfd (Linux, Python >= 3.10): BusyAwareDUL's wake-up; without it, it polls.
+_EVENTFD = hasattr(os, "eventfd")
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"})
+
+
+# --- UID conversion, memoized ------------------------------------------------------------
+
+#: Distinct (value, parameters) pairs :func:`memoized_set_uid` keeps; emptied when full.
+SET_UID_CACHE = 4096
+
+
+def memoized_set_uid(original: Callable[..., Any]) -> Callable[..., Any]:
+    """pynetdicom's ``utils.set_uid`` (str/bytes -> pydicom UID, validated by regular
+    expressions) with its results kept per argument tuple: a DCMTK getscu's
+    A-ASSOCIATE-RQ carries ~120 SCP/SCU role selection items and as many presentation
+    contexts, and their decode was a fifth of the server's GIL time of a 100-instance
+    C-GET (issue 6, session 6 profile); every C-STORE-RSP converts two UIDs more. Only
+    exact str/bytes values (and plain UIDs, by their text) and successful results are kept (an invalid UID raises
+    every time); the key includes the validation switches of pynetdicom and pydicom, so
+    changing them takes effect. A non-conformant UID's warning is logged the first
+    time only."""
+    from pydicom import config as pydicom_config
+    from pydicom.uid import UID
+    from pynetdicom import _config as pnd_config
+
+    cache: dict[tuple, Any] = {}
+
+    def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+                validate: bool = True) -> Any:
+        kind = type(value)
+        if kind is UID:
+            if value.__dict__:   # e.g. a private transfer syntax's encoding: as is
+                return original(value, name, allow_empty, allow_none, validate)
+            value = str(value)
+        elif kind is not str and kind is not bytes:
+            return original(value, name, allow_empty, allow_none, validate)
+        key = (value, name, allow_empty, allow_none, validate,
+               pnd_config.ENFORCE_UID_CONFORMANCE, id(pnd_config.VALIDATORS.get("UI")),
+               pydicom_config.settings.reading_validation_mode)
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        out = original(value, name, allow_empty, allow_none, validate)
+        if out is not None:
+            if len(cache) >= SET_UID_CACHE:
+                cache.clear()
+            cache[key] = out
+        return out
+
+    set_uid.__wrapped__ = original  # type: ignore[attr-defined]
+    return set_uid
+
+
+def install_memoized_set_uid() -> None:
+    """Use :func:`memoized_set_uid` in the pynetdicom modules that import ``set_uid``
+    (idempotent)."""
+    import pynetdicom.ae
+    import pynetdicom.dimse_primitives
+    import pynetdicom.pdu_items
+    import pynetdicom.pdu_primitives
+    import pynetdicom.presentation
+    import pynetdicom.utils
+
+    original = getattr(pynetdicom.utils.set_uid, "__wrapped__", pynetdicom.utils.set_uid)
+    fast = memoized_set_uid(original)
+    for module in (pynetdicom.ae, pynetdicom.dimse_primitives, pynetdicom.pdu_items,
+                   pynetdicom.pdu_primitives, pynetdicom.presentation):
+        if getattr(module.set_uid, "__wrapped__", None) is None:
+            module.set_uid = fast
+
+
+install_memoized_set_uid()
 
 
 def a_abort(source: int = 2, reason: int = 0) -> bytes:
@@ -154,19 +227,23 @@ class Outgoing(Dataset):
     """A C-STORE sub-operation to perform: the stored instance, by reference.
 
     ``stage(accepted)`` receives the transfer syntaxes the peer accepted for this SOP
-    class and returns the Part 10 object to send: its bytes, or the path of a staging
-    file (large objects; the sender deletes it). ``originator``: (AE title, Message ID)
-    of a C-MOVE.
+    class and returns the Part 10 object to send: its bytes, the path of a staging
+    file (large objects; the sender deletes it), or a ``pdata.Prepared`` made for this
+    association. ``originator``: (AE title, Message ID) of a C-MOVE. ``after_send``:
+    ``pdata.send_c_store``'s hook (prepare the next sub-operation while the peer
+    stores this one).
     """
 
     def __init__(self, sop_class_uid: str, sop_instance_uid: str,
-                 stage: Callable[[frozenset[str]], bytes | str],
-                 originator: tuple[str, int] | None = None) -> None:
+                 stage: Callable[[frozenset[str]], "bytes | str | pdata.Prepared"],
+                 originator: tuple[str, int] | None = None,
+                 after_send: Callable[[Association], None] | None = None) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self._pacsd_stage = stage
         self._pacsd_originator = originator
+        self._pacsd_after_send = after_send
 
 
 def accepted_syntaxes(assoc: Association, sop_class_uid: str) -> frozenset[str]:
@@ -215,17 +292,26 @@ def load_instance(retrieve: RetrieveService, bridge: Bridge, row: InstanceRow,
 
 
 class ReadAhead:
-    """Stages the instances of one retrieve in order, reading the next one (as stored,
-    sha256-verified, on the worker pool) while the current one is being sent: the read
-    and hash overlap the network round trip. At most two objects are in memory; a read
-    ahead that turns out unneeded (transcode, no context) is cancelled or dropped."""
+    """Stages the instances of one retrieve in order. While the peer stores one
+    instance (``after_send``), the next one, when it is in the page cache and goes as
+    stored, is read and verified on the association thread
+    (``RetrieveService.read_cached``: no trip to the event loop and the worker pool)
+    and its data set cut into PDUs (``pdata.Prepared``), so the next sub-operation
+    starts at once when the response arrives. Otherwise the object is read as it comes
+    (cached: here; not: on the pool, and then the next one is read there too while the
+    current one is being sent). At most two objects are in memory; a read ahead that
+    turns out unneeded (transcode, no context, a cancel) is cancelled or dropped."""
 
     def __init__(self, retrieve: RetrieveService, bridge: Bridge,
                  rows: list[InstanceRow]) -> None:
         self.retrieve, self.bridge, self.rows = retrieve, bridge, rows
         self._ahead: tuple[int, concurrent.futures.Future[bytes]] | None = None
+        self._prepared: tuple[int, pdata.Prepared] | None = None
 
-    def stage(self, index: int, accepted: frozenset[str]) -> bytes | str:
+    def stage(self, index: int, accepted: frozenset[str]) -> "bytes | str | pdata.Prepared":
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == index:
+            return prepared[1]
         read = None
         if self._ahead is not None:
             ahead_index, future = self._ahead
@@ -234,10 +320,29 @@ class ReadAhead:
             else:
                 future.cancel()
         self._ahead = None
+        row = self.rows[index]
+        if read is None and row.transfer_syntax_uid in accepted:   # sent as stored
+            data = self.retrieve.read_cached(row)
+            if data is not None:
+                return data
         nxt = index + 1
         if nxt < len(self.rows) and self.rows[nxt].size <= WHOLE_READ_LIMIT:
             self._ahead = (nxt, self.bridge.submit(self.retrieve.read_verified(self.rows[nxt])))
-        return load_instance(self.retrieve, self.bridge, self.rows[index], accepted, read)
+        return load_instance(self.retrieve, self.bridge, row, accepted, read)
+
+    def after_send(self, index: int, assoc: Association) -> None:
+        """``pdata.send_c_store``'s hook for sub-operation ``index``: prepare the next
+        one if it is cached and the peer takes it as stored (else it is staged as it
+        comes). Nothing is prepared while a pool read ahead is under way."""
+        nxt = index + 1
+        if nxt >= len(self.rows) or self._ahead is not None:
+            return
+        row = self.rows[nxt]
+        if row.transfer_syntax_uid not in accepted_syntaxes(assoc, row.sop_class_uid):
+            return
+        data = self.retrieve.read_cached(row)
+        if data is not None:
+            self._prepared = (nxt, pdata.Prepared(assoc, data))
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
@@ -260,14 +365,15 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
     except Exception as exc:  # noqa: BLE001 - keep third-party messages out of the log
         log.error("staging a C-STORE sub-operation failed: %s", type(exc).__name__)
         raise RuntimeError("processing failure") from None
+    after_send = dataset._pacsd_after_send
     if not isinstance(payload, str):
         return pdata.send_c_store(assoc, payload, msg_id, priority, originator_aet,
-                                  originator_id)
+                                  originator_id, after_send=after_send)
     try:
         with open(payload, "rb") as fh, mmap.mmap(fh.fileno(), 0,
                                                    access=mmap.ACCESS_READ) as mapped:
             return pdata.send_c_store(assoc, mapped, msg_id, priority, originator_aet,
-                                      originator_id)
+                                      originator_id, after_send=after_send)
     finally:
         try:
             os.unlink(payload)
@@ -276,27 +382,75 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
 
 
 class BusyAwareDUL(DULServiceProvider):
-    """pynetdicom's DUL provider with a loop delay that follows the traffic.
+    """pynetdicom's DUL provider, woken by traffic instead of polling.
 
     The DUL thread polls its queues and the socket and sleeps ``_run_loop_delay`` (1 ms)
     after every loop that found nothing, so each response pacsd queues and each PDU a
-    peer sends next can wait up to that long: with one synchronous C-STORE per
-    instance that is a good part of the time per small instance. While PDUs arrived
-    within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom restarts on each)
-    the delay is :data:`BUSY_LOOP_DELAY_S`; an idle association is back at the set
-    delay (1 ms) and costs no more CPU than before. Only this attribute differs; the
-    reactor loop is pynetdicom's."""
+    peer sends next could wait up to that long: with one synchronous C-STORE per
+    instance, two such waits per sub-operation (the request queued, the response
+    arriving). Here the DUL thread's "sleep" is a ``select`` on the association's socket
+    and an eventfd that :meth:`send_pdu` signals: it returns as soon as a PDU arrives or
+    a primitive is queued, and after the set delay otherwise (ARTIM timer, release and
+    kill checks as before; no more CPU when idle). The reactor loop is pynetdicom's:
+    the property hands ``time.sleep`` 0 after waiting. Read from any other thread
+    (pynetdicom's ``stop_dul``), it is a plain delay: :data:`BUSY_LOOP_DELAY_S` while
+    PDUs arrived within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom
+    restarts on each), the set delay otherwise. Where the wait cannot be used (no
+    socket yet, a closed one, no eventfd) the thread sleeps that delay."""
 
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         started = self._idle_timer._start_time
         if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
-            return BUSY_LOOP_DELAY_S
-        return self._pacsd_idle_delay
+            delay = BUSY_LOOP_DELAY_S
+        else:
+            delay = self._pacsd_idle_delay
+        if threading.get_ident() == self.ident and self._pacsd_wait(self._pacsd_idle_delay):
+            return 0.0
+        return delay
 
     @_run_loop_delay.setter
     def _run_loop_delay(self, value: float) -> None:
         self._pacsd_idle_delay = value
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        fd = self.__dict__.get("_pacsd_wake")
+        if fd is not None:
+            try:
+                os.eventfd_write(fd, 1)
+            except OSError:
+                pass  # closed with the DUL: nothing waits on it any more
+
+    def _pacsd_wait(self, timeout: float) -> bool:
+        """On the DUL thread: wait until the socket is readable (a PDU, or the peer
+        closed), a primitive was queued, or ``timeout``; False: could not wait."""
+        sock = getattr(self.socket, "socket", None)
+        if sock is None or not _EVENTFD:
+            return False
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True   # decrypted bytes buffered: select would not see them
+        fd = self.__dict__.get("_pacsd_wake")
+        if fd is None:
+            try:
+                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            except OSError:
+                return False
+            self._pacsd_wake = fd
+            weakref.finalize(self, os.close, fd)
+        # A primitive queued before the eventfd existed, or events already waiting.
+        if not self.to_provider_queue.empty() or not self.event_queue.empty():
+            return True
+        try:
+            ready, _, _ = select.select([sock, fd], [], [], timeout)
+        except (OSError, ValueError):
+            return False  # socket closed meanwhile: pynetdicom's loop notices
+        if fd in ready:
+            try:
+                os.eventfd_read(fd)
+            except OSError:
+                pass
+        return True
 
 
 def busy_aware(dul: DULServiceProvider) -> None:

@@ -22,11 +22,12 @@ handler to them; their pynetdicom log handlers are off, ``server.configure_pynet
 """
 from __future__ import annotations
 
+import ssl
 import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import P_DATA
@@ -166,7 +167,7 @@ class FramedPData(P_DATA):
     """A P-DATA request whose PDUs are already encoded (``framed``); ``sent`` is set once
     the DUL thread has written them (or failed to)."""
 
-    def __init__(self, framed: bytearray, context_id: int) -> None:
+    def __init__(self, framed: bytearray | list, context_id: int) -> None:
         super().__init__()
         mark = _Framed()
         mark.buf = framed
@@ -225,48 +226,113 @@ def install(dul: Any) -> None:
     dul._pacsd_framed = True
 
 
-def _write(dul: Any, buf: bytearray) -> None:
+def _write(dul: Any, buf: bytearray | list) -> None:
     sock = getattr(dul.socket, "socket", None)
     if sock is None:
         return
     try:
-        sock.sendall(buf)
+        if isinstance(buf, list):
+            _sendmsg_all(sock, buf)
+        else:
+            sock.sendall(buf)
     except Exception:  # noqa: BLE001 - like AssociationSocket.send: Evt17, connection lost
         dul.event_queue.put("Evt17")
 
 
-def send_c_store(assoc: Any, part10: bytes | memoryview, msg_id: int, priority: int = 2,
-                 originator_aet: str | None = None, originator_id: int | None = None
-                 ) -> Dataset:
-    """``Association.send_c_store`` for a Part 10 object in memory, pre-framed: the same
-    context choice (the stored transfer syntax, no conversion), response handling and
-    return value (the status Dataset; empty when no response came)."""
-    if not assoc.is_established:
-        raise RuntimeError("The association with a peer SCP must be established before "
-                           "sending a C-STORE request")
-    sop_class, sop_instance, ts, offset = stored_syntax(part10)
+def _sendmsg_all(sock: Any, bufs: list) -> None:
+    """``sendall`` of several buffers in order, without joining them (one ``sendmsg``
+    per try; what a partial send left is sent next). TLS sockets: one at a time."""
+    if isinstance(sock, ssl.SSLSocket):
+        for b in bufs:
+            sock.sendall(b)
+        return
+    views = [memoryview(b) for b in bufs if len(b)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+class Prepared:
+    """A Part 10 object made ready to send on one association: its SOP Class/Instance
+    UIDs, the presentation context it goes on and its data set already cut into
+    P-DATA-TF PDUs (:func:`frame_dataset`), while the previous sub-operation waits for
+    its response (:func:`send_c_store` ``after_send``); only the C-STORE-RQ command,
+    which carries the Message ID, is framed at send time."""
+
+    __slots__ = ("assoc", "sop_class", "sop_instance", "cid", "buffers")
+
+    def __init__(self, assoc: Any, part10: bytes | bytearray | memoryview) -> None:
+        sop_class, sop_instance, ts, offset = stored_syntax(part10)
+        self.assoc = assoc
+        self.sop_class, self.sop_instance = sop_class, sop_instance
+        self.cid = int(_context(assoc, sop_class, ts).context_id)
+        self.buffers = list(frame_dataset(self.cid, memoryview(part10)[offset:],
+                                          int(assoc.dimse.maximum_pdu_size or 0)))
+
+
+def frame_dataset(context_id: int, dataset: bytes | memoryview, max_pdu: int,
+                  write_bytes: int = WRITE_BYTES) -> Iterator[bytearray]:
+    """The data set fragments of :func:`frame` alone (an empty command has none)."""
+    return frame(context_id, b"", dataset, max_pdu, write_bytes)
+
+
+def _context(assoc: Any, sop_class: str, ts: str) -> Any:
     contexts = assoc.__dict__.setdefault("_pacsd_contexts", {})  # fixed once negotiated
     context = contexts.get((sop_class, ts))
     if context is None:
         context = assoc._get_valid_context(sop_class, ts, "scu", allow_conversion=False)
         contexts[(sop_class, ts)] = context
-    command = c_store_rq(msg_id, sop_class, sop_instance, priority, originator_aet,
-                         originator_id)
-    cid = int(context.context_id)
+    return context
+
+
+def send_c_store(assoc: Any, part10: "bytes | memoryview | Prepared", msg_id: int,
+                 priority: int = 2, originator_aet: str | None = None,
+                 originator_id: int | None = None,
+                 after_send: "Callable[[Any], None] | None" = None) -> Dataset:
+    """``Association.send_c_store`` for a Part 10 object in memory (or already
+    :class:`Prepared` for this association), pre-framed: the same context choice (the
+    stored transfer syntax, no conversion), response handling and return value (the
+    status Dataset; empty when no response came). ``after_send(assoc)`` runs once the
+    object is queued for sending, before waiting for the response (prepare the next
+    one while the peer stores this one); its errors are ignored."""
+    if not assoc.is_established:
+        raise RuntimeError("The association with a peer SCP must be established before "
+                           "sending a C-STORE request")
+    if isinstance(part10, Prepared) and part10.assoc is assoc:
+        prepared = part10
+    else:
+        prepared = Prepared(assoc, part10)
+    command = c_store_rq(msg_id, prepared.sop_class, prepared.sop_instance, priority,
+                         originator_aet, originator_id)
+    cid = prepared.cid
     dul = assoc.dul
     install(dul)
-    buffers = frame(cid, command, memoryview(part10)[offset:],
-                    int(assoc.dimse.maximum_pdu_size or 0))
+    head = list(frame(cid, command, b"", int(assoc.dimse.maximum_pdu_size or 0)))
+    data = prepared.buffers
+    prepared.buffers = []          # sent once; the caller's reference frees nothing more
+    # The command and the first data buffer go out in one sendmsg.
+    writes: list = [head + data[:1]] + data[1:]
     guard(assoc)
+    install_store_rsp(assoc)
     assoc._pacsd_sending = True  # the reactor cannot take the response (guard)
     try:
         in_flight: deque[threading.Event] = deque()
-        for buf in buffers:
+        for buf in writes:
             if len(in_flight) >= IN_FLIGHT:
                 _wait_written(dul, in_flight.popleft())
             primitive = FramedPData(buf, cid)
             dul.send_pdu(primitive)
             in_flight.append(primitive.sent)
+        del writes, data, head
+        if after_send is not None:
+            try:
+                after_send(assoc)
+            except Exception:  # noqa: BLE001 - only a read ahead; the send path reports
+                pass
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._pacsd_sending = False
@@ -344,3 +410,89 @@ def install_responses(assoc: Any) -> None:
 
     dimse.send_msg = send_msg
     dimse._pacsd_responses = True
+
+
+# --- C-STORE responses received --------------------------------------------------------------
+
+_US = struct.Struct("<H")
+_ELEMENT = struct.Struct("<HHL")
+#: The command elements a plain C-STORE-RSP carries (PS3.7 9.3.1.2): (group length),
+#: Affected SOP Class UID, Command Field, Message ID Being Responded To, Command Data
+#: Set Type, Status, Affected SOP Instance UID. Anything else: pynetdicom decodes it.
+_RSP_TAGS = frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000})
+
+
+def store_rsp_fields(command: bytes | memoryview) -> dict[int, int | str] | None:
+    """The elements of a C-STORE-RSP command set (Implicit VR Little Endian, group 0000)
+    by element number, when it holds nothing but :data:`_RSP_TAGS`, each once, with a
+    Command Field of 0x8001 and no data set; None for anything else (an Error Comment,
+    Offending Element, a data set, a malformed set...), which pynetdicom decodes."""
+    mv = memoryview(command)
+    n = len(mv)
+    pos = 0
+    out: dict[int, int | str] = {}
+    while pos < n:
+        if pos + 8 > n:
+            return None
+        group, element, length = _ELEMENT.unpack_from(mv, pos)
+        pos += 8
+        end = pos + length
+        if group != 0 or element not in _RSP_TAGS or element in out or end > n:
+            return None
+        if element == 0x0000:
+            if length != 4:
+                return None
+            out[0] = 0
+        elif element in (0x0002, 0x1000):
+            try:
+                text = bytes(mv[pos:end]).decode("ascii")
+            except UnicodeDecodeError:
+                return None
+            out[element] = text.rstrip("\0 ")
+        else:
+            if length != 2:
+                return None
+            out[element] = _US.unpack_from(mv, pos)[0]
+        pos = end
+    if (out.get(0x0100) != 0x8001 or out.get(0x0800) != 0x0101
+            or 0x0120 not in out or 0x0900 not in out):
+        return None
+    return out
+
+
+def install_store_rsp(assoc: Any) -> None:
+    """While a pre-framed C-STORE waits (``_pacsd_sending``), a response that arrives as
+    one complete command fragment and holds only what :func:`store_rsp_fields` takes is
+    turned into pynetdicom's ``C_STORE`` primitive here, on the DUL thread, and queued
+    as pynetdicom's ``receive_primitive`` would (one per sub-operation; pydicom's
+    decode of the command set and building the primitive cost ~0.2 ms each). Everything
+    else, and any association with EVT_DIMSE_RECV handlers, goes through pynetdicom."""
+    dimse = assoc.dimse
+    if getattr(dimse, "_pacsd_store_rsp", False):
+        return
+    original = dimse.receive_primitive
+    from pynetdicom import evt as _evt
+    from pynetdicom.dimse_primitives import C_STORE
+
+    def receive_primitive(primitive: Any) -> None:
+        items = primitive.presentation_data_value_list
+        if (dimse.message is None and len(items) == 1
+                and getattr(assoc, "_pacsd_sending", False)
+                and not assoc.get_handlers(_evt.EVT_DIMSE_RECV)):
+            context_id, data = items[0]
+            if len(data) > 1 and data[0] & 0x03 == 0x03:
+                fields = store_rsp_fields(memoryview(data)[1:])
+                if fields is not None:
+                    rsp = C_STORE()
+                    rsp.MessageIDBeingRespondedTo = fields[0x0120]
+                    rsp.Status = fields[0x0900]
+                    if 0x0002 in fields:
+                        rsp.AffectedSOPClassUID = fields[0x0002]
+                    if 0x1000 in fields:
+                        rsp.AffectedSOPInstanceUID = fields[0x1000]
+                    dimse.msg_queue.put((context_id, rsp))
+                    return
+        original(primitive)
+
+    dimse.receive_primitive = receive_primitive
+    dimse._pacsd_store_rsp = True

@@ -26,6 +26,10 @@ from .cache import BytesLRU, SharedFileCache
 #: mismatch, so a client never receives a complete-looking bad object).
 WHOLE_READ_LIMIT = 64 * 1024**2
 CHUNK = 1024**2
+#: Objects up to this size are read on the event loop when every byte is in the page
+#: cache (``BlobStore.read_framed_nowait``: a copy and the XXH3 check, ~0.05 ms per
+#: 0.5 MB); a worker-pool hop per object cost more than that (issue 6, WADO-RS c=8).
+INLINE_READ_LIMIT = 4 * 1024**2
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -84,6 +88,18 @@ class RetrieveService:
             raise errors.NotFound("no such study, series or instance")
         return rows
 
+    async def instance_files(self, study: str, series: str | None = None,
+                             sop: str | None = None, *, actor: Any) -> list[InstanceRow]:
+        """:meth:`instances` for answers of whole stored objects (WADO-RS instances,
+        C-GET, C-MOVE): the rows carry no frame index or bulk data offsets
+        (``Catalogue.iter_instance_files``); same scope, order and NotFound."""
+        scope = self._scope(actor)
+        rows = await self.archive.run(lambda: list(
+            self.archive.catalogue.iter_instance_files(study, series, sop, scope=scope)))
+        if not rows:
+            raise errors.NotFound("no such study, series or instance")
+        return rows
+
     async def instance(self, study: str, series: str, sop: str, *, actor: Any
                        ) -> InstanceRow:
         scope = self._scope(actor)
@@ -99,6 +115,17 @@ class RetrieveService:
         fast digest recorded at ingest when the row has one, else by its sha256."""
         return await self.archive.run(self.archive.store.read, row.sha256,
                                       expected_size=row.size, digest=row.digest)
+
+    def read_cached(self, row: InstanceRow) -> bytes | bytearray | None:
+        """The stored object, verified as by :meth:`read_verified`, when every byte of it
+        is in the page cache (``BlobStore.read_framed_nowait``): never waits for a
+        device, so it may run on the event loop or a DIMSE association thread without a
+        hop to the worker pool. None: not cached, too large, or anything wrong with the
+        copy — then :meth:`read_verified` reads it (and raises, falls back, repairs)."""
+        if row.size > INLINE_READ_LIMIT:
+            return None
+        return self.archive.store.read_framed_nowait(
+            row.sha256, b"", b"", expected_size=row.size, digest=row.digest)
 
     async def object_chunks(self, row: InstanceRow, transfer_syntax: str
                             ) -> AsyncIterator[bytes]:
@@ -121,10 +148,11 @@ class RetrieveService:
             self, rows: list[InstanceRow],
             frame: Callable[[InstanceRow], tuple[bytes, bytes]] | None = None,
     ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
-        """(row, its chunks as stored) for each row, in order, reading (and verifying)
-        the next object on the worker pool while the caller sends the current one
-        (issue 6: the check and the socket writes overlap; at most two objects of one
-        answer in memory). Objects over WHOLE_READ_LIMIT stream as before.
+        """(row, its chunks as stored) for each row, in order. An object whose bytes are
+        all in the page cache is read and verified on the event loop
+        (``read_framed_nowait``); otherwise on the worker pool, and then the next object
+        is read there too while the caller sends the current one (at most two objects of
+        one answer in memory). Objects over WHOLE_READ_LIMIT stream as before.
 
         ``frame(row)`` gives (head, tail) bytes to send around each object (a multipart
         part's headers and CRLF): the chunks then include them, read into one buffer
@@ -151,6 +179,13 @@ class RetrieveService:
                 self.archive.store.read_framed, row.sha256, head, tail,
                 expected_size=row.size, digest=row.digest))
 
+        def read_now(row: InstanceRow) -> bytes | bytearray | None:
+            if row.size > INLINE_READ_LIMIT:
+                return None
+            head, tail = frame(row) if frame is not None else (b"", b"")
+            return self.archive.store.read_framed_nowait(
+                row.sha256, head, tail, expected_size=row.size, digest=row.digest)
+
         pending: asyncio.Future | None = None
         try:
             for i, row in enumerate(rows):
@@ -158,12 +193,18 @@ class RetrieveService:
                     yield row, (self.object_chunks(row, "*") if frame is None
                                 else streamed(row))
                     continue
-                task = pending if pending is not None else read(row)
-                pending = None
-                nxt = rows[i + 1] if i + 1 < len(rows) else None
-                if nxt is not None and nxt.size <= WHOLE_READ_LIMIT:
-                    pending = read(nxt)
-                yield row, one(await task)
+                # Cached: read and verified here, on the event loop (no thread hop).
+                data = None if pending is not None else read_now(row)
+                if data is None:
+                    task = pending if pending is not None else read(row)
+                    pending = None
+                    # Not cached (or a bad copy): the next one likely is not either;
+                    # read it on the pool while this one is sent.
+                    nxt = rows[i + 1] if i + 1 < len(rows) else None
+                    if nxt is not None and nxt.size <= WHOLE_READ_LIMIT:
+                        pending = read(nxt)
+                    data = await task
+                yield row, one(data)
         finally:
             if pending is not None:
                 pending.cancel()

@@ -452,6 +452,21 @@ class BlobStore(abc.ABC):
         return b"".join((head, self.read(sha256, expected_size=expected_size,
                                          digest=digest), tail))
 
+    def read_framed_nowait(self, sha256: str, head: bytes, tail: bytes, *,
+                           expected_size: int | None = None, digest: str | None = None
+                           ) -> bytes | bytearray | None:
+        """:meth:`read_framed` when it can be done without waiting for the device: every
+        byte of the object already in memory (the page cache), for callers on an event
+        loop (issue 6: a thread hop per object cost more than the read). The object is
+        verified exactly as by :meth:`read`; None means "not now": not all of it is
+        cached, or anything is wrong with this copy (missing, short, wrong size or
+        digest, unreadable, or another backend). The caller then calls
+        :meth:`read_framed` on a worker, which re-reads, raises the error, and (a
+        replicated store) falls back to a good copy and repairs the bad one. Never
+        returns unverified bytes. Default: None (no such read)."""
+        check_sha256(sha256)
+        return None
+
     @abc.abstractmethod
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; NOT hash verified (callers check per-frame CRC32

@@ -285,6 +285,24 @@ class ReplicatedStore(BlobStore):
         return self._read_first_good(sha256, expected_size, lambda c: c.read_framed(
             sha256, head, tail, expected_size=expected_size, digest=digest))
 
+    def read_framed_nowait(self, sha256: str, head: bytes, tail: bytes, *,
+                           expected_size: int | None = None, digest: str | None = None
+                           ) -> bytes | bytearray | None:
+        """The first copy in read order, without waiting for a device (BlobStore); None
+        when that copy cannot answer so (not cached, remote, or anything wrong with it):
+        the caller's :meth:`read_framed` then reads with fallback, reporting and repair
+        of a bad copy, exactly as before."""
+        check_sha256(sha256)
+        i = self._read_order(sha256)[0]
+        with self._lock:
+            if i in self._bad.get(sha256, ()):
+                return None
+        out = self.copies[i].read_framed_nowait(sha256, head, tail,
+                                                expected_size=expected_size, digest=digest)
+        if out is not None:
+            self._mark_good(sha256, i)
+        return out
+
     def _read_first_good(self, sha256: str, expected_size: int | None,
                          read: Callable[[BlobStore], Any]) -> Any:
         """``read(copy)`` of the first copy that passes its checks (read order above);

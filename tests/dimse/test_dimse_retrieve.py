@@ -365,3 +365,70 @@ def test_getscu_small_pdu_bit_preserving(pacs, study, tmp_path):
             assert dataset_part(got)[1] == stored[original.SOPInstanceUID]
         else:
             assert np.array_equal(pixels(pydicom.dcmread(io.BytesIO(got))), pixels(original))
+
+
+# --- cached reads on the association thread (RetrieveService.read_cached, R-H1) ----------
+
+def _stored_path(pacs, part10: bytes) -> str:
+    """The local store's file of an object (the server's data directory)."""
+    import glob
+    import hashlib
+    import os
+    sha = hashlib.sha256(part10).hexdigest()
+    data_dir = os.path.dirname(pacs.log.name)
+    found = glob.glob(os.path.join(data_dir, "**", sha), recursive=True)
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("service", ["get", "move"])
+def test_retrieve_never_sends_a_damaged_object(pacs, peer, tmp_path, service):
+    """R-A6 / FT-6 with the association-thread read: an object whose stored bytes were
+    changed (same size, so only the digest can tell; just written, so in the page
+    cache) is never sent: its sub-operation fails (0xB000, counted in the failed
+    sub-operations); the intact one of the same study arrives byte-identical."""
+    uid = generate_uid()
+    sent = {}
+    for name in ("CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm"):
+        path = copy_with_new_uids(name, tmp_path, study=uid, PatientID="RET-DMG")
+        ds = pydicom.dcmread(path)
+        cx = build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+        from pynetdicom import _config
+        old = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            with association(pacs.dicom_port, [cx]) as assoc:
+                assert assoc.send_c_store(str(path)).Status == 0x0000
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = old
+        sent[name] = ds
+    ct, sc = sent["CT_small.dcm"], sent["SC_rgb_jpeg_dcmtk.dcm"]
+    good = wado_instance(pacs, sc)
+    stored = wado_instance(pacs, ct)
+    bad = bytearray(stored)
+    bad[-10] ^= 0xFF
+    with open(_stored_path(pacs, stored), "r+b") as f:
+        f.write(bad)
+    if service == "get":
+        received: dict = {}
+        contexts = [build_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+                    for ds in sent.values()]
+        roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in contexts]
+        with association(pacs.dicom_port, [build_context(STUDY_GET)] + contexts,
+                         ext_neg=roles, evt_handlers=_receive_raw(received, [])) as assoc:
+            final = [s for s, _ in assoc.send_c_get(
+                identifier("STUDY", StudyInstanceUID=uid), STUDY_GET)][-1]
+        assert final.Status == 0xB000 and final.NumberOfFailedSuboperations == 1
+        assert set(received) == {sc.SOPInstanceUID}
+        assert received[sc.SOPInstanceUID][1] == dataset_part(good)[1]
+    else:
+        peer.clear()
+        with association(pacs.dicom_port, [build_context(STUDY_MOVE)]) as assoc:
+            final = [s for s, _ in assoc.send_c_move(
+                identifier("STUDY", StudyInstanceUID=uid), peer.ae_title, STUDY_MOVE)][-1]
+        assert final.Status == 0xB000 and final.NumberOfFailedSuboperations == 1
+        assert final.NumberOfCompletedSuboperations == 1
+        got = stored_file(peer.directory, sc.SOPInstanceUID).read_bytes()
+        assert dataset_part(got)[1] == dataset_part(good)[1]
+        assert not [p for p in peer.directory.iterdir()
+                    if p.name.endswith(ct.SOPInstanceUID)]

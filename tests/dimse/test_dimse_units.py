@@ -2,6 +2,7 @@
 transfer syntax choice, settings (no network)."""
 from __future__ import annotations
 
+import struct
 import subprocess
 import sys
 
@@ -297,3 +298,106 @@ def test_busy_aware_dul_delay():
     assert dul._run_loop_delay == 0.002
     dul._idle_timer._start_time = _time.time() + 60
     assert dul._run_loop_delay == 0.002
+
+
+@pytest.mark.parametrize("status,extra", [
+    (0x0000, {}), (0xB007, {}), (0xB000, {"AffectedSOPClassUID": None}),
+    (0x0000, {"AffectedSOPInstanceUID": None}), (0xA700, {}),
+    (0xA900, {"ErrorComment": "mismatch"}), (0xC000, {"OffendingElement": [0x00100010]}),
+])
+def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
+    """A C-STORE-RSP taken by the hand decoder (pdata.install_store_rsp) becomes the
+    primitive pynetdicom's decode makes of the same bytes, with the same status Dataset;
+    one with an Error Comment or Offending Element is left to pynetdicom."""
+    import io
+
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    from pacsd.dimse import pdata
+    p = dimse_primitives.C_STORE()
+    p.MessageIDBeingRespondedTo = 513
+    p.Status = status
+    p.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    p.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    for keyword, value in extra.items():
+        setattr(p, keyword, value)
+    msg = dimse_messages.C_STORE_RSP()
+    msg.primitive_to_message(p)
+    raw = encode(msg.command_set, True, True)
+    fields = pdata.store_rsp_fields(raw)
+    if "ErrorComment" in extra or "OffendingElement" in extra:
+        assert fields is None
+        return
+    assert fields is not None
+    want = msg.message_to_primitive()
+    assert fields[0x0120] == want.MessageIDBeingRespondedTo == 513
+    assert fields[0x0900] == want.Status == status
+    assert fields.get(0x0002) == (str(want.AffectedSOPClassUID)
+                                  if want.AffectedSOPClassUID else None)
+    assert fields.get(0x1000) == (str(want.AffectedSOPInstanceUID)
+                                  if want.AffectedSOPInstanceUID else None)
+    # Not a C-STORE-RSP, truncated, or with a data set: pynetdicom's.
+    assert pdata.store_rsp_fields(raw[:-3]) is None
+    assert pdata.store_rsp_fields(raw + b"\x00\x00") is None
+    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
+                                              struct.pack("<HHLH", 0, 0x0800, 2, 0x0000))
+                                  ) is None
+    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
+                                              struct.pack("<HHLH", 0, 0x0100, 2, 0x8010))
+                                  ) is None
+    assert pdata.store_rsp_fields(b"") is None
+
+
+def test_sendmsg_all_partial_sends_in_order():
+    """pdata._sendmsg_all (the command and the first data PDUs in one sendmsg): every
+    byte, in order, when the socket takes a little at a time."""
+    import socket
+    import threading
+
+    from pacsd.dimse import pdata
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    bufs = [b"head" * 10, bytearray(range(256)) * 4000, b"", memoryview(b"tail!")]
+    want = b"".join(bytes(x) for x in bufs)
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(want):
+            chunk = b.recv(1000)
+            if not chunk:
+                return
+            got.extend(chunk)
+    t = threading.Thread(target=reader)
+    t.start()
+    pdata._sendmsg_all(a, bufs)
+    t.join(10)
+    a.close()
+    b.close()
+    assert bytes(got) == want
+
+
+def test_memoized_set_uid_same_results_as_pynetdicom():
+    """net.memoized_set_uid (association negotiation, R-H1): the same UID values as
+    pynetdicom's set_uid for str, bytes and UID input; errors are raised every time,
+    never cached; pynetdicom's modules use it."""
+    import pynetdicom.pdu_items
+    import pynetdicom.presentation
+    from pydicom.uid import UID
+    from pynetdicom import utils
+
+    from pacsd.dimse import net
+    original = utils.set_uid
+    fast = net.memoized_set_uid(original)
+    for value in ("1.2.840.10008.5.1.4.1.1.2", b"1.2.840.10008.1.2.1\x00",
+                  UID("1.2.840.10008.1.2"), "", None):
+        for _ in range(2):
+            got, want = fast(value, "x"), original(value, "x")
+            assert got == want and type(got) is type(want)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            fast("", "x", allow_empty=False)
+        with pytest.raises(TypeError):
+            fast(12, "x")
+    assert pynetdicom.pdu_items.set_uid.__wrapped__ is original
+    assert pynetdicom.presentation.set_uid.__wrapped__ is original

@@ -385,3 +385,34 @@ def test_cleanup_temp_removes_only_stale_files(store):
 def test_url_and_repr(store):
     assert store.url.split("://", 1)[0] in ("file", "memory", "s3")
     assert store.url in repr(store)
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate", "missing"])
+def test_read_framed_nowait_never_unverified(store, tamper, damage):
+    """read_framed_nowait (event-loop read of page-cached objects, R-H1): the same bytes
+    as read_framed when it answers; None ("read it on a worker") for every problem, so a
+    bad copy is never handed out by it (FT-6). The local store answers for a cached
+    object; other backends may always say None."""
+    key = store.put_bytes(DATA)
+    digest = fast_digest(DATA, key)
+    want = b"HEAD\r\n" + DATA + b"\r\n"
+    for d in (None, digest):
+        got = store.read_framed_nowait(key, b"HEAD\r\n", b"\r\n", expected_size=len(DATA),
+                                       digest=d)
+        if store.local_path(key) is not None and type(store).__name__ == "LocalBlobStore":
+            assert got is not None   # just written: in the page cache
+        assert got is None or bytes(got) == want
+    assert store.read_framed_nowait(key, b"H", b"T", expected_size=len(DATA) + 1) is None
+    assert store.read_framed_nowait(key, b"H", b"T", digest=fast_digest(DATA + b"x", key)
+                                    ) is None
+    if damage == "missing":
+        tamper.remove(key)
+    else:
+        tamper.overwrite(key, DATA[:5000] + bytes([DATA[5000] ^ 0x01]) + DATA[5001:]
+                         if damage == "bitflip" else DATA[:-1])
+    for d in (None, digest):
+        assert store.read_framed_nowait(key, b"H", b"T", digest=d) is None
+        assert store.read_framed_nowait(key, b"H", b"T", expected_size=len(DATA),
+                                        digest=d) is None
+    with pytest.raises(BadRequest):
+        store.read_framed_nowait("../etc/passwd", b"", b"")

@@ -64,7 +64,8 @@ def _choose_instance_repr(request: web.Request, rows: list[InstanceRow]) -> tupl
 async def retrieve_instances(request: web.Request) -> web.StreamResponse:
     study, series, sop = uids(request)
     retrieve = request.app[RETRIEVE]
-    rows = await retrieve.instances(study, series, sop, actor=current_actor(request))
+    # Whole objects only: rows without frame index / bulk offsets (cheaper to list).
+    rows = await retrieve.instance_files(study, series, sop, actor=current_actor(request))
     note_audit(request, object_count=len(rows))
     kind, ts = _choose_instance_repr(request, rows)
     if kind == "zip":

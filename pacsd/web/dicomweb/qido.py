@@ -6,7 +6,6 @@ The total number of matches is exposed as ``X-Total-Count``; when the page is cu
 """
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from ... import errors
@@ -37,17 +36,17 @@ async def _qido(request: web.Request, level: str) -> web.Response:
                for r in parse_accept(request.headers.get("Accept"))):
         raise errors.NotAcceptable("QIDO-RS answers application/dicom+json")
     params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
-    result = await request.app[QUERY].search(level, params, base_url=base_url(request),
-                                             actor=current_actor(request),
-                                             study_uid=study, series_uid=series)
+    result = await request.app[QUERY].search_json(
+        level, params, base_url=base_url(request), actor=current_actor(request),
+        study_uid=study, series_uid=series)
     # R-E4: the audit names the query keys and counts, never the values (PHI, SEC-23).
     note_audit(request, level=level, keys=sorted({k for k, _ in params}),
-               results=len(result.items))
+               results=result.count)
     # No match: 200 with an empty array (what OHIF, dicomweb-client and Orthanc expect).
-    resp = web.Response(body=orjson.dumps(result.items), content_type="application/dicom+json")
+    resp = web.Response(body=result.body, content_type="application/dicom+json")
     resp.headers["X-Total-Count"] = str(result.total)
-    remaining = result.total - result.offset - len(result.items)
-    if remaining > 0 and result.items:
+    remaining = result.total - result.offset - result.count
+    if remaining > 0 and result.count:
         resp.headers.add("Warning", f'299 pacsd "There are {remaining} additional results '
                                     'that can be requested"')
     for name in result.unsupported:

@@ -46,6 +46,7 @@ Documented choices (conformance statement material):
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,7 @@ def _safe(name: str) -> str:
     return name if _NAME.fullmatch(name) else "(a parameter)"
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve_attribute(name: str) -> tuple[str, str]:
     """Keyword or 8-hex tag -> (keyword, 'GGGGEEEE'); BadRequest when unknown."""
     if "." in name:

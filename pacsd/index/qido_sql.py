@@ -585,12 +585,17 @@ def _maker(tag: str, fields: dict[str, int]):
 
     def uid(col: str):
         i = fields[col]
-        memo: dict[str, bytes] = {}  # within one query the parents repeat row after row
+        # The parents repeat row after row: the last one's fragment is kept (one tuple,
+        # replaced whole, so threads sharing the cached plan never see half an update).
+        last = [("", b"")]
 
         def make(r: sa.Row) -> bytes:
-            out = memo.get(r[i])
-            if out is None:
-                out = memo[r[i]] = _frag(tag, {"vr": "UI", "Value": [r[i]]})
+            value = r[i]
+            seen = last[0]
+            if seen[0] == value and value:
+                return seen[1]
+            out = _frag(tag, {"vr": "UI", "Value": [value]})
+            last[0] = (value, out)
             return out
         return make
 
@@ -616,11 +621,17 @@ def _private(tag: str, vr: str, i: int):
     return lambda r: _frag(tag, {"vr": vr, "Value": [r[i]]} if r[i] else {"vr": vr})
 
 
-def _plan(q: QidoQuery, fields: dict[str, int]) -> list[tuple[int, Any, bool]]:
+def _plan(q: QidoQuery, fields: tuple[str, ...]) -> list[tuple[int, Any, bool]]:
     """(cut index, fragment of a row, whether it replaces a stored element) for each
-    attribute this query adds, in tag order; mirrors :func:`_item` exactly."""
-    level = q.level
-    inc = q.includefields
+    attribute this query adds, in tag order; mirrors :func:`_item` exactly. Cached per
+    query form (the fragments are functions of the row alone)."""
+    return _plan_of(q.level, q.includefields, q.include_all, q.private, fields)
+
+
+@functools.lru_cache(maxsize=STATEMENT_CACHE)
+def _plan_of(level: str, inc: frozenset, include_all: bool, private: frozenset,
+             names: tuple[str, ...]) -> list[tuple[int, Any, bool]]:
+    fields = {name: i for i, name in enumerate(names)}
     add: dict[str, bool] = {}  # tag -> replaces the stored element
     if level != "study":
         # Picked from the study's (and at the instance level the series') computed
@@ -634,15 +645,15 @@ def _plan(q: QidoQuery, fields: dict[str, int]) -> list[tuple[int, Any, bool]]:
         add[TAG_SERIES_UID] = True
     else:
         add[TAG_MODALITIES] = True
-        if q.include_all or TAG_SOP_CLASSES in inc:
+        if include_all or TAG_SOP_CLASSES in inc:
             add[TAG_SOP_CLASSES] = True
         add[TAG_STUDY_SERIES] = True
         add[TAG_STUDY_INSTANCES] = True
         if TAG_BODY_PARTS in inc:
             add[TAG_BODY_PARTS] = True
-        if q.private:
+        if private:
             add[PRIVATE_GROUP_CREATOR[0]] = True
-            add.update((PRIVATE_TAGS[name][0], True) for name in q.private)
+            add.update((PRIVATE_TAGS[name][0], True) for name in private)
     add[TAG_AVAILABILITY] = True
     add[TAG_STUDY_UID] = True
     index = _CUT_INDEX[level]
@@ -657,8 +668,9 @@ def raw_items(q: QidoQuery, rows: list[sa.Row]) -> list:
     if not rows:
         return []
     level = q.level
-    fields = {name: i for i, name in enumerate(rows[0]._fields)}
-    plan = _plan(q, fields)
+    names = tuple(rows[0]._fields)
+    fields = {name: i for i, name in enumerate(names)}
+    plan = _plan(q, names)
     cuts_struct_ = _CUT_STRUCT[level]
     unpack = cuts_struct_.unpack
     size = cuts_struct_.size

@@ -6,6 +6,8 @@ The total number of matches is exposed as ``X-Total-Count``; when the page is cu
 """
 from __future__ import annotations
 
+import functools
+
 from aiohttp import web
 
 from ... import errors
@@ -16,6 +18,14 @@ from .common import base_url, path_uid
 
 #: Query parameters that belong to the HTTP adapter, not to matching.
 ADAPTER_PARAMS = {"charset"}
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header admits DICOM JSON (clients send one header over and
+    over: decided once per header; a malformed one raises every time, uncached)."""
+    return any(matches(r, "application/dicom+json") or matches(r, "application/json")
+               for r in parse_accept(accept))
 
 
 def make_qido(level: str):
@@ -32,8 +42,7 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     mi = request.match_info
     study = path_uid(request, "study") if "study" in mi else None
     series = path_uid(request, "series") if "series" in mi else None
-    if not any(matches(r, "application/dicom+json") or matches(r, "application/json")
-               for r in parse_accept(request.headers.get("Accept"))):
+    if not _accepts_json(request.headers.get("Accept")):
         raise errors.NotAcceptable("QIDO-RS answers application/dicom+json")
     params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
     result = await request.app[QUERY].search_json(

@@ -662,9 +662,11 @@ def _plan_of(level: str, inc: frozenset, include_all: bool, private: frozenset,
 
 
 def raw_items(q: QidoQuery, rows: list[sa.Row]) -> list:
-    """The items of ``rows`` for a JSON answer: per row, (the item's DICOM JSON object
-    without its closing brace, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) when
-    it can be spliced, else the item as a dict (:func:`_item`)."""
+    """The items of ``rows`` for a JSON answer: per row, (pieces whose concatenation is
+    the item's DICOM JSON object without its closing brace, StudyInstanceUID,
+    SeriesInstanceUID, SOPInstanceUID) when it can be spliced, else the item as a dict
+    (:func:`_item`). Pieces, not one bytes object: the caller joins the whole answer
+    once."""
     if not rows:
         return []
     level = q.level
@@ -681,7 +683,6 @@ def raw_items(q: QidoQuery, rows: list[sa.Row]) -> list:
     sop_at = fields.get("sop_instance_uid") if level == "instance" else None
     first = plan[0][0]
     hash64 = xxhash.xxh3_64_intdigest
-    join = b"".join
     out: list = []
     for row in rows:
         data = row[json_at]
@@ -696,7 +697,9 @@ def raw_items(q: QidoQuery, rows: list[sa.Row]) -> list:
         lead = v[first] == 0
         if lead:
             data = b"," + data[1:]
-        pieces = []
+            pieces = [b"{"]
+        else:
+            pieces = []
         prev = 0
         for at, make, wins in plan:
             start = v[at]
@@ -706,10 +709,9 @@ def raw_items(q: QidoQuery, rows: list[sa.Row]) -> list:
             pieces.append(make(row) if wins or start == end else data[start:end])
             prev = end
         pieces.append(data[prev:-1])
-        body = join(pieces)
-        if lead:
-            body = b"{" + body[1:]
-        out.append((body, row[study_at],
+        if lead:  # the item starts at the first cut: its comma goes, the brace comes first
+            pieces[1] = pieces[1][1:]
+        out.append((pieces, row[study_at],
                     row[series_at] if series_at is not None else None,
                     row[sop_at] if sop_at is not None else None))
     return out

@@ -87,27 +87,38 @@ class QueryService:
 
 
 def _body(level: str, items: list, base: str) -> bytes:
-    """The JSON array of ``items`` (spliced tuples or dicts, qido_sql.raw_items) with
-    each item's RetrieveURL added last, as :meth:`QueryService.search` does."""
-    parts = []
+    """The JSON array of ``items`` (spliced pieces or dicts, qido_sql.raw_items) with
+    each item's RetrieveURL added last, as :meth:`QueryService.search` does; joined once.
+    JSON string escaping works character by character, so the escaped URL is the escaped
+    parent prefix (kept while the parents repeat) plus the escaped SOP Instance UID."""
+    out = [b"["]
     dumps = orjson.dumps
+    prefix_of = None
+    prefix = b""
     for item in items:
+        if len(out) > 1:
+            out.append(b",")
         if type(item) is dict:
             url = _retrieve_url(level, item, base)
             if url:
                 item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
-            parts.append(dumps(item))
+            out.append(dumps(item))
             continue
-        head, study, series, sop = item
-        url = None
-        if study:
-            url = f"{base}/studies/{study}"
-            if level != "study":
-                url = f"{url}/series/{series}" if series else None
-            if level == "instance" and url:
-                url = f"{url}/instances/{sop}" if sop else None
-        parts.append(head + _URL_HEAD + dumps(url) + _URL_TAIL if url else head + b"}")
-    return b"[" + b",".join(parts) + b"]"
+        pieces, study, series, sop = item
+        out += pieces
+        if not study or (level != "study" and not series) or (level == "instance" and not sop):
+            out.append(b"}")
+            continue
+        if prefix_of != (study, series):
+            prefix_of = (study, series)
+            url = f"{base}/studies/{study}" + (f"/series/{series}" if level != "study" else "")
+            prefix = _URL_HEAD + dumps(url)[:-1]  # without its closing quote
+        if level == "instance":
+            out += (prefix, dumps("/instances/" + sop)[1:], _URL_TAIL)
+        else:
+            out += (prefix, b'"', _URL_TAIL)
+    out.append(b"]")
+    return b"".join(out)
 
 
 def worklist_aliases(settings: Any) -> dict[str, str]:

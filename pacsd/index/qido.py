@@ -182,7 +182,9 @@ class QidoQuery:
 
 @dataclass(frozen=True)
 class QidoResult:
-    """DICOM JSON objects (tag-sorted dicts) and the number of matches before limit/offset."""
+    """DICOM JSON objects (tag-sorted dicts) and the number of matches before limit/offset.
+    A ``raw`` search (``Catalogue.search(raw=True)``, QIDO-RS answers) gives, where it
+    can, spliced byte pieces instead of dicts (``qido_sql.raw_items``)."""
 
     items: list[dict[str, Any]] = field(default_factory=list)
     total: int = 0

@@ -74,13 +74,33 @@ def parsed_of(i: Inst):
                  "00280011": el("US", i.columns)}
     meta = dict(sorted({"00080005": el("CS", i.charset), **study_json, **series_json,
                         **inst_json}.items()))
+    # The level JSON and its QIDO cut records as ingest writes them (R-H1, migration 11).
+    cuts: dict[str, Any] = {}
+    try:
+        from pacsd.dicom.levels import (INSTANCE_CUT_KEYS, SERIES_CUT_KEYS, STUDY_CUT_KEYS,
+                                        level_json)
+    except ImportError:  # a tree before migration 11
+        pass
+    else:
+        for name, obj, keys in (("study", study_json, STUDY_CUT_KEYS),
+                                ("series", series_json, SERIES_CUT_KEYS),
+                                ("instance", inst_json, INSTANCE_CUT_KEYS)):
+            obj = dict(sorted(obj.items()))
+            cuts[f"{name}_json"], cuts[f"{name}_cuts"] = level_json(obj, tuple(obj), keys)
     return ParsedInstance(
         study_instance_uid=i.study, series_instance_uid=i.series, sop_instance_uid=i.sop,
         sop_class_uid=SQ_SC, transfer_syntax_uid="1.2.840.10008.1.2.1",
         specific_character_set=i.charset, patient=patient, study=study, series=series,
-        instance=inst, study_json=orjson.dumps(study_json),
-        series_json=orjson.dumps(series_json), instance_json=orjson.dumps(inst_json),
+        instance=inst, **{"study_json": orjson.dumps(study_json),
+                          "series_json": orjson.dumps(series_json),
+                          "instance_json": orjson.dumps(inst_json), **cuts},
         metadata=orjson.dumps(meta), frames=None, bulk={})
+
+
+def _cuts(p: Any, level: str) -> dict[str, Any]:
+    """The level's QIDO cut record column (migration 11), when the tree has one."""
+    name = f"{level}_cuts"
+    return {name: getattr(p, name)} if hasattr(p, name) else {}
 
 
 class Expect:
@@ -301,7 +321,7 @@ class RowFill:
                     "pk": st["pk"], "study_instance_uid": p.study_instance_uid,
                     "patient_fk": pa["pk"], "study_json": p.study_json, "num_series": 0,
                     "num_instances": 0, "revision": 0, "created_at": now,
-                    "updated_at": now, **vals})
+                    "updated_at": now, **vals, **_cuts(p, "study")})
             se = self.series.get(p.series_instance_uid)
             series_created = se is None
             if series_created:
@@ -311,13 +331,14 @@ class RowFill:
                     "pk": se["pk"], "series_instance_uid": p.series_instance_uid,
                     "study_fk": st["pk"], "series_json": p.series_json,
                     "num_instances": 0, "revision": 0, "created_at": now,
-                    "updated_at": now, **writes._values(SERIES_COLUMNS, p.series)})
+                    "updated_at": now, **writes._values(SERIES_COLUMNS, p.series),
+                    **_cuts(p, "series")})
             new["instances"].append({
                 "pk": self._pk("instances"), "sop_instance_uid": p.sop_instance_uid,
                 "series_fk": se["pk"], "study_fk": st["pk"],
                 "sop_class_uid": p.sop_class_uid,
                 "transfer_syntax_uid": p.transfer_syntax_uid,
-                "instance_json": p.instance_json,
+                "instance_json": p.instance_json, **_cuts(p, "instance"),
                 "specific_character_set": p.specific_character_set,
                 "sha256": f"{i.index:064x}", "size": 1400,
                 "metadata": zlib.compress(p.metadata, 6),

@@ -100,6 +100,11 @@ class ParsedInstance:
     #: The study's worklist columns (visit_number, card_number, ordering_department,
     #: visit_type), filled in by the catalogue from ``[worklist]`` (services/visit.py).
     worklist: dict[str, str | None] | None = None
+    #: Where QIDO-RS adds its computed attributes in each level JSON
+    #: (pacsd.dicom.levels.level_json; None: the level JSON is decoded instead, R-H1).
+    study_cuts: bytes | None = None
+    series_cuts: bytes | None = None
+    instance_cuts: bytes | None = None
 
 
 @dataclass(frozen=True)

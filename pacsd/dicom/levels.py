@@ -14,6 +14,10 @@ JSON keys are made from). TimezoneOffsetFromUTC appears at every level, as in PS
 """
 from __future__ import annotations
 
+import struct
+
+import orjson
+import xxhash
 from pydicom.datadict import tag_for_keyword
 
 STUDY_LEVEL_KEYWORDS: tuple[str, ...] = (
@@ -80,3 +84,77 @@ def _tags(keywords: tuple[str, ...]) -> tuple[int, ...]:
 STUDY_LEVEL_TAGS: tuple[int, ...] = _tags(STUDY_LEVEL_KEYWORDS)
 SERIES_LEVEL_TAGS: tuple[int, ...] = _tags(SERIES_LEVEL_KEYWORDS)
 INSTANCE_LEVEL_TAGS: tuple[int, ...] = _tags(INSTANCE_LEVEL_KEYWORDS)
+
+
+# --- cut points (R-H1, issue 6) -----------------------------------------------------------
+#
+# A QIDO-RS item is the stored level JSON plus a few attributes the query layer adds
+# (InstanceAvailability, the parent UIDs, ModalitiesInStudy, NumberOf*Related*, ...) in tag
+# order. So that an item can be spliced from the stored bytes instead of decoded, merged,
+# sorted and encoded again, ingest records where each of those attributes goes in the
+# level JSON. Positions count as if the JSON's opening brace were a comma, so that every
+# element is ``,"tag":{...}``: for each *cut key* K (sorted), (start, end) is the range of
+# K's own element with its leading comma when the JSON holds one, else an empty range
+# where ``,K`` would be inserted. What lies between two ranges is a run of whole elements,
+# each with its leading comma.
+# The record starts with a format version, the JSON's length and its XXH3-64, so a record
+# that does not describe the JSON next to it (a writer that changed the JSON and not the
+# cuts, an older row) is ignored and the item is built the general way.
+
+#: Tags the query layer may add at each level (pacsd.index.qido_sql: COMPUTED, the parent
+#: UIDs and the worklist private block), 8 upper-case hex digits, sorted.
+STUDY_CUT_KEYS: tuple[str, ...] = (
+    "00080056", "00080061", "00080062", "00180015", "0020000D", "00201206", "00201208",
+    "00770010", "00771001", "00771002", "00771003", "00771004")
+SERIES_CUT_KEYS: tuple[str, ...] = (
+    "00080056", "00080061", "00080062", "0020000D", "0020000E", "00201206", "00201208",
+    "00201209")
+INSTANCE_CUT_KEYS: tuple[str, ...] = SERIES_CUT_KEYS
+CUTS_VERSION = 1
+MAX_CUT_JSON = 0xFFFF
+
+
+def cuts_struct(keys: tuple[str, ...]) -> struct.Struct:
+    """version, JSON length, XXH3-64 of the JSON, then (start, end) per cut key."""
+    return struct.Struct(f"<BHQ{2 * len(keys)}H")
+
+
+def level_json(meta: dict, keys: tuple[str, ...], cut_keys: tuple[str, ...]
+               ) -> tuple[bytes, bytes | None]:
+    """(level JSON, cut record) of the attributes ``keys`` (sorted) found in ``meta``.
+    The JSON is byte for byte ``orjson.dumps({k: meta[k] for k in keys if k in meta})``;
+    the record is None when the JSON is too long for it (the reader then decodes)."""
+    present = [k for k in keys if k in meta]
+    out = [b"{"]
+    pos = 0  # end of what is written, counting the brace as the first element's comma
+    bounds: list[int] = []
+
+    def add(piece: bytes) -> None:
+        nonlocal pos
+        if pos:
+            out.append(b",")
+        out.append(piece)
+        pos += 1 + len(piece)
+
+    i = 0
+    n = len(present)
+    for cut in cut_keys:
+        j = i
+        while j < n and present[j] < cut:
+            j += 1
+        if j > i:
+            add(orjson.dumps({k: meta[k] for k in present[i:j]})[1:-1])
+            i = j
+        start = pos
+        if i < n and present[i] == cut:
+            add(orjson.dumps({cut: meta[cut]})[1:-1])
+            i += 1
+        bounds += (start, pos)
+    if i < n:
+        add(orjson.dumps({k: meta[k] for k in present[i:]})[1:-1])
+    out.append(b"}")
+    data = b"".join(out)
+    if len(data) > MAX_CUT_JSON:
+        return data, None
+    return data, cuts_struct(cut_keys).pack(CUTS_VERSION, len(data),
+                                            xxhash.xxh3_64_intdigest(data), *bounds)

@@ -25,7 +25,9 @@ import orjson
 from pydicom.datadict import tag_for_keyword
 from pacsd.dicom import frames as frames_mod
 from pacsd.dicom.dicomjson import DEFAULT_ENCODINGS, JsonBuilder, charset_values
-from pacsd.dicom.levels import INSTANCE_LEVEL_TAGS, SERIES_LEVEL_TAGS, STUDY_LEVEL_TAGS
+from pacsd.dicom.levels import (INSTANCE_CUT_KEYS, INSTANCE_LEVEL_TAGS, SERIES_CUT_KEYS,
+                                SERIES_LEVEL_TAGS, STUDY_CUT_KEYS, STUDY_LEVEL_TAGS,
+                                level_json)
 from pacsd.dicom.structure import Element, dict_vr, walk_file
 from pacsd.dicom.text import pn_string
 from pacsd.dicom.uids import is_valid_uid
@@ -148,15 +150,18 @@ def _parse(buf, max_depth: int) -> ParsedInstance:
                                   else None)
     if instance["NumberOfFrames"] is not None and instance["NumberOfFrames"] < 1:
         instance["NumberOfFrames"] = 1
+    study_json, study_cuts = _level(meta, STUDY_LEVEL_TAGS, STUDY_CUT_KEYS)
+    series_json, series_cuts = _level(meta, SERIES_LEVEL_TAGS, SERIES_CUT_KEYS)
+    instance_json, instance_cuts = _level(meta, INSTANCE_LEVEL_TAGS, INSTANCE_CUT_KEYS)
     return ParsedInstance(
         study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop,
         sop_class_uid=uids["SOPClassUID"], transfer_syntax_uid=layout.transfer_syntax_uid,
         specific_character_set="\\".join(charset),
         patient=_fields(meta, PATIENT_FIELDS), study=_fields(meta, STUDY_FIELDS),
         series=_fields(meta, SERIES_FIELDS), instance=instance,
-        study_json=_level(meta, STUDY_LEVEL_TAGS), series_json=_level(meta, SERIES_LEVEL_TAGS),
-        instance_json=_level(meta, INSTANCE_LEVEL_TAGS), metadata=orjson.dumps(meta),
-        frames=frame_index, bulk=bulk, visit=visit_values(meta))
+        study_json=study_json, series_json=series_json, instance_json=instance_json,
+        study_cuts=study_cuts, series_cuts=series_cuts, instance_cuts=instance_cuts,
+        metadata=orjson.dumps(meta), frames=frame_index, bulk=bulk, visit=visit_values(meta))
 
 
 def _is_bulk(el: Element) -> bool:
@@ -260,8 +265,10 @@ def visit_values(meta: dict) -> dict[str, str | None]:
 _LEVEL_KEYS: dict[tuple[int, ...], tuple[str, ...]] = {}
 
 
-def _level(meta: dict, tags: tuple[int, ...]) -> bytes:
+def _level(meta: dict, tags: tuple[int, ...], cut_keys: tuple[str, ...]
+           ) -> tuple[bytes, bytes | None]:
+    """(level JSON, cut record) of a level (levels.level_json, R-H1)."""
     keys = _LEVEL_KEYS.get(tags)
     if keys is None:
         keys = _LEVEL_KEYS[tags] = tuple(f"{t:08X}" for t in tags)
-    return orjson.dumps({k: meta[k] for k in keys if k in meta})
+    return level_json(meta, keys, cut_keys)

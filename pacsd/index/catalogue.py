@@ -410,14 +410,15 @@ class Catalogue:
                     for name, t in tables.items()}
 
     def search(self, q: QidoQuery, extra_filter: sa.ColumnElement | None = None, *,
-               scope: Iterable | None = None) -> QidoResult:
+               scope: Iterable | None = None, raw: bool = False) -> QidoResult:
         """Run a QIDO-RS query (R-A1). ``scope``: the actor's data scope (R-A12,
-        ``access.py``) and ``extra_filter`` a clause on ``studies``, both AND-ed in."""
+        ``access.py``) and ``extra_filter`` a clause on ``studies``, both AND-ed in.
+        ``raw``: items as spliced JSON bytes where possible (``qido_sql.raw_items``)."""
         clause = scope_clause(scope)
         if extra_filter is not None:
             clause = extra_filter if clause is None else sa.and_(clause, extra_filter)
         with translate_errors("searching"), self._engine.connect() as conn:
-            return qido_sql.run(conn, q, clause)
+            return qido_sql.run(conn, q, clause, raw=raw)
 
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 

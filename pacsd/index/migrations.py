@@ -80,6 +80,17 @@ def _instance_digest(conn: sa.Connection) -> None:
         conn.execute(sa.text("ALTER TABLE instances ADD COLUMN digest TEXT"))
 
 
+def _qido_cuts(conn: sa.Connection) -> None:
+    # Where QIDO-RS splices its computed attributes into the stored level JSON (R-H1,
+    # issue 6): nullable columns, filled at ingest; rows without them (stored before) are
+    # answered by decoding their JSON as before. Blob is BLOB / BYTEA.
+    blob = "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+    for table, column in (("studies", "study_cuts"), ("series", "series_cuts"),
+                          ("instances", "instance_cuts")):
+        if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {blob}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
@@ -94,6 +105,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "perf: index series (modality, series_number, pk)", _series_modality_order),
     Migration(9, "OIDC login: oidc_links, oidc_logins (R-E1)", oidc_schema.migrate_oidc),
     Migration(10, "instances.digest: fast read-time digest (R-H1)", _instance_digest),
+    Migration(11, "studies/series/instances *_cuts: QIDO-RS items spliced from stored "
+                  "JSON (R-H1)", _qido_cuts),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES

@@ -46,6 +46,7 @@ Documented choices (conformance statement material):
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,7 +182,9 @@ class QidoQuery:
 
 @dataclass(frozen=True)
 class QidoResult:
-    """DICOM JSON objects (tag-sorted dicts) and the number of matches before limit/offset."""
+    """DICOM JSON objects (tag-sorted dicts) and the number of matches before limit/offset.
+    A ``raw`` search (``Catalogue.search(raw=True)``, QIDO-RS answers) gives, where it
+    can, spliced byte pieces instead of dicts (``qido_sql.raw_items``)."""
 
     items: list[dict[str, Any]] = field(default_factory=list)
     total: int = 0
@@ -206,6 +209,7 @@ def _safe(name: str) -> str:
     return name if _NAME.fullmatch(name) else "(a parameter)"
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve_attribute(name: str) -> tuple[str, str]:
     """Keyword or 8-hex tag -> (keyword, 'GGGGEEEE'); BadRequest when unknown."""
     if "." in name:

@@ -150,6 +150,9 @@ studies = sa.Table(
     sa.Column("num_series", sa.Integer, nullable=False, server_default="0"),
     sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
     sa.Column("study_json", Blob, nullable=False),
+    # Where QIDO-RS splices its computed attributes into study_json (R-H1, migration 11;
+    # pacsd.dicom.levels.level_json); NULL: the JSON is decoded instead.
+    sa.Column("study_cuts", Blob),
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False, index=True),
@@ -191,6 +194,7 @@ series = sa.Table(
     *[_col(k, c, index=True) for k, c in SERIES_COLUMNS.items()],
     sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
     sa.Column("series_json", Blob, nullable=False),
+    sa.Column("series_cuts", Blob),  # as studies.study_cuts (migration 11)
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", Stamp, nullable=False),
     sa.Column("updated_at", Stamp, nullable=False),
@@ -220,6 +224,7 @@ instances = sa.Table(
     # ix_instances_series_number.
     *[_col(k, c, index=c in ("content_date",)) for k, c in INSTANCE_COLUMNS.items()],
     sa.Column("instance_json", Blob, nullable=False),
+    sa.Column("instance_cuts", Blob),  # as studies.study_cuts (migration 11)
     sa.Column("specific_character_set", Text),
     sa.Column("sha256", Text, nullable=False),
     # Fast read-time digest of the object (store.base.fast_digest, migration 10); NULL:

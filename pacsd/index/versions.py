@@ -73,7 +73,8 @@ def apply_correction(conn: sa.Connection, study_uid: str,
             created_at=_ts(row.created_at), superseded_at=now))
         conn.execute(sa.update(instances).where(instances.c.pk == row.pk).values(
             sha256=sha, digest=None, size=size, transfer_syntax_uid=p.transfer_syntax_uid,
-            instance_json=p.instance_json, specific_character_set=p.specific_character_set,
+            instance_json=p.instance_json, instance_cuts=p.instance_cuts,
+            specific_character_set=p.specific_character_set,
             metadata=zlib.compress(p.metadata, 6),
             frames=p.frames.to_json() if p.frames is not None else None,
             bulk=orjson.dumps(p.bulk), created_at=stamp,
@@ -89,7 +90,7 @@ def apply_correction(conn: sa.Connection, study_uid: str,
         if p.worklist is not None:  # R-D2 visit columns of the corrected study
             vals.update({c: p.worklist.get(c) for c in WORKLIST_COLUMNS})
         conn.execute(sa.update(studies).where(studies.c.pk == study.pk).values(
-            study_json=p.study_json, patient_fk=patient_fk, revision=studies.c.revision + 1,
+            study_json=p.study_json, study_cuts=p.study_cuts, patient_fk=patient_fk, revision=studies.c.revision + 1,
             updated_at=stamp, **vals))
         if p.worklist is not None:  # a HIS visit class (retention, R-A7) still wins
             conn.execute(writes._statements(conn.dialect.name)["his_visit"],

@@ -302,7 +302,8 @@ def _study(conn: sa.Connection, stmts: Sql, p: ParsedInstance, now: _dt.datetime
         vals.update({c: (p.worklist or {}).get(c) for c in WORKLIST_COLUMNS})
         created = stmts("ins_study", {
             "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
-            "study_json": p.study_json, "num_series": 0, "num_instances": 0,
+            "study_json": p.study_json, "study_cuts": p.study_cuts,
+            "num_series": 0, "num_instances": 0,
             "revision": 0, "created_at": now, "updated_at": now, **vals}).scalar() is not None
         row = stmts("study", {"b_study": p.study_instance_uid}).first()
         if row is None:
@@ -321,7 +322,8 @@ def _series(conn: sa.Connection, stmts: Sql, p: ParsedInstance, study_pk: int,
     if row is None:
         pk = stmts("ins_series", {
             "series_instance_uid": p.series_instance_uid, "study_fk": study_pk,
-            "series_json": p.series_json, "num_instances": 0, "revision": 0,
+            "series_json": p.series_json, "series_cuts": p.series_cuts,
+            "num_instances": 0, "revision": 0,
             "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)}).scalar()
         if pk is not None:
             return pk, True
@@ -362,6 +364,7 @@ def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size
         "sop_instance_uid": p.sop_instance_uid, "series_fk": series_pk,
         "study_fk": study.pk, "sop_class_uid": p.sop_class_uid,
         "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
+        "instance_cuts": p.instance_cuts,
         "specific_character_set": p.specific_character_set, "sha256": sha256,
         "digest": digest, "size": size, "metadata": zlib.compress(p.metadata, 6),
         "frames": p.frames.to_json() if p.frames is not None else None,

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..index import parse_qido
 from .archive import Archive
 
@@ -21,6 +23,22 @@ class QueryResult:
     offset: int
     limit: int
     unsupported: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QueryJson:
+    """A QIDO-RS answer as its JSON body (an array of DICOM JSON objects)."""
+
+    body: bytes
+    count: int
+    total: int
+    offset: int
+    limit: int
+    unsupported: tuple[str, ...]
+
+
+_URL_HEAD = b',"' + RETRIEVE_URL.encode() + b'":{"vr":"UR","Value":['
+_URL_TAIL = b']}}'
 
 
 class QueryService:
@@ -47,6 +65,60 @@ class QueryService:
                 item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
         return QueryResult(items=result.items, total=result.total, offset=q.offset,
                            limit=q.limit, unsupported=tuple(q.unsupported))
+
+
+    async def search_json(self, level: str, params: list[tuple[str, str]], *,
+                          base_url: str, actor: Any, study_uid: str | None = None,
+                          series_uid: str | None = None) -> QueryJson:
+        """:meth:`search` answered as the JSON body QIDO-RS sends: the same bytes as
+        ``orjson.dumps(search(...).items)`` (RetrieveURL last in each item), but items
+        are spliced from the stored JSON where the index can (R-H1, issue 6)."""
+        q = parse_qido(level, params, study_uid=study_uid, series_uid=series_uid,
+                       max_limit=self.archive.settings.dicomweb.qido_max_limit,
+                       aliases=self.aliases)
+        scope = self.archive.scoping.scope_for(actor, "read")
+
+        def work() -> tuple[bytes, int, int]:
+            result = self.archive.catalogue.search(q, scope=scope, raw=True)
+            return _body(level, result.items, base_url), len(result.items), result.total
+        body, count, total = await self.archive.run(work)
+        return QueryJson(body=body, count=count, total=total, offset=q.offset, limit=q.limit,
+                         unsupported=tuple(q.unsupported))
+
+
+def _body(level: str, items: list, base: str) -> bytes:
+    """The JSON array of ``items`` (spliced pieces or dicts, qido_sql.raw_items) with
+    each item's RetrieveURL added last, as :meth:`QueryService.search` does; joined once.
+    JSON string escaping works character by character, so the escaped URL is the escaped
+    parent prefix (kept while the parents repeat) plus the escaped SOP Instance UID."""
+    out = [b"["]
+    dumps = orjson.dumps
+    prefix_of = None
+    prefix = b""
+    for item in items:
+        if len(out) > 1:
+            out.append(b",")
+        if type(item) is dict:
+            url = _retrieve_url(level, item, base)
+            if url:
+                item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
+            out.append(dumps(item))
+            continue
+        pieces, study, series, sop = item
+        out += pieces
+        if not study or (level != "study" and not series) or (level == "instance" and not sop):
+            out.append(b"}")
+            continue
+        if prefix_of != (study, series):
+            prefix_of = (study, series)
+            url = f"{base}/studies/{study}" + (f"/series/{series}" if level != "study" else "")
+            prefix = _URL_HEAD + dumps(url)[:-1]  # without its closing quote
+        if level == "instance":
+            out += (prefix, dumps("/instances/" + sop)[1:], _URL_TAIL)
+        else:
+            out += (prefix, b'"', _URL_TAIL)
+    out.append(b"]")
+    return b"".join(out)
 
 
 def worklist_aliases(settings: Any) -> dict[str, str]:

@@ -118,3 +118,35 @@ async def test_BI30_malformed_parameters_400(client, archive3, query):
 async def test_accept_xml_406(client):
     r = await client.get("/dicom-web/studies", headers={"Accept": "application/dicom+xml"})
     assert r.status == 406
+
+
+async def test_RH1_answer_bytes_equal_the_item_dicts(client, archive3):
+    """The QIDO-RS body is spliced from stored JSON (R-H1): byte for byte what the
+    general path (QueryService.search: dicts, RetrieveURL last) encodes, real ingest,
+    GB18030 / UTF-8 names, every level, includefield, paging and Warning headers."""
+    import orjson
+
+    from pacsd.services.security import LOCAL
+    from pacsd.web.keys import QUERY
+    a, b, c = archive3
+    query = client.server.app[QUERY]
+    cases = [("study", "/dicom-web/studies", [], {}),
+             ("study", "/dicom-web/studies", [("PatientName", "王*")], {}),
+             ("study", "/dicom-web/studies", [("includefield", "all"), ("limit", "1")], {}),
+             ("series", "/dicom-web/series", [("includefield", "NumberOfSeriesRelatedInstances")], {}),
+             ("series", f"/dicom-web/studies/{a.StudyInstanceUID}/series", [],
+              {"study_uid": a.StudyInstanceUID}),
+             ("instance", f"/dicom-web/studies/{a.StudyInstanceUID}/series/"
+              f"{a.SeriesInstanceUID}/instances", [],
+              {"study_uid": a.StudyInstanceUID, "series_uid": a.SeriesInstanceUID}),
+             ("instance", "/dicom-web/instances", [("limit", "2"), ("offset", "1")], {})]
+    for level, path, params, kw in cases:
+        r = await client.get(path, params=params)
+        assert r.status == 200
+        body = await r.read()
+        base = str(r.url).split("/dicom-web")[0] + "/dicom-web"
+        want = await query.search(level, params, base_url=base, actor=LOCAL, **kw)
+        assert body == orjson.dumps(want.items), (level, params)
+        assert r.headers["X-Total-Count"] == str(want.total)
+        assert (r.headers.get("Warning") is not None) == (
+            want.total - want.offset - len(want.items) > 0 and bool(want.items))

@@ -6,7 +6,8 @@ The total number of matches is exposed as ``X-Total-Count``; when the page is cu
 """
 from __future__ import annotations
 
-import orjson
+import functools
+
 from aiohttp import web
 
 from ... import errors
@@ -17,6 +18,14 @@ from .common import base_url, path_uid
 
 #: Query parameters that belong to the HTTP adapter, not to matching.
 ADAPTER_PARAMS = {"charset"}
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header admits DICOM JSON (clients send one header over and
+    over: decided once per header; a malformed one raises every time, uncached)."""
+    return any(matches(r, "application/dicom+json") or matches(r, "application/json")
+               for r in parse_accept(accept))
 
 
 def make_qido(level: str):
@@ -33,21 +42,20 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     mi = request.match_info
     study = path_uid(request, "study") if "study" in mi else None
     series = path_uid(request, "series") if "series" in mi else None
-    if not any(matches(r, "application/dicom+json") or matches(r, "application/json")
-               for r in parse_accept(request.headers.get("Accept"))):
+    if not _accepts_json(request.headers.get("Accept")):
         raise errors.NotAcceptable("QIDO-RS answers application/dicom+json")
     params = [(k, v) for k, v in request.query.items() if k not in ADAPTER_PARAMS]
-    result = await request.app[QUERY].search(level, params, base_url=base_url(request),
-                                             actor=current_actor(request),
-                                             study_uid=study, series_uid=series)
+    result = await request.app[QUERY].search_json(
+        level, params, base_url=base_url(request), actor=current_actor(request),
+        study_uid=study, series_uid=series)
     # R-E4: the audit names the query keys and counts, never the values (PHI, SEC-23).
     note_audit(request, level=level, keys=sorted({k for k, _ in params}),
-               results=len(result.items))
+               results=result.count)
     # No match: 200 with an empty array (what OHIF, dicomweb-client and Orthanc expect).
-    resp = web.Response(body=orjson.dumps(result.items), content_type="application/dicom+json")
+    resp = web.Response(body=result.body, content_type="application/dicom+json")
     resp.headers["X-Total-Count"] = str(result.total)
-    remaining = result.total - result.offset - len(result.items)
-    if remaining > 0 and result.items:
+    remaining = result.total - result.offset - result.count
+    if remaining > 0 and result.count:
         resp.headers.add("Warning", f'299 pacsd "There are {remaining} additional results '
                                     'that can be requested"')
     for name in result.unsupported:

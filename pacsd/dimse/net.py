@@ -309,7 +309,7 @@ class BusyAwareDUL(DULServiceProvider):
     peer sends next can wait up to that long: with one synchronous C-STORE per
     instance that is a good part of the time per small instance, and polling every
     0.2 ms instead (session 5) cost ~1 ms of CPU per tiny C-STORE (issue 6 profile,
-    session 6). Now, in the DUL thread, that sleep is a ``select`` on the association's
+    session 6). Now, in the DUL thread, that sleep is a ``poll`` of the association's
     socket and a wake-up socket that a put on ``to_provider_queue`` (a response, a
     C-STORE sub-operation, A-RELEASE/A-ABORT) signals, for at most the set delay (1 ms:
     the ARTIM timer and the kill flag are still polled): incoming PDUs and outgoing
@@ -370,10 +370,13 @@ class BusyAwareDUL(DULServiceProvider):
             if self.to_provider_queue.qsize() or self.event_queue.qsize():
                 return 0.0
             try:
-                ready, _, _ = select.select([sock, wake], [], [], timeout)
-            except (OSError, ValueError):  # closed meanwhile: the loop finds out
-                return 0.0
-            if wake in ready:
+                poller = select.poll()  # any descriptor number (select() stops at 1024)
+                poller.register(sock, select.POLLIN)
+                poller.register(wake, select.POLLIN)
+                ready = poller.poll(timeout * 1000)
+            except (OSError, ValueError):  # closed meanwhile: sleep, the loop finds out
+                return timeout
+            if any(fd == wake.fileno() for fd, _ in ready):
                 try:
                     wake.recv(4096)
                 except OSError:

@@ -119,6 +119,10 @@ class _ProcessWriterLock:
         self._fd = None
 
 
+class _Refused(Exception):
+    """Internal: the only write of a group was refused; roll its transaction back."""
+
+
 class _Queued:
     """One write waiting for a group commit (module docstring)."""
 
@@ -329,25 +333,36 @@ class Catalogue:
             job.done.set()
 
     def _run_group(self, batch: list[_Queued], retry: list[_Queued]) -> None:
+        # A group of one needs no savepoint: a refusal rolls the whole transaction back
+        # (two statements less per instance when writers come one at a time).
+        single = len(batch) == 1
         try:
             with self._engine.connect() as conn:
                 conn = conn.execution_options(pacsd_write=True)
                 with conn.begin():
                     sql = writes.Sql(conn)  # savepoints on the driver cursor (hot path)
-                    for job in batch:
-                        sql.execute("SAVEPOINT pacsd_group")
-                        try:
-                            job.result = job.fn(conn, sql)
-                        except writes.Retry:
-                            retry.append(job)
-                        except Exception as e:  # refused: only this job's rows go
-                            job.error = e
-                        else:
+                    try:
+                        for job in batch:
+                            if not single:
+                                sql.execute("SAVEPOINT pacsd_group")
+                            try:
+                                job.result = job.fn(conn, sql)
+                            except writes.Retry:
+                                retry.append(job)
+                            except Exception as e:  # refused: only this job's rows go
+                                job.error = e
+                            else:
+                                if not single:
+                                    sql.execute("RELEASE pacsd_group")
+                                continue
+                            if single:
+                                raise _Refused()  # roll the transaction back
+                            sql.execute("ROLLBACK TO pacsd_group")
                             sql.execute("RELEASE pacsd_group")
-                            continue
-                        sql.execute("ROLLBACK TO pacsd_group")
-                        sql.execute("RELEASE pacsd_group")
-                    sql.close()
+                    finally:
+                        sql.close()
+        except _Refused:
+            pass  # the one job's error (or retry) is recorded; nothing was committed
         except BaseException as e:  # BEGIN or COMMIT failed: nothing of the group is stored
             for job in batch:
                 job.result, job.error = None, e

@@ -159,3 +159,25 @@ def test_lock_descriptor_is_not_shared_over_fork(tmp_path):
     assert lock.acquire(1)
     lock.release()
     cat.close()
+
+
+def test_refused_single_write_rolls_back_everything_it_wrote(tmp_path):
+    """A group of one runs without a savepoint: a write refused after its rows were
+    inserted (outside the write scope, R-A12) must still leave no row behind; the next
+    write of the same instance is not affected."""
+    from pacsd.errors import WriteDenied
+    from pacsd.services.scoping import OneOf
+    from tests.index.conftest import sha_of
+
+    cat = Catalogue(f"sqlite:///{tmp_path / 'index.db'}")
+    cat.migrate()
+    p = make_instance("8.8")
+    with pytest.raises(WriteDenied):
+        cat.store_instance(p, sha256=sha_of(p), size=1, scope=(OneOf("institution", ["A"]),),
+                           institution="B")
+    assert cat.counts() == {"patients": 0, "studies": 0, "series": 0, "instances": 0}
+    assert cat.store_instance(p, sha256=sha_of(p), size=1, institution="A",
+                              scope=(OneOf("institution", ["A"]),)).created
+    assert cat.counts() == {"patients": 1, "studies": 1, "series": 1, "instances": 1}
+    assert cat.group_stats["groups"] == 2
+    cat.close()

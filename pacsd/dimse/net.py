@@ -15,8 +15,10 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* Every association's DUL thread wakes when a PDU arrives or a primitive is queued
-  instead of polling every 1 ms (:class:`BusyAwareDUL`).
+* An accepted association's DUL thread waits for its socket or a queued primitive
+  instead of polling (:class:`BusyAwareDUL`), and its reactor's 1 ms sleep ends when a
+  DIMSE message arrives (:class:`_ReactorTime`); outgoing associations keep the
+  shorter loop delay while PDUs are flowing, pynetdicom's 1 ms when idle.
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
   store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
   pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
@@ -33,17 +35,18 @@ import ipaddress
 import logging
 import mmap
 import os
+import queue
 import select
 import socket
 import ssl
 import struct
 import threading
 import time
-import weakref
 from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
+import pynetdicom.association as _pynetdicom_association
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
@@ -67,8 +70,6 @@ RECV_CHUNK = 256 * 1024
 #: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
 BUSY_LOOP_DELAY_S = 0.0002
 BUSY_WINDOW_S = 0.05
-#: os.eventfd (Linux, Python >= 3.10): BusyAwareDUL's wake-up; without it, it polls.
-_EVENTFD = hasattr(os, "eventfd")
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -381,76 +382,126 @@ def _send_c_store(assoc: Association, original: Callable[..., Dataset], dataset:
             pass
 
 
+class _WakingQueue(queue.Queue):
+    """``queue.Queue`` that calls ``wake()`` after every put (see :class:`BusyAwareDUL`)."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._pacsd_wake = wake
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._pacsd_wake()
+
+
+def _waking(old: queue.Queue, wake: Callable[[], None]) -> _WakingQueue:
+    new = _WakingQueue(wake)
+    while True:  # anything queued already keeps its place
+        try:
+            new.put_nowait(old.get_nowait())
+        except queue.Empty:
+            return new
+
+
 class BusyAwareDUL(DULServiceProvider):
-    """pynetdicom's DUL provider, woken by traffic instead of polling.
+    """pynetdicom's DUL provider, woken by work instead of polling for it.
 
     The DUL thread polls its queues and the socket and sleeps ``_run_loop_delay`` (1 ms)
     after every loop that found nothing, so each response pacsd queues and each PDU a
-    peer sends next could wait up to that long: with one synchronous C-STORE per
-    instance, two such waits per sub-operation (the request queued, the response
-    arriving). Here the DUL thread's "sleep" is a ``select`` on the association's socket
-    and an eventfd that :meth:`send_pdu` signals: it returns as soon as a PDU arrives or
-    a primitive is queued, and after the set delay otherwise (ARTIM timer, release and
-    kill checks as before; no more CPU when idle). The reactor loop is pynetdicom's:
-    the property hands ``time.sleep`` 0 after waiting. Read from any other thread
-    (pynetdicom's ``stop_dul``), it is a plain delay: :data:`BUSY_LOOP_DELAY_S` while
-    PDUs arrived within the last :data:`BUSY_WINDOW_S` (the idle timer pynetdicom
-    restarts on each), the set delay otherwise. Where the wait cannot be used (no
-    socket yet, a closed one, no eventfd) the thread sleeps that delay."""
+    peer sends next can wait up to that long: with one synchronous C-STORE per
+    instance that is a good part of the time per small instance, and polling every
+    0.2 ms instead (session 5) cost ~1 ms of CPU per tiny C-STORE (issue 6 profile,
+    session 6). Now, in the DUL thread, that sleep is a ``poll`` of the association's
+    socket and a wake-up socket that a put on ``to_provider_queue`` (a response, a
+    C-STORE sub-operation, A-RELEASE/A-ABORT) signals, for at most the set delay (1 ms:
+    the ARTIM timer and the kill flag are still polled): incoming PDUs and outgoing
+    primitives are handled at once, an idle or waiting association costs no CPU. The
+    reactor loop is pynetdicom's; only how long it sleeps differs. Other threads reading
+    the attribute (``stop_dul``) get the plain delay."""
+
+    _pacsd_wake_pair: tuple[socket.socket, socket.socket] | None = None
+    _pacsd_waiting = False
+    _pacsd_closed = False
 
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
+        delay = self._pacsd_idle_delay
+        if threading.current_thread() is self and self._pacsd_wake_pair is not None:
+            return self._pacsd_wait(delay)
         started = self._idle_timer._start_time
         if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
-            delay = BUSY_LOOP_DELAY_S
-        else:
-            delay = self._pacsd_idle_delay
-        if threading.get_ident() == self.ident and self._pacsd_wait(self._pacsd_idle_delay):
-            return 0.0
+            return BUSY_LOOP_DELAY_S
         return delay
 
     @_run_loop_delay.setter
     def _run_loop_delay(self, value: float) -> None:
         self._pacsd_idle_delay = value
 
-    def send_pdu(self, primitive: Any) -> None:
-        super().send_pdu(primitive)
-        fd = self.__dict__.get("_pacsd_wake")
-        if fd is not None:
-            try:
-                os.eventfd_write(fd, 1)
-            except OSError:
-                pass  # closed with the DUL: nothing waits on it any more
+    def _pacsd_setup(self) -> None:
+        """Wake-up socket pair and waking queue (before the DUL thread starts)."""
+        self._pacsd_lock = threading.Lock()
+        pair = socket.socketpair()
+        for s in pair:
+            s.setblocking(False)
+        self._pacsd_wake_pair = pair
+        self.to_provider_queue = _waking(self.to_provider_queue, self._pacsd_wake)
 
-    def _pacsd_wait(self, timeout: float) -> bool:
-        """On the DUL thread: wait until the socket is readable (a PDU, or the peer
-        closed), a primitive was queued, or ``timeout``; False: could not wait."""
-        sock = getattr(self.socket, "socket", None)
-        if sock is None or not _EVENTFD:
-            return False
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
-            return True   # decrypted bytes buffered: select would not see them
-        fd = self.__dict__.get("_pacsd_wake")
-        if fd is None:
+    def _pacsd_wake(self) -> None:
+        if not self._pacsd_waiting:  # it checks the queue after setting the flag
+            return
+        with self._pacsd_lock:  # never a send on a closed (maybe reused) descriptor
+            if self._pacsd_closed or self._pacsd_wake_pair is None:
+                return
             try:
-                fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            except OSError:
-                return False
-            self._pacsd_wake = fd
-            weakref.finalize(self, os.close, fd)
-        # A primitive queued before the eventfd existed, or events already waiting.
-        if not self.to_provider_queue.empty() or not self.event_queue.empty():
-            return True
-        try:
-            ready, _, _ = select.select([sock, fd], [], [], timeout)
-        except (OSError, ValueError):
-            return False  # socket closed meanwhile: pynetdicom's loop notices
-        if fd in ready:
-            try:
-                os.eventfd_read(fd)
-            except OSError:
+                self._pacsd_wake_pair[1].send(b"\0")
+            except OSError:  # full (it is awake anyway)
                 pass
-        return True
+
+    def _pacsd_wait(self, timeout: float) -> float:
+        """Wait in the DUL thread until a PDU arrives, a primitive is queued or
+        ``timeout`` passes; returns what is left to sleep (0)."""
+        assoc_sock = self.socket
+        sock = getattr(assoc_sock, "socket", None) if assoc_sock is not None else None
+        if sock is None or sock.fileno() < 0:
+            return timeout
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return 0.0
+        wake = self._pacsd_wake_pair[0]
+        self._pacsd_waiting = True
+        try:
+            if self.to_provider_queue.qsize() or self.event_queue.qsize():
+                return 0.0
+            try:
+                poller = select.poll()  # any descriptor number (select() stops at 1024)
+                poller.register(sock, select.POLLIN)
+                poller.register(wake, select.POLLIN)
+                ready = poller.poll(timeout * 1000)
+            except (OSError, ValueError):  # closed meanwhile: sleep, the loop finds out
+                return timeout
+            if any(fd == wake.fileno() for fd, _ in ready):
+                try:
+                    wake.recv(4096)
+                except OSError:
+                    pass
+        finally:
+            self._pacsd_waiting = False
+        return 0.0
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._pacsd_close()
+
+    def _pacsd_close(self) -> None:
+        lock = getattr(self, "_pacsd_lock", None)
+        if lock is None:
+            return
+        with lock:
+            self._pacsd_closed = True
+            pair, self._pacsd_wake_pair = self._pacsd_wake_pair, None
+            for s in pair or ():
+                s.close()
 
 
 def busy_aware(dul: DULServiceProvider) -> None:
@@ -458,12 +509,57 @@ def busy_aware(dul: DULServiceProvider) -> None:
         idle = dul.__dict__.pop("_run_loop_delay", 0.001)
         dul.__class__ = BusyAwareDUL
         dul._run_loop_delay = idle
+        if not dul.is_alive():  # a running reactor keeps pynetdicom's polling
+            dul._pacsd_setup()  # sockets closed when the reactor ends (or by GC)
+
+
+# --- association reactor: woken by a received message ------------------------------------
+
+#: pynetdicom's acceptor reactor (``Association._run_reactor``) sleeps this long at the
+#: top of every loop, whatever happened; :class:`_ReactorTime` makes that sleep end when a
+#: DIMSE message (or an A-RELEASE/A-ABORT primitive) arrives for the association.
+REACTOR_SLEEP_S = 0.001
+
+
+class _ReactorTime:
+    """Stands in for the ``time`` module inside ``pynetdicom.association``: the reactor's
+    1 ms sleep waits on the association's wake-up event (set by a put on its DIMSE
+    message queue or its DUL's to-user queue) for at most that long; every other use
+    is the time module's. A wake-up lost between a wait and the event's reset costs at
+    most the 1 ms pynetdicom always slept."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds == REACTOR_SLEEP_S:
+            event = getattr(threading.current_thread(), "_pacsd_reactor_wake", None)
+            if event is not None:
+                if event.wait(seconds):
+                    event.clear()
+                return
+        time.sleep(seconds)
+
+
+def reactor_wake(assoc: Association) -> None:
+    """Let ``assoc``'s reactor be woken by what it waits for (before it starts)."""
+    if getattr(assoc, "_pacsd_reactor_wake", None) is not None or assoc.is_alive():
+        return
+    event = threading.Event()
+    assoc.dimse.msg_queue = _waking(assoc.dimse.msg_queue, event.set)
+    assoc.dul.to_user_queue = _waking(assoc.dul.to_user_queue, event.set)
+    assoc._pacsd_reactor_wake = event
+
+
+_pynetdicom_association.time = _ReactorTime()  # type: ignore[attr-defined]
 
 
 def prepare_association(assoc: Association, policy: Policy | None) -> None:
     """Install the bit-exact send path, the busy-aware DUL loop delay and, when a policy
     is given, the PDU guard."""
     busy_aware(assoc.dul)
+    reactor_wake(assoc)
     original = assoc.send_c_store
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))

@@ -115,6 +115,21 @@ class IngestService:
         return await self.archive.run(self._ingest_bytes_sync, data, expected_study_uid,
                                       scope)
 
+    def ingest_bytes_sync(self, data: bytes | bytearray, *, actor,
+                          expected_study_uid: str | None = None) -> StoreOutcome:
+        """:meth:`ingest_bytes` for a caller that is itself a worker thread allowed to
+        block (a DIMSE association's thread): the same ingest, run in the calling
+        thread, without the two thread hand-offs through the event loop and the pool
+        (issue 6: ~0.3 ms of event-loop CPU and four wake-ups per C-STORE)."""
+        scope = self.archive.scoping.scope_for(actor, "write")
+        return self._ingest_bytes_sync(data, expected_study_uid, scope)
+
+    def ingest_sync(self, staged: StagedFile, *, actor,
+                    expected_study_uid: str | None = None) -> StoreOutcome:
+        """:meth:`ingest` in the calling thread (see :meth:`ingest_bytes_sync`)."""
+        scope = self.archive.scoping.scope_for(actor, "write")
+        return self._ingest_sync(staged, expected_study_uid, scope)
+
     def _ingest_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None,
                            scope: tuple) -> StoreOutcome:
         limit = self.archive.settings.dicomweb.max_instance_bytes

@@ -15,10 +15,10 @@
   one byte every few seconds, would hold an association thread for ever. Each PDU must
   declare at most ``max(max_pdu, 1 MiB)`` bytes and arrive within ``network_timeout_s``;
   otherwise pacsd sends A-ABORT and drops the connection. Nothing is allocated up front.
-* An accepted association's DUL thread waits for its socket or a queued primitive
-  instead of polling (:class:`BusyAwareDUL`), and its reactor's 1 ms sleep ends when a
-  DIMSE message arrives (:class:`_ReactorTime`); outgoing associations keep the
-  shorter loop delay while PDUs are flowing, pynetdicom's 1 ms when idle.
+* Every association's DUL thread waits for its socket or a queued primitive instead of
+  polling (:class:`BusyAwareDUL`; set up in the DUL thread itself for associations pacsd
+  requests), and an accepted association's reactor's 1 ms sleep ends when a DIMSE
+  message arrives (:class:`_ReactorTime`).
 * :class:`Outgoing` + the ``send_c_store`` override — C-GET/C-MOVE sub-operations (and
   store-and-forward) send the stored Part 10 object's dataset bytes unchanged (R-A5).
   pynetdicom's Q/R service insists on yielded ``Dataset`` objects and re-encodes them;
@@ -42,6 +42,7 @@ import ssl
 import struct
 import threading
 import time
+import weakref
 from typing import Any, AsyncIterator, Callable
 
 from pydicom.dataset import Dataset
@@ -412,8 +413,9 @@ class BusyAwareDUL(DULServiceProvider):
     instance that is a good part of the time per small instance, and polling every
     0.2 ms instead (session 5) cost ~1 ms of CPU per tiny C-STORE (issue 6 profile,
     session 6). Now, in the DUL thread, that sleep is a ``poll`` of the association's
-    socket and a wake-up socket that a put on ``to_provider_queue`` (a response, a
-    C-STORE sub-operation, A-RELEASE/A-ABORT) signals, for at most the set delay (1 ms:
+    socket and a wake-up socket that :meth:`send_pdu` (a response, a C-STORE
+    sub-operation, A-RELEASE/A-ABORT: pynetdicom's one way into ``to_provider_queue``)
+    signals, for at most the set delay (1 ms:
     the ARTIM timer and the kill flag are still polled): incoming PDUs and outgoing
     primitives are handled at once, an idle or waiting association costs no CPU. The
     reactor loop is pynetdicom's; only how long it sleeps differs. Other threads reading
@@ -422,12 +424,16 @@ class BusyAwareDUL(DULServiceProvider):
     _pacsd_wake_pair: tuple[socket.socket, socket.socket] | None = None
     _pacsd_waiting = False
     _pacsd_closed = False
+    _pacsd_lazy = False
 
     @property  # type: ignore[override]
     def _run_loop_delay(self) -> float:
         delay = self._pacsd_idle_delay
-        if threading.current_thread() is self and self._pacsd_wake_pair is not None:
-            return self._pacsd_wait(delay)
+        if threading.current_thread() is self:
+            if self._pacsd_wake_pair is None and self._pacsd_lazy and not self._pacsd_closed:
+                self._pacsd_setup()  # a DUL already running when made busy-aware
+            if self._pacsd_wake_pair is not None:
+                return self._pacsd_wait(delay)
         started = self._idle_timer._start_time
         if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
             return BUSY_LOOP_DELAY_S
@@ -438,13 +444,18 @@ class BusyAwareDUL(DULServiceProvider):
         self._pacsd_idle_delay = value
 
     def _pacsd_setup(self) -> None:
-        """Wake-up socket pair and waking queue (before the DUL thread starts)."""
+        """The wake-up socket pair (before the DUL thread starts, or in it)."""
         self._pacsd_lock = threading.Lock()
         pair = socket.socketpair()
         for s in pair:
             s.setblocking(False)
         self._pacsd_wake_pair = pair
-        self.to_provider_queue = _waking(self.to_provider_queue, self._pacsd_wake)
+        weakref.finalize(self, _close_all, pair)  # a reactor that ends without run_reactor's
+
+    def send_pdu(self, primitive: Any) -> None:
+        """pynetdicom's (the only producer of ``to_provider_queue``), then a wake-up."""
+        super().send_pdu(primitive)
+        self._pacsd_wake()
 
     def _pacsd_wake(self) -> None:
         if not self._pacsd_waiting:  # it checks the queue after setting the flag
@@ -509,8 +520,15 @@ def busy_aware(dul: DULServiceProvider) -> None:
         idle = dul.__dict__.pop("_run_loop_delay", 0.001)
         dul.__class__ = BusyAwareDUL
         dul._run_loop_delay = idle
-        if not dul.is_alive():  # a running reactor keeps pynetdicom's polling
+        if not dul.is_alive():
             dul._pacsd_setup()  # sockets closed when the reactor ends (or by GC)
+        else:  # e.g. an association pacsd requested (C-MOVE, forwarding): set up by
+            dul._pacsd_lazy = True  # its DUL thread, the only one that waits on it
+
+
+def _close_all(sockets: Any) -> None:
+    for s in sockets:
+        s.close()
 
 
 # --- association reactor: woken by a received message ------------------------------------

@@ -52,7 +52,7 @@ def test_dul_wait_is_woken_by_a_queued_primitive_and_by_a_pdu():
         action()
 
     dul._pacsd_idle_delay = 5.0  # a long timeout: only a wake-up can end the wait
-    timer = threading.Timer(0.05, lambda: dul.to_provider_queue.put("primitive"))
+    timer = threading.Timer(0.05, lambda: dul.send_pdu("primitive"))
     timer.start()
     in_dul_thread(lambda: None)
     assert 0.03 < waited[-1] < 2.0
@@ -63,12 +63,12 @@ def test_dul_wait_is_woken_by_a_queued_primitive_and_by_a_pdu():
     assert 0.03 < waited[-1] < 2.0
     assert a.recv(1) == b"\x04"
     # something queued already: no wait at all
-    dul.to_provider_queue.put("x")
+    dul.send_pdu("x")
     in_dul_thread(lambda: None)
     assert waited[-1] < 0.5
     dul._pacsd_close()
     assert dul._pacsd_wake_pair is None
-    dul.to_provider_queue.put("after close")  # a put after the end never fails
+    dul.send_pdu("after close")  # a send after the end never fails
     a.close()
     b.close()
 
@@ -122,3 +122,34 @@ def test_pynetdicom_reactor_still_sleeps_one_ms_per_loop():
     assert "self.dimse.get_msg(block=False)" in src
     assert "time.sleep(self._run_loop_delay)" in inspect.getsource(
         DULServiceProvider.run_reactor)
+
+
+def test_dul_already_running_sets_up_its_wakeup_in_its_own_thread():
+    """An association pacsd requests (C-MOVE destination, forwarding) is made busy-aware
+    after its DUL thread started: the wake-up is made by that thread on its first wait
+    (never a queue swapped under a running reactor), then a send wakes it as above."""
+    dul = DULServiceProvider(_Assoc())
+    dul.is_alive = lambda: True  # type: ignore[method-assign]  # as after associate()
+    net.busy_aware(dul)
+    assert dul._pacsd_wake_pair is None and dul._pacsd_lazy
+    a, b = socket.socketpair()
+    dul.socket = _Sock(a)
+    queue_before = dul.to_provider_queue
+    assert dul._run_loop_delay == 0.001  # another thread: plain delay, nothing made
+    assert dul._pacsd_wake_pair is None
+    dul._pacsd_idle_delay = 5.0
+    real = threading.current_thread
+    timer = threading.Timer(0.05, lambda: dul.send_pdu("primitive"))
+    timer.start()
+    try:
+        threading.current_thread = lambda: dul  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        assert dul._run_loop_delay == 0.0
+        assert time.perf_counter() - t0 < 2.0  # woken by the send, not the 5 s timeout
+    finally:
+        threading.current_thread = real  # type: ignore[assignment]
+    assert dul._pacsd_wake_pair is not None and dul.to_provider_queue is queue_before
+    assert dul.to_provider_queue.get_nowait() == "primitive"
+    dul._pacsd_close()
+    a.close()
+    b.close()

@@ -16,21 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 
 from . import dimse as D
 from . import servers
 from .dataset import DataSet
-
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
-
+from .procstat import cpu_s
 
 def start_pacsd(tree: str | None, peers: dict[str, int]) -> servers.PacsdProcess:
     old = servers.REPO

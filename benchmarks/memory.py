@@ -27,23 +27,9 @@ from .client import new_session, run_closed_loop
 from .dataset import CT_SIZE, DataSet, Inst, multipart_body
 from .phases import ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY, STOW_TYPE, Target, \
     fetch_multipart, row_from
+from .procstat import server_pids
 
 SAMPLE_S = 0.05
-
-
-def server_pids(pid: int) -> list[int]:
-    """``pid`` and its descendants: a ``pacsd serve --workers N`` supervisor and its
-    worker processes (Linux ``/proc/PID/task/*/children``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def proc_status(pid: int) -> dict[str, int]:

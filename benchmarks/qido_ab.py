@@ -36,22 +36,10 @@ from . import phases as P, profiling
 from .client import new_session
 from .dataset import DataSet
 from .servers import OrthancProcess, stop_process
-from .wado_ab import cpu_s, start
+from .procstat import children, cpu_s
+from .wado_ab import start
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(entry))
-            except OSError:
-                pass
-    return out
 
 
 async def _load(targets: list[P.Target], ds: DataSet) -> None:
@@ -91,7 +79,7 @@ async def _measure(targets: list[P.Target], pids: dict[str, int], kinds: list[st
 async def _profile(t: P.Target, pid: int, kinds: list[str], seconds: float) -> None:
     OUT.mkdir(exist_ok=True)
     book = P.QueryBook(t.manifest)
-    workers = _children(pid) or [pid]
+    workers = children(pid)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     spies = {(w, mode): profiling.PySpy(w, OUT / f"qido-ab-{stamp}-{t.name}-{w}-{mode}.txt",
                                         gil=mode == "gil")

@@ -24,6 +24,7 @@ from . import phases as P, profiling
 from .client import new_session
 from .dataset import DataSet
 from .phases import Target, row_from
+from .procstat import cpu_s
 from .servers import OrthancProcess, PacsdProcess
 
 
@@ -53,13 +54,13 @@ async def _run(args, targets: list[Target]) -> dict:
                     items = data[(lv, r)]
                     flip = not flip
                     for t in (targets if flip else list(reversed(targets))):
-                        cpu0, sys0 = _cpu_s(t.pid), _cpu_s(t.pid, sys_only=True)
+                        cpu0, sys0 = cpu_s(t.pid), cpu_s(t.pid, sys_only=True)
                         m = await P.stow(t, P.batched(items, per), lv)
                         row = row_from(kind, m, rep=r, instances=len(items))
                         row["server_cpu_ms_per_inst"] = round(
-                            1000 * (_cpu_s(t.pid) - cpu0) / len(items), 2)
+                            1000 * (cpu_s(t.pid) - cpu0) / len(items), 2)
                         row["server_sys_ms_per_inst"] = round(
-                            1000 * (_cpu_s(t.pid, sys_only=True) - sys0) / len(items), 2)
+                            1000 * (cpu_s(t.pid, sys_only=True) - sys0) / len(items), 2)
                         if not row["verified"]:
                             raise SystemExit(f"{t.name} {kind} c={lv}: {row['error_sample']}")
                         rows.setdefault((kind, lv, t.name), []).append(row)
@@ -74,14 +75,6 @@ async def _run(args, targets: list[Target]) -> dict:
         for t in targets:
             await t.session.close()
     return rows
-
-
-def _cpu_s(pid: int, *, sys_only: bool = False) -> float:
-    """User + system (or system only) CPU seconds of a process and its threads
-    (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[12]) + (0 if sys_only else int(fields[11]))
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def _profile(args, ds: DataSet, t: Target) -> None:

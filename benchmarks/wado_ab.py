@@ -28,29 +28,10 @@ import time
 from pathlib import Path
 
 from .dataset import DataSet
+from .procstat import cpu_s
 from .servers import OrthancProcess, free_port
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-
-
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of ``pid`` and its child processes (pacsd's worker processes)."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = _stat(int(entry))
-        except OSError:
-            continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def start(tree: Path, data: Path, log: Path, workers: str) -> tuple[subprocess.Popen, str]:

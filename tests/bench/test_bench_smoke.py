@@ -345,3 +345,28 @@ def test_dimse_checks_reject_wrong_answers(tmp_path):
     D.check_find(find, {insts[0].study})
     with pytest.raises(D.VerificationError):
         D.check_find(find, {insts[0].study, "1.2.3"})
+
+
+def test_server_cpu_counts_the_worker_processes():
+    """Issue 6: a `pacsd serve --workers N` supervisor's own /proc stat does not count
+    its workers; every A/B tool reads the whole tree (benchmarks.procstat), so a server
+    whose work is done in a forked child is not reported as costing 0 ms."""
+    import subprocess
+    import sys
+    import time
+
+    from benchmarks.procstat import children, cpu_s
+    busy = ("import os, time\n"
+            "if os.fork() == 0:\n"
+            "    t = time.time()\n"
+            "    while time.time() - t < 0.5: pass\n"
+            "    time.sleep(2); os._exit(0)\n"
+            "time.sleep(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        time.sleep(1.0)  # the child has spun 0.5 s and sleeps
+        assert children(proc.pid) != [proc.pid]
+        assert cpu_s(proc.pid) >= 0.3
+    finally:
+        proc.kill()
+        proc.wait()

@@ -131,11 +131,12 @@ STUDY_VIA_SERIES: dict[str, Attr] = {
     "BodyPartExamined": _a("study", "computed", "body_parts", "cs"),
 }
 #: ``orderby`` keys (pacsd extension, study level; R-D2 sort by time, name, type, body
-#: part): key -> study columns, compared in this order.
+#: part): key -> study columns, compared in this order ("patients.<column>": the
+#: study's patient row, which holds PatientID).
 ORDER_KEYS: dict[str, tuple[str, ...]] = {
     "StudyDate": ("study_date", "study_time"),
     "PatientName": ("patient_name_alpha",),
-    "PatientID": ("patient_id",),
+    "PatientID": ("patients.patient_id",),
     "AccessionNumber": ("accession_number",),
     "StudyDescription": ("study_description",),
     "ModalitiesInStudy": ("modalities_in_study",),

@@ -342,6 +342,15 @@ def build(q: QidoQuery, extra_filter: sa.ColumnElement | None = None, *,
                                               if k not in ("lim", "off")})
 
 
+def _order_column(name: str) -> sa.ColumnElement:
+    """A study-level ``orderby`` column: the study's own, or its patient row's."""
+    table, _, column = name.rpartition(".")
+    if table == "patients":
+        return (sa.select(patients.c[column]).where(patients.c.pk == studies.c.patient_fk)
+                .scalar_subquery())
+    return studies.c[column]
+
+
 @functools.lru_cache(maxsize=STATEMENT_CACHE)
 def _statements(key: tuple) -> tuple[sa.Select, sa.Select]:
     """The statements of a query shape, built once: SQLAlchemy memoises a statement
@@ -363,8 +372,8 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
         order = [studies.c.study_date.desc().nulls_last(),
                  studies.c.study_time.desc().nulls_last(), studies.c.pk.desc()]
         if order_key:  # orderby (qido.ORDER_KEYS), then the default order breaks ties
-            first = [(studies.c[c].desc() if desc else studies.c[c].asc()).nulls_last()
-                     for name, desc in order_key for c in ORDER_KEYS[name]]
+            first = [(_order_column(c).desc() if desc else _order_column(c).asc())
+                     .nulls_last() for name, desc in order_key for c in ORDER_KEYS[name]]
             order = first + order
     elif level == "series":
         cols = [series.c.pk, series.c.series_json, series.c.series_cuts, *_SERIES_COLS,

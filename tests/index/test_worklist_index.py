@@ -67,6 +67,9 @@ def test_RD2_match_sort_and_scope_on_both_databases(filled):
     assert _search(cat, names, [("AdmissionID", "ZY*"), ("orderby", "PatientName")]) \
         == (["li", "zhao"], 2)
     assert _search(cat, names, [("department", "Ortho*")]) == (["zhang"], 1)
+    # PatientID is the patient row's column (a correlated subquery, both databases)
+    assert _search(cat, names, [("orderby", "-PatientID"), ("limit", "3")]) \
+        == (["qian", "zhao", "wang"], 5)
     assert _search(cat, names, [("BodyPartExamined", "HEAD\\KNEE"), ("orderby", "StudyDate")]) \
         == (["zhang", "wang"], 2)
     # R-A12: the actor's scope is AND-ed in, whatever the worklist keys.

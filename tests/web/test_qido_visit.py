@@ -81,6 +81,11 @@ async def test_RD2_study_level_body_part_and_orderby(client, visits):
     assert names_of(visits, items) == ["qian", "wang", "li", "zhao", "zhang"]
     items, _ = await get(client, "orderby=visittype,PatientName&includefield=visittype")
     assert names_of(visits, items) == ["wang", "li", "zhao", "zhang", "qian"]
+    # PatientID lives on the patient row, not the study's: sorted through it (a 500 before)
+    items, _ = await get(client, "orderby=-PatientID")
+    assert names_of(visits, items) == ["qian", "zhao", "wang", "zhang", "li"]
+    items, headers = await get(client, "orderby=PatientID,-StudyDate&limit=2&offset=1")
+    assert names_of(visits, items) == ["zhang", "wang"] and headers["X-Total-Count"] == "5"
 
 
 async def test_RD2_paging_with_sort_keeps_the_total(client, visits):

@@ -293,8 +293,8 @@ DESCRIPTIONS: dict[str, str] = {
 
     "sessions": "Login sessions of the web UI and API (MLPS 2): idle and absolute timeouts, "
                 "revocation at logout. Only the SHA-256 of the session token is kept. Written "
-                "by index/accounts.py; rows stay after they end (Accounts.purge_sessions "
-                "exists but nothing calls it yet).",
+                "by index/accounts.py; a row is deleted a day after the session ended (expired "
+                "or revoked; MLPS 21), at a later login (services/security.py SESSION_KEEP_S).",
     "sessions.pk": "Surrogate key; audit detail names it 'session:<pk>'.",
     "sessions.user_fk": "The user (users.pk).",
     "sessions.token_sha256": "SHA-256 (hex) of the session token ('pacsd-s-...'). Unique.",

@@ -74,6 +74,11 @@ SESSION_PREFIX = "pacsd-s-"
 TOKEN_PREFIX = "pacsd-t-"
 #: Random bytes per token: 256 bits (SEC-8 asks for at least 128).
 TOKEN_BYTES = 32
+#: Ended sessions (expired or revoked) are deleted this long after they ended (MLPS 21:
+#: authentication data is not kept longer than needed; the audit trail keeps the logins),
+#: checked at a login at most every SESSION_PURGE_EVERY_S per process.
+SESSION_KEEP_S = 86400.0
+SESSION_PURGE_EVERY_S = 3600.0
 MAX_PASSWORD_LENGTH = 1024  # argon2 of a megabyte-long "password" is a DoS
 
 
@@ -209,6 +214,7 @@ class SecurityService:
         self.limiter = limiter or RateLimiter(self.conf.login_rate_limit,
                                               self.conf.login_rate_window_s, clock)
         self._dummy: str | None = None  # made at the first unknown-user login
+        self._next_session_purge = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -525,6 +531,9 @@ class SecurityService:
         expires = now + self.conf.session_absolute_timeout_s
         spk = self.accounts.create_session(user.pk, token_digest(token), now, expires,
                                            source_ip)
+        if now >= self._next_session_purge:
+            self._next_session_purge = now + SESSION_PURGE_EVERY_S
+            self.accounts.purge_sessions(now - SESSION_KEEP_S)
         actor = self.actor_of_user(user, session_pk=spk)
         detail = {"session": f"session:{spk}", "factors": factors}
         if method != "password":

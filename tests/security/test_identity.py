@@ -16,8 +16,8 @@ from pacsd import errors
 from pacsd.index import Catalogue, migrations
 from pacsd.index.schema import schema_version
 from pacsd.index.security_schema import api_tokens, sessions, users
-from pacsd.services.security import (SESSION_PREFIX, TOKEN_PREFIX, SecurityService,
-                                     check_password_policy)
+from pacsd.services.security import (SESSION_KEEP_S, SESSION_PREFIX, TOKEN_PREFIX,
+                                     SecurityService, check_password_policy)
 from tests.conftest import PG_ADMIN_URL
 
 
@@ -143,6 +143,27 @@ async def test_MLPS2_logout_revokes_the_session(service):
         await service.authenticate_bearer(f"Bearer {token}")
     stored = _column(service, sessions, "token_sha256", sessions.c.pk == actor.session_pk)
     assert stored == hashlib.sha256(token.encode()).hexdigest()
+
+
+async def test_MLPS21_ended_sessions_are_deleted_a_day_after_they_end(service, clock):
+    """Sessions that ended (expired or revoked) more than SESSION_KEEP_S ago are deleted
+    at a later login (at most once an hour per process); live or recently ended ones
+    stay. The logins themselves stay in the audit trail."""
+    service.create_user("alice", PASSWORD, ["clinician"])
+    _, _, first = await service.login("alice", PASSWORD)           # expires after 8 h
+    _, _, second = await service.login("alice", PASSWORD)
+    clock.advance(8 * 3600 - 60)
+    await service.logout(second)                      # revoked a minute before first ends
+
+    def kept() -> set[int]:
+        with service.accounts.catalogue.engine.connect() as conn:
+            return {r[0] for r in conn.execute(sa.select(sessions.c.pk))}
+    clock.advance(SESSION_KEEP_S)  # both ended, but not a day ago yet
+    _, _, third = await service.login("alice", PASSWORD)
+    assert {first.session_pk, second.session_pk, third.session_pk} <= kept()
+    clock.advance(3600)  # both ended more than a day ago; the hourly check is due
+    _, _, fourth = await service.login("alice", PASSWORD)
+    assert kept() == {third.session_pk, fourth.session_pk}
 
 
 async def test_api_tokens_scoped_expiring_revocable_hashed(service, clock):

@@ -27,7 +27,6 @@ import asyncio
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -35,8 +34,8 @@ from pathlib import Path
 from . import phases as P, profiling
 from .client import new_session
 from .dataset import DataSet
-from .servers import OrthancProcess, stop_process
 from .procstat import children, cpu_s
+from .servers import OrthancProcess, git_state, stop_process
 from .wado_ab import start
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -105,14 +104,8 @@ async def _profile(t: P.Target, pid: int, kinds: list[str], seconds: float) -> N
 
 
 def _git(tree: Path) -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pacsd"], cwd=tree,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    return head + ("+dirty" if dirty else "")
+    head, dirty = git_state(tree)
+    return (head or "?") + ("+dirty" if dirty and head else "")
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -171,15 +171,21 @@ class PacsdProcess(_Process):
         self.version += _git_note()
 
 
-def _git_note() -> str:
-    """Commit and whether pacsd/ has local changes (read-only git commands)."""
+def git_state(tree: Path) -> tuple[str, bool]:
+    """(short commit or "", whether pacsd/ has local changes) of a source tree
+    (read-only git commands)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree,
                               capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pacsd"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pacsd"], cwd=tree,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return ""
+        return "", False
+    return head, bool(dirty)
+
+
+def _git_note() -> str:
+    head, dirty = git_state(REPO)
     if not head:
         return ""
     return f" (git {head}{', pacsd/ modified in work tree' if dirty else ''})"

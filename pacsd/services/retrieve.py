@@ -81,21 +81,21 @@ class RetrieveService:
 
     async def instances(self, study: str, series: str | None = None,
                         sop: str | None = None, *, actor: Any) -> list[InstanceRow]:
-        scope = self._scope(actor)
-        rows = await self.archive.run(lambda: list(
-            self.archive.catalogue.iter_instances(study, series, sop, scope=scope)))
-        if not rows:
-            raise errors.NotFound("no such study, series or instance")
-        return rows
+        return await self._listed(self.archive.catalogue.iter_instances, study, series,
+                                  sop, actor)
 
     async def instance_files(self, study: str, series: str | None = None,
                              sop: str | None = None, *, actor: Any) -> list[InstanceRow]:
         """:meth:`instances` for answers of whole stored objects (WADO-RS instances,
         C-GET, C-MOVE): the rows carry no frame index or bulk data offsets
         (``Catalogue.iter_instance_files``); same scope, order and NotFound."""
+        return await self._listed(self.archive.catalogue.iter_instance_files, study,
+                                  series, sop, actor)
+
+    async def _listed(self, iterate: Any, study: str, series: str | None, sop: str | None,
+                      actor: Any) -> list[InstanceRow]:
         scope = self._scope(actor)
-        rows = await self.archive.run(lambda: list(
-            self.archive.catalogue.iter_instance_files(study, series, sop, scope=scope)))
+        rows = await self.archive.run(lambda: list(iterate(study, series, sop, scope=scope)))
         if not rows:
             raise errors.NotFound("no such study, series or instance")
         return rows

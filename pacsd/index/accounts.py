@@ -219,11 +219,14 @@ class Accounts:
         return self._read("reading a department", sa.select(departments.c.pk).where(
             departments.c.name == name)) is not None
 
-    def set_totp(self, pk: int, secret: str | None) -> None:
-        """Enrol (or with None remove) a user's TOTP secret; resets the replay marker."""
+    def set_totp(self, pk: int, secret: str | None, *, keep_step: bool = False) -> None:
+        """Enrol (or with None remove) a user's TOTP secret; resets the replay marker
+        unless ``keep_step`` (the same secret, sealed: services/sealing.py)."""
+        values: dict = {"totp_secret": secret}
+        if not keep_step:
+            values["totp_last_step"] = None
         self.catalogue.run_write("changing a second factor", lambda conn: conn.execute(
-            sa.update(users).where(users.c.pk == pk).values(totp_secret=secret,
-                                                            totp_last_step=None)))
+            sa.update(users).where(users.c.pk == pk).values(**values)))
 
     def use_totp_step(self, pk: int, step: int) -> bool:
         """Mark time step ``step`` used; False when it (or a later one) was used already

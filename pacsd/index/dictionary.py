@@ -259,8 +259,9 @@ DESCRIPTIONS: dict[str, str] = {
     "users.clearances": "Comma-separated sensitivity labels (study_labels.label) the user may "
                         "see (MLPS 8, migration 5); '' = none.",
     "users.totp_secret": "Base32 TOTP secret of the second factor (MLPS 4, migration 5; "
-                         "services/totp.py); NULL when not enrolled. Stored in clear because "
-                         "TOTP needs it to compute codes.",
+                         "services/totp.py); NULL when not enrolled. TOTP needs it to compute "
+                         "codes, so it cannot be hashed: sealed ('sealed1:<kid>:...', "
+                         "services/sealing.py) when [encryption] is on, else in clear.",
     "users.totp_last_step": "Last TOTP time step accepted (replay protection: a code works "
                             "once); reset to NULL when the secret changes.",
     "users.department": "Name of the user's department (departments.name; R-E1, migration 5); "

@@ -34,10 +34,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .. import errors
-from ..config import Settings
+from ..config import ConfigError, Settings
 from ..dicom import is_valid_uid
 from ..index import Accounts, Catalogue, TokenRecord, UserRecord
 from ..index.access import StudyLabels
+from ..store.crypto import KeyUnavailable
+from . import sealing
+from .archive import open_keyring
+from .sealing import Sealer
 from ..plugins import Plugins
 from . import totp
 from .audit import AuditTrail
@@ -215,6 +219,7 @@ class SecurityService:
                                               self.conf.login_rate_window_s, clock)
         self._dummy: str | None = None  # made at the first unknown-user login
         self._next_session_purge = 0.0
+        self._sealer: Sealer | None | bool = False  # False: not opened yet (_sealing)
 
     @property
     def enabled(self) -> bool:
@@ -554,19 +559,48 @@ class SecurityService:
             return "second factor not enrolled (pacsd user totp)"
         if not otp:
             return "one-time code missing"
-        step = totp.matching_step(user.totp_secret, otp, now)
+        enabled = self.settings.encryption.enabled
+        sealer = self._sealing() if enabled or sealing.is_sealed(user.totp_secret) else None
+        try:
+            secret = sealing.open_value(user.totp_secret, f"totp:{user.pk}", sealer)
+        except KeyUnavailable:
+            return "second factor secret does not open with the key directory"
+        step = totp.matching_step(secret, otp, now)
         if step is None:
             return "wrong one-time code"
         if not self.accounts.use_totp_step(user.pk, step):
             return "one-time code replayed"
+        if sealer is not None and enabled and not sealing.is_sealed(user.totp_secret):
+            # Enrolled before encryption at rest was on: sealed now, replay marker kept.
+            self.accounts.set_totp(user.pk, sealer.seal(secret, f"totp:{user.pk}"),
+                                   keep_step=True)
         return ""
+
+    def _sealing(self) -> Sealer | None:
+        """The sealer of stored secrets (services/sealing.py): the ``[encryption]`` key
+        directory when one is configured, else None (secrets stay as they are)."""
+        if self._sealer is False:
+            try:
+                self._sealer = Sealer(open_keyring(self.settings)) \
+                    if self.settings.encryption.key_dir else None
+            except ConfigError as e:
+                log.warning("sealed secrets cannot be opened: %s", e)
+                self._sealer = None
+        return self._sealer
 
     def enroll_totp(self, username: str, *, actor: Actor = LOCAL) -> tuple[str, str]:
         """A new TOTP secret for ``username`` (replacing any): (secret, otpauth URI).
         Audited as ``totp-enrolled``; the secret itself is never logged or audited."""
         user = self._user(username)
         secret = totp.new_secret()
-        self.accounts.set_totp(user.pk, secret)
+        stored = secret
+        if self.settings.encryption.enabled:  # sealed at rest (services/sealing.py)
+            sealer = self._sealing()
+            if sealer is None:
+                raise errors.DataUnavailable("encryption at rest is on but the key "
+                                             "directory cannot be opened")
+            stored = sealer.seal(secret, f"totp:{user.pk}")
+        self.accounts.set_totp(user.pk, stored)
         self.audit.record("totp-enrolled", actor=actor,
                           detail={"user": f"user:{user.pk}", "username": username})
         return secret, totp.provisioning_uri(secret, username, self.conf.totp_issuer)

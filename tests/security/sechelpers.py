@@ -93,7 +93,7 @@ class Api:
         self.app = client.server.app
         self.security: SecurityService = self.app[SECURITY]
         self.audit: AuditTrail = self.app[AUDIT]
-        self._secrets: dict[str, str] = {}
+        self._secrets: dict[str, tuple[str, str | None]] = {}
         self._used: dict[str, int] = {}
 
     def user(self, name: str, *roles: str) -> None:
@@ -109,9 +109,10 @@ class Api:
         user = self.security.accounts.get_user(name)
         if user is None or not self.security.needs_totp(user):
             return None
-        secret = self._secrets.get(name)
-        if secret is None or user.totp_secret != secret:
-            secret = self._secrets[name] = self.security.enroll_totp(name)[0]
+        secret, stored = self._secrets.get(name, (None, None))
+        if secret is None or user.totp_secret != stored:  # (stored sealed: encryption)
+            secret = self.security.enroll_totp(name)[0]
+            self._secrets[name] = (secret, self.security.accounts.get_user(name).totp_secret)
         if self._used.get(name) == totp.step_of(self.clock()):
             self.clock.advance(totp.STEP_S)
         self._used[name] = totp.step_of(self.clock())

@@ -111,3 +111,54 @@ async def test_MLPS4_other_roles_need_a_code_once_enrolled(api_db):
     api.security.remove_totp("dr")
     assert (await login(api, "dr")).status == 200
     assert len(await api.events(event_type="totp-removed")) == 1
+
+
+@pytest.fixture
+async def sealed_api(aiohttp_client, tmp_path, clock, db_url):
+    """An API whose index keeps TOTP secrets sealed: [encryption] on, keys made."""
+    from sechelpers import make_settings, start_api
+    from pacsd.store.crypto import Keyring
+    settings = make_settings(tmp_path, db_url)
+    settings.encryption.enabled = True
+    settings.encryption.key_dir = str(tmp_path / "keys")
+    Keyring.init(settings.encryption.key_dir)
+    return await start_api(aiohttp_client, settings, clock)
+
+
+async def test_MLPS4_MLPS18_totp_secret_sealed_at_rest_with_encryption(sealed_api):
+    """With encryption at rest the index holds the TOTP secret sealed (an index backup
+    does not give away the second factor); codes still work, rotation keeps them
+    working, a sealed value copied onto another user's row does not open."""
+    from pacsd.services import sealing
+    api = sealed_api
+    api.user("adm", "sysadmin")
+    api.user("other", "sysadmin")
+    secret, _ = api.security.enroll_totp("adm")
+    stored = api.security.accounts.get_user("adm").totp_secret
+    assert sealing.is_sealed(stored) and secret not in stored
+    assert (await login(api, "adm", totp.code_at(secret, api.clock()))).status == 200
+    api.security._sealing().ring.rotate(None)          # `pacsd keys rotate`
+    api.clock.advance(30)
+    assert (await login(api, "adm", totp.code_at(secret, api.clock()))).status == 200
+    other = api.security.accounts.get_user("other")
+    api.security.accounts.set_totp(other.pk, stored)  # copied row: bound to user adm
+    assert (await login(api, "other", totp.code_at(secret, api.clock()))).status == 401
+    reasons = [orjson.loads(e["detail"])["reason"]
+               for e in await api.events(event_type="login-failed")]
+    assert reasons == ["second factor secret does not open with the key directory"]
+
+
+async def test_MLPS4_clear_secret_from_before_encryption_is_sealed_at_next_login(
+        sealed_api):
+    api = sealed_api
+    api.user("adm", "secadmin")
+    user = api.security.accounts.get_user("adm")
+    secret = totp.new_secret()
+    api.security.accounts.set_totp(user.pk, secret)     # enrolled before encryption
+    code = totp.code_at(secret, api.clock())
+    assert (await login(api, "adm", code)).status == 200
+    stored = api.security.accounts.get_user("adm").totp_secret
+    assert stored.startswith("sealed1:") and secret not in stored
+    assert (await login(api, "adm", code)).status == 401  # replay marker kept
+    api.clock.advance(30)
+    assert (await login(api, "adm", totp.code_at(secret, api.clock()))).status == 200

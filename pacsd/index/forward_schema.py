@@ -44,7 +44,7 @@ forward_items = sa.Table(
     sa.Column("sop_class_uid", Text, nullable=False),
     sa.Column("calling_aet", Text, nullable=False, server_default=""),
     sa.Column("received_at", Seconds, nullable=False),
-    sa.Column("state", Text, nullable=False),  # pending | sent | failed
+    sa.Column("state", Text, nullable=False),  # pending | sent | gone (see the data dictionary)
     sa.Column("sent_at", Seconds),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", Text, nullable=False, server_default=""),

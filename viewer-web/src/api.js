@@ -52,8 +52,11 @@ export async function dicomJson(path, params) {
   const url = `${config.dicomwebRoot}${path}${params ? `?${params}` : ''}`;
   const r = await request(url);
   const total = r.headers.get('X-Total-Count');
+  // pacsd counts at most a bound past the page (large archives): then the total is a
+  // lower bound and its Warning says "There are more than N additional results".
+  const exact = !/There are more than/.test(r.headers.get('Warning') ?? '');
   const body = r.status === 204 ? [] : await r.json();
-  return { items: body, total: total === null ? null : Number(total) };
+  return { items: body, total: total === null ? null : Number(total), exact };
 }
 
 const thumbCache = new Map();

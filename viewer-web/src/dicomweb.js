@@ -177,12 +177,15 @@ export function sortStudies(items, key = 'date', dir = 'desc') {
   });
 }
 
-/** Paging text and state from X-Total-Count (R-D2). */
-export function pageInfo(total, offset, count, limit) {
+/** Paging text and state from X-Total-Count (R-D2); ``exact`` false when the server
+ * counted only up to a bound (the total is then at least ``total``: shown as "N+"). */
+export function pageInfo(total, offset, count, limit, exact = true) {
   const pages = Math.max(1, Math.ceil(total / limit));
   const page = Math.floor(offset / limit) + 1;
   const first = count ? offset + 1 : 0;
-  return { total, page, pages, first, last: offset + count,
+  const more = exact ? '' : '+';
+  return { total, page, pages, first, last: offset + count, exact,
+           totalText: `${total}${more}`, pagesText: `${pages}${more}`,
            hasPrev: offset > 0, hasNext: offset + count < total };
 }
 

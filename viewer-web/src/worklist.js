@@ -6,7 +6,7 @@ import {
   formatName, formatDicomDate,
 } from './dicomweb.js';
 
-const state = { offset: 0, filters: {}, items: [], total: 0, serverSorted: false };
+const state = { offset: 0, filters: {}, items: [], total: 0, exact: true, serverSorted: false };
 
 /** pacsd's own DICOMweb (same origin): its worklist extensions (visit keys, orderby) may
  * be used; another DICOMweb server (?dicomweb=) gets standard QIDO-RS only. */
@@ -45,7 +45,7 @@ export async function search(offset = 0) {
   status.textContent = 'Searching…';
   try {
     const seriesQuery = buildSeriesFilterQuery(state.filters, { pacsd: isPacsd() });
-    const { items, total } = seriesQuery
+    const { items, total, exact } = seriesQuery
       ? await searchBySeries(seriesQuery, offset)
       : await dicomJson('/studies', params);
     if (mine !== searches) return;
@@ -53,6 +53,7 @@ export async function search(offset = 0) {
     state.serverSorted = isPacsd() && !seriesQuery;  // pacsd sorted every match (orderby)
     state.offset = offset;
     state.total = total ?? items.length + offset;
+    state.exact = exact ?? true;
     render();
     status.dataset.search = String(mine);  // this answer is shown (tests wait on it)
   } catch (e) {
@@ -80,13 +81,13 @@ function render() {
   const [key, dir] = sortChoice().split(':');
   // pacsd sorted all matches before paging; otherwise the page shown is sorted here.
   const items = state.serverSorted ? state.items : sortStudies(state.items, key, dir);
-  const info = pageInfo(state.total, state.offset, items.length, limit());
+  const info = pageInfo(state.total, state.offset, items.length, limit(), state.exact);
   document.getElementById('status').textContent = info.total
-    ? `${info.first}–${info.last} of ${info.total} studies` : 'No studies found';
+    ? `${info.first}–${info.last} of ${info.totalText} studies` : 'No studies found';
   document.getElementById('status').dataset.total = String(info.total);
   document.getElementById('prev').disabled = !info.hasPrev;
   document.getElementById('next').disabled = !info.hasNext;
-  document.getElementById('pageno').textContent = `page ${info.page} / ${info.pages}`;
+  document.getElementById('pageno').textContent = `page ${info.page} / ${info.pagesText}`;
   const tbody = document.querySelector('#studies tbody');
   tbody.innerHTML = '';
   for (const s of items) {

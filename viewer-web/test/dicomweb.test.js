@@ -39,9 +39,15 @@ test('R-D2: sort by name, date, modality both ways', () => {
 });
 
 test('R-D2: paging from X-Total-Count', () => {
-  assert.deepEqual(pageInfo(53, 25, 25, 25), { total: 53, page: 2, pages: 3, first: 26, last: 50, hasPrev: true, hasNext: true });
+  assert.deepEqual(pageInfo(53, 25, 25, 25), { total: 53, page: 2, pages: 3, first: 26, last: 50, exact: true, totalText: '53', pagesText: '3', hasPrev: true, hasNext: true });
   assert.equal(pageInfo(0, 0, 0, 25).first, 0);
   assert.equal(pageInfo(3, 0, 3, 25).hasNext, false);
+  // A bounded count (pacsd at scale): the total is a lower bound, shown as "N+".
+  const bound = pageInfo(1026, 0, 25, 25, false);
+  assert.equal(bound.totalText, '1026+');
+  assert.equal(bound.pagesText, '42+');
+  assert.equal(bound.hasNext, true);
+  assert.equal(pageInfo(53, 25, 25, 25).totalText, '53');
 });
 
 test('R-D1: window presets per modality', () => {

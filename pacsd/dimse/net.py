@@ -56,7 +56,7 @@ from .. import errors
 from ..dicom import SUPPORTED_TRANSCODE_TARGETS
 from ..model import InstanceRow
 from ..services.retrieve import WHOLE_READ_LIMIT, RetrieveService
-from . import pdata
+from . import pdata, receive
 from .bridge import Bridge
 from .contexts import AcceptorContext, choose_transfer_syntax
 
@@ -582,6 +582,7 @@ def prepare_association(assoc: Association, policy: Policy | None) -> None:
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
     pdata.install_responses(assoc)  # C-STORE / C-GET / C-MOVE responses pre-encoded
+    receive.install(assoc)  # C-STORE requests and responses decoded by hand
     if policy is not None:
         guard_socket(assoc, policy)
 

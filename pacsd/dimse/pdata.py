@@ -33,6 +33,8 @@ from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import set_ae
 
+from . import receive
+
 #: Data bytes per socket write (one FramedPData): large objects go out in a few writes,
 #: so at most this much is framed (copied) at a time.
 WRITE_BYTES = 4 * 1024 * 1024
@@ -317,7 +319,7 @@ def send_c_store(assoc: Any, part10: "bytes | memoryview | Prepared", msg_id: in
     # The command and the first data buffer go out in one sendmsg.
     writes: list = [head + data[:1]] + data[1:]
     guard(assoc)
-    install_store_rsp(assoc)
+    receive.install(assoc)  # the response decoded by hand (receive.py)
     assoc._pacsd_sending = True  # the reactor cannot take the response (guard)
     try:
         in_flight: deque[threading.Event] = deque()
@@ -411,88 +413,3 @@ def install_responses(assoc: Any) -> None:
     dimse.send_msg = send_msg
     dimse._pacsd_responses = True
 
-
-# --- C-STORE responses received --------------------------------------------------------------
-
-_US = struct.Struct("<H")
-_ELEMENT = struct.Struct("<HHL")
-#: The command elements a plain C-STORE-RSP carries (PS3.7 9.3.1.2): (group length),
-#: Affected SOP Class UID, Command Field, Message ID Being Responded To, Command Data
-#: Set Type, Status, Affected SOP Instance UID. Anything else: pynetdicom decodes it.
-_RSP_TAGS = frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000})
-
-
-def store_rsp_fields(command: bytes | memoryview) -> dict[int, int | str] | None:
-    """The elements of a C-STORE-RSP command set (Implicit VR Little Endian, group 0000)
-    by element number, when it holds nothing but :data:`_RSP_TAGS`, each once, with a
-    Command Field of 0x8001 and no data set; None for anything else (an Error Comment,
-    Offending Element, a data set, a malformed set...), which pynetdicom decodes."""
-    mv = memoryview(command)
-    n = len(mv)
-    pos = 0
-    out: dict[int, int | str] = {}
-    while pos < n:
-        if pos + 8 > n:
-            return None
-        group, element, length = _ELEMENT.unpack_from(mv, pos)
-        pos += 8
-        end = pos + length
-        if group != 0 or element not in _RSP_TAGS or element in out or end > n:
-            return None
-        if element == 0x0000:
-            if length != 4:
-                return None
-            out[0] = 0
-        elif element in (0x0002, 0x1000):
-            try:
-                text = bytes(mv[pos:end]).decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            out[element] = text.rstrip("\0 ")
-        else:
-            if length != 2:
-                return None
-            out[element] = _US.unpack_from(mv, pos)[0]
-        pos = end
-    if (out.get(0x0100) != 0x8001 or out.get(0x0800) != 0x0101
-            or 0x0120 not in out or 0x0900 not in out):
-        return None
-    return out
-
-
-def install_store_rsp(assoc: Any) -> None:
-    """While a pre-framed C-STORE waits (``_pacsd_sending``), a response that arrives as
-    one complete command fragment and holds only what :func:`store_rsp_fields` takes is
-    turned into pynetdicom's ``C_STORE`` primitive here, on the DUL thread, and queued
-    as pynetdicom's ``receive_primitive`` would (one per sub-operation; pydicom's
-    decode of the command set and building the primitive cost ~0.2 ms each). Everything
-    else, and any association with EVT_DIMSE_RECV handlers, goes through pynetdicom."""
-    dimse = assoc.dimse
-    if getattr(dimse, "_pacsd_store_rsp", False):
-        return
-    original = dimse.receive_primitive
-    from pynetdicom import evt as _evt
-    from pynetdicom.dimse_primitives import C_STORE
-
-    def receive_primitive(primitive: Any) -> None:
-        items = primitive.presentation_data_value_list
-        if (dimse.message is None and len(items) == 1
-                and getattr(assoc, "_pacsd_sending", False)
-                and not assoc.get_handlers(_evt.EVT_DIMSE_RECV)):
-            context_id, data = items[0]
-            if len(data) > 1 and data[0] & 0x03 == 0x03:
-                fields = store_rsp_fields(memoryview(data)[1:])
-                if fields is not None:
-                    rsp = C_STORE()
-                    rsp.MessageIDBeingRespondedTo = fields[0x0120]
-                    rsp.Status = fields[0x0900]
-                    if 0x0002 in fields:
-                        rsp.AffectedSOPClassUID = fields[0x0002]
-                    if 0x1000 in fields:
-                        rsp.AffectedSOPInstanceUID = fields[0x1000]
-                    dimse.msg_queue.put((context_id, rsp))
-                    return
-        original(primitive)
-
-    dimse.receive_primitive = receive_primitive
-    dimse._pacsd_store_rsp = True

@@ -578,6 +578,7 @@ def prepare_association(assoc: Association, policy: Policy | None) -> None:
     is given, the PDU guard."""
     busy_aware(assoc.dul)
     reactor_wake(assoc)
+    pdata.install(assoc.dul)  # before pacsd queues anything: see pdata.direct
     original = assoc.send_c_store
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))

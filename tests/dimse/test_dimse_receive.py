@@ -394,3 +394,43 @@ def test_BI24_abort_mid_data_set_keeps_earlier_and_writes_nothing_partial(pacs):
         wado_instance(pacs, ds2)
     staging = os.path.join(os.path.dirname(pacs.log.name), "blobs", "staging")
     assert os.path.isdir(staging) and os.listdir(staging) == []
+
+
+# --- sends written on the sending thread (pdata.direct) ----------------------------------
+
+class _Dul:
+    """What pdata.install / pdata.direct touch of a DULServiceProvider."""
+
+    def __init__(self) -> None:
+        self.a, self.b = socket.socketpair()
+        self.socket = type("AssocSocket", (), {"socket": self.a})()
+        self.to_provider_queue: queue.Queue = queue.Queue()
+        self.event_queue: queue.Queue = queue.Queue()
+        self.state_machine = type("FSM", (), {"current_state": "Sta6"})()
+        self.sent: list = []
+        self._send = self.sent.append
+
+
+def test_R_H1_direct_write_only_when_nothing_is_waiting():
+    """The sending thread writes a buffer itself only in Sta6 with nothing queued for
+    the DUL thread and nothing it took off the queue still unwritten; otherwise it
+    must be queued (order on the wire = order of the sends)."""
+    dul = _Dul()
+    pdata.install(dul)
+    assert pdata.direct(dul, bytearray(b"one"))
+    assert dul.b.recv(16) == b"one"
+    dul.to_provider_queue.put("queued")            # a primitive waiting for the DUL
+    assert not pdata.direct(dul, bytearray(b"two"))
+    dul.to_provider_queue.get(False)               # DT-1 took it off, not yet written
+    assert not pdata.direct(dul, bytearray(b"two"))
+    dul._send("pdu")                               # ... and wrote it
+    assert dul.sent == ["pdu"]
+    assert pdata.direct(dul, [b"tw", bytearray(b"o")])
+    assert dul.b.recv(16) == b"two"
+    dul.state_machine.current_state = "Sta7"       # release under way: the DUL's job
+    assert not pdata.direct(dul, bytearray(b"x"))
+    dul.state_machine.current_state = "Sta6"
+    dul.a.close()                                  # a failed write: connection lost
+    assert pdata.direct(dul, bytearray(b"x"))
+    assert dul.event_queue.get_nowait() == "Evt17"
+    assert not pdata.direct(_Dul(), bytearray(b"x"))  # not installed: never direct

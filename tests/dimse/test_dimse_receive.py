@@ -434,3 +434,19 @@ def test_R_H1_direct_write_only_when_nothing_is_waiting():
     assert pdata.direct(dul, bytearray(b"x"))
     assert dul.event_queue.get_nowait() == "Evt17"
     assert not pdata.direct(_Dul(), bytearray(b"x"))  # not installed: never direct
+
+
+def test_outgoing_carries_the_uids_as_pydicom_would():
+    """net.Outgoing sets its two UIDs without pydicom's validation: same values, VR and
+    type as ``ds.SOPClassUID = ...`` gives."""
+    from pydicom.dataset import Dataset
+
+    from pacsd.dimse.net import Outgoing
+    out = Outgoing(CT_IMAGE, "1.2.826.0.1.3680043.8.498.1", lambda accepted: b"")
+    ref = Dataset()
+    ref.SOPClassUID, ref.SOPInstanceUID = CT_IMAGE, "1.2.826.0.1.3680043.8.498.1"
+    for keyword in ("SOPClassUID", "SOPInstanceUID"):
+        assert getattr(out, keyword) == getattr(ref, keyword)
+        assert type(getattr(out, keyword)) is type(getattr(ref, keyword))
+        assert out[keyword].VR == ref[keyword].VR == "UI"
+    assert list(out.keys()) == list(ref.keys())

@@ -11,10 +11,11 @@ respected, ``0`` = unlimited) and handed to pynetdicom's DUL thread as one
 :class:`FramedPData` primitive per :data:`WRITE_BYTES` of data.
 
 The state machine stays pynetdicom's: a :class:`FramedPData` is a ``P_DATA`` (Evt9, action
-DT-1, Sta6 -> Sta6), queued on the DUL's provider queue behind anything already there, and
-only the DUL thread writes to the socket; the per-DUL ``_send`` that :func:`install`
-sets writes its buffer with one ``sendall`` instead of encoding a PDU object (any other PDU
-goes to pynetdicom's own ``_send``). The response is read by pynetdicom as before
+DT-1, Sta6 -> Sta6), queued on the DUL's provider queue behind anything already there; the
+per-DUL ``_send`` that :func:`install` sets writes its buffer with one ``sendall`` instead
+of encoding a PDU object (any other PDU goes to pynetdicom's own ``_send``). When nothing
+queued for the DUL thread is unwritten and the association is in Sta6, the sending thread
+writes the buffer itself instead (:func:`direct`, under the same per-DUL lock as ``_send``). The response is read by pynetdicom as before
 (``dimse.get_msg``); instead of pausing the reactor (``Association.send_c_store``), the
 reactor is kept off the message queue meanwhile (:func:`guard`).
 Not triggered for these PDUs: EVT_DIMSE_SENT, EVT_PDU_SENT, EVT_DATA_SENT (pacsd binds no
@@ -32,6 +33,8 @@ from typing import Any, Callable, Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.utils import set_ae
+
+from . import receive
 
 #: Data bytes per socket write (one FramedPData): large objects go out in a few writes,
 #: so at most this much is framed (copied) at a time.
@@ -205,25 +208,66 @@ def guard(assoc: Any) -> None:
 
 
 def install(dul: Any) -> None:
-    """Let this DUL write :class:`FramedPData` buffers as they are (module docstring)."""
+    """Let this DUL write :class:`FramedPData` buffers as they are (module docstring),
+    and let the sending thread write them itself when nothing is waiting (:func:`direct`).
+    Call before pacsd queues anything on the association (``net.prepare_association``)."""
     if getattr(dul, "_pacsd_framed", False):
         return
     original = dul._send
+    lock = threading.Lock()
+    queue = dul.to_provider_queue
+    get = queue.get
+
+    def dequeue(*args: Any, **kwargs: Any) -> Any:
+        # The DUL's actions take the primitive off the queue and then write its PDU
+        # (DT-1); until that write, a sending thread must not write past it.
+        with lock:
+            item = get(*args, **kwargs)
+            dul._pacsd_dequeued = True
+            return item
 
     def send(pdu: Any) -> None:
-        items = getattr(pdu, "presentation_data_value_items", None)
-        if items and len(items) == 1 and isinstance(items[0].presentation_data_value,
-                                                    _Framed):
-            mark = items[0].presentation_data_value
+        with lock:
             try:
-                _write(dul, mark.buf)
+                items = getattr(pdu, "presentation_data_value_items", None)
+                if items and len(items) == 1 and isinstance(
+                        items[0].presentation_data_value, _Framed):
+                    mark = items[0].presentation_data_value
+                    try:
+                        _write(dul, mark.buf)
+                    finally:
+                        mark.sent.set()
+                    return
+                original(pdu)
             finally:
-                mark.sent.set()
-            return
-        original(pdu)
+                dul._pacsd_dequeued = False
 
+    dul._pacsd_dequeued = False
+    dul._pacsd_wlock = lock
+    queue.get = dequeue
     dul._send = send
     dul._pacsd_framed = True
+
+
+def direct(dul: Any, buf: bytearray | list) -> bool:
+    """Write ``buf`` (whole P-DATA-TF PDUs) on this thread, when the association is in
+    data transfer (Sta6: DT-1 writes and stays), on a plain TCP socket, and nothing
+    queued for the DUL thread is unwritten (its queue is empty and no primitive it took
+    off is still being written): the order on the wire stays the order of the sends,
+    and the hop to the DUL thread and back (two thread wake-ups, a GIL hand-off, each
+    waiting for a CPU on a busy machine) is saved (issue 6). False: queue it instead
+    (:class:`FramedPData`). TLS sockets always go through the DUL thread (one thread
+    reads and writes an SSL object)."""
+    lock = getattr(dul, "_pacsd_wlock", None)
+    sock = getattr(dul.socket, "socket", None)
+    if lock is None or sock is None or isinstance(sock, ssl.SSLSocket):
+        return False
+    with lock:
+        if (dul._pacsd_dequeued or dul.to_provider_queue.qsize()
+                or dul.state_machine.current_state != "Sta6"):
+            return False
+        _write(dul, buf)
+    return True
 
 
 def _write(dul: Any, buf: bytearray | list) -> None:
@@ -317,10 +361,12 @@ def send_c_store(assoc: Any, part10: "bytes | memoryview | Prepared", msg_id: in
     # The command and the first data buffer go out in one sendmsg.
     writes: list = [head + data[:1]] + data[1:]
     guard(assoc)
-    install_store_rsp(assoc)
+    receive.install(assoc)  # the response decoded by hand (receive.py)
     assoc._pacsd_sending = True  # the reactor cannot take the response (guard)
     try:
         in_flight: deque[threading.Event] = deque()
+        while writes and direct(dul, writes[0]):  # this thread writes, or the DUL does
+            writes.pop(0)
         for buf in writes:
             if len(in_flight) >= IN_FLIGHT:
                 _wait_written(dul, in_flight.popleft())
@@ -406,93 +452,9 @@ def install_responses(assoc: Any) -> None:
         dul = assoc.dul
         install(dul)
         for buf in frame(context_id, command, b"", int(dimse.maximum_pdu_size or 0)):
-            dul.send_pdu(FramedPData(buf, context_id))
+            if not direct(dul, buf):
+                dul.send_pdu(FramedPData(buf, context_id))
 
     dimse.send_msg = send_msg
     dimse._pacsd_responses = True
 
-
-# --- C-STORE responses received --------------------------------------------------------------
-
-_US = struct.Struct("<H")
-_ELEMENT = struct.Struct("<HHL")
-#: The command elements a plain C-STORE-RSP carries (PS3.7 9.3.1.2): (group length),
-#: Affected SOP Class UID, Command Field, Message ID Being Responded To, Command Data
-#: Set Type, Status, Affected SOP Instance UID. Anything else: pynetdicom decodes it.
-_RSP_TAGS = frozenset({0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000})
-
-
-def store_rsp_fields(command: bytes | memoryview) -> dict[int, int | str] | None:
-    """The elements of a C-STORE-RSP command set (Implicit VR Little Endian, group 0000)
-    by element number, when it holds nothing but :data:`_RSP_TAGS`, each once, with a
-    Command Field of 0x8001 and no data set; None for anything else (an Error Comment,
-    Offending Element, a data set, a malformed set...), which pynetdicom decodes."""
-    mv = memoryview(command)
-    n = len(mv)
-    pos = 0
-    out: dict[int, int | str] = {}
-    while pos < n:
-        if pos + 8 > n:
-            return None
-        group, element, length = _ELEMENT.unpack_from(mv, pos)
-        pos += 8
-        end = pos + length
-        if group != 0 or element not in _RSP_TAGS or element in out or end > n:
-            return None
-        if element == 0x0000:
-            if length != 4:
-                return None
-            out[0] = 0
-        elif element in (0x0002, 0x1000):
-            try:
-                text = bytes(mv[pos:end]).decode("ascii")
-            except UnicodeDecodeError:
-                return None
-            out[element] = text.rstrip("\0 ")
-        else:
-            if length != 2:
-                return None
-            out[element] = _US.unpack_from(mv, pos)[0]
-        pos = end
-    if (out.get(0x0100) != 0x8001 or out.get(0x0800) != 0x0101
-            or 0x0120 not in out or 0x0900 not in out):
-        return None
-    return out
-
-
-def install_store_rsp(assoc: Any) -> None:
-    """While a pre-framed C-STORE waits (``_pacsd_sending``), a response that arrives as
-    one complete command fragment and holds only what :func:`store_rsp_fields` takes is
-    turned into pynetdicom's ``C_STORE`` primitive here, on the DUL thread, and queued
-    as pynetdicom's ``receive_primitive`` would (one per sub-operation; pydicom's
-    decode of the command set and building the primitive cost ~0.2 ms each). Everything
-    else, and any association with EVT_DIMSE_RECV handlers, goes through pynetdicom."""
-    dimse = assoc.dimse
-    if getattr(dimse, "_pacsd_store_rsp", False):
-        return
-    original = dimse.receive_primitive
-    from pynetdicom import evt as _evt
-    from pynetdicom.dimse_primitives import C_STORE
-
-    def receive_primitive(primitive: Any) -> None:
-        items = primitive.presentation_data_value_list
-        if (dimse.message is None and len(items) == 1
-                and getattr(assoc, "_pacsd_sending", False)
-                and not assoc.get_handlers(_evt.EVT_DIMSE_RECV)):
-            context_id, data = items[0]
-            if len(data) > 1 and data[0] & 0x03 == 0x03:
-                fields = store_rsp_fields(memoryview(data)[1:])
-                if fields is not None:
-                    rsp = C_STORE()
-                    rsp.MessageIDBeingRespondedTo = fields[0x0120]
-                    rsp.Status = fields[0x0900]
-                    if 0x0002 in fields:
-                        rsp.AffectedSOPClassUID = fields[0x0002]
-                    if 0x1000 in fields:
-                        rsp.AffectedSOPInstanceUID = fields[0x1000]
-                    dimse.msg_queue.put((context_id, rsp))
-                    return
-        original(primitive)
-
-    dimse.receive_primitive = receive_primitive
-    dimse._pacsd_store_rsp = True

@@ -306,7 +306,7 @@ def test_busy_aware_dul_delay():
     (0xA900, {"ErrorComment": "mismatch"}), (0xC000, {"OffendingElement": [0x00100010]}),
 ])
 def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
-    """A C-STORE-RSP taken by the hand decoder (pdata.install_store_rsp) becomes the
+    """A C-STORE-RSP taken by the hand decoder (receive.install) becomes the
     primitive pynetdicom's decode makes of the same bytes, with the same status Dataset;
     one with an Error Comment or Offending Element is left to pynetdicom."""
     import io
@@ -314,7 +314,7 @@ def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
     from pynetdicom import dimse_messages, dimse_primitives
     from pynetdicom.dsutils import encode
 
-    from pacsd.dimse import pdata
+    from pacsd.dimse import receive
     p = dimse_primitives.C_STORE()
     p.MessageIDBeingRespondedTo = 513
     p.Status = status
@@ -325,7 +325,7 @@ def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
     msg = dimse_messages.C_STORE_RSP()
     msg.primitive_to_message(p)
     raw = encode(msg.command_set, True, True)
-    fields = pdata.store_rsp_fields(raw)
+    fields = receive.store_rsp_fields(raw)
     if "ErrorComment" in extra or "OffendingElement" in extra:
         assert fields is None
         return
@@ -338,15 +338,15 @@ def test_store_rsp_decoded_as_pynetdicom_does(status, extra):
     assert fields.get(0x1000) == (str(want.AffectedSOPInstanceUID)
                                   if want.AffectedSOPInstanceUID else None)
     # Not a C-STORE-RSP, truncated, or with a data set: pynetdicom's.
-    assert pdata.store_rsp_fields(raw[:-3]) is None
-    assert pdata.store_rsp_fields(raw + b"\x00\x00") is None
-    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
+    assert receive.store_rsp_fields(raw[:-3]) is None
+    assert receive.store_rsp_fields(raw + b"\x00\x00") is None
+    assert receive.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0800, 2, 0x0101),
                                               struct.pack("<HHLH", 0, 0x0800, 2, 0x0000))
                                   ) is None
-    assert pdata.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
+    assert receive.store_rsp_fields(raw.replace(struct.pack("<HHLH", 0, 0x0100, 2, 0x8001),
                                               struct.pack("<HHLH", 0, 0x0100, 2, 0x8010))
                                   ) is None
-    assert pdata.store_rsp_fields(b"") is None
+    assert receive.store_rsp_fields(b"") is None
 
 
 def test_sendmsg_all_partial_sends_in_order():

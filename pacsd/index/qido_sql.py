@@ -22,6 +22,7 @@ RetrieveURL is left to the web layer. Keys are sorted tags.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import orjson
@@ -338,8 +339,9 @@ def build(q: QidoQuery, extra_filter: sa.ColumnElement | None = None, *,
         key = key[:6] + (True,) + key[7:]
     page, count = _build(key, extra_filter) if extra_filter is not None \
         else _statements(key)
-    return page.params(params), count.params({k: v for k, v in params.items()
-                                              if k not in ("lim", "off")})
+    return page.params(params), count.params({**{k: v for k, v in params.items()
+                                                 if k not in ("lim", "off")},
+                                              "cap": _count_cap(q)})
 
 
 def _order_column(name: str) -> sa.ColumnElement:
@@ -395,8 +397,7 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
             .offset(sa.bindparam("off", type_=sa.Integer)))
     source = _count_source(level, where)
     if split is None:
-        count = sa.select(sa.func.count()).select_from(source).where(*where)
-        return page, count
+        return page, _bounded_count(source, where)
     # A name matched in any of its three groups: the matches counted per group, each
     # study under the first group it matches in (``IS NOT TRUE`` is NULL-safe). Each
     # count then reads one name index (covering on SQLite, index-only on PostgreSQL)
@@ -404,11 +405,21 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
     # COUNT was most of a ``Smi*`` answer at 1M instances (15,000 matches).
     i, branches = split
     rest = where[:i] + where[i + 1:]
-    parts = [sa.select(sa.func.count()).select_from(source).where(
-        *rest, branch, *[b.is_not(sa.true()) for b in branches[:n]]).scalar_subquery()
-        for n, branch in enumerate(branches)]
+    parts = [_bounded_count(source, [*rest, branch,
+                                     *[b.is_not(sa.true()) for b in branches[:n]]]
+                            ).scalar_subquery()
+             for n, branch in enumerate(branches)]
     count = sa.select(sum(parts[1:], parts[0]))
     return page, count
+
+
+def _bounded_count(source: sa.FromClause, where: list) -> sa.Select:
+    """``SELECT count(*) FROM (SELECT 1 FROM source WHERE .. LIMIT :cap)``: the matches,
+    counted up to ``cap`` (:func:`run`: the page plus COUNT_AHEAD more), so a page of a
+    match set that grows with the archive stays O(page) (issue 6 item 3)."""
+    return sa.select(sa.func.count()).select_from(
+        sa.select(sa.literal_column("1")).select_from(source).where(*where)
+        .limit(sa.bindparam("cap", type_=sa.BigInteger)).subquery())
 
 
 def _count_source(level: str, where: list) -> sa.FromClause:
@@ -523,19 +534,42 @@ def _walk_order(conn: sa.Connection, q: QidoQuery, total: int) -> bool:
     return (q.offset + q.limit) * studies_n * 2 < total * total
 
 
+#: How many matches past the page a QIDO answer counts (issue 6 item 3): the total is
+#: exact up to offset + limit + COUNT_AHEAD matches; past that the answer says "more than
+#: COUNT_AHEAD additional results" and X-Total-Count is that lower bound (docs/conformance.md).
+COUNT_AHEAD = 1000
+#: ``limit=0`` asks for the number of matches alone: counted exactly.
+_NO_CAP = 2 ** 62
+
+
+def _count_cap(q: QidoQuery) -> int:
+    return q.offset + q.limit + COUNT_AHEAD + 1 if q.limit > 0 else _NO_CAP
+
+
+def _name_cap(conn: sa.Connection, q: QidoQuery) -> int:
+    """The count bound of a name match that may walk (:func:`_walk_order`): large enough
+    that a total at the bound always decides for the walk, so the choice is the one the
+    exact count would make; O(sqrt(page x studies)) rows, not O(matches)."""
+    studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
+    return max(_count_cap(q), math.isqrt(2 * (q.offset + q.limit) * studies_n) + 2)
+
+
 def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None = None,
         *, raw: bool = False) -> QidoResult:
     """Execute the query on ``conn`` (one read transaction). Unscoped queries run the
     statements cached per query shape; a scope clause (``extra_filter``) carries its own
     values, so a scoped query builds its statements. ``raw``: items spliced from the
-    stored bytes where possible (:func:`raw_items`)."""
+    stored bytes where possible (:func:`raw_items`). The total is counted up to a bound
+    (``exact`` False past it: :data:`COUNT_AHEAD`)."""
     key, params = shape(q)
     statements = _statements if extra_filter is None else \
         (lambda k: _build(k, extra_filter))
     page, count = statements(key)
     total = None
+    cap = _count_cap(q)
     if q.limit > 0 and _walks(key):
-        total = conn.execute(count, params).scalar() or 0
+        cap = _name_cap(conn, q)
+        total = conn.execute(count, {**params, "cap": cap}).scalar() or 0
         if total and _walk_order(conn, q, total):
             page, _ = statements(key[:6] + (True,) + key[7:])
     rows = conn.execute(page, params).all() if q.limit > 0 and total != 0 else []
@@ -546,11 +580,14 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
         # known without a COUNT query (the common case for narrow queries; R-H1).
         total = q.offset + len(rows)
     else:
-        total = conn.execute(count, params).scalar() or 0
+        total = conn.execute(count, {**params, "cap": cap}).scalar() or 0
+    exact = total < cap
+    if not exact:  # the name counts (summed per group) may pass the bound: report it
+        total = cap
     upper = key[5]
     if raw and not upper:
-        return QidoResult(raw_items(q, rows), total)
-    return QidoResult([_item(q, row, upper) for row in rows], total)
+        return QidoResult(raw_items(q, rows), total, exact)
+    return QidoResult([_item(q, row, upper) for row in rows], total, exact)
 
 
 # --- items spliced from stored bytes (R-H1, issue 6) ---------------------------------------

@@ -20,7 +20,9 @@ invalidated.
 from __future__ import annotations
 
 import collections
+import operator
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -35,7 +37,7 @@ class Unsupported(Exception):
 
 
 class _Compiled:
-    __slots__ = ("sql", "names", "defaults", "positional", "row")
+    __slots__ = ("sql", "names", "defaults", "positional", "row", "pick")
 
     def __init__(self, stmt: sa.Executable, dialect: sa.Dialect) -> None:
         c = stmt.compile(dialect=dialect)
@@ -47,6 +49,7 @@ class _Compiled:
         self.positional = bool(c.positional)
         self.names = tuple(c.positiontup) if self.positional else tuple(c.params)
         self.defaults = {k: v for k, v in c.params.items() if v is not None}
+        self.pick = operator.itemgetter(*self.names) if self.names else (lambda v: ())
         fields = [rc.keyname for rc in c._result_columns]
         self.row = None  # one column: read as a scalar, by position
         if len(fields) > 1:
@@ -57,7 +60,8 @@ class _Compiled:
     def args(self, params: dict[str, Any] | None) -> Any:
         values = {**self.defaults, **params} if params else self.defaults
         if self.positional:
-            return tuple(values[n] for n in self.names)
+            picked = self.pick(values)
+            return picked if len(self.names) != 1 else (picked,)
         return {n: values[n] for n in self.names}
 
 
@@ -123,33 +127,101 @@ class _Cursor:
 def search(engine: sa.Engine, q: QidoQuery, *, raw: bool = False) -> QidoResult:
     """:func:`qido_sql.run` of an unscoped query on a pooled DBAPI connection; through
     SQLAlchemy when a statement is :class:`Unsupported`."""
-    dialect = engine.dialect
-    dbapi_error = dialect.loaded_dbapi.Error
     conn = engine.raw_connection()
-    cur = None
-    runner = None
     try:
-        cur = conn.cursor()
-        runner = _Cursor(cur, dialect)
+        fetched = _fetch_on(conn.dbapi_connection, engine.dialect, q, conn)
+    finally:
+        conn.close()  # back to the pool, rolled back
+    if fetched is None:
+        with engine.connect() as sa_conn:
+            return qido_sql.run(sa_conn, q, raw=raw)
+    return qido_sql.assemble(q, fetched, raw=raw)
+
+
+def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = None
+              ) -> qido_sql.Fetched | None:
+    """:func:`qido_sql.fetch` in one read transaction on ``dbapi_conn`` (None:
+    :class:`Unsupported`); the caller rolls back (the pool does when ``pooled`` goes
+    back)."""
+    dbapi_error = dialect.loaded_dbapi.Error
+    cur = dbapi_conn.cursor()
+    runner = _Cursor(cur, dialect)
+    try:
         if dialect.name == "sqlite":  # one read snapshot for the page and its count
             cur.execute("BEGIN")
-        return qido_sql.run(runner, q, raw=raw)
+        return qido_sql.fetch(runner, q)
     except Unsupported:
-        pass
+        return None
     except dbapi_error as e:
-        lost = dialect.is_disconnect(e, conn.dbapi_connection, cur)
-        if lost:
-            conn.invalidate(e)
-        sql, args = runner.last if runner is not None else ("", None)
+        lost = dialect.is_disconnect(e, dbapi_conn, cur)
+        if lost and pooled is not None:
+            pooled.invalidate(e)
+        sql, args = runner.last
         raise sa.exc.DBAPIError.instance(sql, args, e, dbapi_error,
                                          connection_invalidated=lost,
                                          dialect=dialect) from e
     finally:
-        if cur is not None:
-            try:
-                cur.close()
-            except dbapi_error:
-                pass
-        conn.close()  # back to the pool, rolled back
-    with engine.connect() as sa_conn:
-        return qido_sql.run(sa_conn, q, raw=raw)
+        try:
+            cur.close()
+        except dbapi_error:
+            pass
+
+
+# --- on the event loop, under a deadline (SQLite) ------------------------------------------
+#
+# Handing a query of one or two rows to the worker pool and back cost about as much as the
+# query (R-H1: the executor hop was a fifth of a worker's GIL time at c=16). Run on the
+# event loop instead, a slow query would hold up every other request of the worker (a name
+# match that counts many rows, an unindexed filter), so the SQL runs under a deadline that
+# SQLite itself enforces: a progress handler every PROGRESS_STEPS virtual-machine steps
+# interrupts the statement once INLINE_BUDGET_S has passed, and the query is then run
+# on the pool as before (it only read: nothing to undo). A lock wait cannot pass the
+# deadline either: this connection's busy timeout is 0, and "database is locked" also
+# sends the query to the pool, where the normal busy timeout applies.
+
+#: The longest the SQL of a query runs on the event loop before it goes to the pool.
+INLINE_BUDGET_S = 0.002
+PROGRESS_STEPS = 1000
+_INLINE = threading.local()
+
+
+def _inline_connection(engine: sa.Engine) -> Any:
+    """This thread's own SQLite connection to ``engine``'s database (opened through the
+    engine, so with its PRAGMAs; detached from the pool, so a busy pool never blocks the
+    loop), kept while the engine lives."""
+    conns = getattr(_INLINE, "conns", None)
+    if conns is None:
+        conns = _INLINE.conns = weakref.WeakKeyDictionary()
+    held = conns.get(engine)
+    if held is None:
+        pooled = engine.raw_connection()
+        pooled.detach()
+        held = conns[engine] = (pooled, pooled.dbapi_connection)
+        held[1].execute("PRAGMA busy_timeout = 0")
+    return held[1]
+
+
+def fetch_inline(engine: sa.Engine, q: QidoQuery,
+                 budget_s: float | None = None) -> qido_sql.Fetched | None:
+    """The rows and total of an unscoped query, run on the calling thread within
+    ``budget_s`` (default :data:`INLINE_BUDGET_S`), or None: not SQLite, a statement
+    :class:`Unsupported`, the deadline passed or the database locked (the caller runs the
+    query on the pool)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    import sqlite3
+    conn = _inline_connection(engine)
+    clock = time.perf_counter
+    deadline = clock() + (INLINE_BUDGET_S if budget_s is None else budget_s)
+    conn.set_progress_handler(lambda: clock() > deadline, PROGRESS_STEPS)
+    try:
+        return _fetch_on(conn, engine.dialect, q)
+    except sa.exc.OperationalError as e:
+        if isinstance(e.orig, sqlite3.OperationalError) and (
+                str(e.orig) == "interrupted" or "locked" in str(e.orig)
+                or "busy" in str(e.orig)):
+            return None
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+        conn.rollback()

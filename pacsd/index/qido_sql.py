@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -561,6 +561,21 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
     values, so a scoped query builds its statements. ``raw``: items spliced from the
     stored bytes where possible (:func:`raw_items`). The total is counted up to a bound
     (``exact`` False past it: :data:`COUNT_AHEAD`)."""
+    return assemble(q, fetch(conn, q, extra_filter), raw=raw)
+
+
+class Fetched(NamedTuple):
+    """The rows of a page and the (bounded) total, before the items are built."""
+
+    rows: list
+    total: int
+    exact: bool
+    upper: bool
+
+
+def fetch(conn: sa.Connection, q: QidoQuery,
+          extra_filter: sa.ColumnElement | None = None) -> Fetched:
+    """The SQL part of :func:`run`: the page's rows and the total."""
     key, params = shape(q)
     statements = _statements if extra_filter is None else \
         (lambda k: _build(k, extra_filter))
@@ -584,10 +599,14 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
     exact = total < cap
     if not exact:  # the name counts (summed per group) may pass the bound: report it
         total = cap
-    upper = key[5]
-    if raw and not upper:
-        return QidoResult(raw_items(q, rows), total, exact)
-    return QidoResult([_item(q, row, upper) for row in rows], total, exact)
+    return Fetched(rows, total, exact, key[5])
+
+
+def assemble(q: QidoQuery, f: Fetched, *, raw: bool = False) -> QidoResult:
+    """The items of fetched rows (no database access: may run on any thread)."""
+    if raw and not f.upper:
+        return QidoResult(raw_items(q, f.rows), f.total, f.exact)
+    return QidoResult([_item(q, row, f.upper) for row in f.rows], f.total, f.exact)
 
 
 # --- items spliced from stored bytes (R-H1, issue 6) ---------------------------------------

@@ -522,15 +522,18 @@ def _walks(key: tuple) -> bool:
         c[0] == "pn" and c[3][0] != "fuzzy" for c in key[1])
 
 
-def _walk_order(conn: sa.Connection, q: QidoQuery, total: int) -> bool:
+def _walk_order(conn: sa.Connection, q: QidoQuery, total: int,
+                studies_n: int | None = None) -> bool:
     """Choose the plan of a name match from its number of matches (the COUNT the answer
     needs anyway). Through the name indexes the database reads and sorts every match;
     walking the (study_date, study_time, pk) index newest first it reads about
     (offset + limit) * studies / matches rows until the page is full. Walk when that is
     well under the matches: a common prefix in a big archive (``Smi*``: 15,000 matches of
     200,000 studies -> ~330 rows instead of 15,000 and a sort); a rare name keeps the
-    indexes. max(pk) over-counts after deletes, which only favours the indexes."""
-    studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
+    indexes. max(pk) over-counts after deletes, which only favours the indexes
+    (``studies_n``: max(pk) when the caller read it already)."""
+    if studies_n is None:
+        studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
     return (q.offset + q.limit) * studies_n * 2 < total * total
 
 
@@ -546,12 +549,13 @@ def _count_cap(q: QidoQuery) -> int:
     return q.offset + q.limit + COUNT_AHEAD + 1 if q.limit > 0 else _NO_CAP
 
 
-def _name_cap(conn: sa.Connection, q: QidoQuery) -> int:
-    """The count bound of a name match that may walk (:func:`_walk_order`): large enough
-    that a total at the bound always decides for the walk, so the choice is the one the
-    exact count would make; O(sqrt(page x studies)) rows, not O(matches)."""
+def _name_cap(conn: sa.Connection, q: QidoQuery) -> tuple[int, int]:
+    """(count bound, max study pk) of a name match that may walk (:func:`_walk_order`):
+    large enough that a total at the bound always decides for the walk, so the choice is
+    the one the exact count would make; O(sqrt(page x studies)) rows, not O(matches)."""
     studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
-    return max(_count_cap(q), math.isqrt(2 * (q.offset + q.limit) * studies_n) + 2)
+    return (max(_count_cap(q), math.isqrt(2 * (q.offset + q.limit) * studies_n) + 2),
+            studies_n)
 
 
 def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None = None,
@@ -583,9 +587,9 @@ def fetch(conn: sa.Connection, q: QidoQuery,
     total = None
     cap = _count_cap(q)
     if q.limit > 0 and _walks(key):
-        cap = _name_cap(conn, q)
+        cap, studies_n = _name_cap(conn, q)
         total = conn.execute(count, {**params, "cap": cap}).scalar() or 0
-        if total and _walk_order(conn, q, total):
+        if total and _walk_order(conn, q, total, studies_n=studies_n):
             page, _ = statements(key[:6] + (True,) + key[7:])
     rows = conn.execute(page, params).all() if q.limit > 0 and total != 0 else []
     if total is not None:

@@ -54,7 +54,7 @@ def test_R_H1_total_counted_up_to_a_bound(seven, level, key, value, limit, offse
     if key == "PatientName" and limit:
         # A name match that may walk counts up to its own (larger) bound: _name_cap.
         with seven.engine.connect() as conn:
-            cap = qido_sql._name_cap(conn, parse_qido(level, [
+            cap, _n = qido_sql._name_cap(conn, parse_qido(level, [
                 ("limit", str(limit)), ("offset", str(offset))]))
         if offset < 7 and offset + limit < 7:  # a full page: counted
             total, exact = min(7, cap), 7 < cap
@@ -69,12 +69,12 @@ def test_R_H1_name_count_bound_keeps_the_walk_choice(seven, monkeypatch):
     choice is the one the exact count makes: a count at the bound always walks."""
     seen = []
     real = qido_sql._walk_order
-    monkeypatch.setattr(qido_sql, "_walk_order", lambda conn, q, total: seen.append(
-        (total, real(conn, q, total))) or seen[-1][1])
+    monkeypatch.setattr(qido_sql, "_walk_order", lambda conn, q, total, **kw: seen.append(
+        (total, real(conn, q, total, **kw))) or seen[-1][1])
     q = parse_qido("study", [("PatientName", "Smi*"), ("limit", "1")])
     r = seven.search(q)
     with seven.engine.connect() as conn:
-        cap = qido_sql._name_cap(conn, q)
+        cap, _n = qido_sql._name_cap(conn, q)
     assert not r.exact and r.total == cap  # 7 matches, counted up to max(5, isqrt(14) + 2)
     assert seen[0][0] >= cap and seen[0][1]  # decided on a total at the bound: walks
     assert cap * cap > 2 * 1 * 7

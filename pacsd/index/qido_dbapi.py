@@ -127,7 +127,7 @@ class _Cursor:
 def search(engine: sa.Engine, q: QidoQuery, *, raw: bool = False) -> QidoResult:
     """:func:`qido_sql.run` of an unscoped query on a pooled DBAPI connection; through
     SQLAlchemy when a statement is :class:`Unsupported`."""
-    conn = engine.raw_connection()
+    conn = _checkout(engine)
     try:
         fetched = _fetch_on(conn.dbapi_connection, engine.dialect, q, conn)
     finally:
@@ -136,6 +136,18 @@ def search(engine: sa.Engine, q: QidoQuery, *, raw: bool = False) -> QidoResult:
         with engine.connect() as sa_conn:
             return qido_sql.run(sa_conn, q, raw=raw)
     return qido_sql.assemble(q, fetched, raw=raw)
+
+
+def _checkout(engine: sa.Engine) -> Any:
+    """A pooled connection; a failure to connect raised as SQLAlchemy raises it (the pool
+    hands the driver's own exception through)."""
+    dialect = engine.dialect
+    try:
+        return engine.raw_connection()
+    except dialect.loaded_dbapi.Error as e:
+        raise sa.exc.DBAPIError.instance(None, None, e, dialect.loaded_dbapi.Error,
+                                         connection_invalidated=True,
+                                         dialect=dialect) from e
 
 
 def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = None
@@ -194,7 +206,7 @@ def _inline_connection(engine: sa.Engine) -> Any:
         conns = _INLINE.conns = weakref.WeakKeyDictionary()
     held = conns.get(engine)
     if held is None:
-        pooled = engine.raw_connection()
+        pooled = _checkout(engine)
         pooled.detach()
         held = conns[engine] = (pooled, pooled.dbapi_connection)
         held[1].execute("PRAGMA busy_timeout = 0")

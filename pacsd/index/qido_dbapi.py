@@ -186,13 +186,17 @@ def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = 
 # event loop instead, a slow query would hold up every other request of the worker (a name
 # match that counts many rows, an unindexed filter), so the SQL runs under a deadline that
 # SQLite itself enforces: a progress handler every PROGRESS_STEPS virtual-machine steps
-# interrupts the statement once INLINE_BUDGET_S has passed, and the query is then run
+# interrupts the statement once it has used INLINE_BUDGET_S of CPU time (or ten times that
+# of wall time), and the query is then run
 # on the pool as before (it only read: nothing to undo). A lock wait cannot pass the
 # deadline either: this connection's busy timeout is 0, and "database is locked" also
 # sends the query to the pool, where the normal busy timeout applies.
 
-#: The longest the SQL of a query runs on the event loop before it goes to the pool.
+#: The most CPU time the SQL of a query takes on the event loop before it goes to the
+#: pool (thread CPU time: on a loaded machine a preempted query is not a slow one), and,
+#: in wall time, WALL_FACTOR times that (a query that waits on the disk).
 INLINE_BUDGET_S = 0.002
+WALL_FACTOR = 10
 PROGRESS_STEPS = 1000
 _INLINE = threading.local()
 
@@ -223,9 +227,12 @@ def fetch_inline(engine: sa.Engine, q: QidoQuery,
         return None
     import sqlite3
     conn = _inline_connection(engine)
-    clock = time.perf_counter
-    deadline = clock() + (INLINE_BUDGET_S if budget_s is None else budget_s)
-    conn.set_progress_handler(lambda: clock() > deadline, PROGRESS_STEPS)
+    budget = INLINE_BUDGET_S if budget_s is None else budget_s
+    cpu, wall = time.thread_time, time.perf_counter
+    cpu_deadline = cpu() + budget
+    wall_deadline = wall() + budget * WALL_FACTOR
+    conn.set_progress_handler(lambda: cpu() > cpu_deadline or wall() > wall_deadline,
+                              PROGRESS_STEPS)
     try:
         return _fetch_on(conn, engine.dialect, q)
     except sa.exc.OperationalError as e:

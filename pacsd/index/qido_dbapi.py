@@ -194,7 +194,8 @@ def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = 
 
 #: The most CPU time the SQL of a query takes on the event loop before it goes to the
 #: pool (thread CPU time: on a loaded machine a preempted query is not a slow one), and,
-#: in wall time, WALL_FACTOR times that (a query that waits on the disk).
+#: in wall time, WALL_FACTOR times that (a query that waits on the disk). 0 turns the
+#: loop path off.
 INLINE_BUDGET_S = 0.002
 WALL_FACTOR = 10
 PROGRESS_STEPS = 1000
@@ -223,11 +224,11 @@ def fetch_inline(engine: sa.Engine, q: QidoQuery,
     ``budget_s`` (default :data:`INLINE_BUDGET_S`), or None: not SQLite, a statement
     :class:`Unsupported`, the deadline passed or the database locked (the caller runs the
     query on the pool)."""
-    if engine.dialect.name != "sqlite":
+    budget = INLINE_BUDGET_S if budget_s is None else budget_s
+    if engine.dialect.name != "sqlite" or budget <= 0:  # 0: off, everything on the pool
         return None
     import sqlite3
     conn = _inline_connection(engine)
-    budget = INLINE_BUDGET_S if budget_s is None else budget_s
     cpu, wall = time.thread_time, time.perf_counter
     cpu_deadline = cpu() + budget
     wall_deadline = wall() + budget * WALL_FACTOR

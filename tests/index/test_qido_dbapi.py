@@ -105,7 +105,7 @@ def test_R_H1_inline_fetch_stops_at_its_deadline(six, monkeypatch):
         pytest.skip("SQLite only")
     q = parse_qido("study", [("PatientName", "Smi*"), ("limit", "2")])
     monkeypatch.setattr(qido_dbapi, "PROGRESS_STEPS", 1)
-    assert qido_dbapi.fetch_inline(six.engine, q, budget_s=0) is None
+    assert qido_dbapi.fetch_inline(six.engine, q, budget_s=1e-9) is None
     monkeypatch.undo()
     again = six.fetch_inline(q)
     assert again is not None and qido_sql.assemble(q, again) == six.search(q)
@@ -115,3 +115,8 @@ def test_R_H1_inline_fetch_skips_scoped_queries(six):
     q = parse_qido("study", [("PatientID", "P1")])
     from pacsd.index.access import OneOf
     assert six.fetch_inline(q, scope=[OneOf("patient_id", ("P1",))]) is None
+
+
+def test_R_H1_inline_budget_zero_turns_the_loop_path_off(six, monkeypatch):
+    monkeypatch.setattr(qido_dbapi, "INLINE_BUDGET_S", 0)
+    assert six.fetch_inline(parse_qido("study", [("PatientID", "P1")])) is None

@@ -36,7 +36,7 @@ async def test_R_H1_inline_interrupted_and_pool_answers_agree(client, stow, monk
     assert all(f is not None for f in seen) and len(seen) == len(urls)  # on the loop
     monkeypatch.setattr(query, "INLINE_ROWS", 0)  # rows built on the pool
     assert await answers() == inline
-    monkeypatch.setattr(qido_dbapi, "INLINE_BUDGET_S", 0)  # interrupted: SQL on the pool
+    monkeypatch.setattr(qido_dbapi, "INLINE_BUDGET_S", 1e-9)  # interrupted: SQL on the pool
     monkeypatch.setattr(qido_dbapi, "PROGRESS_STEPS", 1)
     seen.clear()
     assert await answers() == inline

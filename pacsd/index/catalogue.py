@@ -543,16 +543,6 @@ class Catalogue:
             with self._engine.connect() as conn:
                 return qido_sql.run(conn, q, clause, raw=raw)
 
-    def fetch_inline(self, q: QidoQuery, *, scope: Iterable | None = None
-                     ) -> qido_sql.Fetched | None:
-        """The rows and total of an unscoped query run on the calling thread (the event
-        loop) within a deadline SQLite enforces, or None (PostgreSQL, scoped, too slow,
-        locked: use :meth:`search`); ``qido_dbapi.fetch_inline`` (R-H1)."""
-        if scope_clause(scope) is not None:
-            return None
-        with translate_errors("searching"):
-            return qido_dbapi.fetch_inline(self._engine, q)
-
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 
     def iter_blobs(self, after_pk: int = 0, batch: int = STREAM_BATCH, *,

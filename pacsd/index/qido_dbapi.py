@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import operator
 import threading
-import time
 import weakref
 from typing import Any
 
@@ -177,71 +176,3 @@ def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = 
             cur.close()
         except dbapi_error:
             pass
-
-
-# --- on the event loop, under a deadline (SQLite) ------------------------------------------
-#
-# Handing a query of one or two rows to the worker pool and back cost about as much as the
-# query (R-H1: the executor hop was a fifth of a worker's GIL time at c=16). Run on the
-# event loop instead, a slow query would hold up every other request of the worker (a name
-# match that counts many rows, an unindexed filter), so the SQL runs under a deadline that
-# SQLite itself enforces: a progress handler every PROGRESS_STEPS virtual-machine steps
-# interrupts the statement once it has used INLINE_BUDGET_S of CPU time (or ten times that
-# of wall time), and the query is then run
-# on the pool as before (it only read: nothing to undo). A lock wait cannot pass the
-# deadline either: this connection's busy timeout is 0, and "database is locked" also
-# sends the query to the pool, where the normal busy timeout applies.
-
-#: The most CPU time the SQL of a query takes on the event loop before it goes to the
-#: pool (thread CPU time: on a loaded machine a preempted query is not a slow one), and,
-#: in wall time, WALL_FACTOR times that (a query that waits on the disk). 0 turns the
-#: loop path off.
-INLINE_BUDGET_S = 0.002
-WALL_FACTOR = 10
-PROGRESS_STEPS = 1000
-_INLINE = threading.local()
-
-
-def _inline_connection(engine: sa.Engine) -> Any:
-    """This thread's own SQLite connection to ``engine``'s database (opened through the
-    engine, so with its PRAGMAs; detached from the pool, so a busy pool never blocks the
-    loop), kept while the engine lives."""
-    conns = getattr(_INLINE, "conns", None)
-    if conns is None:
-        conns = _INLINE.conns = weakref.WeakKeyDictionary()
-    held = conns.get(engine)
-    if held is None:
-        pooled = _checkout(engine)
-        pooled.detach()
-        held = conns[engine] = (pooled, pooled.dbapi_connection)
-        held[1].execute("PRAGMA busy_timeout = 0")
-    return held[1]
-
-
-def fetch_inline(engine: sa.Engine, q: QidoQuery,
-                 budget_s: float | None = None) -> qido_sql.Fetched | None:
-    """The rows and total of an unscoped query, run on the calling thread within
-    ``budget_s`` (default :data:`INLINE_BUDGET_S`), or None: not SQLite, a statement
-    :class:`Unsupported`, the deadline passed or the database locked (the caller runs the
-    query on the pool)."""
-    budget = INLINE_BUDGET_S if budget_s is None else budget_s
-    if engine.dialect.name != "sqlite" or budget <= 0:  # 0: off, everything on the pool
-        return None
-    import sqlite3
-    conn = _inline_connection(engine)
-    cpu, wall = time.thread_time, time.perf_counter
-    cpu_deadline = cpu() + budget
-    wall_deadline = wall() + budget * WALL_FACTOR
-    conn.set_progress_handler(lambda: cpu() > cpu_deadline or wall() > wall_deadline,
-                              PROGRESS_STEPS)
-    try:
-        return _fetch_on(conn, engine.dialect, q)
-    except sa.exc.OperationalError as e:
-        if isinstance(e.orig, sqlite3.OperationalError) and (
-                str(e.orig) == "interrupted" or "locked" in str(e.orig)
-                or "busy" in str(e.orig)):
-            return None
-        raise
-    finally:
-        conn.set_progress_handler(None, 0)
-        conn.rollback()

@@ -11,13 +11,9 @@ from typing import Any
 import orjson
 
 from ..index import parse_qido
-from ..index.qido_sql import assemble
 from .archive import Archive
 
 RETRIEVE_URL = "00081190"
-#: Rows a QIDO-RS answer may have to be built on the event loop (~10 us each); more are
-#: built on the worker pool.
-INLINE_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -86,19 +82,12 @@ class QueryService:
                        max_limit=self.archive.settings.dicomweb.qido_max_limit,
                        aliases=self.aliases)
         scope = self.archive.scoping.scope_for(actor, "read")
-        # SQLite: the SQL on the event loop under a deadline (no executor hop, R-H1);
-        # many rows are assembled on the pool, a slow or locked query runs there.
-        fetched = self.archive.catalogue.fetch_inline(q, scope=scope)
 
         def work() -> tuple[bytes, int, int, bool]:
-            result = self.archive.catalogue.search(q, scope=scope, raw=True) \
-                if fetched is None else assemble(q, fetched, raw=True)
+            result = self.archive.catalogue.search(q, scope=scope, raw=True)
             return (_body(level, result.items, base_url), len(result.items), result.total,
                     result.exact)
-        if fetched is not None and len(fetched.rows) <= INLINE_ROWS:
-            body, count, total, exact = work()
-        else:
-            body, count, total, exact = await self.archive.run(work)
+        body, count, total, exact = await self.archive.run(work)
         return QueryJson(body=body, count=count, total=total, offset=q.offset, limit=q.limit,
                          unsupported=tuple(q.unsupported), exact=exact)
 

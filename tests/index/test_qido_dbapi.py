@@ -84,39 +84,3 @@ def test_R_H1_compiled_once_per_statement_and_dialect(six):
     entry = qido_dbapi._COMPILED[page][six.engine.dialect.name]
     six.search(q)
     assert qido_dbapi._COMPILED[page][six.engine.dialect.name] is entry
-
-
-# --- on the event loop under a deadline (SQLite) -------------------------------------------
-
-@pytest.mark.parametrize("level,params,kw", FORMS[:-2])
-def test_R_H1_inline_fetch_answers_as_the_pool(six, level, params, kw):
-    q = parse_qido(level, params, **kw)
-    fetched = six.fetch_inline(q)
-    if six.engine.dialect.name != "sqlite":
-        assert fetched is None  # PostgreSQL waits on the network: always on the pool
-        return
-    assert qido_sql.assemble(q, fetched, raw=True) == six.search(q, raw=True)
-
-
-def test_R_H1_inline_fetch_stops_at_its_deadline(six, monkeypatch):
-    """A query past its deadline is interrupted by SQLite's progress handler and left to
-    the pool (None); the loop's connection answers the next query as before."""
-    if six.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite only")
-    q = parse_qido("study", [("PatientName", "Smi*"), ("limit", "2")])
-    monkeypatch.setattr(qido_dbapi, "PROGRESS_STEPS", 1)
-    assert qido_dbapi.fetch_inline(six.engine, q, budget_s=1e-9) is None
-    monkeypatch.undo()
-    again = six.fetch_inline(q)
-    assert again is not None and qido_sql.assemble(q, again) == six.search(q)
-
-
-def test_R_H1_inline_fetch_skips_scoped_queries(six):
-    q = parse_qido("study", [("PatientID", "P1")])
-    from pacsd.index.access import OneOf
-    assert six.fetch_inline(q, scope=[OneOf("patient_id", ("P1",))]) is None
-
-
-def test_R_H1_inline_budget_zero_turns_the_loop_path_off(six, monkeypatch):
-    monkeypatch.setattr(qido_dbapi, "INLINE_BUDGET_S", 0)
-    assert six.fetch_inline(parse_qido("study", [("PatientID", "P1")])) is None

@@ -37,7 +37,7 @@ import sqlalchemy as sa
 
 from pacsd import failpoints
 from pacsd.errors import NotFound, OutOfResources, WriteDenied
-from pacsd.index import migrations, qido_sql, writes
+from pacsd.index import migrations, qido_dbapi, qido_sql, writes
 from pacsd.index.access import scope_clause
 from pacsd.index.engine import RETRYABLE_SQLSTATES, create_engine, sqlstate, translate_errors
 from pacsd.index.qido import QidoQuery, QidoResult
@@ -537,8 +537,11 @@ class Catalogue:
         clause = scope_clause(scope)
         if extra_filter is not None:
             clause = extra_filter if clause is None else sa.and_(clause, extra_filter)
-        with translate_errors("searching"), self._engine.connect() as conn:
-            return qido_sql.run(conn, q, clause, raw=raw)
+        with translate_errors("searching"):
+            if clause is None:  # statements cached per shape: run on the DBAPI cursor
+                return qido_dbapi.search(self._engine, q, raw=raw)
+            with self._engine.connect() as conn:
+                return qido_sql.run(conn, q, clause, raw=raw)
 
     # --- storage verification (scrub, R-A6, reliability-matrix §7 item 4) ----------------
 

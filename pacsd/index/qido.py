@@ -189,6 +189,9 @@ class QidoResult:
 
     items: list[dict[str, Any]] = field(default_factory=list)
     total: int = 0
+    #: False when the matches were counted up to a bound and reached it: ``total`` is
+    #: then a lower bound (qido_sql.COUNT_AHEAD, issue 6 item 3).
+    exact: bool = True
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ RetrieveURL is left to the web layer. Keys are sorted tags.
 from __future__ import annotations
 
 import functools
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -338,8 +339,9 @@ def build(q: QidoQuery, extra_filter: sa.ColumnElement | None = None, *,
         key = key[:6] + (True,) + key[7:]
     page, count = _build(key, extra_filter) if extra_filter is not None \
         else _statements(key)
-    return page.params(params), count.params({k: v for k, v in params.items()
-                                              if k not in ("lim", "off")})
+    return page.params(params), count.params({**{k: v for k, v in params.items()
+                                                 if k not in ("lim", "off")},
+                                              "cap": _count_cap(q)})
 
 
 def _order_column(name: str) -> sa.ColumnElement:
@@ -395,8 +397,7 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
             .offset(sa.bindparam("off", type_=sa.Integer)))
     source = _count_source(level, where)
     if split is None:
-        count = sa.select(sa.func.count()).select_from(source).where(*where)
-        return page, count
+        return page, _bounded_count(source, where)
     # A name matched in any of its three groups: the matches counted per group, each
     # study under the first group it matches in (``IS NOT TRUE`` is NULL-safe). Each
     # count then reads one name index (covering on SQLite, index-only on PostgreSQL)
@@ -404,11 +405,21 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
     # COUNT was most of a ``Smi*`` answer at 1M instances (15,000 matches).
     i, branches = split
     rest = where[:i] + where[i + 1:]
-    parts = [sa.select(sa.func.count()).select_from(source).where(
-        *rest, branch, *[b.is_not(sa.true()) for b in branches[:n]]).scalar_subquery()
-        for n, branch in enumerate(branches)]
+    parts = [_bounded_count(source, [*rest, branch,
+                                     *[b.is_not(sa.true()) for b in branches[:n]]]
+                            ).scalar_subquery()
+             for n, branch in enumerate(branches)]
     count = sa.select(sum(parts[1:], parts[0]))
     return page, count
+
+
+def _bounded_count(source: sa.FromClause, where: list) -> sa.Select:
+    """``SELECT count(*) FROM (SELECT 1 FROM source WHERE .. LIMIT :cap)``: the matches,
+    counted up to ``cap`` (:func:`run`: the page plus COUNT_AHEAD more), so a page of a
+    match set that grows with the archive stays O(page) (issue 6 item 3)."""
+    return sa.select(sa.func.count()).select_from(
+        sa.select(sa.literal_column("1")).select_from(source).where(*where)
+        .limit(sa.bindparam("cap", type_=sa.BigInteger)).subquery())
 
 
 def _count_source(level: str, where: list) -> sa.FromClause:
@@ -511,16 +522,40 @@ def _walks(key: tuple) -> bool:
         c[0] == "pn" and c[3][0] != "fuzzy" for c in key[1])
 
 
-def _walk_order(conn: sa.Connection, q: QidoQuery, total: int) -> bool:
+def _walk_order(conn: sa.Connection, q: QidoQuery, total: int,
+                studies_n: int | None = None) -> bool:
     """Choose the plan of a name match from its number of matches (the COUNT the answer
     needs anyway). Through the name indexes the database reads and sorts every match;
     walking the (study_date, study_time, pk) index newest first it reads about
     (offset + limit) * studies / matches rows until the page is full. Walk when that is
     well under the matches: a common prefix in a big archive (``Smi*``: 15,000 matches of
     200,000 studies -> ~330 rows instead of 15,000 and a sort); a rare name keeps the
-    indexes. max(pk) over-counts after deletes, which only favours the indexes."""
-    studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
+    indexes. max(pk) over-counts after deletes, which only favours the indexes
+    (``studies_n``: max(pk) when the caller read it already)."""
+    if studies_n is None:
+        studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
     return (q.offset + q.limit) * studies_n * 2 < total * total
+
+
+#: How many matches past the page a QIDO answer counts (issue 6 item 3): the total is
+#: exact up to offset + limit + COUNT_AHEAD matches; past that the answer says "more than
+#: COUNT_AHEAD additional results" and X-Total-Count is that lower bound (docs/conformance.md).
+COUNT_AHEAD = 1000
+#: ``limit=0`` asks for the number of matches alone: counted exactly.
+_NO_CAP = 2 ** 62
+
+
+def _count_cap(q: QidoQuery) -> int:
+    return q.offset + q.limit + COUNT_AHEAD + 1 if q.limit > 0 else _NO_CAP
+
+
+def _name_cap(conn: sa.Connection, q: QidoQuery) -> tuple[int, int]:
+    """(count bound, max study pk) of a name match that may walk (:func:`_walk_order`):
+    large enough that a total at the bound always decides for the walk, so the choice is
+    the one the exact count would make; O(sqrt(page x studies)) rows, not O(matches)."""
+    studies_n = conn.execute(_MAX_STUDY_PK).scalar() or 0
+    return (max(_count_cap(q), math.isqrt(2 * (q.offset + q.limit) * studies_n) + 2),
+            studies_n)
 
 
 def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None = None,
@@ -528,15 +563,33 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
     """Execute the query on ``conn`` (one read transaction). Unscoped queries run the
     statements cached per query shape; a scope clause (``extra_filter``) carries its own
     values, so a scoped query builds its statements. ``raw``: items spliced from the
-    stored bytes where possible (:func:`raw_items`)."""
+    stored bytes where possible (:func:`raw_items`). The total is counted up to a bound
+    (``exact`` False past it: :data:`COUNT_AHEAD`)."""
+    return assemble(q, fetch(conn, q, extra_filter), raw=raw)
+
+
+class Fetched(NamedTuple):
+    """The rows of a page and the (bounded) total, before the items are built."""
+
+    rows: list
+    total: int
+    exact: bool
+    upper: bool
+
+
+def fetch(conn: sa.Connection, q: QidoQuery,
+          extra_filter: sa.ColumnElement | None = None) -> Fetched:
+    """The SQL part of :func:`run`: the page's rows and the total."""
     key, params = shape(q)
     statements = _statements if extra_filter is None else \
         (lambda k: _build(k, extra_filter))
     page, count = statements(key)
     total = None
+    cap = _count_cap(q)
     if q.limit > 0 and _walks(key):
-        total = conn.execute(count, params).scalar() or 0
-        if total and _walk_order(conn, q, total):
+        cap, studies_n = _name_cap(conn, q)
+        total = conn.execute(count, {**params, "cap": cap}).scalar() or 0
+        if total and _walk_order(conn, q, total, studies_n=studies_n):
             page, _ = statements(key[:6] + (True,) + key[7:])
     rows = conn.execute(page, params).all() if q.limit > 0 and total != 0 else []
     if total is not None:
@@ -546,11 +599,18 @@ def run(conn: sa.Connection, q: QidoQuery, extra_filter: sa.ColumnElement | None
         # known without a COUNT query (the common case for narrow queries; R-H1).
         total = q.offset + len(rows)
     else:
-        total = conn.execute(count, params).scalar() or 0
-    upper = key[5]
-    if raw and not upper:
-        return QidoResult(raw_items(q, rows), total)
-    return QidoResult([_item(q, row, upper) for row in rows], total)
+        total = conn.execute(count, {**params, "cap": cap}).scalar() or 0
+    exact = total < cap
+    if not exact:  # the name counts (summed per group) may pass the bound: report it
+        total = cap
+    return Fetched(rows, total, exact, key[5])
+
+
+def assemble(q: QidoQuery, f: Fetched, *, raw: bool = False) -> QidoResult:
+    """The items of fetched rows (no database access: may run on any thread)."""
+    if raw and not f.upper:
+        return QidoResult(raw_items(q, f.rows), f.total, f.exact)
+    return QidoResult([_item(q, row, f.upper) for row in f.rows], f.total, f.exact)
 
 
 # --- items spliced from stored bytes (R-H1, issue 6) ---------------------------------------

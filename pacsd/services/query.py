@@ -23,6 +23,8 @@ class QueryResult:
     offset: int
     limit: int
     unsupported: tuple[str, ...]
+    #: False: ``total`` is a lower bound (the matches were counted up to a bound).
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ class QueryJson:
     offset: int
     limit: int
     unsupported: tuple[str, ...]
+    #: False: ``total`` is a lower bound (the matches were counted up to a bound).
+    exact: bool = True
 
 
 _URL_HEAD = b',"' + RETRIEVE_URL.encode() + b'":{"vr":"UR","Value":['
@@ -64,7 +68,8 @@ class QueryService:
             if url:
                 item[RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
         return QueryResult(items=result.items, total=result.total, offset=q.offset,
-                           limit=q.limit, unsupported=tuple(q.unsupported))
+                           limit=q.limit, unsupported=tuple(q.unsupported),
+                           exact=result.exact)
 
 
     async def search_json(self, level: str, params: list[tuple[str, str]], *,
@@ -78,12 +83,13 @@ class QueryService:
                        aliases=self.aliases)
         scope = self.archive.scoping.scope_for(actor, "read")
 
-        def work() -> tuple[bytes, int, int]:
+        def work() -> tuple[bytes, int, int, bool]:
             result = self.archive.catalogue.search(q, scope=scope, raw=True)
-            return _body(level, result.items, base_url), len(result.items), result.total
-        body, count, total = await self.archive.run(work)
+            return (_body(level, result.items, base_url), len(result.items), result.total,
+                    result.exact)
+        body, count, total, exact = await self.archive.run(work)
         return QueryJson(body=body, count=count, total=total, offset=q.offset, limit=q.limit,
-                         unsupported=tuple(q.unsupported))
+                         unsupported=tuple(q.unsupported), exact=exact)
 
 
 def _body(level: str, items: list, base: str) -> bytes:

@@ -295,7 +295,7 @@ def test_R_H1_name_prefix_plans_agree(catalogue, monkeypatch):
     bulk_store(catalogue, rows)
     answers = {}
     for forced in (True, False):
-        monkeypatch.setattr(qido_sql, "_walk_order", lambda conn, q, total, f=forced: f)
+        monkeypatch.setattr(qido_sql, "_walk_order", lambda conn, q, total, f=forced, **kw: f)
         for pattern in ("Smi*", "smi*", "Jon*", "S*", "Smith^N1*"):
             for offset in (0, 5, 20):
                 r = catalogue.search(parse_qido("study", [

@@ -2,7 +2,9 @@
 
 Query strings are URL-decoded by aiohttp before they reach the parser (issue 2 item 6).
 The total number of matches is exposed as ``X-Total-Count``; when the page is cut short a
-``Warning: 299`` says how many more there are (PS3.18 §8.3.4.4 "additional results").
+``Warning: 299`` says how many more there are (PS3.18 §8.3.4.4 "additional results"):
+exactly up to ``qido_sql.COUNT_AHEAD`` beyond the page, "more than N" past it (then
+X-Total-Count is the lower bound offset + returned + N + 1; docs/conformance.md).
 """
 from __future__ import annotations
 
@@ -56,7 +58,9 @@ async def _qido(request: web.Request, level: str) -> web.Response:
     resp.headers["X-Total-Count"] = str(result.total)
     remaining = result.total - result.offset - result.count
     if remaining > 0 and result.count:
-        resp.headers.add("Warning", f'299 pacsd "There are {remaining} additional results '
+        # Counted up to a bound (issue 6 item 3): past it, total is a lower bound.
+        more = f"{remaining}" if result.exact else f"more than {remaining - 1}"
+        resp.headers.add("Warning", f'299 pacsd "There are {more} additional results '
                                     'that can be requested"')
     for name in result.unsupported:
         resp.headers.add("Warning", f'299 pacsd "{name} is not supported for matching '

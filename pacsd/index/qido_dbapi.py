@@ -1,0 +1,178 @@
+"""QIDO-RS statements run on the DBAPI cursor (R-H1, issue 6).
+
+A QIDO-RS answer of one or two items cost ~0.6 ms of server CPU, a quarter of it in
+SQLAlchemy's per-execution work (Connection, the autobegin event that itself executes
+``BEGIN`` through SQLAlchemy, execution context, result metadata, row objects), none of
+it needed here: :mod:`qido_sql` already caches one statement object per query shape. This
+module compiles each such statement once per dialect (SQL text, the order of its bind
+parameters, the constants SQLAlchemy bound itself) and executes it on a pooled DBAPI
+connection, with the rows as named tuples (same fields, same values: the columns read
+have no result processors and the parameters no bind processors; a statement that needs
+either, or expands an IN list, raises :class:`Unsupported` and the query runs through
+SQLAlchemy as before).
+
+What stays as it was: the pool (PostgreSQL's pre-ping, checkout limits and timeouts), one
+read transaction per query (SQLite: ``BEGIN``; PostgreSQL: the driver's implicit one),
+rolled back when the connection goes back to the pool; database errors wrapped as the
+SQLAlchemy exceptions :func:`engine.translate_errors` maps, a lost connection
+invalidated.
+"""
+from __future__ import annotations
+
+import collections
+import operator
+import threading
+import weakref
+from typing import Any
+
+import sqlalchemy as sa
+
+from pacsd.index import qido_sql
+from pacsd.index.qido import QidoQuery, QidoResult
+
+
+class Unsupported(Exception):
+    """A statement this path does not run (the caller runs the query through SQLAlchemy)."""
+
+
+class _Compiled:
+    __slots__ = ("sql", "names", "defaults", "positional", "row", "pick")
+
+    def __init__(self, stmt: sa.Executable, dialect: sa.Dialect) -> None:
+        c = stmt.compile(dialect=dialect)
+        if "POSTCOMPILE" in c.string or c._bind_processors or any(
+                rc.type._cached_result_processor(dialect, None) is not None
+                for rc in c._result_columns):
+            raise Unsupported
+        self.sql = c.string
+        self.positional = bool(c.positional)
+        self.names = tuple(c.positiontup) if self.positional else tuple(c.params)
+        self.defaults = {k: v for k, v in c.params.items() if v is not None}
+        self.pick = operator.itemgetter(*self.names) if self.names else (lambda v: ())
+        fields = [rc.keyname for rc in c._result_columns]
+        self.row = None  # one column: read as a scalar, by position
+        if len(fields) > 1:
+            if fields != list(stmt.selected_columns.keys()):
+                raise Unsupported  # labels SQLAlchemy would have named differently
+            self.row = collections.namedtuple("Row", fields)._make
+
+    def args(self, params: dict[str, Any] | None) -> Any:
+        values = {**self.defaults, **params} if params else self.defaults
+        if self.positional:
+            picked = self.pick(values)
+            return picked if len(self.names) != 1 else (picked,)
+        return {n: values[n] for n in self.names}
+
+
+#: statement -> {dialect name: _Compiled | None (unsupported)}. The statements are the
+#: ones qido_sql caches per query shape; an evicted one takes its entry with it.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+
+
+def _compiled(stmt: sa.Executable, dialect: sa.Dialect) -> _Compiled:
+    per = _COMPILED.get(stmt)
+    if per is not None:
+        c = per.get(dialect.name, False)
+        if c is not False:
+            if c is None:
+                raise Unsupported
+            return c
+    try:
+        c = _Compiled(stmt, dialect)
+    except Unsupported:
+        c = None
+    with _LOCK:
+        _COMPILED.setdefault(stmt, {})[dialect.name] = c
+    if c is None:
+        raise Unsupported
+    return c
+
+
+class _Result:
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list) -> None:
+        self.rows = rows
+
+    def all(self) -> list:
+        return self.rows
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+
+class _Cursor:
+    """What :func:`qido_sql.run` calls on a connection (``execute(stmt, params)`` ->
+    ``.all()`` / ``.scalar()``), on a DBAPI cursor."""
+
+    def __init__(self, cursor: Any, dialect: sa.Dialect) -> None:
+        self.cursor = cursor
+        self.dialect = dialect
+        self.last: tuple[str, Any] = ("", None)
+
+    def execute(self, stmt: sa.Executable, params: dict[str, Any] | None = None) -> _Result:
+        c = _compiled(stmt, self.dialect)
+        args = c.args(params)
+        self.last = (c.sql, args)
+        cur = self.cursor
+        cur.execute(c.sql, args)
+        rows = cur.fetchall()
+        if c.row is not None:
+            rows = list(map(c.row, rows))
+        return _Result(rows)
+
+
+def search(engine: sa.Engine, q: QidoQuery, *, raw: bool = False) -> QidoResult:
+    """:func:`qido_sql.run` of an unscoped query on a pooled DBAPI connection; through
+    SQLAlchemy when a statement is :class:`Unsupported`."""
+    conn = _checkout(engine)
+    try:
+        fetched = _fetch_on(conn.dbapi_connection, engine.dialect, q, conn)
+    finally:
+        conn.close()  # back to the pool, rolled back
+    if fetched is None:
+        with engine.connect() as sa_conn:
+            return qido_sql.run(sa_conn, q, raw=raw)
+    return qido_sql.assemble(q, fetched, raw=raw)
+
+
+def _checkout(engine: sa.Engine) -> Any:
+    """A pooled connection; a failure to connect raised as SQLAlchemy raises it (the pool
+    hands the driver's own exception through)."""
+    dialect = engine.dialect
+    try:
+        return engine.raw_connection()
+    except dialect.loaded_dbapi.Error as e:
+        raise sa.exc.DBAPIError.instance(None, None, e, dialect.loaded_dbapi.Error,
+                                         connection_invalidated=True,
+                                         dialect=dialect) from e
+
+
+def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = None
+              ) -> qido_sql.Fetched | None:
+    """:func:`qido_sql.fetch` in one read transaction on ``dbapi_conn`` (None:
+    :class:`Unsupported`); the caller rolls back (the pool does when ``pooled`` goes
+    back)."""
+    dbapi_error = dialect.loaded_dbapi.Error
+    cur = dbapi_conn.cursor()
+    runner = _Cursor(cur, dialect)
+    try:
+        if dialect.name == "sqlite":  # one read snapshot for the page and its count
+            cur.execute("BEGIN")
+        return qido_sql.fetch(runner, q)
+    except Unsupported:
+        return None
+    except dbapi_error as e:
+        lost = dialect.is_disconnect(e, dbapi_conn, cur)
+        if lost and pooled is not None:
+            pooled.invalidate(e)
+        sql, args = runner.last
+        raise sa.exc.DBAPIError.instance(sql, args, e, dbapi_error,
+                                         connection_invalidated=lost,
+                                         dialect=dialect) from e
+    finally:
+        try:
+            cur.close()
+        except dbapi_error:
+            pass

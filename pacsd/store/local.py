@@ -40,7 +40,8 @@ from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, fsync_dir,
                               hash_source, hash_stream, is_sha256, object_ok,
-                              open_source, remove_stale_files, verified_chunks)
+                              open_source, remove_stale_files, verified_chunks,
+                              VerifiedFile)
 
 log = logging.getLogger(__name__)
 _MISMATCH = "The stored data does not match its declared hash or size."
@@ -396,6 +397,42 @@ class LocalBlobStore(BlobStore):
             return None
         buf[h + size:] = tail
         return buf
+
+    def open_checked_nowait(self, sha256: str, scratch: memoryview, *,
+                            expected_size: int | None = None, digest: str | None = None
+                            ) -> VerifiedFile | None:
+        """BlobStore.open_checked_nowait: :meth:`read_framed_nowait`'s read and check
+        into the caller's reused ``scratch`` (no new buffer per object), keeping the
+        descriptor open for ``sendfile``."""
+        if _RWF_NOWAIT is None:
+            return None
+        try:
+            fd = os.open(self._path(sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        ok = False
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            if (expected_size is not None and size != expected_size) or size > len(scratch):
+                return None
+            body = scratch[:size]
+            got = 0
+            while got < size:
+                n = os.preadv(fd, [body[got:]], got, _RWF_NOWAIT)
+                if n <= 0:
+                    break
+                got += n
+            ok = got == size and object_ok(body, sha256, digest)
+            body.release()
+        except OSError:
+            return None
+        finally:
+            if not ok:
+                os.close(fd)
+        if not ok:
+            return None
+        return VerifiedFile(fd, size, sha256, digest, VerifiedFile.identity(st))
 
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
         check_range(offset, length)

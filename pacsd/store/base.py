@@ -154,6 +154,18 @@ def object_ok(data: bytes | bytearray | memoryview, sha256: str,
     return hashlib.sha256(data).hexdigest() == sha256
 
 
+def pread_full(fd: int, body: memoryview, flags: int = 0) -> bool:
+    """Fill ``body`` from offset 0 of ``fd`` with ``preadv`` (``flags``, e.g.
+    RWF_NOWAIT); False when the file ends first. OSError (EAGAIN) propagates."""
+    got, size = 0, len(body)
+    while got < size:
+        n = os.preadv(fd, [body[got:]], got, flags)
+        if n <= 0:
+            return False   # truncated since the fstat
+        got += n
+    return True
+
+
 class VerifiedFile:
     """A stored object open for ``sendfile``, whose bytes were verified right after the
     open (``BlobStore.open_checked_nowait``). ``sendfile`` sends the file's page-cache
@@ -215,14 +227,8 @@ class VerifiedFile:
             if scratch is None or len(scratch) < self.size:
                 scratch = memoryview(bytearray(self.size))
             body = scratch[:self.size]
-            got = 0
-            while got < self.size:
-                n = (os.preadv(self.fd, [body[got:]], got, os.RWF_NOWAIT) if nowait
-                     else os.preadv(self.fd, [body[got:]], got))
-                if n <= 0:
-                    return False
-                got += n
-            return object_ok(body, self.sha256, self.digest)
+            return pread_full(self.fd, body, os.RWF_NOWAIT if nowait else 0) and \
+                object_ok(body, self.sha256, self.digest)
         except BlockingIOError:
             return None
         except OSError:

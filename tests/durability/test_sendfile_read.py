@@ -12,49 +12,52 @@ import time
 import pytest
 
 from pacsd.store import fast_digest
-from pacsd.store.base import VerifiedFile
 from pacsd.store.local import LocalBlobStore
-from pacsd.store.replicated import open_replicated
 from pacsd.web import create_app
 from pacsd.web.keys import ARCHIVE
 
-from .conftest import three_copy_settings
 from .test_fast_digest import (STUDY, fetch, flip_byte, one_copy_settings, sha256,
                                stow_all, study, study_url)
-from .test_inline_read import count_pool_reads, parts
+from .test_inline_read import parts
 
 pytestmark = pytest.mark.asyncio
 
 SCRATCH = memoryview(bytearray(1 << 20))
 
 
-def count_file_sends(monkeypatch, store) -> list[str]:
-    """The objects handed out for sendfile (verified opens)."""
+def calls_to(monkeypatch, store, name: str, answered=lambda out: True) -> list[str]:
+    """The objects ``store.<name>`` was called for (and ``answered(result)``)."""
     calls: list[str] = []
-    original = store.open_checked_nowait
+    original = getattr(store, name)
 
-    def open_checked_nowait(sha, *a, **kw):
+    def spy(sha, *a, **kw):
         out = original(sha, *a, **kw)
-        if out is not None:
+        if answered(out):
             calls.append(sha)
         return out
-    monkeypatch.setattr(store, "open_checked_nowait", open_checked_nowait)
+    monkeypatch.setattr(store, name, spy)
     return calls
+
+
+async def stored_study(client, n: int):
+    """(archive, items, rows in answer order, sha256 -> bytes) of a stored study."""
+    items = study(n)
+    await stow_all(client, items)
+    archive = client.app[ARCHIVE]
+    rows = await archive.run(lambda: list(
+        archive.catalogue.iter_instances(items[0][0].StudyInstanceUID)))
+    return archive, items, rows, {sha256(d): d for _, d in items}
 
 
 async def test_r_h1_study_sent_from_files_bit_exact(aiohttp_client, tmp_path, monkeypatch):
     client = await aiohttp_client(create_app(one_copy_settings(tmp_path)))
-    items = study(6)
-    await stow_all(client, items)
-    archive = client.app[ARCHIVE]
-    sent = count_file_sends(monkeypatch, archive.store)
-    pool = count_pool_reads(monkeypatch, archive.store)
+    archive, items, rows, by_sha = await stored_study(client, 6)
+    sent = calls_to(monkeypatch, archive.store, "open_checked_nowait",
+                    lambda out: out is not None)
+    pool = calls_to(monkeypatch, archive.store, "read_framed")
     for _ in range(2):   # and again on the same keep-alive connection
         status, body, complete = await fetch(client, study_url(items[0][0]), STUDY)
         assert status == 200 and complete
-        rows = await archive.run(lambda: list(
-            archive.catalogue.iter_instances(items[0][0].StudyInstanceUID)))
-        by_sha = {sha256(d): d for _, d in items}
         assert parts(body, items) == [by_sha[r.sha256] for r in rows]
         # exactly the multipart framing around the objects: nothing more, nothing less
         boundary = body[2:body.index(b"\r\n")]
@@ -68,12 +71,7 @@ async def test_r_a6_damaged_object_never_sent_from_file(aiohttp_client, tmp_path
     """A changed byte: the verified open refuses it, the pool read fails it, the client
     never gets a complete answer with it (FT-6)."""
     client = await aiohttp_client(create_app(one_copy_settings(tmp_path)))
-    items = study(3)
-    await stow_all(client, items)
-    archive = client.app[ARCHIVE]
-    rows = await archive.run(lambda: list(
-        archive.catalogue.iter_instances(items[0][0].StudyInstanceUID)))
-    by_sha = {sha256(d): d for _, d in items}
+    archive, items, rows, by_sha = await stored_study(client, 3)
     for bad_row in (rows[0], rows[1]):
         data = by_sha[bad_row.sha256]
         flip_byte(archive, data)
@@ -91,11 +89,7 @@ async def test_r_a6_damaged_object_never_sent_from_file(aiohttp_client, tmp_path
 
 async def test_missing_object_same_error_as_before(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(one_copy_settings(tmp_path)))
-    items = study(2)
-    await stow_all(client, items)
-    archive = client.app[ARCHIVE]
-    rows = await archive.run(lambda: list(
-        archive.catalogue.iter_instances(items[0][0].StudyInstanceUID)))
+    archive, items, rows, _ = await stored_study(client, 2)
     os.unlink(archive.store.local_path(rows[0].sha256))
     assert archive.store.open_checked_nowait(rows[0].sha256, SCRATCH) is None
     status, _, _ = await fetch(client, study_url(items[0][0]), STUDY)
@@ -191,26 +185,3 @@ async def test_verified_file_recheck_catches_damage_behind_unchanged_times(tmp_p
     assert vf.still_verified(True, SCRATCH) is False
     monkeypatch.setattr(os, "preadv", real)
     vf.close()
-
-
-async def test_replicated_file_send_takes_a_good_copy_only(tmp_path):
-    s = three_copy_settings(tmp_path)
-    store = open_replicated(s.storage.copies)
-    try:
-        data = os.urandom(50_000)
-        sha = store.put_bytes(data)
-        digest = fast_digest(data, sha)
-        path = store.copies[0].local_path(sha)
-        with open(path, "r+b") as f:
-            f.seek(1000)
-            f.write(bytes([data[1000] ^ 1]))
-        assert store.open_checked_nowait(sha, SCRATCH, expected_size=len(data),
-                                         digest=digest) is None
-        assert bytes(store.read(sha, expected_size=len(data), digest=digest)) == data
-        with store.open_checked_nowait(sha, SCRATCH, expected_size=len(data),
-                                       digest=digest) as vf:
-            assert isinstance(vf, VerifiedFile)
-            assert os.pread(vf.fileno(), len(data), 0) == data
-        store.wait_repairs(10)
-    finally:
-        store.close()

@@ -87,8 +87,10 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
         writer.sized([(part_type(row), row.size) for row in rows])
         # Each part (head, object, CRLF) is read into one buffer: one socket write; or,
         # on a plain TCP connection, a page-cached object is checked and then sent from
-        # its file (_send_file).
-        sock = _sendfile_socket(request)
+        # its file (_FileParts; the parts go to the socket as they are, so only while
+        # aiohttp adds no framing or compression of its own).
+        plain = not writer.response.chunked and not writer.response.compression
+        sock = _sendfile_socket(request) if plain else None
         files = _FileParts(writer, sock)
         try:
             async with aclosing(retrieve.objects_as_stored(

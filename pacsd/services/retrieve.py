@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import logging
-import threading
 import zlib
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
-from ..store.base import VerifiedFile
 from .archive import Archive
 from .cache import BytesLRU, SharedFileCache
 
@@ -33,8 +30,6 @@ CHUNK = 1024**2
 #: cache (``BlobStore.read_framed_nowait``: a copy and the XXH3 check, ~0.05 ms per
 #: 0.5 MB); a worker-pool hop per object cost more than that (issue 6, WADO-RS c=8).
 INLINE_READ_LIMIT = 4 * 1024**2
-
-log = logging.getLogger(__name__)
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -77,9 +72,6 @@ class RetrieveService:
         #: Worker processes (server.py): the render cache's second level, shared by the
         #: server's workers (cache.SharedFileCache); None in a single process.
         self.shared_render: SharedFileCache | None = None
-        #: Per thread: the buffer cached objects are read into to be checked before
-        #: they are sent from their file (:meth:`objects_as_stored` with ``files``).
-        self._scratch = threading.local()
 
     # --- which instances ----------------------------------------------------------------
     # Every lookup takes the actor (required) and is limited to its data scope
@@ -152,32 +144,10 @@ class RetrieveService:
         data = await self.read_verified(row)
         yield await self.archive.run(transcode, data, transfer_syntax)
 
-    def scratch(self) -> memoryview:
-        """This thread's check buffer (INLINE_READ_LIMIT bytes, made on first use)."""
-        buf = getattr(self._scratch, "buf", None)
-        if buf is None:
-            buf = self._scratch.buf = memoryview(bytearray(INLINE_READ_LIMIT))
-        return buf
-
-    async def sent_intact(self, file: VerifiedFile, waited: bool) -> None:
-        """After an object was sent from ``file`` (``objects_as_stored(files=True)``):
-        raise DataUnavailable unless the bytes sent can only be the verified ones
-        (``VerifiedFile.still_verified``: same inode, size, mtime, ctime; and read and
-        checked again when the send had to wait). The caller has sent bytes already, so
-        the error aborts the connection: the client never gets a complete answer."""
-        ok = file.still_verified(waited, self.scratch())
-        if ok is None:   # not cached any more: check it again on the pool
-            ok = await self.archive.run(file.still_verified, waited, None, nowait=False)
-        if not ok:
-            log.error("stored object %s changed while it was sent; answer aborted",
-                      file.sha256)
-            raise errors.DataUnavailable("A stored object changed while it was sent.")
-
     async def objects_as_stored(
             self, rows: list[InstanceRow],
             frame: Callable[[InstanceRow], tuple[bytes, bytes]] | None = None,
-            files: bool = False,
-    ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes] | VerifiedFile]]:
+    ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
         """(row, its chunks as stored) for each row, in order. An object whose bytes are
         all in the page cache is read and verified on the event loop
         (``read_framed_nowait``); otherwise on the worker pool, and then the next object
@@ -186,15 +156,7 @@ class RetrieveService:
 
         ``frame(row)`` gives (head, tail) bytes to send around each object (a multipart
         part's headers and CRLF): the chunks then include them, read into one buffer
-        with the object (``BlobStore.read_framed``), so a part is one socket write.
-
-        ``files``: an object of at most INLINE_READ_LIMIT bytes that is all in the page
-        cache is read into :meth:`scratch`, verified, and given as the open
-        :class:`VerifiedFile` (``BlobStore.open_checked_nowait``) instead of chunks, for
-        the caller to send with ``sendfile`` (no copy of the object into a new buffer
-        and then into the socket), between ``frame(row)``'s head and tail, and then to
-        pass to :meth:`sent_intact`. The file is closed when the caller asks for the
-        next object. Everything else is chunks, as without ``files``."""
+        with the object (``BlobStore.read_framed``), so a part is one socket write."""
         async def one(data: bytes | bytearray) -> AsyncIterator[bytes]:
             yield data
 
@@ -224,23 +186,12 @@ class RetrieveService:
             return self.archive.store.read_framed_nowait(
                 row.sha256, head, tail, expected_size=row.size, digest=row.digest)
 
-        def open_now(row: InstanceRow) -> VerifiedFile | None:
-            if not files or row.size > INLINE_READ_LIMIT:
-                return None
-            return self.archive.store.open_checked_nowait(
-                row.sha256, self.scratch(), expected_size=row.size, digest=row.digest)
-
         pending: asyncio.Future | None = None
         try:
             for i, row in enumerate(rows):
                 if row.size > WHOLE_READ_LIMIT:
                     yield row, (self.object_chunks(row, "*") if frame is None
                                 else streamed(row))
-                    continue
-                file = None if pending is not None else open_now(row)
-                if file is not None:
-                    with file:
-                        yield row, file
                     continue
                 # Cached: read and verified here, on the event loop (no thread hop).
                 data = None if pending is not None else read_now(row)

@@ -46,7 +46,7 @@ from pacsd.errors import (BadRequest, DataUnavailable, InstanceTooLarge, NotFoun
 
 __all__ = ["BlobStore", "ChecksumMismatch", "HashingWriter", "IntegrityMismatch",
            "check_sha256", "fast_digest", "hash_digests", "hash_stream", "is_sha256",
-           "sha256_hex", "usable_digest", "VerifiedFile"]
+           "sha256_hex", "usable_digest"]
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -152,98 +152,6 @@ def object_ok(data: bytes | bytearray | memoryview, sha256: str,
     if usable_digest(digest, sha256):
         return fast_digest(data, sha256) == digest
     return hashlib.sha256(data).hexdigest() == sha256
-
-
-def pread_full(fd: int, body: memoryview, flags: int = 0) -> bool:
-    """Fill ``body`` from offset 0 of ``fd`` with ``preadv`` (``flags``, e.g.
-    RWF_NOWAIT); False when the file ends first. OSError (EAGAIN) propagates."""
-    got, size = 0, len(body)
-    while got < size:
-        n = os.preadv(fd, [body[got:]], got, flags)
-        if n <= 0:
-            return False   # truncated since the fstat
-        got += n
-    return True
-
-
-class VerifiedFile:
-    """A stored object open for ``sendfile``, whose bytes were verified right after the
-    open (``BlobStore.open_checked_nowait``). ``sendfile`` sends the file's page-cache
-    pages, not the copy that was hashed, so this is why they are the same bytes:
-
-    * objects are immutable: every store write goes to a new file that is fsynced and
-      renamed into place (a repair and a re-ingest too); nothing opens an object for
-      writing. A rename or an unlink changes the directory entry, never the inode this
-      descriptor holds, whose contents are the ones verified.
-    * anything else that writes into the file in place (truncate, write, fallocate, a
-      new writable mapping: all need write permission on a 0600 file of the pacsd user)
-      moves its ctime, which user space cannot set back: :meth:`still_verified` compares
-      the inode's identity, size, mtime and ctime with those at the check, and the
-      caller aborts the answer if they moved (the client never gets a complete answer).
-    * device damage: the check read the pages from the page cache (``RWF_NOWAIT``), so
-      they were in memory; ``sendfile`` sends those pages by reference. Only when the
-      send had to wait for the client (``waited``) could a page have been evicted and
-      read back from the device in between; then the bytes are read and checked again
-      after the send (:meth:`still_verified`), so a copy damaged on the device is caught
-      before the answer is completed.
-
-    ``seek``/``tell``/``mode`` are what ``loop.sendfile`` needs of a file object."""
-
-    mode = "rb"
-
-    def __init__(self, fd: int, size: int, sha256: str, digest: str | None,
-                 ident: tuple) -> None:
-        self.fd = fd
-        self.size = size
-        self.sha256 = sha256
-        self.digest = digest
-        self._ident = ident
-
-    @staticmethod
-    def identity(st: os.stat_result) -> tuple:
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return os.lseek(self.fd, offset, whence)
-
-    def tell(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_CUR)
-
-    def still_verified(self, waited: bool, scratch: memoryview | None = None, *,
-                       nowait: bool = True) -> bool | None:
-        """After the send: whether the bytes sent can only be the verified ones (see the
-        class docstring). ``waited``: the send did not complete at once, so the bytes are
-        read (into ``scratch``, or a new buffer) and checked again; with ``nowait`` that
-        read does not wait for the device, and None means "not cached: call again with
-        nowait=False on a worker thread"."""
-        try:
-            if self.identity(os.fstat(self.fd)) != self._ident:
-                return False
-            if not waited:
-                return True
-            if scratch is None or len(scratch) < self.size:
-                scratch = memoryview(bytearray(self.size))
-            body = scratch[:self.size]
-            return pread_full(self.fd, body, os.RWF_NOWAIT if nowait else 0) and \
-                object_ok(body, self.sha256, self.digest)
-        except BlockingIOError:
-            return None
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "VerifiedFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class ObjectCheck:
@@ -556,19 +464,6 @@ class BlobStore(abc.ABC):
         :meth:`read_framed` on a worker, which re-reads, raises the error, and (a
         replicated store) falls back to a good copy and repairs the bad one. Never
         returns unverified bytes. Default: None (no such read)."""
-        check_sha256(sha256)
-        return None
-
-    def open_checked_nowait(self, sha256: str, scratch: memoryview, *,
-                            expected_size: int | None = None, digest: str | None = None
-                            ) -> "VerifiedFile | None":
-        """The object open, for sending with ``sendfile`` (R-H1, issue 6), after its bytes
-        were read from the page cache into ``scratch`` without waiting for the device and
-        verified exactly as by :meth:`read_framed_nowait`; None on the same "not now"
-        cases (and when ``scratch`` is too small). The caller sends from the file and
-        then asks :meth:`VerifiedFile.still_verified` whether what went out can only have
-        been the verified bytes (:class:`VerifiedFile`); if not, it must abort the
-        answer. Default: None (only the local store has files to send)."""
         check_sha256(sha256)
         return None
 

@@ -40,8 +40,7 @@ from pacsd.errors import DataUnavailable, NotFound, OutOfResources
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
                               check_range, check_sha256, check_size, fsync_dir,
                               hash_source, hash_stream, is_sha256, object_ok,
-                              open_source, pread_full, remove_stale_files,
-                              verified_chunks, VerifiedFile)
+                              open_source, remove_stale_files, verified_chunks)
 
 log = logging.getLogger(__name__)
 _MISMATCH = "The stored data does not match its declared hash or size."
@@ -356,16 +355,6 @@ class LocalBlobStore(BlobStore):
         buf[h + size:] = tail
         return buf
 
-    def _open_nowait(self, sha256: str) -> int | None:
-        """The object's descriptor for a read that must not wait (None: no RWF_NOWAIT
-        here, or it cannot be opened; the caller's pool read reports why)."""
-        if _RWF_NOWAIT is None:
-            return None
-        try:
-            return os.open(self._path(sha256), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-
     def read_framed_nowait(self, sha256: str, head: bytes, tail: bytes, *,
                            expected_size: int | None = None, digest: str | None = None
                            ) -> bytearray | None:
@@ -376,8 +365,11 @@ class LocalBlobStore(BlobStore):
         The open and fstat are metadata calls on an object the kernel holds in memory
         when its pages are cached (they can block only when the directory entry was
         evicted while the pages were not, which is rare)."""
-        fd = self._open_nowait(sha256)
-        if fd is None:
+        if _RWF_NOWAIT is None:
+            return None
+        try:
+            fd = os.open(self._path(sha256), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
             return None
         try:
             size = os.fstat(fd).st_size
@@ -388,8 +380,13 @@ class LocalBlobStore(BlobStore):
             buf[:h] = head
             with memoryview(buf) as view:
                 body = view[h:h + size]
-                # truncated since the fstat: False, and the pool read reports it
-                ok = pread_full(fd, body, _RWF_NOWAIT) and object_ok(body, sha256, digest)
+                got = 0
+                while got < size:
+                    n = os.preadv(fd, [body[got:]], got, _RWF_NOWAIT)
+                    if n <= 0:
+                        break   # truncated since the fstat: the pool read reports it
+                    got += n
+                ok = got == size and object_ok(body, sha256, digest)
                 body.release()
         except OSError:
             return None         # EAGAIN (not cached), EOPNOTSUPP, EIO ...
@@ -399,33 +396,6 @@ class LocalBlobStore(BlobStore):
             return None
         buf[h + size:] = tail
         return buf
-
-    def open_checked_nowait(self, sha256: str, scratch: memoryview, *,
-                            expected_size: int | None = None, digest: str | None = None
-                            ) -> VerifiedFile | None:
-        """BlobStore.open_checked_nowait: :meth:`read_framed_nowait`'s read and check
-        into the caller's reused ``scratch`` (no new buffer per object), keeping the
-        descriptor open for ``sendfile``."""
-        fd = self._open_nowait(sha256)
-        if fd is None:
-            return None
-        ok = False
-        try:
-            st = os.fstat(fd)
-            size = st.st_size
-            if (expected_size is not None and size != expected_size) or size > len(scratch):
-                return None
-            body = scratch[:size]
-            ok = pread_full(fd, body, _RWF_NOWAIT) and object_ok(body, sha256, digest)
-            body.release()
-        except OSError:
-            return None
-        finally:
-            if not ok:
-                os.close(fd)
-        if not ok:
-            return None
-        return VerifiedFile(fd, size, sha256, digest, VerifiedFile.identity(st))
 
     def read_range(self, sha256: str, offset: int, length: int) -> bytes:
         check_range(offset, length)

@@ -55,8 +55,7 @@ import pacsd.failpoints as failpoints
 from pacsd.errors import (BadRequest, DataUnavailable, NotFound, OutOfResources,
                           PacsdError)
 from pacsd.store.base import (CHUNK, BlobStore, ChecksumMismatch, IntegrityMismatch,
-                              VerifiedFile, check_range, check_sha256, check_size,
-                              hash_stream)
+                              check_range, check_sha256, check_size, hash_stream)
 from pacsd.store.verification import CopyState, check_copy, copy_object, object_mtime
 
 log = logging.getLogger(__name__)
@@ -300,22 +299,6 @@ class ReplicatedStore(BlobStore):
                 return None
         out = self.copies[i].read_framed_nowait(sha256, head, tail,
                                                 expected_size=expected_size, digest=digest)
-        if out is not None:
-            self._mark_good(sha256, i)
-        return out
-
-    def open_checked_nowait(self, sha256: str, scratch: memoryview, *,
-                            expected_size: int | None = None, digest: str | None = None
-                            ) -> VerifiedFile | None:
-        """:meth:`read_framed_nowait`'s rule (first copy in read order, never one marked
-        bad) for BlobStore.open_checked_nowait."""
-        check_sha256(sha256)
-        i = self._read_order(sha256)[0]
-        with self._lock:
-            if i in self._bad.get(sha256, ()):
-                return None
-        out = self.copies[i].open_checked_nowait(sha256, scratch,
-                                                 expected_size=expected_size, digest=digest)
         if out is not None:
             self._mark_good(sha256, i)
         return out

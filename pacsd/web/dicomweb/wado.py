@@ -9,9 +9,6 @@ by the byte ranges recorded at ingest, or in their stored compressed media type
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
 import zipfile
 import zlib
 from contextlib import aclosing
@@ -21,7 +18,6 @@ from aiohttp import web
 from ... import errors
 from ...dicom import SUPPORTED_TRANSCODE_TARGETS
 from ...model import InstanceRow
-from ...services.retrieve import VerifiedFile
 from ..accept import matches, parse_accept
 from ..auth import current_actor, note_audit, requires
 from ..keys import ARCHIVE, INGEST, RETRIEVE
@@ -85,103 +81,16 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
             return f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
         # Stored sizes are exact (every read checks size and digest): a Content-Length.
         writer.sized([(part_type(row), row.size) for row in rows])
-        # Each part (head, object, CRLF) is read into one buffer: one socket write; or,
-        # on a plain TCP connection, a page-cached object is checked and then sent from
-        # its file (_FileParts; the parts go to the socket as they are, so only while
-        # aiohttp adds no framing or compression of its own).
-        plain = not writer.response.chunked and not writer.response.compression
-        sock = _sendfile_socket(request) if plain else None
-        files = _FileParts(writer, sock)
-        try:
-            async with aclosing(retrieve.objects_as_stored(
-                    rows, frame=lambda row: writer.frame(part_type(row)),
-                    files=sock is not None)) as objects:
-                async for row, body in objects:
-                    if isinstance(body, VerifiedFile):
-                        await files.send(part_type(row), body)
-                    else:
-                        await files.flush()
-                        await writer.framed(body)
-            await files.flush()
-        finally:
-            if sock is not None:
-                sock.close()
+        # Each part (head, object, CRLF) is read into one buffer: one socket write.
+        async with aclosing(retrieve.objects_as_stored(
+                rows, frame=lambda row: writer.frame(part_type(row)))) as objects:
+            async for _, chunks in objects:
+                await writer.framed(chunks)
         return await writer.finish()
     for row in rows:
         await writer.part(f"application/dicom; transfer-syntax={ts}",
                           retrieve.object_chunks(row, ts))
     return await writer.finish()
-
-
-def _sendfile_socket(request: web.Request) -> socket.socket | None:
-    """A duplicate of the connection's socket (the caller closes it) when objects may be
-    sent from their files (plain TCP: through TLS the transport would read the bytes
-    again), else None. asyncio's transport socket offers ``fileno`` but not ``send``."""
-    transport = request.transport
-    if not hasattr(os, "sendfile") or transport is None or \
-            transport.get_extra_info("sslcontext") is not None:
-        return None
-    ts = transport.get_extra_info("socket")
-    if ts is None or ts.type != socket.SOCK_STREAM:
-        return None
-    sock = socket.fromfd(ts.fileno(), ts.family, ts.type)
-    sock.setblocking(False)
-    return sock
-
-
-class _FileParts:
-    """Parts whose objects are sent from their files (checked just before, R-H1).
-
-    Per part: the previous part's CRLF and this part's head in one ``send`` with
-    ``MSG_MORE`` (the kernel holds them for the object's bytes: no small segment, and no
-    wake-up of the client, per head), then ``sendfile`` at once when the transport has
-    nothing queued (the usual case: the pages just verified go out by reference, no copy),
-    the rest through ``loop.sendfile`` (which waits for the socket), then
-    ``RetrieveService.sent_intact`` (raises, and the answer is aborted, unless what was
-    sent can only be the verified bytes). The CRLF waits for the next part or
-    :meth:`flush`. The first write goes through the response (it carries the HTTP head)."""
-
-    def __init__(self, writer: MultipartWriter, sock: socket.socket | None) -> None:
-        self.writer = writer
-        self.sock = sock
-        self.tail = b""
-
-    async def flush(self) -> None:
-        if self.tail:
-            await self.writer.response.write(self.tail)
-            self.tail = b""
-
-    async def send(self, content_type: str, file: VerifiedFile) -> None:
-        writer = self.writer
-        head, tail = writer.frame(content_type)
-        transport = writer.request.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        sent = 0
-        if not writer.started:
-            await writer._start()   # noqa: SLF001 - the part rule of MultipartWriter.framed
-            await writer.response.write(head)
-        else:
-            pre = self.tail + head
-            n = 0
-            if transport.get_write_buffer_size() == 0:
-                try:
-                    n = self.sock.send(pre, socket.MSG_MORE)
-                except (BlockingIOError, InterruptedError):
-                    n = 0
-            if n < len(pre):
-                await writer.response.write(pre[n:])
-        self.tail = tail
-        if transport.get_write_buffer_size() == 0:
-            try:
-                sent = os.sendfile(self.sock.fileno(), file.fileno(), 0, file.size)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-        waited = sent < file.size
-        if waited:
-            await asyncio.get_running_loop().sendfile(
-                transport, file, sent, file.size - sent, fallback=False)
-        await writer.request.app[RETRIEVE].sent_intact(file, waited)
 
 
 class _ChunkSink:

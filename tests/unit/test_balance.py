@@ -83,3 +83,39 @@ async def test_r_h1_lone_worker_accepts_after_stepping_back():
     finally:
         await runner.cleanup()
         lsock.close()
+
+
+async def test_r_h1_balanced_site_serves_tls(tmp_path):
+    """MLPS 3: with a TLS context the balanced accept loop hands the connection to
+    asyncio's TLS handshake, as aiohttp's own sites do."""
+    import ssl
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "security"))
+    from pki import make_pki   # the test CA of tests/security/test_tls.py
+
+    pki = make_pki(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(pki["cert"], pki["key"])
+    client_ctx = ssl.create_default_context(cafile=pki["ca"])
+    table = ConnectionTable(1)
+    lsock = _listener()
+    port = lsock.getsockname()[1]
+
+    async def who(_request):
+        return web.Response(text="tls")
+    app = web.Application()
+    app.router.add_get("/", who)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = BalancedSite(runner, lsock, table, 0, ssl_context=server_ctx)
+    await site.start()
+    try:
+        assert site.name.startswith("https://")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{port}/", ssl=client_ctx) as r:
+                assert await r.text() == "tls"
+    finally:
+        await runner.cleanup()
+        lsock.close()

@@ -49,6 +49,23 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def per_process(pid: int) -> list[tuple[int, float, float, float]]:
+    """(pid, VmRSS, VmHWM, Pss MiB) of the server process and each of its workers (Pss:
+    ``/proc/PID/smaps_rollup``, pages shared after fork divided among their sharers)."""
+    out = []
+    for p in server_pids(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        kv = {k: int(v.split()[0]) / 1024 for k, _, v in
+              (line.partition(":") for line in status + rollup)
+              if k in ("VmRSS", "VmHWM", "Pss")}
+        out.append((p, kv.get("VmRSS", 0.0), kv.get("VmHWM", 0.0), kv.get("Pss", 0.0)))
+    return out
+
+
 def reset_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0; needs to own the process), of the
     server process and its workers."""
@@ -179,6 +196,7 @@ async def measure(target: Target, *, size_mb: int, concurrency: int, requests: i
         m = await run_closed_loop(requests, concurrency, request)
         await sampler.stop()
         after = proc_status(target.pid)
+        processes = per_process(target.pid)
     finally:
         await target.session.close()
     row = row_from("memory_wado_study", m, rep=1)
@@ -191,6 +209,8 @@ async def measure(target: Target, *, size_mb: int, concurrency: int, requests: i
         "hwm_before_reset_mb": round(before.get("VmHWM", 0) / 2**20, 1),
         "rss_after_mb": round(after.get("VmRSS", 0) / 2**20, 1),
         "samples": sampler.samples, "seconds": round(time.monotonic() - t0, 1),
+        "processes": [{"pid": p, "rss_mb": round(r, 1), "hwm_mb": round(h, 1),
+                       "pss_mb": round(x, 1)} for p, r, h, x in processes],
     })
     log(f"  {target.name}: {requests} x {row['study_bytes'] / 1e9:.2f} GB at c={concurrency}: "
         f"{row['mb_s']} MB/s, verified={row['verified']}, RSS before {row['rss_before_mb']} "
@@ -221,4 +241,12 @@ def markdown(results: dict[str, dict], command: str, machine: str) -> str:
             f"{w['rss_before_mb']} | {w['hwm_mb'] if w['hwm_reset'] else 'n/a'} / "
             f"{w['rss_max_sampled_mb']} | {w['rss_after_mb']} | "
             f"{'< 400 MB: ' + status if name == 'pacsd' else '-'} |")
+    for name, r in results.items():
+        procs = r.get("retrieve", {}).get("processes") or []
+        if len(procs) > 1:
+            lines += ["", f"{name} per process at the end (the supervisor first; the table "
+                      "sums them, counting pages shared after fork in each): " + "; ".join(
+                          f"RSS {p['rss_mb']} / peak {p['hwm_mb']} / PSS {p['pss_mb']} MiB"
+                          for p in procs) + f"; PSS total {sum(p['pss_mb'] for p in procs):.1f}"
+                      " MiB."]
     return "\n".join(lines) + "\n"

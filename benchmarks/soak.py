@@ -43,6 +43,7 @@ from . import verify as V
 from .client import MultipartStream, boundary_of, new_session, percentile
 from .dataset import DataSet, Inst, Manifest, multipart_body
 from .memory import proc_status
+from .procstat import server_pids
 from .phases import (ACCEPT_FRAME, ACCEPT_STUDY, BOUNDARY, DICOM_JSON, IDENTITY, STOW_TYPE,
                      fetch_multipart)
 
@@ -89,16 +90,34 @@ class Sampler(threading.Thread):
         self.metrics_errors = 0
         self.fds: list[tuple[float, int]] = []
         self._halt = threading.Event()
+        self._last: dict[int, dict] = {}   # worker pid -> its latest cache sizes
 
     def read_metrics(self) -> dict | None:
+        """The server's cache sizes, summed over its worker processes: each metrics
+        request is answered by one worker (its own caches, and its ``pid``), so up to
+        four requests per worker are made, on new connections, until every current
+        worker answered; a worker that did not answer this time counts with its last
+        answer. None when no request succeeded."""
         if not self.metrics_url:
             return None
-        try:
-            with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError):
-            self.metrics_errors += 1
+        workers = set(server_pids(self.pid)[1:]) or {self.pid}
+        seen: set[int] = set()
+        for _ in range(4 * len(workers)):
+            try:
+                with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+                    m = json.loads(r.read())
+            except (OSError, ValueError):
+                self.metrics_errors += 1
+                continue
+            self._last[m.get("pid", self.pid)] = m["caches"]
+            seen.add(m.get("pid", self.pid))
+            if workers <= seen:
+                break
+        if not seen:
             return None
+        live = [c for pid, c in self._last.items() if pid in workers or pid == self.pid]
+        return {"caches": {k: {f: sum(c[k][f] for c in live) for f in ("bytes", "entries")}
+                           for k in ("metadata", "render")}}
 
     def sample(self) -> None:
         t = time.monotonic() - self.t0

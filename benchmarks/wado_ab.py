@@ -8,7 +8,7 @@ code), starts ``pacsd serve`` from each tree and fetches the whole study as stor
 (``multipart/related; type="application/dicom"; transfer-syntax=*``) with curl, which
 costs the client little CPU (``--workers``: pacsd's worker processes, default 1; the
 CPU counted is the server's and its workers'): at c=1 (``--n1`` sequential requests) and c=8 (8 curl
-processes, ``--n8`` requests each), the two servers alternating per repetition. Prints
+processes, ``--n8`` requests each; ``--conc 1,8,32`` adds c=32 with ``--n32`` each), the two servers alternating per repetition. Prints
 per tree the median MB/s and the server's CPU ms per MB (utime + stime of the server
 process from /proc, every thread). The byte-exact checks of every answer are the
 side-by-side benchmark's (``python -m benchmarks side-by-side``); here only the body
@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--n1", type=int, default=4, help="requests per repetition at c=1")
     p.add_argument("--n8", type=int, default=2, help="requests per curl at c=8")
+    p.add_argument("--n32", type=int, default=1, help="requests per curl at c=32")
+    p.add_argument("--conc", default="1,8", help="concurrencies to measure, e.g. 1,8,32")
     p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
     p.add_argument("--workers", default="1", help="pacsd serve --workers (both trees)")
     args = p.parse_args(argv)
@@ -108,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
                             str(data), str(files)], check=True, cwd=str(tree), env=env,
                            stdout=subprocess.DEVNULL)
             servers[name] = start(tree, data, tmp / f"server-{name}.log", args.workers)
-        time.sleep(3 if args.workers != "1" else 0)  # every worker listening
+        time.sleep(5 if args.workers != "1" else 0)  # every worker listening
         load = os.getloadavg()
         res: dict[tuple[str, int], list[tuple[float, float]]] = {}
         for rep in range(args.reps):
-            for conc, n in ((1, args.n1), (8, args.n8)):
+            for conc in (int(c) for c in args.conc.split(",")):
+                n = {1: args.n1, 8: args.n8}.get(conc, args.n32)
                 order = list(servers)
                 if rep % 2:
                     order.reverse()

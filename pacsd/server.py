@@ -17,10 +17,10 @@ the same window, before the web application (and with it the archive) is cleaned
 Worker processes (R-H1, ``[server] workers`` / ``pacsd serve --workers N``; docs/operations.md
 "Worker processes"): one Python process is bound by its GIL, so with N > 1 a small
 supervisor (:class:`Supervisor`, this process) forks N workers that all accept HTTP on the
-same port: each binds its own ``SO_REUSEPORT`` socket on Linux (the kernel spreads
-connections over them; the supervisor holds the port bound, not listening, so a port in
-use fails at start-up), elsewhere they share one listening socket opened by the
-supervisor. Worker 0 is the *primary*: it alone runs the singletons (DIMSE, the job
+same port: they share one listening socket opened by the supervisor, and each accepts
+with its own loop that leaves a new connection to a worker holding fewer connections
+(pacsd/web/balance.py; ``SO_REUSEPORT`` spread long keep-alive connections 6/2 as often as
+4/4, and the busier worker set the pace). Worker 0 is the *primary*: it alone runs the singletons (DIMSE, the job
 runner and its periodic tasks, the scheduled scrub, the audit syslog export and
 retention, the stable-study watcher: web/keys.py ``PRIMARY``); the others serve HTTP
 only. A worker that dies is logged and started again (the primary as the primary). On
@@ -88,12 +88,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
               primary: bool = True, sock: socket.socket | None = None,
               reuse_port: bool = False, rate_limits: object | None = None,
               stability_pipe: tuple[int, int] | None = None,
-              worker: int | None = None) -> None:
+              worker: int | None = None, connections: object | None = None) -> None:
     """One serving process: the whole server, or (with ``worker``) one worker of a
     :class:`Supervisor`: ``primary`` runs the singletons, ``sock`` is the inherited
     listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``rate_limits`` is the
     rate-limit table the workers share (services.ratelimit.SharedFailureTable), ``stability_pipe`` carries new instances' studies to the
-    primary's stable-study watcher (services/stability.py)."""
+    primary's stable-study watcher (services/stability.py), ``connections`` the workers'
+    open-connection table (web.balance.ConnectionTable: ``sock`` is then accepted from by a
+    web.balance.BalancedSite)."""
     if worker is None:
         check_startup(settings)
     host, port = settings.http_host_port
@@ -111,11 +113,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     await runner.setup()
     if worker is not None:
         # Rendered images are shared by the workers: a client's next connection may land
-        # on another worker (SO_REUSEPORT), which would otherwise render them again.
+        # on another worker, which would otherwise render them again.
         app[RETRIEVE].shared_render = shared_render_cache(settings)
     ssl_context = tls.server_context(settings)
     site: web.BaseSite
-    if sock is not None:
+    if sock is not None and connections is not None and worker is not None:
+        from .web.balance import BalancedSite
+        site = BalancedSite(runner, sock, connections, worker, ssl_context=ssl_context)
+    elif sock is not None:
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
     else:
         site = web.TCPSite(runner, host, port, ssl_context=ssl_context,
@@ -221,16 +226,17 @@ class Supervisor:
         self.stopping = False
         self.codes: list[int] = []
         self.sock: socket.socket | None = None
-        self.reuse_port = sys.platform.startswith("linux") and hasattr(socket,
-                                                                       "SO_REUSEPORT")
+        # One shared listening socket, connections balanced by the workers (web/balance.py).
+        self.reuse_port = False
+        self.connections: object | None = None
         self.rate_limits: object | None = None
         self.stability_pipe: tuple[int, int] | None = None
         self.pid = os.getpid()
 
     # --- set-up -------------------------------------------------------------------------
     def _open_port(self) -> socket.socket:
-        """The port, held by this process: bound SO_REUSEPORT (workers bind their own),
-        or the listening socket the workers inherit."""
+        """The listening socket the workers inherit (``reuse_port``: only bound, each
+        worker binds its own SO_REUSEPORT socket; not used since web/balance.py)."""
         host, port = self.settings.http_host_port
         family, _, _, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                    flags=socket.AI_PASSIVE)[0]
@@ -269,6 +275,10 @@ class Supervisor:
             cap=max(SHARED_LIMIT_CAP, self.settings.security.login_rate_limit))
         self.stability_pipe = os.pipe()
         self.sock = self._open_port()
+        from .web.balance import ConnectionTable
+        self.connections = ConnectionTable(self.workers)
+        for i in range(self.workers):
+            self.connections.gone(i)  # until that worker listens
         self._render_cache_dir(create=True)
 
     def _render_cache_dir(self, *, create: bool) -> None:
@@ -306,7 +316,8 @@ class Supervisor:
                 self.sock.close()  # the supervisor's placeholder, not ours to listen on
             asyncio.run(run(self.settings, primary=index == 0, sock=inherited,
                             reuse_port=self.reuse_port, rate_limits=self.rate_limits,
-                            stability_pipe=self.stability_pipe, worker=index))
+                            stability_pipe=self.stability_pipe, worker=index,
+                            connections=self.connections))
             code = 0
         except ConfigError as exc:
             print(f"pacsd: worker {index}: {exc.reason}", file=sys.stderr)
@@ -356,6 +367,8 @@ class Supervisor:
                 if entry is None:
                     continue
                 index, started = entry
+                if self.connections is not None:
+                    self.connections.gone(index)  # its successor starts at 0
                 code = os.waitstatus_to_exitcode(status)
                 if self.stopping:
                     self.codes.append(code)

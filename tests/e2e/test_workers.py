@@ -1,6 +1,7 @@
 """``pacsd serve --workers N`` (issue 6, R-H1; pacsd/server.py): real processes, no mocks.
 
-Two worker processes accept HTTP on one port (SO_REUSEPORT on Linux). Many concurrent
+Two worker processes accept HTTP on one port (one shared listening socket, connections
+balanced by the workers: pacsd/web/balance.py). Many concurrent
 clients store through both (LD-1, LD-6: the same instances sent twice at once), on
 SQLite (two processes writing one index: no "database is locked" answer, FT-10) and on
 PostgreSQL; everything reads back byte for byte through QIDO and WADO-RS; the audit chain
@@ -58,9 +59,9 @@ def written(pid: int) -> int:
         return int(dict(line.split(": ") for line in fh.read().splitlines())["wchar"])
 
 
-def listeners(port: int) -> int:
-    """Listening TCP sockets on ``port`` (any process), from /proc/net/tcp."""
-    n = 0
+def listening_inodes(port: int) -> list[str]:
+    """The socket inodes listening on TCP ``port`` (any process), from /proc/net/tcp."""
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         if not os.path.exists(table):
             continue
@@ -68,8 +69,25 @@ def listeners(port: int) -> int:
             for line in fh.readlines()[1:]:
                 fields = line.split()
                 if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                    n += 1
-    return n
+                    out.append(fields[9])
+    return out
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on ``port`` (any process)."""
+    return len(listening_inodes(port))
+
+
+def holds_socket(pid: int, inode: str) -> bool:
+    """Whether process ``pid`` has socket ``inode`` open."""
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            if os.readlink(os.path.join(fd_dir, fd)) == f"socket:[{inode}]":
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def stow(url: str, data: bytes) -> int:
@@ -197,9 +215,11 @@ def test_RH1_FT1_killed_worker_is_replaced_port_keeps_answering(tmp_path):
 def test_RH1_one_DIMSE_SCP_answers_C_ECHO_once(tmp_path):
     srv = Server(str(tmp_path), "--workers", "2", dicom_port=None)
     try:
-        worker_pids(srv)
+        pids = worker_pids(srv)
         assert listeners(srv.dicom_port) == 1  # only the primary listens for DICOM
-        assert listeners(srv.port) == 2  # both workers for HTTP
+        # both workers accept HTTP from one shared socket (web/balance.py)
+        [http] = listening_inodes(srv.port)
+        assert all(holds_socket(pid, http) for pid in pids.values())
         assert _log(srv).count(b"DIMSE listening") == 1
         echo = subprocess.run(["/usr/bin/echoscu", "-v", "-aec", "PACSD", "127.0.0.1",
                                str(srv.dicom_port)], capture_output=True, timeout=60)

@@ -140,9 +140,9 @@ class IngestService:
             log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
         # Parsed from memory: a refused object never touches the disk.
         parsed = parse_instance(data)
-        with self.archive.store.new_staging_file(max_size=limit) as w:
-            w.write(data)
-            staged = StagedFile(*w.finish(), digest=w.digest)
+        # One write syscall, both hashes over the bytes in place (issue 6 STOW CPU).
+        path, sha, size, digest = self.archive.store.stage_bytes(data)
+        staged = StagedFile(path, sha, size, digest)
         try:
             return self._commit_named(staged, parsed, expected_study_uid, scope)
         except BaseException:

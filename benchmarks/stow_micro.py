@@ -63,9 +63,12 @@ def _run(items: list[bytes], threads: int, per_call: int, index_url: str | None,
             cpu, wall = time.process_time() - c0, time.perf_counter() - t0
             sys_s = os.times().system - s0
             counts = a.catalogue.counts()
+            groups = dict(a.catalogue.group_stats)
         finally:
             a.close()
     assert counts["instances"] == len(items), counts
+    print(f"  group commits: {groups['groups']} for {groups['writes']} writes "
+          f"({groups['writes'] / max(1, groups['groups']):.1f} per group)")
     return (1000 * cpu / len(items), 1000 * wall / len(items),
             1000 * sys_s / len(items))
 

@@ -311,29 +311,36 @@ class Catalogue:
             else:
                 try:
                     while not job.done.is_set():
-                        with self._queue_lock:
-                            batch = self._queue[:GROUP_MAX]
-                            del self._queue[:GROUP_MAX]
-                        self._commit_group(batch)
+                        self._commit_group()
                 finally:
                     self._write_lock.release()
             if job.error is not None:
                 raise job.error
             return job.result
 
-    def _commit_group(self, batch: list[_Queued]) -> None:
-        """Run ``batch`` in one transaction, one savepoint each; always sets every job
-        done (with its result or its error). Caller holds the writer lock."""
+    def _take_batch(self) -> list[_Queued]:
+        with self._queue_lock:
+            batch = self._queue[:GROUP_MAX]
+            del self._queue[:GROUP_MAX]
+        return batch
+
+    def _commit_group(self) -> None:
+        """Commit the queued writes (at most GROUP_MAX) in one transaction (module
+        docstring); always sets every job it took done (with its result or its error).
+        Caller holds the writer lock. The batch is taken once this process has its
+        turn at the SQLite writer: writes queued while another worker process was
+        committing join this group instead of waiting for the next (issue 6)."""
         retry: list[_Queued] = []
         turn = self._process_turn()
         try:
             turn.__enter__()
         except BaseException as e:  # another process kept the writer: nothing stored
-            for job in batch:
+            for job in self._take_batch():
                 job.result, job.error = None, e
                 job.done.set()
             return
         try:
+            batch = self._take_batch()
             self._run_group(batch, retry)
         finally:
             turn.__exit__(None, None, None)

@@ -318,6 +318,35 @@ class Catalogue:
                 raise job.error
             return job.result
 
+    def _write_grouped_many(self, action: str, fns: list[Callable]) -> list[_Queued]:
+        """:meth:`_write_grouped` for several writes queued at once (SQLite only): the
+        jobs, each done with its result or its error (translated like a single write's)."""
+        jobs = [_Queued(fn) for fn in fns]
+        with self._queue_lock:
+            self._queue.extend(jobs)
+        if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+            with self._queue_lock:
+                for job in jobs:
+                    if job in self._queue:  # no leader took it: give up cleanly (FT-10)
+                        self._queue.remove(job)
+                        job.error = OutOfResources("index busy")
+                        job.done.set()
+        else:
+            try:
+                while not all(job.done.is_set() for job in jobs):
+                    self._commit_group()
+            finally:
+                self._write_lock.release()
+        for job in jobs:
+            job.done.wait()  # a leader may be committing it right now
+            if job.error is not None:
+                try:
+                    with translate_errors(action):
+                        raise job.error
+                except Exception as e:  # noqa: BLE001 - answered per job
+                    job.error = e
+        return jobs
+
     def _take_batch(self) -> list[_Queued]:
         with self._queue_lock:
             batch = self._queue[:GROUP_MAX]
@@ -438,6 +467,38 @@ class Catalogue:
         ``institution``: the code ``institution_of(p)`` gives, when the caller has it
         already (ingest computes it once for encryption at rest). ``digest``: the fast
         read-time digest of the object, checked by retrieval instead of its SHA-256."""
+        outcome = self._write_grouped("storing an instance", self._store_job(
+            p, sha256, size, scope, institution, digest))
+        failpoints.hit("index.after_commit")
+        return outcome
+
+    def store_instances(self, items: list[tuple[ParsedInstance, str, int, str | None,
+                                                 str | None]],
+                        scope: Iterable | None = None) -> list[StoreOutcome | Exception]:
+        """:meth:`store_instance` for several instances at once, ``items`` as
+        ``(parsed, sha256, size, institution, digest)``: each instance is accepted or
+        refused on its own (a refusal is its exception in the answer, at its place), and
+        on SQLite they are queued together so they commit in one group (one WAL commit
+        for a STOW-RS request's parts, issue 6). Database failures are answered per
+        instance too (OutOfResources)."""
+        jobs = [self._store_job(p, sha, size, scope, institution, digest)
+                for p, sha, size, institution, digest in items]
+        out: list[StoreOutcome | Exception] = []
+        if self._write_lock is None:  # PostgreSQL: one transaction each (row locks)
+            for fn in jobs:
+                try:
+                    out.append(self._write_grouped("storing an instance", fn))
+                except Exception as e:  # noqa: BLE001 - answered per instance
+                    out.append(e)
+        else:
+            for job in self._write_grouped_many("storing an instance", jobs):
+                out.append(job.error if job.error is not None else job.result)
+        failpoints.hit("index.after_commit")
+        return out
+
+    def _store_job(self, p: ParsedInstance, sha256: str, size: int,
+                   scope: Iterable | None, institution: str | None, digest: str | None):
+        """The grouped write of one instance (see :meth:`store_instance`)."""
         derived: dict = {}
         if institution and not p.institution:
             derived["institution"] = institution
@@ -459,10 +520,7 @@ class Catalogue:
                 raise denied  # the transaction (or savepoint) rolls back
             failpoints.hit("index.before_commit")
             return outcome
-
-        outcome = self._write_grouped("storing an instance", store)
-        failpoints.hit("index.after_commit")
-        return outcome
+        return store
 
     def delete(self, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None, *, scope: Iterable | None = None) -> list[str]:

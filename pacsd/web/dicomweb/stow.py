@@ -4,8 +4,12 @@ The body is read part by part with aiohttp's streaming multipart reader (chunked
 encoding included, BI-14), enforcing the byte limits as it streams. A part of up to
 ``SMALL_PART`` bytes is collected in memory and handed whole to the one ingest path (one
 worker call writes, hashes and stores it); a larger part is written to a staging file
-(created on a worker thread) while its sha256 is computed. Each part is handed to ingest
-while the next one is read; at most ``stow_concurrency`` parts per request are in flight.
+(created on a worker thread) while its sha256 is computed. Each part is checked, parsed
+and its blob made durable (``IngestService.prepare*``) while the next one is read, at most
+``stow_concurrency`` parts per request in flight; the parts are then indexed together
+(``IngestService.commit``: one group commit per request, at most ``COMMIT_BATCH`` parts
+each, issue 6), each stored or refused on its own. Nothing is acknowledged before the
+commit that holds its row.
 
 Status codes follow reliability-matrix §6.1: 200 all stored; 202 some stored, some
 refused; 409 none stored; 400 not multipart / no boundary / unparsable; 413 over a limit
@@ -23,6 +27,7 @@ from aiohttp import web
 
 from ... import errors, failpoints
 from ...services import StagedFile
+from ...services.ingest import Prepared
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
 from ..auth import audit_denied, current_actor, note_audit, requires
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 #: Parts up to this size are kept in memory (see module docstring).
 SMALL_PART = 2 * 1024 * 1024
+#: Prepared parts indexed in one group commit at most (catalogue.GROUP_MAX).
+COMMIT_BATCH = 64
 DICOM_JSON = "application/dicom+json"
 
 
@@ -100,6 +107,9 @@ class _Stow:
         self.sem = asyncio.Semaphore(self.settings.stow_concurrency)
         self.tasks: list[asyncio.Task] = []
         self.failures: list[tuple[int, errors.PacsdError]] = []  # (part number, error)
+        #: Parts whose blob is durable, waiting to be indexed together; and what was.
+        self.prepared: list[tuple[int, Prepared]] = []
+        self.stored: list[tuple[int, StoreOutcome]] = []
         self.body_bytes = 0
         self.stop_error: errors.PacsdError | None = None
 
@@ -135,10 +145,13 @@ class _Stow:
                 self.failures.append((part_no, exc))
                 continue
             await self.sem.acquire()
-            self.tasks.append(asyncio.create_task(self._ingest(staged, part_no)))
-        results = await asyncio.gather(*self.tasks)
+            self.tasks.append(asyncio.create_task(self._prepare(staged, part_no)))
+            if len(self.prepared) >= COMMIT_BATCH:
+                await self._commit()  # bounds what waits in memory on long requests
+        await asyncio.gather(*self.tasks)
+        await self._commit()
         failpoints.hit("web.before_response")
-        return self._response(part_no, results)
+        return self._response(part_no)
 
     async def _receive_part(self, part, part_no: int) -> StagedFile | bytes:
         ptype = part.headers.get("Content-Type", "application/dicom")
@@ -199,26 +212,49 @@ class _Stow:
             if writer is not None:
                 writer.abort()
 
-    async def _ingest(self, staged: StagedFile | bytes, part_no: int):
+    async def _prepare(self, staged: StagedFile | bytes, part_no: int) -> None:
+        """Check, parse and make the part's blob durable (the one ingest path's first
+        half); it is indexed with the request's other parts by :meth:`_commit`."""
         try:
             if isinstance(staged, bytes):
-                return await self.ingest.ingest_bytes(staged, actor=self.actor,
-                                                      expected_study_uid=self.study)
-            return await self.ingest.ingest(staged, actor=self.actor,
-                                            expected_study_uid=self.study)
+                prepared = await self.ingest.prepare_bytes(
+                    staged, expected_study_uid=self.study)
+            else:
+                prepared = await self.ingest.prepare(staged, expected_study_uid=self.study)
+            self.prepared.append((part_no, prepared))
         except errors.PacsdError as exc:
             self.failures.append((part_no, exc))
-            return None
         except Exception:
             log.exception("unexpected error storing a part")
             self.failures.append((part_no, errors.PacsdError("processing failure")))
-            return None
         finally:
             self.sem.release()
 
-    def _response(self, parts: int, results: list[StoreOutcome | None]) -> web.Response:
+    async def _commit(self) -> None:
+        """Index the prepared parts in one group commit (issue 6: one WAL commit per
+        request, not one per part); each part is stored or refused on its own."""
+        batch, self.prepared = sorted(self.prepared, key=lambda x: x[0]), []
+        if not batch:
+            return
+        try:
+            results = await self.ingest.commit([pr for _, pr in batch], actor=self.actor)
+        except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
+            if not isinstance(exc, errors.PacsdError):
+                log.exception("unexpected error indexing the parts")
+                exc = errors.PacsdError("processing failure")
+            results = [exc] * len(batch)
+        for (part_no, _), result in zip(batch, results):
+            if isinstance(result, errors.PacsdError):
+                self.failures.append((part_no, result))
+            elif isinstance(result, BaseException):
+                log.error("unexpected error indexing a part", exc_info=result)
+                self.failures.append((part_no, errors.PacsdError("processing failure")))
+            else:
+                self.stored.append((part_no, result))
+
+    def _response(self, parts: int) -> web.Response:
         base = base_url(self.request)
-        stored = [r for r in results if r is not None]
+        stored = [r for _, r in sorted(self.stored, key=lambda x: x[0])]
         if not stored and not self.failures and self.stop_error is None:
             raise errors.BadRequest("the request contains no parts")
         per_study: dict[str, int] = {}

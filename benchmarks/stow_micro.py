@@ -11,6 +11,7 @@ seconds on a loaded machine; ``--profile FILE`` writes cProfile stats of the run
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import os
 import statistics
@@ -25,8 +26,27 @@ from pacsd.services.security import LOCAL
 from .dataset import DataSet
 
 
+async def _requests(svc: IngestService, calls: list[list[bytes]], concurrency: int,
+                    grouped: bool) -> None:
+    """STOW-RS requests without HTTP: ``concurrency`` requests at once, each of one
+    call's parts, in parallel on the archive's pool; ``grouped``: prepared, then indexed
+    together (the handler since issue 6, session 7), else each part ingested whole."""
+    nxt = iter(calls)
+
+    async def client() -> None:
+        for parts in nxt:
+            if grouped:
+                prepared = await asyncio.gather(*(svc.prepare_bytes(d) for d in parts))
+                for r in await svc.commit(list(prepared), actor=LOCAL):
+                    assert not isinstance(r, Exception), r
+            else:
+                await asyncio.gather(*(svc.ingest_bytes(d, actor=LOCAL) for d in parts))
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+
+
 def _run(items: list[bytes], threads: int, per_call: int, index_url: str | None,
-         prof: cProfile.Profile | None = None) -> tuple:
+         prof: cProfile.Profile | None = None, mode: str = "thread") -> tuple:
     with tempfile.TemporaryDirectory(prefix="stow-micro-") as tmp:
         s = Settings()
         s.server.data_dir = tmp + "/data"
@@ -50,7 +70,9 @@ def _run(items: list[bytes], threads: int, per_call: int, index_url: str | None,
 
         try:
             c0, t0, s0 = time.process_time(), time.perf_counter(), os.times().system
-            if prof is not None:  # one caller, in this thread, so cProfile sees it
+            if mode != "thread":
+                asyncio.run(_requests(svc, calls, threads, mode == "request"))
+            elif prof is not None:  # one caller, in this thread, so cProfile sees it
                 prof.enable()
                 worker()
                 prof.disable()
@@ -79,6 +101,10 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=500, help="instances per repetition")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--mode", choices=("thread", "part", "request"), default="thread",
+                    help="thread: ingest_bytes_sync in --threads threads (C-STORE); part: "
+                         "--threads STOW requests of 5 parts, each part ingested whole; "
+                         "request: each part prepared, the request's parts indexed together")
     ap.add_argument("--index-url", help="e.g. postgresql+psycopg://127.0.0.1/NAME")
     ap.add_argument("--profile", metavar="FILE", help="cProfile stats of the last repetition (run in one thread)")
     args = ap.parse_args(argv)
@@ -92,7 +118,7 @@ def main(argv=None) -> None:
             insts = ds.stow_ct(f"micro{r}")
         items = [ds.build(i) for i in insts]
         prof = cProfile.Profile(time.thread_time) if args.profile and r == args.reps - 1 else None
-        c, w, sy = _run(items, args.threads, 5, args.index_url, prof)
+        c, w, sy = _run(items, args.threads, 5, args.index_url, prof, args.mode)
         sys_ms.append(sy)
         if prof:
             prof.dump_stats(args.profile)

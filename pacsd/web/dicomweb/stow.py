@@ -20,7 +20,9 @@ Retry-After when storage or index is down and nothing was stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 
 import orjson
 from aiohttp import web
@@ -112,10 +114,27 @@ class _Stow:
         self.stored: list[tuple[int, StoreOutcome]] = []
         self.body_bytes = 0
         self.stop_error: errors.PacsdError | None = None
+        #: The last part received, handed on when the next one's headers (or the end of
+        #: the body) are read (see :meth:`_run`).
+        self.held: tuple[StagedFile | bytes, int] | None = None
 
     async def run(self) -> web.Response:
+        try:
+            return await self._run()
+        finally:
+            held, self.held = self.held, None
+            if held is not None and isinstance(held[0], StagedFile):
+                # Cancelled or failed before the part was handed on: no staging file
+                # may stay behind (the one ingest path removes those it was given).
+                with contextlib.suppress(OSError):
+                    os.unlink(held[0].path)
+
+    async def _run(self) -> web.Response:
         reader = await self.request.multipart()
         part_no = 0
+        # A received part is handed on (self.held) once the next part's headers or the
+        # body's end are read: the only part of a request is then ingested whole in one
+        # worker call, without the second hand-off of prepare + commit.
         while True:
             try:
                 part = await reader.next()
@@ -144,10 +163,16 @@ class _Stow:
             except errors.InstanceError as exc:
                 self.failures.append((part_no, exc))
                 continue
-            await self.sem.acquire()
-            self.tasks.append(asyncio.create_task(self._prepare(staged, part_no)))
+            if self.held is not None:
+                await self._dispatch(*self.held)
+            self.held = (staged, part_no)
             if len(self.prepared) >= COMMIT_BATCH:
                 await self._commit()  # bounds what waits in memory on long requests
+        if self.held is not None:
+            if self.tasks:
+                await self._dispatch(*self.held)
+            else:
+                await self._ingest_whole(*self.held)
         await asyncio.gather(*self.tasks)
         await self._commit()
         failpoints.hit("web.before_response")
@@ -211,6 +236,29 @@ class _Stow:
         finally:
             if writer is not None:
                 writer.abort()
+
+    async def _dispatch(self, staged: StagedFile | bytes, part_no: int) -> None:
+        await self.sem.acquire()
+        self.held = None
+        self.tasks.append(asyncio.create_task(self._prepare(staged, part_no)))
+
+    async def _ingest_whole(self, staged: StagedFile | bytes, part_no: int) -> None:
+        """The only part of a request: checked, made durable and indexed in one worker
+        call (``IngestService.ingest_bytes`` / ``ingest``)."""
+        self.held = None
+        try:
+            if isinstance(staged, bytes):
+                outcome = await self.ingest.ingest_bytes(staged, actor=self.actor,
+                                                         expected_study_uid=self.study)
+            else:
+                outcome = await self.ingest.ingest(staged, actor=self.actor,
+                                                   expected_study_uid=self.study)
+            self.stored.append((part_no, outcome))
+        except errors.PacsdError as exc:
+            self.failures.append((part_no, exc))
+        except Exception:
+            log.exception("unexpected error storing a part")
+            self.failures.append((part_no, errors.PacsdError("processing failure")))
 
     async def _prepare(self, staged: StagedFile | bytes, part_no: int) -> None:
         """Check, parse and make the part's blob durable (the one ingest path's first

@@ -89,3 +89,23 @@ async def test_RH1_many_parts_committed_in_batches(stow, client):
     assert r.status == 200, await r.text()
     assert len(referenced(await r.json())) == n
     assert await study_counts(client, study) == (1, n)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_RH1_staged_parts_alone_or_together(stow, client, monkeypatch, n):
+    """Parts spilled to staging files (over SMALL_PART) take the same two ways: the only
+    part ingested whole, several prepared and indexed together; no staging file stays."""
+    from pacsd.web.dicomweb import stow as stow_mod
+
+    monkeypatch.setattr(stow_mod, "SMALL_PART", 1024)
+    study, series = generate_uid(), generate_uid()
+    datas = [make_instance(study=study, series=series, InstanceNumber=i, seed=i,
+                           rows=32, columns=32) for i in range(1, n + 1)]
+    assert all(len(d) > 1024 for d in datas)
+    bad = [b"not dicom" * 200] if n > 1 else []  # refused, the others stored
+    r = await stow(datas + bad)
+    assert r.status == (202 if bad else 200), await r.text()
+    assert len(referenced(await r.json())) == n
+    assert await study_counts(client, study) == (1, n)
+    a = client.server.app[ARCHIVE]
+    assert os.listdir(a.store.staging_dir()) == []

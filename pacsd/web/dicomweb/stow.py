@@ -246,37 +246,38 @@ class _Stow:
         """The only part of a request: checked, made durable and indexed in one worker
         call (``IngestService.ingest_bytes`` / ``ingest``)."""
         self.held = None
-        try:
-            if isinstance(staged, bytes):
-                outcome = await self.ingest.ingest_bytes(staged, actor=self.actor,
-                                                         expected_study_uid=self.study)
-            else:
-                outcome = await self.ingest.ingest(staged, actor=self.actor,
-                                                   expected_study_uid=self.study)
+        ing, actor = self.ingest, self.actor
+        outcome = await self._part(part_no, (lambda: ing.ingest_bytes(
+            staged, actor=actor, expected_study_uid=self.study)) if isinstance(
+            staged, bytes) else (lambda: ing.ingest(staged, actor=actor,
+                                                    expected_study_uid=self.study)))
+        if outcome is not None:
             self.stored.append((part_no, outcome))
-        except errors.PacsdError as exc:
-            self.failures.append((part_no, exc))
-        except Exception:
-            log.exception("unexpected error storing a part")
-            self.failures.append((part_no, errors.PacsdError("processing failure")))
 
     async def _prepare(self, staged: StagedFile | bytes, part_no: int) -> None:
         """Check, parse and make the part's blob durable (the one ingest path's first
         half); it is indexed with the request's other parts by :meth:`_commit`."""
+        ing = self.ingest
         try:
-            if isinstance(staged, bytes):
-                prepared = await self.ingest.prepare_bytes(
-                    staged, expected_study_uid=self.study)
-            else:
-                prepared = await self.ingest.prepare(staged, expected_study_uid=self.study)
+            prepared = await self._part(part_no, (lambda: ing.prepare_bytes(
+                staged, expected_study_uid=self.study)) if isinstance(staged, bytes)
+                else (lambda: ing.prepare(staged, expected_study_uid=self.study)))
+        finally:
+            self.sem.release()
+        if prepared is not None:
+            # Looked up now, not before the await: _commit may have taken the list.
             self.prepared.append((part_no, prepared))
+
+    async def _part(self, part_no: int, call):
+        """``await call()``; None with the part's failure recorded when it is refused."""
+        try:
+            return await call()
         except errors.PacsdError as exc:
             self.failures.append((part_no, exc))
         except Exception:
             log.exception("unexpected error storing a part")
             self.failures.append((part_no, errors.PacsdError("processing failure")))
-        finally:
-            self.sem.release()
+        return None
 
     async def _commit(self) -> None:
         """Index the prepared parts in one group commit (issue 6: one WAL commit per

@@ -24,7 +24,7 @@ from . import phases as P, profiling
 from .client import new_session
 from .dataset import DataSet
 from .phases import Target, row_from
-from .procstat import cpu_s
+from .procstat import children, cpu_s
 from .servers import OrthancProcess, PacsdProcess
 
 
@@ -35,7 +35,7 @@ async def _run(args, targets: list[Target]) -> dict:
     stow_ct = {(lv, r): [(i, ds.build(i)) for i in ds.stow_ct(f"c{lv}r{r}")]
                for lv in levels for r in range(args.reps)}
     tiny = [(i, ds.build(i)) for i in ds.tiny_all()]
-    size = -(-len(tiny) // (len(levels) * args.reps))
+    size = -(-len(tiny) // (len(levels) * max(1, args.reps)))  # --reps 0: profile only
     stow_tiny = {}
     k = 0
     for lv in levels:
@@ -80,10 +80,11 @@ async def _run(args, targets: list[Target]) -> dict:
 async def _profile(args, ds: DataSet, t: Target) -> None:
     out = Path(args.profile)
     out.mkdir(parents=True, exist_ok=True)
+    workers = children(t.pid)  # the supervisor only forks: profile each worker
     for kind in ("ct", "tiny"):
-        spies = {mode: profiling.PySpy(t.pid, out / f"stow-{kind}-{mode}.txt",
-                                       rate=args.rate, gil=mode == "gil")
-                 for mode in ("gil", "all")}
+        spies = {(w, mode): profiling.PySpy(w, out / f"stow-{kind}-{w}-{mode}.txt",
+                                            rate=args.rate, gil=mode == "gil")
+                 for w in workers for mode in ("gil", "all")}
         try:
             for k in range(args.profile_rounds):
                 if kind == "ct":
@@ -94,13 +95,13 @@ async def _profile(args, ds: DataSet, t: Target) -> None:
                     items = [(i, ds.build(i)) for i in ds.tiny_range(first, 100)]
                     await P.stow(t, P.batched(items, args.tiny_per_request), 4)
         finally:
-            for mode, spy in spies.items():
+            for (w, mode), spy in spies.items():
                 path = spy.stop()
                 if path is None:
-                    print(f"profile {kind}/{mode}: nothing recorded")
+                    print(f"profile {kind} worker {w} {mode}: nothing recorded")
                     continue
                 s = profiling.summarise(path, top=25)
-                print(f"\nprofile {kind}/{mode}: {s['samples']} samples ({path})")
+                print(f"\nprofile {kind} worker {w} {mode}: {s['samples']} samples ({path})")
                 for h in s["self"][:25]:
                     print(f"  self {h['pct']:5.1f}%  {h['function']}")
                 for h in s["inclusive_pacsd"][:25]:

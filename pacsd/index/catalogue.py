@@ -9,9 +9,10 @@ concurrent-delete race is simply run again (a few times, then 503).
 
 Group commit (SQLite, the hot ingest path): instances stored by concurrent threads are
 committed together. Each caller queues its write and takes the writer lock; whoever gets
-it first (the leader) runs every queued write in ONE transaction, each inside its own
-``SAVEPOINT`` (a refused instance rolls back only its own rows), commits once (one WAL
-fsync for the group) and wakes the others, who find their write done. Nobody is answered
+it first (the leader) runs every queued write in ONE transaction, commits once (one WAL
+fsync for the group) and wakes the others, who find their write done. When one write of
+the group is refused, the transaction is rolled back and the group run again with each
+write inside its own ``SAVEPOINT`` (a refused instance rolls back only its own rows). Nobody is answered
 before the commit that holds their row, so "stored only after the index row is durable"
 still holds, while N concurrent stores cost one commit instead of N.
 
@@ -310,29 +311,65 @@ class Catalogue:
             else:
                 try:
                     while not job.done.is_set():
-                        with self._queue_lock:
-                            batch = self._queue[:GROUP_MAX]
-                            del self._queue[:GROUP_MAX]
-                        self._commit_group(batch)
+                        self._commit_group()
                 finally:
                     self._write_lock.release()
             if job.error is not None:
                 raise job.error
             return job.result
 
-    def _commit_group(self, batch: list[_Queued]) -> None:
-        """Run ``batch`` in one transaction, one savepoint each; always sets every job
-        done (with its result or its error). Caller holds the writer lock."""
+    def _write_grouped_many(self, action: str, fns: list[Callable]) -> list[_Queued]:
+        """:meth:`_write_grouped` for several writes queued at once (SQLite only): the
+        jobs, each done with its result or its error (translated like a single write's)."""
+        jobs = [_Queued(fn) for fn in fns]
+        with self._queue_lock:
+            self._queue.extend(jobs)
+        if not self._write_lock.acquire(timeout=self._busy_timeout_s):
+            with self._queue_lock:
+                for job in jobs:
+                    if job in self._queue:  # no leader took it: give up cleanly (FT-10)
+                        self._queue.remove(job)
+                        job.error = OutOfResources("index busy")
+                        job.done.set()
+        else:
+            try:
+                while not all(job.done.is_set() for job in jobs):
+                    self._commit_group()
+            finally:
+                self._write_lock.release()
+        for job in jobs:
+            job.done.wait()  # a leader may be committing it right now
+            if job.error is not None:
+                try:
+                    with translate_errors(action):
+                        raise job.error
+                except Exception as e:  # noqa: BLE001 - answered per job
+                    job.error = e
+        return jobs
+
+    def _take_batch(self) -> list[_Queued]:
+        with self._queue_lock:
+            batch = self._queue[:GROUP_MAX]
+            del self._queue[:GROUP_MAX]
+        return batch
+
+    def _commit_group(self) -> None:
+        """Commit the queued writes (at most GROUP_MAX) in one transaction (module
+        docstring); always sets every job it took done (with its result or its error).
+        Caller holds the writer lock. The batch is taken once this process has its
+        turn at the SQLite writer: writes queued while another worker process was
+        committing join this group instead of waiting for the next (issue 6)."""
         retry: list[_Queued] = []
         turn = self._process_turn()
         try:
             turn.__enter__()
         except BaseException as e:  # another process kept the writer: nothing stored
-            for job in batch:
+            for job in self._take_batch():
                 job.result, job.error = None, e
                 job.done.set()
             return
         try:
+            batch = self._take_batch()
             self._run_group(batch, retry)
         finally:
             turn.__exit__(None, None, None)
@@ -343,7 +380,12 @@ class Catalogue:
 
     def _run_group(self, batch: list[_Queued], retry: list[_Queued]) -> None:
         # A group of one needs no savepoint: a refusal rolls the whole transaction back
-        # (two statements less per instance when writers come one at a time).
+        # (two statements less per instance when writers come one at a time). A larger
+        # group is first tried the same way, all or nothing; only when one of its writes
+        # is refused does it run again, each write in its own savepoint (refusals are
+        # rare: two statements less per instance in the usual group, issue 6).
+        if len(batch) > 1 and self._run_group_whole(batch):
+            return
         single = len(batch) == 1
         try:
             with self._engine.connect() as conn:
@@ -381,6 +423,32 @@ class Catalogue:
             except BaseException as e:
                 job.error = e
 
+    def _run_group_whole(self, batch: list[_Queued]) -> bool:
+        """``batch`` in one transaction without savepoints. False, with nothing
+        committed and no job's result kept, when a write was refused (or asked to be
+        retried): the caller then runs the group with savepoints."""
+        try:
+            with self._engine.connect() as conn:
+                conn = conn.execution_options(pacsd_write=True)
+                with conn.begin():
+                    sql = writes.Sql(conn)
+                    try:
+                        for job in batch:
+                            try:
+                                job.result = job.fn(conn, sql)
+                            except Exception:  # refused, or writes.Retry
+                                raise _Refused() from None  # roll the transaction back
+                    finally:
+                        sql.close()
+        except _Refused:
+            for job in batch:
+                job.result = None
+            return False
+        except BaseException as e:  # BEGIN or COMMIT failed: nothing of the group is stored
+            for job in batch:
+                job.result, job.error = None, e
+        return True
+
     def run_write(self, action: str, fn):
         """``fn(conn)`` in one write transaction of this catalogue (the writer lock, retries
         and error translation of every catalogue write), for the other index modules
@@ -399,6 +467,38 @@ class Catalogue:
         ``institution``: the code ``institution_of(p)`` gives, when the caller has it
         already (ingest computes it once for encryption at rest). ``digest``: the fast
         read-time digest of the object, checked by retrieval instead of its SHA-256."""
+        outcome = self._write_grouped("storing an instance", self._store_job(
+            p, sha256, size, scope, institution, digest))
+        failpoints.hit("index.after_commit")
+        return outcome
+
+    def store_instances(self, items: list[tuple[ParsedInstance, str, int, str | None,
+                                                 str | None]],
+                        scope: Iterable | None = None) -> list[StoreOutcome | Exception]:
+        """:meth:`store_instance` for several instances at once, ``items`` as
+        ``(parsed, sha256, size, institution, digest)``: each instance is accepted or
+        refused on its own (a refusal is its exception in the answer, at its place), and
+        on SQLite they are queued together so they commit in one group (one WAL commit
+        for a STOW-RS request's parts, issue 6). Database failures are answered per
+        instance too (OutOfResources)."""
+        jobs = [self._store_job(p, sha, size, scope, institution, digest)
+                for p, sha, size, institution, digest in items]
+        out: list[StoreOutcome | Exception] = []
+        if self._write_lock is None:  # PostgreSQL: one transaction each (row locks)
+            for fn in jobs:
+                try:
+                    out.append(self._write_grouped("storing an instance", fn))
+                except Exception as e:  # noqa: BLE001 - answered per instance
+                    out.append(e)
+        else:
+            for job in self._write_grouped_many("storing an instance", jobs):
+                out.append(job.error if job.error is not None else job.result)
+        failpoints.hit("index.after_commit")
+        return out
+
+    def _store_job(self, p: ParsedInstance, sha256: str, size: int,
+                   scope: Iterable | None, institution: str | None, digest: str | None):
+        """The grouped write of one instance (see :meth:`store_instance`)."""
         derived: dict = {}
         if institution and not p.institution:
             derived["institution"] = institution
@@ -420,10 +520,7 @@ class Catalogue:
                 raise denied  # the transaction (or savepoint) rolls back
             failpoints.hit("index.before_commit")
             return outcome
-
-        outcome = self._write_grouped("storing an instance", store)
-        failpoints.hit("index.after_commit")
-        return outcome
+        return store
 
     def delete(self, study_uid: str, series_uid: str | None = None,
                sop_uid: str | None = None, *, scope: Iterable | None = None) -> list[str]:

@@ -119,8 +119,9 @@ DESCRIPTIONS: dict[str, str] = {
                         "ETag for metadata and a change feed.",
     "studies.created_at": "When the study row was created (UTC).",
     "studies.updated_at": "Last change of the study or anything below it (UTC); with revision "
-                          "the ETag / Last-Modified of its metadata (catalogue.py). Indexed, "
-                          "but no query filters or sorts on it today.",
+                          "the ETag / Last-Modified of its metadata (catalogue.py). Not "
+                          "indexed: no query filters or sorts on it (migration 12 dropped "
+                          "ix_studies_updated_at).",
     "studies.institution": "Hospital / campus code of the study (R-A12 data scoping), captured "
                            "once when the row is created, from [security] "
                            "institution_attribute (default InstitutionName) mapped by "

@@ -91,6 +91,20 @@ def _qido_cuts(conn: sa.Connection) -> None:
             conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {blob}"))
 
 
+#: Indexes no query reads (issue 6, R-H1): each costs every stored instance an index
+#: write, and on PostgreSQL an index on a column every instance updates forbids HOT
+#: updates of the row (a new index entry in every index of the table instead).
+UNUSED_INDEXES = (("studies", "ix_studies_updated_at"),)
+
+
+def _drop_unused_indexes(conn: sa.Connection) -> None:
+    # Fresh databases never get them (schema.py).
+    insp = sa.inspect(conn)
+    for table, name in UNUSED_INDEXES:
+        if name in {i["name"] for i in insp.get_indexes(table)}:
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "initial catalogue schema", _initial),
     Migration(2, "security: users, api_tokens, sessions, audit_events", _security),
@@ -107,6 +121,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "instances.digest: fast read-time digest (R-H1)", _instance_digest),
     Migration(11, "studies/series/instances *_cuts: QIDO-RS items spliced from stored "
                   "JSON (R-H1)", _qido_cuts),
+    Migration(12, "perf: drop ix_studies_updated_at, read by no query (R-H1)",
+              _drop_unused_indexes),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES

@@ -155,7 +155,9 @@ studies = sa.Table(
     sa.Column("study_cuts", Blob),
     sa.Column("revision", sa.Integer, nullable=False, server_default="0"),
     sa.Column("created_at", Stamp, nullable=False),
-    sa.Column("updated_at", Stamp, nullable=False, index=True),
+    # Not indexed (migration 12): nothing filters or sorts on it, and every stored
+    # instance changes it (on PostgreSQL an index on it also rules out HOT updates).
+    sa.Column("updated_at", Stamp, nullable=False),
     # Hospital / campus code captured at ingest (R-A12; access_schema.py, migration 5).
     sa.Column("institution", Text, nullable=False, server_default=""),
     # Worklist visit attributes (R-D2; migration 6, services/visit.py): set when the

@@ -5,9 +5,13 @@ opened (SQLite: ``BEGIN IMMEDIATE`` under the in-process writer lock; PostgreSQL
 COMMITTED, retried on deadlock/serialisation/FK races). Concurrency design (LD-6):
 
 * The study row is read first with ``SELECT .. FOR UPDATE`` (a no-op on SQLite, where the
-  whole database is write-locked). Only when it is absent are the patient and the study
-  created, with ``INSERT .. ON CONFLICT DO NOTHING`` and the locking select again, so two
-  writers creating the same patient/study both end up with the one row.
+  whole database is write-locked), in one statement with the series row and any instance
+  already stored under the SOP Instance UID (``lookup``). Only when the study is absent
+  are the patient and the study created, with ``INSERT .. ON CONFLICT DO NOTHING``; a
+  study created meanwhile by another writer runs the transaction again (:class:`Retry`),
+  which then finds it, so two writers creating the same patient/study both end up with
+  the one row. New rows are inserted with their counters and lists already counting the
+  instance (issue 6: no update right after the insert).
 * Holding the study lock serialises every change below one study: the counters,
   ModalitiesInStudy and SOPClassesInStudy are exact, and two writers of one SOP Instance
   UID never race on its insert. Locks are taken study -> series -> patient (the patient
@@ -93,22 +97,32 @@ def _statements(dialect: str) -> dict[str, Any]:
     b = sa.bindparam
     hierarchy = instances.join(series, instances.c.series_fk == series.c.pk).join(
         studies, instances.c.study_fk == studies.c.pk)
+    se, ex = series.alias("se"), instances.alias("ex")
     return {
+        # The usual case in one statement (issue 6: fewer statements per instance): the
+        # locked study row, the series row and an instance already stored under the SOP
+        # Instance UID, if any (both outer-joined: absent -> NULL columns). No row: the
+        # study is new (``_new_study``).
+        "lookup": sa.select(
+            studies.c.pk, studies.c.patient_fk, patients.c.patient_id,
+            patients.c.issuer_of_patient_id, studies.c.modalities_in_study,
+            studies.c.sop_classes_in_study, studies.c.body_parts_in_study,
+            se.c.pk.label("series_pk"), se.c.study_fk.label("series_study_fk"),
+            ex.c.sha256.label("ex_sha256"), ex.c.sop_class_uid.label("ex_sop_class_uid"),
+            ex.c.series_fk.label("ex_series_fk"), ex.c.study_fk.label("ex_study_fk"))
+        .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk)
+                     .outerjoin(se, se.c.series_instance_uid == b("b_series"))
+                     .outerjoin(ex, ex.c.sop_instance_uid == b("b_sop")))
+        .where(studies.c.study_instance_uid == b("b_study")).with_for_update(of=studies),
         "existing": sa.select(instances.c.sha256, instances.c.sop_class_uid,
                               series.c.series_instance_uid, studies.c.study_instance_uid)
         .select_from(hierarchy).where(instances.c.sop_instance_uid == b("b_sop")),
-        # Locks the study row: serialises every writer below this study (module doc).
-        "study": sa.select(studies.c.pk, studies.c.patient_fk, patients.c.patient_id,
-                           patients.c.issuer_of_patient_id, studies.c.modalities_in_study,
-                           studies.c.sop_classes_in_study, studies.c.body_parts_in_study)
-        .select_from(studies.join(patients, studies.c.patient_fk == patients.c.pk))
-        .where(studies.c.study_instance_uid == b("b_study")).with_for_update(of=studies),
         "series": sa.select(series.c.pk, series.c.study_fk)
         .where(series.c.series_instance_uid == b("b_series")),
         "patient": sa.select(patients.c.pk).where(
             patients.c.patient_id == b("b_pid"), patients.c.issuer_of_patient_id == b("b_iss")),
         "ins_patient": ins(patients).on_conflict_do_nothing(
-            index_elements=["patient_id", "issuer_of_patient_id"]),
+            index_elements=["patient_id", "issuer_of_patient_id"]).returning(patients.c.pk),
         "ins_study": ins(studies).on_conflict_do_nothing(
             index_elements=["study_instance_uid"]).returning(studies.c.pk),
         "ins_series": ins(series).on_conflict_do_nothing(
@@ -275,74 +289,99 @@ def _patient_demographics(p: ParsedInstance) -> dict[str, Any]:
     return vals
 
 
-def _upsert_patient(conn: sa.Connection, stmts: Sql, p: ParsedInstance,
-                    now: _dt.datetime) -> int:
+def _patient(stmts: Sql, p: ParsedInstance, now: Any) -> tuple[int, bool]:
+    """(pk, created) of the patient record of a new study. A record created here
+    already counts the study (``num_studies`` 1): the caller creates the study in the
+    same transaction or retries it whole (``_new_study``)."""
     pid, issuer = _patient_key(p)
-    stmts("ins_patient", {
-        "patient_id": pid, "issuer_of_patient_id": issuer, "num_studies": 0,
-        "created_at": now, "updated_at": now, **_patient_demographics(p)})
+    pk = stmts("patient", {"b_pid": pid, "b_iss": issuer}).scalar()
+    if pk is not None:
+        return pk, False
+    pk = stmts("ins_patient", {
+        "patient_id": pid, "issuer_of_patient_id": issuer, "num_studies": 1,
+        "created_at": now, "updated_at": now, **_patient_demographics(p)}).scalar()
+    if pk is not None:
+        return pk, True
+    # Inserted meanwhile by a concurrent transaction (PostgreSQL): use that one.
     pk = stmts("patient", {"b_pid": pid, "b_iss": issuer}).scalar()
     if pk is None:
-        raise Retry()  # deleted by a concurrent transaction since our insert
-    return pk
+        raise Retry()  # deleted by a concurrent transaction since its insert
+    return pk, False
 
 
-def _study(conn: sa.Connection, stmts: Sql, p: ParsedInstance, now: _dt.datetime
-           ) -> tuple[sa.Row, bool]:
-    """The locked study row (created if needed) and whether this call created it."""
-    created = False
-    row = stmts("study", {"b_study": p.study_instance_uid}).first()
-    if row is None:
-        patient_pk = _upsert_patient(conn, stmts, p, now)
-        vals = _values(STUDY_COLUMNS, p.study)
-        vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
-        vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
-        vals["institution"] = p.institution  # R-A12 data scoping (access_schema.py)
-        # R-D2 worklist visit columns (services/visit.py), precomputed by the catalogue.
-        vals.update({c: (p.worklist or {}).get(c) for c in WORKLIST_COLUMNS})
-        created = stmts("ins_study", {
-            "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
-            "study_json": p.study_json, "study_cuts": p.study_cuts,
-            "num_series": 0, "num_instances": 0,
-            "revision": 0, "created_at": now, "updated_at": now, **vals}).scalar() is not None
-        row = stmts("study", {"b_study": p.study_instance_uid}).first()
-        if row is None:
-            raise Retry()
-        if created:
-            stmts("his_visit", {"b_pk": row.pk, "b_study": p.study_instance_uid})
-    if (row.patient_id, row.issuer_of_patient_id) != _patient_key(p):
-        # BI-27 (dcm4chee A779-like): the study is filed under another PatientID/issuer.
-        raise HierarchyConflict("StudyInstanceUID already stored for another PatientID")
-    return row, created
+def _lists(p: ParsedInstance, study: Any | None, new_series: bool
+           ) -> tuple[str | None, str | None, str | None]:
+    """ModalitiesInStudy, SOPClassesInStudy and the study's body parts after storing
+    ``p`` (``study``: the study row before it, None for a new study)."""
+    modalities = set(split_list(study.modalities_in_study)) if study is not None else set()
+    sop_classes = set(split_list(study.sop_classes_in_study)) if study is not None else set()
+    body_parts = set(split_list(study.body_parts_in_study)) if study is not None else set()
+    sop_classes.add(p.sop_class_uid)
+    if new_series:
+        modality = _coerce("Modality", p.series.get("Modality"))
+        if modality:
+            modalities.add(modality)
+        body_part = _coerce("BodyPartExamined", p.series.get("BodyPartExamined"))
+        if body_part:
+            body_parts.add(body_part)
+    return join_list(modalities), join_list(sop_classes), join_list(body_parts)
 
 
-def _series(conn: sa.Connection, stmts: Sql, p: ParsedInstance, study_pk: int,
-            now: _dt.datetime) -> tuple[int, bool]:
+def _insert_series(stmts: Sql, p: ParsedInstance, study_pk: int, now: Any) -> int | None:
+    """Create the series row already counting this instance (the instance is inserted
+    next in the same transaction); None when the UID exists (inserted meanwhile)."""
+    return stmts("ins_series", {
+        "series_instance_uid": p.series_instance_uid, "study_fk": study_pk,
+        "series_json": p.series_json, "series_cuts": p.series_cuts,
+        "num_instances": 1, "revision": 1,
+        "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)}).scalar()
+
+
+def _other_series(stmts: Sql, p: ParsedInstance, study_pk: int) -> int:
+    """The pk of a series row that exists although our lookup did not see it (another
+    writer inserted it meanwhile); HierarchyConflict when it is another study's."""
     row = stmts("series", {"b_series": p.series_instance_uid}).first()
     if row is None:
-        pk = stmts("ins_series", {
-            "series_instance_uid": p.series_instance_uid, "study_fk": study_pk,
-            "series_json": p.series_json, "series_cuts": p.series_cuts,
-            "num_instances": 0, "revision": 0,
-            "created_at": now, "updated_at": now, **_values(SERIES_COLUMNS, p.series)}).scalar()
-        if pk is not None:
-            return pk, True
-        # Inserted meanwhile by a writer of *another* study (we hold this study's lock).
-        row = stmts("series", {"b_series": p.series_instance_uid}).first()
-        if row is None:
-            raise Retry()
+        raise Retry()
     if row.study_fk != study_pk:
         raise HierarchyConflict("SeriesInstanceUID already stored under another study")
-    return row.pk, False
+    return row.pk
+
+
+def _insert_instance(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str,
+                     size: int, digest: str | None, series_pk: int, study_pk: int,
+                     now: Any) -> bool:
+    """Insert the instance row; False when the SOP Instance UID exists already."""
+    return stmts("ins_instance", {
+        "sop_instance_uid": p.sop_instance_uid, "series_fk": series_pk,
+        "study_fk": study_pk, "sop_class_uid": p.sop_class_uid,
+        "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
+        "instance_cuts": p.instance_cuts,
+        "specific_character_set": p.specific_character_set, "sha256": sha256,
+        "digest": digest, "size": size, "metadata": zlib.compress(p.metadata, 6),
+        "frames": p.frames.to_json() if p.frames is not None else None,
+        "bulk": orjson.dumps(p.bulk), "created_at": now,
+        **_values(INSTANCE_COLUMNS, p.instance)}).scalar() is not None
+
+
+def _lost_race(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str
+               ) -> StoreOutcome:
+    """The instance insert found the SOP Instance UID taken: another writer of it
+    committed while we waited for the study lock (or under another study). Same rules
+    as if it had been there before; raising rolls back what this call wrote."""
+    outcome = _existing_outcome(conn, stmts, p, sha256)
+    if outcome is None:
+        raise Retry()
+    return outcome
 
 
 def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: int,
                    stmts: Sql | None = None, *, digest: str | None = None) -> StoreOutcome:
     """Commit one instance (module docstring); the caller owns the transaction.
-    Usual case, a new instance of a known series: six statements. ``stmts``: the
-    caller's :class:`Sql` on ``conn`` (the group commit's), else one is made here.
-    ``digest``: the fast read-time digest of the object (``store.base.fast_digest``),
-    or None."""
+    Usual case, a new instance of a known series: four statements (lookup, instance
+    insert, series and study counters). ``stmts``: the caller's :class:`Sql` on
+    ``conn`` (the group commit's), else one is made here. ``digest``: the fast
+    read-time digest of the object (``store.base.fast_digest``), or None."""
     if stmts is not None:
         return _store(conn, stmts, p, sha256, size, digest)
     stmts = Sql(conn)
@@ -354,47 +393,83 @@ def store_instance(conn: sa.Connection, p: ParsedInstance, sha256: str, size: in
 
 def _store(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str, size: int,
            digest: str | None = None) -> StoreOutcome:
-    outcome = _existing_outcome(conn, stmts, p, sha256)
-    if outcome is not None:
-        return outcome
+    study = stmts("lookup", {"b_study": p.study_instance_uid,
+                             "b_series": p.series_instance_uid,
+                             "b_sop": p.sop_instance_uid}).first()
     now = stmts.stamp(_now())
-    study, study_created = _study(conn, stmts, p, now)
-    series_pk, series_created = _series(conn, stmts, p, study.pk, now)
-    inserted = stmts("ins_instance", {
-        "sop_instance_uid": p.sop_instance_uid, "series_fk": series_pk,
-        "study_fk": study.pk, "sop_class_uid": p.sop_class_uid,
-        "transfer_syntax_uid": p.transfer_syntax_uid, "instance_json": p.instance_json,
-        "instance_cuts": p.instance_cuts,
-        "specific_character_set": p.specific_character_set, "sha256": sha256,
-        "digest": digest, "size": size, "metadata": zlib.compress(p.metadata, 6),
-        "frames": p.frames.to_json() if p.frames is not None else None,
-        "bulk": orjson.dumps(p.bulk), "created_at": now,
-        **_values(INSTANCE_COLUMNS, p.instance)}).scalar()
-    if inserted is None:
-        # Another writer of this SOP Instance UID committed while we waited for the study
-        # lock (or under another study): same rules as if it had been there before.
-        outcome = _existing_outcome(conn, stmts, p, sha256)
-        if outcome is None:
-            raise Retry()
-        return outcome
-    modalities = set(split_list(study.modalities_in_study))
-    modality = _coerce("Modality", p.series.get("Modality"))
-    if series_created and modality:
-        modalities.add(modality)
-    sop_classes = set(split_list(study.sop_classes_in_study)) | {p.sop_class_uid}
-    body_parts = set(split_list(study.body_parts_in_study))
-    body_part = _coerce("BodyPartExamined", p.series.get("BodyPartExamined"))
-    if series_created and body_part:
-        body_parts.add(body_part)
-    stmts("upd_series", {"b_pk": series_pk, "b_now": now})
+    if study is None:
+        return _new_study(conn, stmts, p, sha256, size, digest, now)
+    if (study.patient_id, study.issuer_of_patient_id) != _patient_key(p):
+        # BI-27 (dcm4chee A779-like): the study is filed under another PatientID/issuer.
+        raise HierarchyConflict("StudyInstanceUID already stored for another PatientID")
+    if study.ex_sha256 is not None:
+        if (study.ex_study_fk != study.pk or study.series_pk is None
+                or study.ex_series_fk != study.series_pk):
+            # BI-27: never move an instance between series/studies silently.
+            raise HierarchyConflict(
+                "SOPInstanceUID already stored under another series or study")
+        if study.ex_sha256 != sha256:
+            # BI-26: never overwrite; the stored original stays as it is.
+            raise DuplicateInstance("SOPInstanceUID already stored with different content")
+        return StoreOutcome(False, p.study_instance_uid, p.series_instance_uid,
+                            p.sop_instance_uid, study.ex_sop_class_uid)
+    series_pk, series_created = study.series_pk, False
+    if series_pk is None:
+        series_pk = _insert_series(stmts, p, study.pk, now)
+        series_created = series_pk is not None
+        if not series_created:
+            series_pk = _other_series(stmts, p, study.pk)
+    elif study.series_study_fk != study.pk:
+        raise HierarchyConflict("SeriesInstanceUID already stored under another study")
+    if not _insert_instance(conn, stmts, p, sha256, size, digest, series_pk, study.pk, now):
+        return _lost_race(conn, stmts, p, sha256)
+    if not series_created:
+        stmts("upd_series", {"b_pk": series_pk, "b_now": now})
+    mods, sops, parts = _lists(p, study, series_created)
     stmts("upd_study", {
         "b_pk": study.pk, "b_now": now, "b_new_series": 1 if series_created else 0,
-        "b_mods": join_list(modalities), "b_sops": join_list(sop_classes),
-        "b_parts": join_list(body_parts)})
-    if study_created:
+        "b_mods": mods, "b_sops": sops, "b_parts": parts})
+    return StoreOutcome(True, p.study_instance_uid, p.series_instance_uid,
+                        p.sop_instance_uid, p.sop_class_uid)
+
+
+def _new_study(conn: sa.Connection, stmts: Sql, p: ParsedInstance, sha256: str,
+               size: int, digest: str | None, now: Any) -> StoreOutcome:
+    """The first instance of a study: patient (found or created), study, series and
+    instance rows, each created with its counters and lists already counting this
+    instance (no update after the insert)."""
+    outcome = _existing_outcome(conn, stmts, p, sha256)
+    if outcome is not None:  # pragma: no cover - an instance row implies its study row
+        return outcome
+    patient_pk, patient_created = _patient(stmts, p, now)
+    vals = _values(STUDY_COLUMNS, p.study)
+    vals.update(_pn_values("referring_physician_name", vals["referring_physician_name"]))
+    vals.update(_patient_demographics(p))  # the study's own copy (schema docstring)
+    vals["institution"] = p.institution  # R-A12 data scoping (access_schema.py)
+    # R-D2 worklist visit columns (services/visit.py), precomputed by the catalogue.
+    vals.update({c: (p.worklist or {}).get(c) for c in WORKLIST_COLUMNS})
+    mods, sops, parts = _lists(p, None, True)
+    study_pk = stmts("ins_study", {
+        "study_instance_uid": p.study_instance_uid, "patient_fk": patient_pk,
+        "study_json": p.study_json, "study_cuts": p.study_cuts,
+        "num_series": 1, "num_instances": 1, "modalities_in_study": mods,
+        "sop_classes_in_study": sops, "body_parts_in_study": parts,
+        "revision": 1, "created_at": now, "updated_at": now, **vals}).scalar()
+    if study_pk is None:
+        # Created meanwhile by a concurrent transaction (PostgreSQL): run the whole
+        # transaction again, which then finds it (and leaves no patient record behind).
+        raise Retry()
+    stmts("his_visit", {"b_pk": study_pk, "b_study": p.study_instance_uid})
+    series_pk = _insert_series(stmts, p, study_pk, now)
+    if series_pk is None:
+        _other_series(stmts, p, study_pk)  # raises: another study's series
+        raise Retry()  # pragma: no cover - a series of a study created just now
+    if not _insert_instance(conn, stmts, p, sha256, size, digest, series_pk, study_pk, now):
+        return _lost_race(conn, stmts, p, sha256)
+    if not patient_created:
         # The newest study's demographics become the patient record's (informational;
         # QIDO matches each study's own copy).
-        stmts("upd_patient", {"b_pk": study.patient_fk, "b_now": now, **{
+        stmts("upd_patient", {"b_pk": patient_pk, "b_now": now, **{
             f"v_{k}": v for k, v in _patient_demographics(p).items()}})
     return StoreOutcome(True, p.study_instance_uid, p.series_instance_uid,
                         p.sop_instance_uid, p.sop_class_uid)

@@ -36,6 +36,22 @@ class StagedFile:
     digest: str | None = None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An object whose blob is durable and not yet indexed (IngestService.prepare)."""
+
+    staged: StagedFile
+    parsed: ParsedInstance
+    institution: str | None
+    newly_written: bool
+
+
+def _name(exc: errors.InstanceError, parsed: ParsedInstance) -> None:
+    """Let the adapter name the instance in its FailedSOPSequence item."""
+    exc.sop_class_uid = parsed.sop_class_uid
+    exc.sop_instance_uid = parsed.sop_instance_uid
+
+
 def _discard(path: str) -> None:
     try:
         os.unlink(path)
@@ -132,6 +148,14 @@ class IngestService:
 
     def _ingest_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None,
                            scope: tuple) -> StoreOutcome:
+        staged, parsed = self._stage_bytes(data)
+        try:
+            return self._commit_named(staged, parsed, expected_study_uid, scope)
+        except BaseException:
+            _discard(staged.path)
+            raise
+
+    def _stage_bytes(self, data: bytes | bytearray) -> tuple[StagedFile, ParsedInstance]:
         limit = self.archive.settings.dicomweb.max_instance_bytes
         if len(data) > limit:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
@@ -140,14 +164,9 @@ class IngestService:
             log.warning("zeroed a non-empty DICOM preamble on ingest (BI-24)")
         # Parsed from memory: a refused object never touches the disk.
         parsed = parse_instance(data)
-        with self.archive.store.new_staging_file(max_size=limit) as w:
-            w.write(data)
-            staged = StagedFile(*w.finish(), digest=w.digest)
-        try:
-            return self._commit_named(staged, parsed, expected_study_uid, scope)
-        except BaseException:
-            _discard(staged.path)
-            raise
+        # One write syscall, both hashes over the bytes in place (issue 6 STOW CPU).
+        path, sha, size, digest = self.archive.store.stage_bytes(data)
+        return StagedFile(path, sha, size, digest), parsed
 
     def _ingest_sync(self, staged: StagedFile, expected_study_uid: str | None,
                      scope: tuple) -> StoreOutcome:
@@ -162,69 +181,145 @@ class IngestService:
 
     def _store(self, staged: StagedFile, expected_study_uid: str | None, scope: tuple
                ) -> StoreOutcome:
-        a = self.archive
-        limit = a.settings.dicomweb.max_instance_bytes
+        staged, parsed = self._parse_staged(staged)
+        return self._commit_named(staged, parsed, expected_study_uid, scope)
+
+    def _parse_staged(self, staged: StagedFile) -> tuple[StagedFile, ParsedInstance]:
+        limit = self.archive.settings.dicomweb.max_instance_bytes
         if staged.size > limit:
             raise errors.InstanceTooLarge(f"instance larger than {limit} bytes")
         staged = _sanitize_preamble(staged)
-        parsed: ParsedInstance = parse_instance(staged.path)
-        return self._commit_named(staged, parsed, expected_study_uid, scope)
+        return staged, parse_instance(staged.path)
 
     def _commit_named(self, staged: StagedFile, parsed: ParsedInstance,
                       expected_study_uid: str | None, scope: tuple) -> StoreOutcome:
-        staged, parsed = maybe_compress(self.archive, staged, parsed)  # R-A5 policy
+        prepared = self._prepare(staged, parsed, expected_study_uid)
+        outcome = self._finish([prepared], scope)[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _prepare(self, staged: StagedFile, parsed: ParsedInstance,
+                 expected_study_uid: str | None) -> Prepared:
+        """Everything before the index transaction: checks, plugins' veto, the blob made
+        durable (§7.2: fsync + rename + directory fsync)."""
+        a = self.archive
+        staged, parsed = maybe_compress(a, staged, parsed)  # R-A5 policy
         if staged.digest is None:
             staged = _with_digest(staged)
         try:
-            return self._commit(staged, parsed, expected_study_uid, scope)
+            if (expected_study_uid is not None
+                    and parsed.study_instance_uid != expected_study_uid):
+                raise errors.StudyMismatch("StudyInstanceUID of the instance differs from "
+                                           "the study in the request URL")
+            failpoints.hit("ingest.after_parse")
+            # Plugins may refuse the instance before anything is stored (R-E6).
+            a.plugins.collect("instance_received", parsed=parsed)
+            # Encryption at rest (R-G1): the object is sealed under its institution's key.
+            institution = encryption_scope(a, parsed)
+            with key_scope(institution):
+                newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
+                                                 move=True)
         except errors.InstanceError as exc:
-            # Let the adapter name the instance in its FailedSOPSequence item.
-            exc.sop_class_uid = parsed.sop_class_uid
-            exc.sop_instance_uid = parsed.sop_instance_uid
+            _name(exc, parsed)
             raise
+        return Prepared(staged, parsed, institution, newly_written)
 
-    def _commit(self, staged: StagedFile, parsed: ParsedInstance,
-                expected_study_uid: str | None, scope: tuple) -> StoreOutcome:
+    def _finish(self, prepared: list[Prepared], scope: tuple
+                ) -> list[StoreOutcome | Exception]:
+        """The index rows of durable blobs (:meth:`_prepare`), committed together (one
+        group on SQLite); per instance its outcome or the exception that refused it. A
+        refused instance leaves nothing: the blob it newly wrote goes again."""
         a = self.archive
-        if expected_study_uid is not None and parsed.study_instance_uid != expected_study_uid:
-            raise errors.StudyMismatch(
-                "StudyInstanceUID of the instance differs from the study in the request URL")
-        failpoints.hit("ingest.after_parse")
-        # Plugins may refuse the instance before anything is stored (R-E6).
-        a.plugins.collect("instance_received", parsed=parsed)
-        # Encryption at rest (R-G1): the object is sealed under its institution's key.
-        institution = encryption_scope(a, parsed)
-        with key_scope(institution):
-            newly_written = a.store.put_file(staged.path, staged.sha256, staged.size,
-                                             move=True)
         try:
             # The write scope (R-A12) is checked inside the index transaction; a denial
             # rolls it back and removes the blob below, like any refused instance.
             # The institution code is computed once: a new study is filed under the code
             # its objects are sealed for (R-A12, R-G1).
-            outcome = a.catalogue.store_instance(parsed, sha256=staged.sha256,
-                                                 size=staged.size, scope=scope,
-                                                 institution=institution,
-                                                 digest=staged.digest)
-        except BaseException:
-            # The index refused it (duplicate with other content, hierarchy conflict,
-            # database unavailable): nothing of this instance may remain. A blob we did not
-            # write ourselves belongs to an identical instance stored before; keep it.
-            # Lifecycle (R-A8): the bytes may also be a kept earlier version (an original
-            # re-sent after a correction, one copy of it just restored): keep those.
-            if newly_written and not _referenced(a, staged.sha256):
+            if len(prepared) == 1:
+                pr = prepared[0]
                 try:
-                    a.store.delete(staged.sha256)
-                except Exception:  # the scrubber collects orphans later (§7.2)
-                    log.exception("could not remove the blob of a refused instance")
+                    results: list = [a.catalogue.store_instance(
+                        pr.parsed, sha256=pr.staged.sha256, size=pr.staged.size,
+                        scope=scope, institution=pr.institution, digest=pr.staged.digest)]
+                except Exception as e:  # noqa: BLE001 - answered below
+                    results = [e]
+            else:
+                results = a.catalogue.store_instances(
+                    [(pr.parsed, pr.staged.sha256, pr.staged.size, pr.institution,
+                      pr.staged.digest) for pr in prepared], scope=scope)
+        except BaseException:
+            for pr in prepared:
+                self._drop_refused(pr)
             raise
-        if not outcome.created and newly_written:
-            # Identical instance already indexed, but its blob was missing and we have just
-            # restored it: that is a repair, worth a line in the log (no PHI: hash only).
-            log.warning("restored missing blob %s on re-send", staged.sha256[:16])
-        # After the durable commit, never inside it (ARCHITECTURE "Plugins").
-        a.plugins.fire("instance_stored", parsed=parsed, outcome=outcome)
-        return outcome
+        for pr, outcome in zip(prepared, results):
+            if isinstance(outcome, BaseException):
+                # The index refused it (duplicate with other content, hierarchy conflict,
+                # database unavailable): nothing of this instance may remain.
+                self._drop_refused(pr)
+                if isinstance(outcome, errors.InstanceError):
+                    _name(outcome, pr.parsed)  # the adapter's FailedSOPSequence item
+                continue
+            if not outcome.created and pr.newly_written:
+                # Identical instance already indexed, but its blob was missing and we have
+                # just restored it: a repair, worth a line in the log (no PHI: hash only).
+                log.warning("restored missing blob %s on re-send", pr.staged.sha256[:16])
+            # After the durable commit, never inside it (ARCHITECTURE "Plugins").
+            a.plugins.fire("instance_stored", parsed=pr.parsed, outcome=outcome)
+        return results
+
+    def _drop_refused(self, pr: Prepared) -> None:
+        """A blob we did not write ourselves belongs to an identical instance stored
+        before; keep it. Lifecycle (R-A8): the bytes may also be a kept earlier version
+        (an original re-sent after a correction, one copy of it just restored): keep
+        those."""
+        a = self.archive
+        if pr.newly_written and not _referenced(a, pr.staged.sha256):
+            try:
+                a.store.delete(pr.staged.sha256)
+            except Exception:  # the scrubber collects orphans later (§7.2)
+                log.exception("could not remove the blob of a refused instance")
+
+    # --- a STOW-RS request's parts: each made durable on its own, indexed together ----
+
+    async def prepare_bytes(self, data: bytes | bytearray, *, expected_study_uid:
+                            str | None = None) -> Prepared:
+        """The first half of :meth:`ingest_bytes`: the object checked, parsed and its
+        blob durable, not yet indexed (nothing acknowledged). :meth:`commit` indexes
+        what the parts of one request prepared in one group (issue 6: one WAL commit per
+        request instead of one per part). A blob prepared and never committed (the
+        request was cancelled) is an orphan the scrubber reports, never an index row."""
+        return await self.archive.run(self._prepare_bytes_sync, data, expected_study_uid)
+
+    async def prepare(self, staged: StagedFile, *, expected_study_uid: str | None = None
+                      ) -> Prepared:
+        """:meth:`prepare_bytes` for a staged file (consumed either way)."""
+        return await self.archive.run(self._prepare_staged_sync, staged, expected_study_uid)
+
+    async def commit(self, prepared: list[Prepared], *, actor
+                     ) -> list[StoreOutcome | Exception]:
+        """Index prepared objects for ``actor`` (the write scope, R-A12, as in
+        :meth:`ingest`): per object its outcome or the exception refusing it."""
+        scope = self.archive.scoping.scope_for(actor, "write")
+        return await self.archive.run(self._finish, prepared, scope)
+
+    def _prepare_bytes_sync(self, data: bytes | bytearray, expected_study_uid: str | None
+                            ) -> Prepared:
+        staged, parsed = self._stage_bytes(data)
+        try:
+            return self._prepare(staged, parsed, expected_study_uid)
+        except BaseException:
+            _discard(staged.path)
+            raise
+
+    def _prepare_staged_sync(self, staged: StagedFile, expected_study_uid: str | None
+                             ) -> Prepared:
+        try:
+            staged, parsed = self._parse_staged(staged)
+            return self._prepare(staged, parsed, expected_study_uid)
+        except BaseException:
+            _discard(staged.path)
+            raise
 
     async def delete(self, study: str, series: str | None = None, sop: str | None = None,
                      *, actor) -> int:

@@ -4,8 +4,12 @@ The body is read part by part with aiohttp's streaming multipart reader (chunked
 encoding included, BI-14), enforcing the byte limits as it streams. A part of up to
 ``SMALL_PART`` bytes is collected in memory and handed whole to the one ingest path (one
 worker call writes, hashes and stores it); a larger part is written to a staging file
-(created on a worker thread) while its sha256 is computed. Each part is handed to ingest
-while the next one is read; at most ``stow_concurrency`` parts per request are in flight.
+(created on a worker thread) while its sha256 is computed. Each part is checked, parsed
+and its blob made durable (``IngestService.prepare*``) while the next one is read, at most
+``stow_concurrency`` parts per request in flight; the parts are then indexed together
+(``IngestService.commit``: one group commit per request, at most ``COMMIT_BATCH`` parts
+each, issue 6), each stored or refused on its own. Nothing is acknowledged before the
+commit that holds its row.
 
 Status codes follow reliability-matrix §6.1: 200 all stored; 202 some stored, some
 refused; 409 none stored; 400 not multipart / no boundary / unparsable; 413 over a limit
@@ -16,13 +20,16 @@ Retry-After when storage or index is down and nothing was stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 
 import orjson
 from aiohttp import web
 
 from ... import errors, failpoints
 from ...services import StagedFile
+from ...services.ingest import Prepared
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
 from ..auth import audit_denied, current_actor, note_audit, requires
@@ -34,6 +41,8 @@ log = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 #: Parts up to this size are kept in memory (see module docstring).
 SMALL_PART = 2 * 1024 * 1024
+#: Prepared parts indexed in one group commit at most (catalogue.GROUP_MAX).
+COMMIT_BATCH = 64
 DICOM_JSON = "application/dicom+json"
 
 
@@ -100,12 +109,32 @@ class _Stow:
         self.sem = asyncio.Semaphore(self.settings.stow_concurrency)
         self.tasks: list[asyncio.Task] = []
         self.failures: list[tuple[int, errors.PacsdError]] = []  # (part number, error)
+        #: Parts whose blob is durable, waiting to be indexed together; and what was.
+        self.prepared: list[tuple[int, Prepared]] = []
+        self.stored: list[tuple[int, StoreOutcome]] = []
         self.body_bytes = 0
         self.stop_error: errors.PacsdError | None = None
+        #: The last part received, handed on when the next one's headers (or the end of
+        #: the body) are read (see :meth:`_run`).
+        self.held: tuple[StagedFile | bytes, int] | None = None
 
     async def run(self) -> web.Response:
+        try:
+            return await self._run()
+        finally:
+            held, self.held = self.held, None
+            if held is not None and isinstance(held[0], StagedFile):
+                # Cancelled or failed before the part was handed on: no staging file
+                # may stay behind (the one ingest path removes those it was given).
+                with contextlib.suppress(OSError):
+                    os.unlink(held[0].path)
+
+    async def _run(self) -> web.Response:
         reader = await self.request.multipart()
         part_no = 0
+        # A received part is handed on (self.held) once the next part's headers or the
+        # body's end are read: the only part of a request is then ingested whole in one
+        # worker call, without the second hand-off of prepare + commit.
         while True:
             try:
                 part = await reader.next()
@@ -134,11 +163,20 @@ class _Stow:
             except errors.InstanceError as exc:
                 self.failures.append((part_no, exc))
                 continue
-            await self.sem.acquire()
-            self.tasks.append(asyncio.create_task(self._ingest(staged, part_no)))
-        results = await asyncio.gather(*self.tasks)
+            if self.held is not None:
+                await self._dispatch(*self.held)
+            self.held = (staged, part_no)
+            if len(self.prepared) >= COMMIT_BATCH:
+                await self._commit()  # bounds what waits in memory on long requests
+        if self.held is not None:
+            if self.tasks:
+                await self._dispatch(*self.held)
+            else:
+                await self._ingest_whole(*self.held)
+        await asyncio.gather(*self.tasks)
+        await self._commit()
         failpoints.hit("web.before_response")
-        return self._response(part_no, results)
+        return self._response(part_no)
 
     async def _receive_part(self, part, part_no: int) -> StagedFile | bytes:
         ptype = part.headers.get("Content-Type", "application/dicom")
@@ -199,26 +237,73 @@ class _Stow:
             if writer is not None:
                 writer.abort()
 
-    async def _ingest(self, staged: StagedFile | bytes, part_no: int):
+    async def _dispatch(self, staged: StagedFile | bytes, part_no: int) -> None:
+        await self.sem.acquire()
+        self.held = None
+        self.tasks.append(asyncio.create_task(self._prepare(staged, part_no)))
+
+    async def _ingest_whole(self, staged: StagedFile | bytes, part_no: int) -> None:
+        """The only part of a request: checked, made durable and indexed in one worker
+        call (``IngestService.ingest_bytes`` / ``ingest``)."""
+        self.held = None
+        ing, actor = self.ingest, self.actor
+        outcome = await self._part(part_no, (lambda: ing.ingest_bytes(
+            staged, actor=actor, expected_study_uid=self.study)) if isinstance(
+            staged, bytes) else (lambda: ing.ingest(staged, actor=actor,
+                                                    expected_study_uid=self.study)))
+        if outcome is not None:
+            self.stored.append((part_no, outcome))
+
+    async def _prepare(self, staged: StagedFile | bytes, part_no: int) -> None:
+        """Check, parse and make the part's blob durable (the one ingest path's first
+        half); it is indexed with the request's other parts by :meth:`_commit`."""
+        ing = self.ingest
         try:
-            if isinstance(staged, bytes):
-                return await self.ingest.ingest_bytes(staged, actor=self.actor,
-                                                      expected_study_uid=self.study)
-            return await self.ingest.ingest(staged, actor=self.actor,
-                                            expected_study_uid=self.study)
+            prepared = await self._part(part_no, (lambda: ing.prepare_bytes(
+                staged, expected_study_uid=self.study)) if isinstance(staged, bytes)
+                else (lambda: ing.prepare(staged, expected_study_uid=self.study)))
+        finally:
+            self.sem.release()
+        if prepared is not None:
+            # Looked up now, not before the await: _commit may have taken the list.
+            self.prepared.append((part_no, prepared))
+
+    async def _part(self, part_no: int, call):
+        """``await call()``; None with the part's failure recorded when it is refused."""
+        try:
+            return await call()
         except errors.PacsdError as exc:
             self.failures.append((part_no, exc))
-            return None
         except Exception:
             log.exception("unexpected error storing a part")
             self.failures.append((part_no, errors.PacsdError("processing failure")))
-            return None
-        finally:
-            self.sem.release()
+        return None
 
-    def _response(self, parts: int, results: list[StoreOutcome | None]) -> web.Response:
+    async def _commit(self) -> None:
+        """Index the prepared parts in one group commit (issue 6: one WAL commit per
+        request, not one per part); each part is stored or refused on its own."""
+        batch, self.prepared = sorted(self.prepared, key=lambda x: x[0]), []
+        if not batch:
+            return
+        try:
+            results = await self.ingest.commit([pr for _, pr in batch], actor=self.actor)
+        except Exception as exc:  # noqa: BLE001 - nothing of the batch was stored
+            if not isinstance(exc, errors.PacsdError):
+                log.exception("unexpected error indexing the parts")
+                exc = errors.PacsdError("processing failure")
+            results = [exc] * len(batch)
+        for (part_no, _), result in zip(batch, results):
+            if isinstance(result, errors.PacsdError):
+                self.failures.append((part_no, result))
+            elif isinstance(result, BaseException):
+                log.error("unexpected error indexing a part", exc_info=result)
+                self.failures.append((part_no, errors.PacsdError("processing failure")))
+            else:
+                self.stored.append((part_no, result))
+
+    def _response(self, parts: int) -> web.Response:
         base = base_url(self.request)
-        stored = [r for r in results if r is not None]
+        stored = [r for _, r in sorted(self.stored, key=lambda x: x[0])]
         if not stored and not self.failures and self.stop_error is None:
             raise errors.BadRequest("the request contains no parts")
         per_study: dict[str, int] = {}

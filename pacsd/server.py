@@ -86,12 +86,12 @@ def check_startup(settings: Settings) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event | None = None, *,
               primary: bool = True, sock: socket.socket | None = None,
-              reuse_port: bool = False, rate_limits: object | None = None,
+              rate_limits: object | None = None,
               stability_pipe: tuple[int, int] | None = None,
               worker: int | None = None, connections: object | None = None) -> None:
     """One serving process: the whole server, or (with ``worker``) one worker of a
     :class:`Supervisor`: ``primary`` runs the singletons, ``sock`` is the inherited
-    listening socket or ``reuse_port`` binds an SO_REUSEPORT one, ``rate_limits`` is the
+    listening socket (else the site binds ``[server] http`` itself), ``rate_limits`` is the
     rate-limit table the workers share (services.ratelimit.SharedFailureTable), ``stability_pipe`` carries new instances' studies to the
     primary's stable-study watcher (services/stability.py), ``connections`` the workers'
     open-connection table (web.balance.ConnectionTable: ``sock`` is then accepted from by a
@@ -123,8 +123,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
     elif sock is not None:
         site = web.SockSite(runner, sock, ssl_context=ssl_context)
     else:
-        site = web.TCPSite(runner, host, port, ssl_context=ssl_context,
-                           reuse_port=reuse_port or None)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     log.info("pacsd%s listening on %s://%s:%d%s (data in %s)",
              "" if worker is None else f" worker {worker} (pid {os.getpid()})",
@@ -227,7 +226,6 @@ class Supervisor:
         self.codes: list[int] = []
         self.sock: socket.socket | None = None
         # One shared listening socket, connections balanced by the workers (web/balance.py).
-        self.reuse_port = False
         self.connections: object | None = None
         self.rate_limits: object | None = None
         self.stability_pipe: tuple[int, int] | None = None
@@ -235,20 +233,17 @@ class Supervisor:
 
     # --- set-up -------------------------------------------------------------------------
     def _open_port(self) -> socket.socket:
-        """The listening socket the workers inherit (``reuse_port``: only bound, each
-        worker binds its own SO_REUSEPORT socket; not used since web/balance.py)."""
+        """The listening socket the workers inherit and accept from in turns
+        (web/balance.py)."""
         host, port = self.settings.http_host_port
         family, _, _, _, addr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                                    flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
-            if not self.reuse_port:
-                sock.listen(1024)
-                sock.set_inheritable(True)
+            sock.listen(1024)
+            sock.set_inheritable(True)
         except OSError as exc:
             sock.close()
             raise ConfigError(f"cannot listen on {self.settings.server.http}: "
@@ -311,11 +306,8 @@ class Supervisor:
             if os.getppid() != self.pid:  # the supervisor died before that took effect
                 return
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-            inherited = None if self.reuse_port else self.sock
-            if self.reuse_port and self.sock is not None:
-                self.sock.close()  # the supervisor's placeholder, not ours to listen on
-            asyncio.run(run(self.settings, primary=index == 0, sock=inherited,
-                            reuse_port=self.reuse_port, rate_limits=self.rate_limits,
+            asyncio.run(run(self.settings, primary=index == 0, sock=self.sock,
+                            rate_limits=self.rate_limits,
                             stability_pipe=self.stability_pipe, worker=index,
                             connections=self.connections))
             code = 0
@@ -348,9 +340,8 @@ class Supervisor:
     def serve(self) -> int:
         self._prepare()
         host, port = self.settings.http_host_port
-        log.info("pacsd supervisor (pid %d): %d worker processes on %s:%d (%s)",
-                 os.getpid(), self.workers, host, port,
-                 "SO_REUSEPORT" if self.reuse_port else "one shared listening socket")
+        log.info("pacsd supervisor (pid %d): %d worker processes on %s:%d (one shared "
+                 "listening socket)", os.getpid(), self.workers, host, port)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, self._on_signal)
         quick_deaths = [0] * self.workers

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..store.crypto import Kek, Keyring, KeyUnavailable, _aead
+from ..store.crypto import Kek, Keyring, KeyUnavailable, aead_for
 
 PREFIX = "sealed1:"
 _NONCE = 12
@@ -35,7 +35,7 @@ def _cipher(kek: Kek):
                ).derive(kek.material)
     if kek.alg == "SM4-GCM":
         key = key[:16]
-    return _aead(kek.alg, key)
+    return aead_for(kek.alg, key)
 
 
 def _aad(kid: str, context: str) -> bytes:

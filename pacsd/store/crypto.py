@@ -149,7 +149,8 @@ class _SM4GCM:
         return d.update(data[:-TAG]) + d.finalize()
 
 
-def _aead(alg: str, key: bytes):
+def aead_for(alg: str, key: bytes):
+    """The AEAD (AESGCM interface) of ``alg`` over ``key`` (also services/sealing.py)."""
     if alg == "AES-256-GCM":
         return AESGCM(key)
     if alg == "SM4-GCM":
@@ -461,7 +462,7 @@ def _nonce(prefix: bytes, i: int, last: bool) -> bytes:
 
 def wrap_key(kek: Kek, dek: bytes, name: str) -> bytes:
     nonce = os.urandom(12)
-    return nonce + _aead(kek.alg, kek.material).encrypt(nonce, dek, _wrap_aad(kek.kid, name))
+    return nonce + aead_for(kek.alg, kek.material).encrypt(nonce, dek, _wrap_aad(kek.kid, name))
 
 
 def _raw_errors(fn):
@@ -502,7 +503,7 @@ class EncryptedBlobStore(BlobStore):
             raise KeyUnavailable(f"Encryption key {h.kid} is for another cipher.")
         try:
             nonce, ct = h.wrapped[:12], h.wrapped[12:]
-            dek = _aead(kek.alg, kek.material).decrypt(nonce, ct, _wrap_aad(h.kid, name))
+            dek = aead_for(kek.alg, kek.material).decrypt(nonce, ct, _wrap_aad(h.kid, name))
         except InvalidTag:
             if not hmac.compare_digest(kek.kcv, h.kcv):
                 raise KeyUnavailable(f"Encryption key {h.kid} in the key directory is not "
@@ -602,7 +603,7 @@ class EncryptedBlobStore(BlobStore):
         h = _header_bytes(kek.alg, kek.kid, kek.kcv, wrap_key(kek, dek, name), np_, seg,
                           size)
         w.write(h)
-        aead = _aead(kek.alg, dek)
+        aead = aead_for(kek.alg, dek)
         aad = _seg_aad(name, size, seg)
         n = max(1, -(-size // seg))
         digest = hashlib.sha256()
@@ -659,7 +660,7 @@ class EncryptedBlobStore(BlobStore):
         try:
             if dek is None:
                 dek = self._unwrap(h, name)
-            aead = _aead(h.alg, dek)
+            aead = aead_for(h.alg, dek)
             check = ObjectCheck(name, digest)
             buf = bytearray()  # at most one segment + one chunk: bounded memory
             for i in range(h.segments):
@@ -711,7 +712,7 @@ class EncryptedBlobStore(BlobStore):
         start = h.offset + first * step
         end = min(h.offset + (last + 1) * step, h.stored_size)
         ct = self.inner.read_range(name, start, end - start)
-        aead = _aead(h.alg, dek)
+        aead = aead_for(h.alg, dek)
         parts = [self._decrypt_segment(aead, h, name, i,
                                        ct[(i - first) * step:(i - first + 1) * step])
                  for i in range(first, last + 1)]

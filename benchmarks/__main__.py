@@ -330,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     so.add_argument("--rotation", choices=("standard", "metadata"), default="standard",
                     help="metadata: four series-metadata reads per STOW (fills the cache)")
     so.add_argument("--pacsd-workers", metavar="N|auto", type=_workers_arg, default="1",
-                    help="pacsd serve --workers (default 1: the cached bytes subtracted "
-                    "are those of the one worker that answers the metrics request)")
+                    help="pacsd serve --workers (default 1; with more, the cached bytes "
+                    "subtracted are summed over the workers' metrics answers)")
     so.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     so.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = p.parse_args(argv)

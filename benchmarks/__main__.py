@@ -12,6 +12,11 @@
 ``run`` measures any DICOMweb root that holds no studies yet (the expected answers of
 name, date and modality queries count only the run's own data: use a fresh server). ``side-by-side`` installs nothing: it needs the Debian
 packages ``orthanc`` and ``orthanc-dicomweb`` and writes ``benchmarks/RESULTS.md``.
+
+Single-path tools, run as their own modules: ``benchmarks.stow_only`` (STOW A/B),
+``benchmarks.floor`` (the least a durable Python STOW server can do, against Orthanc:
+the upper bound for pacsd's runtime), ``benchmarks.qido_ab``, ``benchmarks.wado_ab``,
+``benchmarks.dimse_ab``, ``benchmarks.stow_micro``, ``benchmarks.scale_probe``.
 """
 from __future__ import annotations
 

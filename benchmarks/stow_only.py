@@ -24,8 +24,22 @@ from . import phases as P, profiling
 from .client import new_session
 from .dataset import DataSet
 from .phases import Target, row_from
-from .procstat import children, cpu_s
+from .procstat import CLK, children, cpu_s
 from .servers import OrthancProcess, PacsdProcess
+
+
+def loop_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the event-loop threads of ``pid``'s worker processes
+    (each worker's main thread, tid == pid): the HTTP side of a request, as against the
+    worker threads' ingest (0 for a server that is not pacsd)."""
+    ticks = 0
+    for w in children(pid):
+        try:
+            fields = Path(f"/proc/{w}/task/{w}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK
 
 
 async def _run(args, targets: list[Target]) -> dict:
@@ -55,19 +69,24 @@ async def _run(args, targets: list[Target]) -> dict:
                     flip = not flip
                     for t in (targets if flip else list(reversed(targets))):
                         cpu0, sys0 = cpu_s(t.pid), cpu_s(t.pid, sys_only=True)
+                        loop0 = loop_cpu_s(t.pid) if t.name != "orthanc" else 0.0
                         m = await P.stow(t, P.batched(items, per), lv)
                         row = row_from(kind, m, rep=r, instances=len(items))
                         row["server_cpu_ms_per_inst"] = round(
                             1000 * (cpu_s(t.pid) - cpu0) / len(items), 2)
                         row["server_sys_ms_per_inst"] = round(
                             1000 * (cpu_s(t.pid, sys_only=True) - sys0) / len(items), 2)
+                        row["loop_cpu_ms_per_inst"] = round(1000 * (
+                            loop_cpu_s(t.pid) - loop0) / len(items), 2) \
+                            if t.name != "orthanc" else 0.0
                         if not row["verified"]:
                             raise SystemExit(f"{t.name} {kind} c={lv}: {row['error_sample']}")
                         rows.setdefault((kind, lv, t.name), []).append(row)
                         print(f"  {t.name:8s} {kind:9s} c={lv:<3d} rep {r}: "
                               f"{row['mb_s']:7.1f} MB/s {row['inst_s']:7.1f} inst/s "
                               f"{row['server_cpu_ms_per_inst']:6.2f} cpu-ms/inst "
-                              f"({row['server_sys_ms_per_inst']:.2f} sys) "
+                              f"({row['server_sys_ms_per_inst']:.2f} sys, "
+                              f"{row['loop_cpu_ms_per_inst']:.2f} loop) "
                               f"(load {os.getloadavg()[0]:.1f})", flush=True)
         if args.profile:
             await _profile(args, ds, targets[0])
@@ -151,7 +170,7 @@ def main(argv=None) -> None:
     print(f"\nstarted {started}, load {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}; "
           + "; ".join(f"{p.name}: {p.version}" for p in procs))
     others = names[1:]
-    print("| phase | c | " + " | ".join(f"{n} MB/s | {n} inst/s | {n} CPU ms/inst"
+    print("| phase | c | " + " | ".join(f"{n} MB/s | {n} inst/s | {n} CPU ms/inst (event loop)"
                                         for n in names)
           + "".join(f" | pacsd/{n}" for n in others) + " |")
     print("|---|---|" + "---|" * (3 * len(names) + len(others)))
@@ -163,8 +182,10 @@ def main(argv=None) -> None:
             if rs:
                 med[name] = (statistics.median(r["mb_s"] for r in rs),
                              statistics.median(r["inst_s"] for r in rs),
-                             statistics.median(r["server_cpu_ms_per_inst"] for r in rs))
-        cells = [f"{med[n][0]:.1f} | {med[n][1]:.0f} | {med[n][2]:.2f}" for n in names]
+                             statistics.median(r["server_cpu_ms_per_inst"] for r in rs),
+                             statistics.median(r.get("loop_cpu_ms_per_inst", 0) for r in rs))
+        cells = [f"{med[n][0]:.1f} | {med[n][1]:.0f} | {med[n][2]:.2f}"
+                 + (f" ({med[n][3]:.2f} loop)" if med[n][3] else "") for n in names]
         ratios = [f"{med['pacsd'][1] / med[n][1]:.2f}" for n in others]
         print(f"| {kind} | {lv} | " + " | ".join(cells + ratios) + " |")
 

@@ -6,6 +6,11 @@ ingest path can be measured in a minute or two. ``--profile DIR`` records pacsd 
 py-spy (``--gil`` and all threads, raw collapsed stacks) during one extra pass at c=4,
 after the measured ones.
 
+``--http-only`` measures the HTTP side of STOW alone: the web app of this tree (and of
+``--baseline``) with a stub ingest that keeps the executor hops and does no work
+(``benchmarks/stow_stub_server.py``); the server's CPU per request is then the aiohttp,
+middleware and handler cost, without the disk and the index.
+
 Prints, per phase and concurrency, the median over the repetitions of MB/s and inst/s
 for each target, the pacsd/Orthanc ratio, and each server's CPU time (user + system,
 all threads, from /proc) per instance: on a shared, loaded machine the throughput moves
@@ -129,6 +134,87 @@ async def _profile(args, ds: DataSet, t: Target) -> None:
                                                    for h in s["by_package"]))
 
 
+async def _http_only(args, servers: list[tuple[str, int, int]]) -> dict:
+    """The HTTP side alone (``--http-only``): server CPU per request of each stub server."""
+    import aiohttp
+    from .dataset import multipart_body
+    rows: dict[tuple, list[float]] = {}
+    kinds = (("tiny", args.tiny_per_request, 1400, args.http_requests),
+             ("ct", args.ct_per_request, 524_800, max(1, args.http_requests // 4)))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        flip = False
+        for kind, per, size, n in kinds:
+            body = multipart_body([os.urandom(size)] * per, "stowhttpbench")
+            headers = {"Content-Type": 'multipart/related; type="application/dicom"; '
+                                       "boundary=stowhttpbench",
+                       "Accept": "application/dicom+json"}
+            for lv in [int(x) for x in args.levels.split(",")]:
+                for r in range(max(1, args.reps)):
+                    flip = not flip
+                    for name, port, pid in (servers if flip else servers[::-1]):
+                        url = f"http://127.0.0.1:{port}/dicom-web/studies"
+                        todo = iter(range(n))
+
+                        async def worker() -> None:
+                            for _ in todo:
+                                async with session.post(url, data=body,
+                                                        headers=headers) as resp:
+                                    await resp.read()
+                                    if resp.status != 200:
+                                        raise SystemExit(f"{name}: HTTP {resp.status}")
+                        c0 = cpu_s(pid)
+                        await asyncio.gather(*(worker() for _ in range(lv)))
+                        us = 1e6 * (cpu_s(pid) - c0) / n
+                        rows.setdefault((kind, lv, name), []).append(us)
+                        print(f"  {name:6s} {kind:4s} c={lv:<3d} rep {r}: {us:7.0f} us CPU "
+                              f"per request of {per} (load {os.getloadavg()[0]:.1f})",
+                              flush=True)
+    return rows
+
+
+def _main_http_only(args) -> None:
+    import subprocess
+    import sys
+    import urllib.request
+    from . import servers as S
+    trees = [("pacsd", S.REPO)] + ([("base", Path(args.baseline).resolve())]
+                                   if args.baseline else [])
+    script = Path(__file__).with_name("stow_stub_server.py")
+    procs, running = [], []
+    try:
+        for name, tree in trees:
+            port = S.free_port()
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            p = subprocess.Popen([sys.executable, str(script), str(port)], cwd=str(tree),
+                                 env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+            procs.append(p)
+            for _ in range(150):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/health",
+                                           timeout=2).read()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                raise SystemExit(f"stub server of {tree} did not start")
+            running.append((name, port, p.pid))
+        started, load0 = time.strftime("%H:%M:%S UTC", time.gmtime()), os.getloadavg()[0]
+        rows = asyncio.run(_http_only(args, running))
+    finally:
+        for p in procs:
+            S.stop_process(p)
+    names = [n for n, _, _ in running]
+    print(f"\nHTTP side only (stub ingest), started {started}, load {load0:.2f} -> "
+          f"{os.getloadavg()[0]:.2f}; server CPU us per request, median of {args.reps}")
+    print("| kind | c | " + " | ".join(names) + (" | pacsd/base |" if len(names) > 1 else " |"))
+    print("|---|---|" + "---|" * (len(names) + (len(names) > 1)))
+    for kind, lv in sorted({(k, lv) for k, lv, _ in rows}):
+        med = [statistics.median(rows[(kind, lv, n)]) for n in names]
+        print(f"| {kind} | {lv} | " + " | ".join(f"{m:.0f}" for m in med)
+              + (f" | {med[0] / med[1]:.2f} |" if len(med) > 1 else " |"))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.stow_only")
     ap.add_argument("--seed", type=int, default=1)
@@ -145,7 +231,16 @@ def main(argv=None) -> None:
     ap.add_argument("--profile", metavar="DIR", help="py-spy pacsd in an extra pass at c=4")
     ap.add_argument("--profile-rounds", type=int, default=4)
     ap.add_argument("--rate", type=int, default=250)
+    ap.add_argument("--http-only", action="store_true",
+                    help="measure the HTTP side alone: this tree's (and --baseline's) web app "
+                         "with a stub ingest (benchmarks/stow_stub_server.py), server CPU per "
+                         "request; no Orthanc, no disk work")
+    ap.add_argument("--http-requests", type=int, default=2000,
+                    help="tiny requests per measurement with --http-only (CT: a quarter)")
     args = ap.parse_args(argv)
+    if args.http_only:
+        _main_http_only(args)
+        return
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load0 = os.getloadavg()
     procs = [PacsdProcess()]

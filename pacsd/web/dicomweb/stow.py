@@ -1,7 +1,9 @@
 """STOW-RS (PS3.18 §10.5): POST /studies and /studies/{study}.
 
-The body is read part by part with aiohttp's streaming multipart reader (chunked transfer
-encoding included, BI-14), enforcing the byte limits as it streams. A part of up to
+The body is read part by part with pacsd's streaming multipart reader
+(``web/multipart_stream.py``: the received pieces as they are, one delimiter search per
+piece, no copies; chunked transfer encoding included, BI-14), enforcing the byte limits as
+it streams. A part of up to
 ``SMALL_PART`` bytes is collected in memory and handed whole to the one ingest path (one
 worker call writes, hashes and stores it); a larger part is written to a staging file
 (created on a worker thread) while its sha256 is computed. Each part is checked, parsed
@@ -33,12 +35,12 @@ from ...services.ingest import Prepared
 from ...model import StoreOutcome
 from ..accept import matches, parse_accept, parse_media_type
 from ..auth import audit_denied, current_actor, note_audit, requires
+from ..multipart_stream import MultipartStream
 from ..keys import ARCHIVE, INGEST
 from .common import base_url, path_uid
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024
 #: Parts up to this size are kept in memory (see module docstring).
 SMALL_PART = 2 * 1024 * 1024
 #: Prepared parts indexed in one group commit at most (catalogue.GROUP_MAX).
@@ -75,6 +77,8 @@ def _check_request(request: web.Request) -> str:
         raise errors.BadRequest("the multipart boundary parameter is missing")
     if len(boundary) > 70:
         raise errors.BadRequest("the multipart boundary is longer than 70 characters")
+    if not all(" " <= c <= "~" for c in boundary):
+        raise errors.BadRequest("the multipart boundary has characters outside ASCII")
     if not any(matches(r, DICOM_JSON) or matches(r, "application/json")
                for r in parse_accept(request.headers.get("Accept"))):
         raise errors.NotAcceptable("STOW-RS responses are application/dicom+json")
@@ -99,8 +103,9 @@ def _item(code: int | None, exc_or_outcome, url: str | None) -> dict:
 class _Stow:
     """State of one STOW-RS request."""
 
-    def __init__(self, request: web.Request, study: str | None) -> None:
+    def __init__(self, request: web.Request, study: str | None, boundary: str) -> None:
         self.request = request
+        self.boundary = boundary
         self.study = study
         self.archive = request.app[ARCHIVE]
         self.settings = self.archive.settings.dicomweb
@@ -112,7 +117,6 @@ class _Stow:
         #: Parts whose blob is durable, waiting to be indexed together; and what was.
         self.prepared: list[tuple[int, Prepared]] = []
         self.stored: list[tuple[int, StoreOutcome]] = []
-        self.body_bytes = 0
         self.stop_error: errors.PacsdError | None = None
         #: The last part received, handed on when the next one's headers (or the end of
         #: the body) are read (see :meth:`_run`).
@@ -130,23 +134,25 @@ class _Stow:
                     os.unlink(held[0].path)
 
     async def _run(self) -> web.Response:
-        reader = await self.request.multipart()
+        reader = MultipartStream(self.request.content, self.boundary,
+                                 max_bytes=self.settings.max_request_bytes)
         part_no = 0
         # A received part is handed on (self.held) once the next part's headers or the
         # body's end are read: the only part of a request is then ingested whole in one
         # worker call, without the second hand-off of prepare + commit.
         while True:
             try:
-                part = await reader.next()
-            except errors.PacsdError:
-                raise
+                headers = await reader.next_part()
+            except errors.PacsdError as exc:
+                self.stop_error = exc
+                break
             except Exception:
                 # Truncated body, missing final boundary, malformed part headers (BI-19,
                 # BI-20): keep what was fully received, report the rest.
                 self.stop_error = errors.BadRequest(
                     f"the multipart body is malformed or truncated after part {part_no}")
                 break
-            if part is None:
+            if headers is None:
                 break
             part_no += 1
             if part_no > self.settings.max_parts:
@@ -154,7 +160,7 @@ class _Stow:
                     f"more than {self.settings.max_parts} parts in one request")
                 break
             try:
-                staged = await self._receive_part(part, part_no)
+                staged = await self._receive_part(reader, headers, part_no)
             except (errors.PayloadTooLarge, errors.InstanceTooLarge, errors.BadRequest,
                     errors.OutOfResources) as exc:
                 # OutOfResources: the staging disk is full (FT-3); report, don't go on.
@@ -178,57 +184,59 @@ class _Stow:
         failpoints.hit("web.before_response")
         return self._response(part_no)
 
-    async def _receive_part(self, part, part_no: int) -> StagedFile | bytes:
-        ptype = part.headers.get("Content-Type", "application/dicom")
-        cte = part.headers.get("Content-Transfer-Encoding", "binary").strip().lower()
+    async def _receive_part(self, reader: MultipartStream, headers: dict[str, str],
+                            part_no: int) -> StagedFile | bytes:
+        """The part's bytes: in memory up to ``SMALL_PART`` (one copy of what the
+        connection received, issue 6), else streamed to a staging file."""
+        ptype = headers.get("content-type", "application/dicom")
+        cte = headers.get("content-transfer-encoding", "binary").strip().lower()
         bad = None
-        if parse_media_type(ptype).type != "application/dicom":
+        if ptype != "application/dicom" and \
+                parse_media_type(ptype).type != "application/dicom":
             bad = errors.InvalidDicom(f"part {part_no} is not application/dicom")  # BI-23
         elif cte not in ("binary", "8bit", "7bit"):
             bad = errors.InvalidDicom(f"part {part_no} uses a Content-Transfer-Encoding; "
                                       "send binary parts")  # BI-21
         limit = self.settings.max_instance_bytes
         small = min(SMALL_PART, limit)
-        buffered: list[bytes] = []
+        pieces: list = []
         size = 0
         writer = None
         try:
             while True:
                 try:
-                    chunk = await part.read_chunk(CHUNK)
+                    chunk = await reader.read_chunk()
                 except errors.PacsdError:
                     raise
                 except Exception:
                     raise errors.BadRequest(f"the body ends inside part {part_no}") from None
                 if not chunk:
                     break
-                self.body_bytes += len(chunk)
-                if self.body_bytes > self.settings.max_request_bytes:
-                    raise errors.PayloadTooLarge(   # BI-17: while streaming
-                        f"request body larger than {self.settings.max_request_bytes} bytes")
                 if bad:
                     continue
                 size += len(chunk)
                 if writer is not None:
                     writer.write(chunk)
                 elif size <= small:
-                    buffered.append(chunk)
+                    # A view of the received bytes: kept until the part's end (the
+                    # connection does not reuse them), joined once below.
+                    pieces.append(chunk)
                 elif size > limit:
                     raise errors.InstanceTooLarge(
                         f"The instance exceeds the configured maximum size of {limit} bytes.")
                 else:  # too big for memory: spill to a staging file
                     writer = await self.archive.run(
                         self.archive.store.new_staging_file, max_size=limit)
-                    for b in buffered:
+                    for b in pieces:
                         writer.write(b)
-                    buffered.clear()
+                    pieces.clear()
                     writer.write(chunk)
             if bad:
                 raise bad
             if size == 0:
                 raise errors.InvalidDicom(f"part {part_no} is empty")  # BI-1
             if writer is None:
-                return b"".join(buffered)
+                return b"".join(pieces)
             path, sha, size = writer.finish()
             staged = StagedFile(path, sha, size, writer.digest)
             writer = None
@@ -366,5 +374,5 @@ class _Stow:
 @requires("write", audit="instances-stored")
 async def stow(request: web.Request) -> web.Response:
     study = path_uid(request, "study") if "study" in request.match_info else None
-    _check_request(request)
-    return await _Stow(request, study).run()
+    boundary = _check_request(request)
+    return await _Stow(request, study, boundary).run()

@@ -209,13 +209,29 @@ class Sql:
     is raised as SQLAlchemy's wrapper (``DBAPIError.instance``), so the retry rules and
     ``translate_errors`` see exactly what they saw before."""
 
-    __slots__ = ("conn", "dialect", "cursor", "_error")
+    __slots__ = ("conn", "dialect", "cursor", "_error", "_sa_dialect", "_dbapi")
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
         self.cursor = conn.connection.cursor()
         self._error = conn.dialect.loaded_dbapi.Error
+        self._sa_dialect = conn.dialect
+        self._dbapi = None
+
+    @classmethod
+    def on_dbapi(cls, dbapi_conn: Any, dialect: sa.Dialect) -> "Sql":
+        """A :class:`Sql` on a DBAPI connection the caller holds outside SQLAlchemy's
+        pool and transaction handling (the SQLite group commit's own writer connection,
+        ``catalogue._RawWriter``): ``conn`` is None, errors are wrapped the same way."""
+        self = cls.__new__(cls)
+        self.conn = None
+        self.dialect = dialect.name
+        self.cursor = dbapi_conn.cursor()
+        self._error = dialect.loaded_dbapi.Error
+        self._sa_dialect = dialect
+        self._dbapi = dbapi_conn
+        return self
 
     def __call__(self, name: str, params: dict[str, Any]) -> _Result:
         sql, constants = _driver_sql(self.dialect, name, tuple(params))
@@ -244,8 +260,9 @@ class Sql:
         except self._error as e:
             raise sa.exc.DBAPIError.instance(
                 sql, params or {}, e, self._error, hide_parameters=True,  # no PHI in messages
-                connection_invalidated=self.conn.dialect.is_disconnect(
-                    e, self.conn.connection.dbapi_connection, cur)) from e
+                connection_invalidated=self._sa_dialect.is_disconnect(
+                    e, self._dbapi if self.conn is None
+                    else self.conn.connection.dbapi_connection, cur)) from e
 
     def close(self) -> None:
         try:

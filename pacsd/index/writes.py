@@ -271,8 +271,10 @@ class Sql:
             pass
 
     def stamp(self, t: _dt.datetime) -> Any:
-        if self.dialect == "sqlite":
-            return t.strftime("%Y-%m-%d %H:%M:%S.%f")  # as sa.DateTime stores it on SQLite
+        if self.dialect == "sqlite":  # as sa.DateTime stores it on SQLite
+            if t.year >= 1000:  # isoformat: the same text, half strftime's cost
+                return t.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return t.strftime("%Y-%m-%d %H:%M:%S.%f")
         return t
 
 

@@ -197,8 +197,15 @@ class _RawTransaction:
         self.dialect = dialect
 
     def __enter__(self) -> writes.Sql:
-        self.dbapi = self.writer.connection()
-        self.sql = writes.Sql.on_dbapi(self.dbapi, self.dialect)
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            self.dbapi = self.writer.connection()
+            self.sql = writes.Sql.on_dbapi(self.dbapi, self.dialect)
+        except error as e:  # e.g. closed behind our back: the next group opens anew
+            self.writer.drop()
+            raise sa.exc.DBAPIError.instance(
+                "BEGIN IMMEDIATE", {}, e, error, hide_parameters=True,
+                connection_invalidated=True) from e
         try:
             self.sql.execute("BEGIN IMMEDIATE")
         except BaseException:

@@ -198,6 +198,11 @@ class _Result:
         return None if self.row is None else self.row[0]
 
 
+_NO_ROW = _Result(None)
+#: Row type of each store-path statement's SQL text (Sql.execute).
+_ROW_TYPES: dict[str, type] = {}
+
+
 class Sql:
     """Runs the store-path statements on the connection's DBAPI cursor: the statements
     are compiled once (:func:`_driver_sql`), so each execution skips SQLAlchemy's
@@ -247,11 +252,17 @@ class Sql:
                 cur.execute(sql)
             else:
                 cur.execute(sql, params)
-            if cur.description is None:
-                return _Result(None)
+            description = cur.description
+            if description is None:
+                return _NO_ROW
             row = cur.fetchone()
             if row is not None:
-                row = _row_type(tuple(d[0] for d in cur.description))(row)
+                row_type = _ROW_TYPES.get(sql)
+                if row_type is None:  # the statements are few: one row type per SQL text
+                    row_type = _row_type(tuple(d[0] for d in description))
+                    if len(_ROW_TYPES) < 256:
+                        _ROW_TYPES[sql] = row_type
+                row = row_type(row)
             if self.dialect == "sqlite":
                 # Step the statement to its end: a RETURNING insert is only complete
                 # then, and SQLite keeps no half-run statement open on the connection.

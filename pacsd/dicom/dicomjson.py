@@ -37,7 +37,7 @@ from pydicom.charset import convert_encodings
 from pydicom.datadict import private_dictionary_VR
 
 from pacsd.dicom.structure import Element, dict_vr
-from pacsd.dicom.text import decode_pn_values, decode_text_values
+from pacsd.dicom.text import ascii_shortcut, decode_pn_values, decode_text_values
 
 _MULTI_TEXT = frozenset({"SH", "LO", "UC"})
 _SINGLE_TEXT = frozenset({"ST", "LT", "UT"})
@@ -84,6 +84,21 @@ def encodings_for(values: list[str] | None, parent: list[str]) -> list[str]:
         return DEFAULT_ENCODINGS
 
 
+#: DICOM JSON keys (8 upper-case hex digits) of the tags seen, formatted once; bounded,
+#: since private tags are the sender's choice.
+_KEYS: dict[int, str] = {}
+_KEYS_MAX = 1 << 15
+
+
+def _key(tag: int) -> str:
+    key = _KEYS.get(tag)
+    if key is None:
+        key = f"{tag:08X}"
+        if len(_KEYS) < _KEYS_MAX:
+            _KEYS[tag] = key
+    return key
+
+
 class JsonBuilder:
     """Builds DICOM JSON objects from :class:`Element` trees over one buffer."""
 
@@ -97,22 +112,37 @@ class JsonBuilder:
                 ) -> dict[str, Any]:
         """JSON object of one data set; ``context`` carries PixelRepresentation down to
         items (as pydicom propagates it)."""
-        enc = encodings_for(charset_values(self.buf, elements), encodings)
+        buf = self.buf
+        enc = encodings_for(charset_values(buf, elements), encodings)
         ctx = dict(context)
         creators: dict[tuple[int, int], str] = {}
         for el in elements:
-            if el.tag == 0x00280103 and el.value_length == 2:
-                ctx["pr"] = struct.unpack_from(self.endian + "H", self.buf,
-                                               el.value_offset)[0]
-            elif (el.tag >> 16) & 1 and 0x10 <= (el.tag & 0xFFFF) <= 0xFF:
-                raw = bytes(self.buf[el.value_offset:el.value_offset + el.value_length])
-                creators[(el.tag >> 16, el.tag & 0xFF)] = raw.decode(
-                    "latin-1").strip(" \x00")
+            tag = el.tag
+            if tag == 0x00280103 and el.value_length == 2:
+                ctx["pr"] = struct.unpack_from(self.endian + "H", buf, el.value_offset)[0]
+            elif tag & 0x10000 and 0x10 <= (tag & 0xFFFF) <= 0xFF:
+                raw = bytes(buf[el.value_offset:el.value_offset + el.value_length])
+                creators[(tag >> 16, tag & 0xFF)] = raw.decode("latin-1").strip(" \x00")
+        # One test per value, whether the first character set decodes ASCII as ASCII
+        # (text.ascii_shortcut): plain values then skip the character-set machinery.
+        ascii_ok = ascii_shortcut(enc)
+        keys = _KEYS
         out: dict[str, Any] = {}
+        element = self.element
         for el in elements:
-            if skip_tag(el.tag) or el.tag in skip:
+            tag = el.tag
+            # skip_tag: group length, file meta, trailing padding
+            if not tag & 0xFFFF or (tag >> 16) in (0x0002, 0xFFFC) or tag in skip:
                 continue
-            out[f"{el.tag:08X}"] = self.element(el, enc, ctx, creators)
+            key = keys.get(tag) or _key(tag)
+            vr = el.vr
+            if el.kind != "value" or vr is None or vr == "UN":
+                out[key] = element(el, enc, ctx, creators)
+                continue
+            # Explicitly encoded value (the usual element): no dictionary lookup.
+            off = el.value_offset
+            raw = bytes(buf[off:off + el.value_length])
+            out[key] = self._value(vr, raw, enc, ascii_ok)
         return out
 
     def element(self, el: Element, enc: list[str], ctx: dict[str, int | None],
@@ -127,20 +157,30 @@ class JsonBuilder:
             raw = bytes(self.buf[el.value_offset:el.value_offset + el.value_length])
             return _binary("OB", raw)
         raw = bytes(self.buf[el.value_offset:el.value_offset + el.value_length])
+        return self._value(vr, raw, enc, ascii_shortcut(enc))
+
+    def _value(self, vr: str, raw: bytes, enc: list[str], ascii_ok: bool
+               ) -> dict[str, Any]:
+        """The JSON object of a value element of VR ``vr`` (resolved) and bytes ``raw``."""
         if vr not in _KNOWN_VRS:
             return _binary("UN", raw)
         if not raw:
             return {"vr": vr}
-        try:
-            values = self.values(vr, raw, enc)
-        except (struct.error, ValueError):
-            return _binary("UN", raw)
-        if values is None:  # binary
+        if vr in _BINARY:
             return _binary(vr, raw)
-        out = {"vr": vr}
-        if any(v is not None for v in values):
-            out["Value"] = values
-        return out
+        if ascii_ok and vr in _ASCII_VALUE and raw.isascii() and 0x1B not in raw:
+            values = _ASCII_VALUE[vr](raw)
+        else:
+            try:
+                values = self.values(vr, raw, enc)
+            except (struct.error, ValueError):
+                return _binary("UN", raw)
+            if values is None:  # binary
+                return _binary(vr, raw)
+        for v in values:
+            if v is not None:
+                return {"vr": vr, "Value": values}
+        return {"vr": vr}
 
     def vr(self, el: Element, ctx: dict[str, int | None],
            creators: dict[tuple[int, int], str]) -> str:
@@ -198,6 +238,55 @@ class JsonBuilder:
         if vr in ("FL", "FD"):
             return [_finite_or_str(f) for f in nums]
         return list(nums)
+
+
+# --- plain ASCII values (issue 6 ingest CPU) -------------------------------------------
+#
+# A value of only ASCII bytes without ESC, in a data set whose first character set
+# decodes ASCII as ASCII (text.ascii_shortcut), decodes exactly as JsonBuilder.values
+# would: text.decode takes its ASCII shortcut for every piece and splitting on "\\" and
+# "=" is the plain bytes split in every multibyte mode (no byte >= 0x80, no ESC).
+
+def _ascii_text(raw: bytes) -> list[Any]:  # AE AS CS DA DT TM UI (latin-1 = ASCII here)
+    if b"\\" not in raw:
+        return [raw.decode("ascii").strip(" \x00") or None]
+    return [p.decode("ascii").strip(" \x00") or None for p in raw.split(b"\\")]
+
+
+def _multi_text(raw: bytes) -> list[Any]:  # SH LO UC: trailing padding only
+    if b"\\" not in raw:
+        return [raw.rstrip(b" \x00").decode("ascii") or None]
+    return [p.rstrip(b" \x00").decode("ascii") or None for p in raw.split(b"\\")]
+
+
+def _single_text(raw: bytes) -> list[Any]:  # ST LT UT: one value, leading spaces kept
+    return [raw.rstrip(b" \x00").decode("ascii") or None]
+
+
+def _pn_ascii(raw: bytes) -> list[Any]:
+    out = []
+    for value in raw.rstrip(b" \x00").split(b"\\"):
+        groups = [g.rstrip(b" \x00").decode("ascii") for g in value.split(b"=")[:3]]
+        while groups and not groups[-1]:
+            groups.pop()
+        out.append(_pn_json(tuple(groups)))
+    return out
+
+
+def _ds(raw: bytes) -> list[Any]:
+    return [number(p.decode("ascii").strip(" \x00"), "DS") for p in raw.split(b"\\")]
+
+
+def _is(raw: bytes) -> list[Any]:
+    return [number(p.decode("ascii").strip(" \x00"), "IS") for p in raw.split(b"\\")]
+
+
+_ASCII_VALUE = {
+    **{vr: _ascii_text for vr in _ASCII_TEXT},
+    **{vr: _multi_text for vr in _MULTI_TEXT},
+    **{vr: _single_text for vr in _SINGLE_TEXT},
+    "PN": _pn_ascii, "DS": _ds, "IS": _is,
+}
 
 
 @lru_cache(maxsize=4096)

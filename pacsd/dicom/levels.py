@@ -14,6 +14,7 @@ JSON keys are made from). TimezoneOffsetFromUTC appears at every level, as in PS
 """
 from __future__ import annotations
 
+import functools
 import struct
 
 import orjson
@@ -114,44 +115,60 @@ CUTS_VERSION = 1
 MAX_CUT_JSON = 0xFFFF
 
 
+@functools.lru_cache(maxsize=16)
 def cuts_struct(keys: tuple[str, ...]) -> struct.Struct:
     """version, JSON length, XXH3-64 of the JSON, then (start, end) per cut key."""
     return struct.Struct(f"<BHQ{2 * len(keys)}H")
+
+
+@functools.lru_cache(maxsize=16)
+def _plan(keys: tuple[str, ...], cut_keys: tuple[str, ...]
+          ) -> tuple[tuple[str, bool, bool], ...]:
+    """(key, is a cut key, is a level key) for every key of either tuple, sorted."""
+    cuts, level = set(cut_keys), set(keys)
+    return tuple((k, k in cuts, k in level) for k in sorted(level | cuts))
 
 
 def level_json(meta: dict, keys: tuple[str, ...], cut_keys: tuple[str, ...]
                ) -> tuple[bytes, bytes | None]:
     """(level JSON, cut record) of the attributes ``keys`` (sorted) found in ``meta``.
     The JSON is byte for byte ``orjson.dumps({k: meta[k] for k in keys if k in meta})``;
-    the record is None when the JSON is too long for it (the reader then decodes)."""
-    present = [k for k in keys if k in meta]
+    the record is None when the JSON is too long for it (the reader then decodes).
+    One pass over the level's and the cut keys in order (:func:`_plan`): the elements
+    between two cut keys are encoded together, each present cut key alone."""
     out = [b"{"]
     pos = 0  # end of what is written, counting the brace as the first element's comma
     bounds: list[int] = []
-
-    def add(piece: bytes) -> None:
-        nonlocal pos
+    run: dict = {}
+    dumps = orjson.dumps
+    get = meta.get
+    for key, cut, in_level in _plan(keys, cut_keys):
+        if not cut:
+            if in_level:
+                value = get(key)
+                if value is not None:
+                    run[key] = value
+            continue
+        if run:
+            piece = dumps(run)[1:-1]
+            if pos:
+                out.append(b",")
+            out.append(piece)
+            pos += 1 + len(piece)
+            run = {}
+        start = pos
+        value = get(key) if in_level else None
+        if value is not None:
+            piece = dumps({key: value})[1:-1]
+            if pos:
+                out.append(b",")
+            out.append(piece)
+            pos += 1 + len(piece)
+        bounds += (start, pos)
+    if run:
         if pos:
             out.append(b",")
-        out.append(piece)
-        pos += 1 + len(piece)
-
-    i = 0
-    n = len(present)
-    for cut in cut_keys:
-        j = i
-        while j < n and present[j] < cut:
-            j += 1
-        if j > i:
-            add(orjson.dumps({k: meta[k] for k in present[i:j]})[1:-1])
-            i = j
-        start = pos
-        if i < n and present[i] == cut:
-            add(orjson.dumps({cut: meta[cut]})[1:-1])
-            i += 1
-        bounds += (start, pos)
-    if i < n:
-        add(orjson.dumps({k: meta[k] for k in present[i:]})[1:-1])
+        out.append(dumps(run)[1:-1])
     out.append(b"}")
     data = b"".join(out)
     if len(data) > MAX_CUT_JSON:

@@ -103,7 +103,7 @@ def _parse(buf, max_depth: int) -> ParsedInstance:
             if pixel is None or el.tag == 0x7FE00010:
                 pixel = el
             bulk_els.append(el)
-        elif _is_bulk(el):
+        elif (el.value_length > BULK_THRESHOLD or el.kind == "frag") and _is_bulk(el):
             bulk_els.append(el)
     charset = charset_values(data, layout.elements) or []
     meta = JsonBuilder(data, layout.little).dataset(
@@ -195,7 +195,10 @@ def _first(meta: dict, key: str) -> Any:
 
 
 def _str(meta: dict, key: str) -> str | None:
-    v = _first(meta, key)
+    return _str_value(_first(meta, key))
+
+
+def _str_value(v: Any) -> str | None:
     if isinstance(v, dict):  # PN
         groups = [v.get("Alphabetic", ""), v.get("Ideographic", ""), v.get("Phonetic", "")]
         while groups and not groups[-1]:
@@ -208,7 +211,10 @@ def _str(meta: dict, key: str) -> str | None:
 
 
 def _int(meta: dict, key: str) -> int | None:
-    v = _first(meta, key)
+    return _int_value(_first(meta, key))
+
+
+def _int_value(v: Any) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int | float):
         return None
     return int(v) if float(v).is_integer() else None
@@ -216,11 +222,23 @@ def _int(meta: dict, key: str) -> int | None:
 
 _INT_FIELDS = {"SeriesNumber", "InstanceNumber", "Rows", "Columns", "NumberOfFrames",
                "BitsAllocated"}
+#: Per field spec: (name, JSON key, converter), made once (issue 6 ingest CPU).
+_FIELD_PLANS: dict[int, tuple] = {}
 
 
 def _fields(meta: dict, spec: dict[str, str]) -> dict[str, Any]:
-    return {name: (_int(meta, key) if name in _INT_FIELDS else _str(meta, key))
-            for name, key in spec.items()}
+    plan = _FIELD_PLANS.get(id(spec))
+    if plan is None or plan[0] is not spec:
+        plan = _FIELD_PLANS[id(spec)] = (spec, tuple(
+            (name, key, _int_value if name in _INT_FIELDS else _str_value)
+            for name, key in spec.items()))
+    out: dict[str, Any] = {}
+    get = meta.get
+    for name, key, conv in plan[1]:
+        el = get(key)
+        values = el.get("Value") if el else None
+        out[name] = conv(values[0]) if values else None
+    return out
 
 
 #: Attributes the worklist's visit columns are commonly configured from (R-D2, [worklist]

@@ -119,12 +119,21 @@ _FRAGMENTS = re.compile(rb"(^[^\x1b]+|\x1b[^\x1b]*)")
 #: Python codecs (as pydicom names them) that decode every ASCII byte to itself: with
 #: no escape sequence in the value, pydicom decodes with the first one, so plain ASCII
 #: needs no call into pydicom (issue 6: ~4 % of a tiny STOW's CPU). ISO 2022 and
-#: Japanese/Chinese sets are left to pydicom.
+#: Japanese sets are left to pydicom.
 _ASCII_CODECS = frozenset({
     "iso8859", "latin_1", "iso8859_2", "iso8859_3", "iso8859_4", "iso8859_5", "iso8859_6",
     "iso8859_7", "iso8859_8", "iso8859_9", "iso8859_11", "iso8859_15", "tis_620",
     "iso_ir_126", "iso_ir_127", "iso_ir_138", "iso_ir_144", "iso_ir_148", "iso_ir_166",
-    "UTF8", "utf_8"})
+    "UTF8", "utf_8",
+    # GB18030 and GBK are ASCII in their single-byte range (0x00-0x7F), and pydicom
+    # decodes a value without ESC with the first set alone (issue 6, session 8).
+    "GB18030", "GBK"})
+
+
+def ascii_shortcut(encodings: Sequence[str]) -> bool:
+    """Whether :func:`decode` decodes an ASCII value without ESC under ``encodings`` as
+    ASCII without pydicom (the first character set maps ASCII to itself)."""
+    return (encodings[0] if encodings else "iso8859") in _ASCII_CODECS
 
 
 def decode(raw: bytes, encodings: Sequence[str], delimiters: set[int]) -> str:

@@ -198,6 +198,11 @@ class _Result:
         return None if self.row is None else self.row[0]
 
 
+_NO_ROW = _Result(None)
+#: Row type of each store-path statement's SQL text (Sql.execute).
+_ROW_TYPES: dict[str, type] = {}
+
+
 class Sql:
     """Runs the store-path statements on the connection's DBAPI cursor: the statements
     are compiled once (:func:`_driver_sql`), so each execution skips SQLAlchemy's
@@ -209,13 +214,29 @@ class Sql:
     is raised as SQLAlchemy's wrapper (``DBAPIError.instance``), so the retry rules and
     ``translate_errors`` see exactly what they saw before."""
 
-    __slots__ = ("conn", "dialect", "cursor", "_error")
+    __slots__ = ("conn", "dialect", "cursor", "_error", "_sa_dialect", "_dbapi")
 
     def __init__(self, conn: sa.Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
         self.cursor = conn.connection.cursor()
         self._error = conn.dialect.loaded_dbapi.Error
+        self._sa_dialect = conn.dialect
+        self._dbapi = None
+
+    @classmethod
+    def on_dbapi(cls, dbapi_conn: Any, dialect: sa.Dialect) -> "Sql":
+        """A :class:`Sql` on a DBAPI connection the caller holds outside SQLAlchemy's
+        pool and transaction handling (the SQLite group commit's own writer connection,
+        ``catalogue._RawWriter``): ``conn`` is None, errors are wrapped the same way."""
+        self = cls.__new__(cls)
+        self.conn = None
+        self.dialect = dialect.name
+        self.cursor = dbapi_conn.cursor()
+        self._error = dialect.loaded_dbapi.Error
+        self._sa_dialect = dialect
+        self._dbapi = dbapi_conn
+        return self
 
     def __call__(self, name: str, params: dict[str, Any]) -> _Result:
         sql, constants = _driver_sql(self.dialect, name, tuple(params))
@@ -231,11 +252,17 @@ class Sql:
                 cur.execute(sql)
             else:
                 cur.execute(sql, params)
-            if cur.description is None:
-                return _Result(None)
+            description = cur.description
+            if description is None:
+                return _NO_ROW
             row = cur.fetchone()
             if row is not None:
-                row = _row_type(tuple(d[0] for d in cur.description))(row)
+                row_type = _ROW_TYPES.get(sql)
+                if row_type is None:  # the statements are few: one row type per SQL text
+                    row_type = _row_type(tuple(d[0] for d in description))
+                    if len(_ROW_TYPES) < 256:
+                        _ROW_TYPES[sql] = row_type
+                row = row_type(row)
             if self.dialect == "sqlite":
                 # Step the statement to its end: a RETURNING insert is only complete
                 # then, and SQLite keeps no half-run statement open on the connection.
@@ -244,8 +271,9 @@ class Sql:
         except self._error as e:
             raise sa.exc.DBAPIError.instance(
                 sql, params or {}, e, self._error, hide_parameters=True,  # no PHI in messages
-                connection_invalidated=self.conn.dialect.is_disconnect(
-                    e, self.conn.connection.dbapi_connection, cur)) from e
+                connection_invalidated=self._sa_dialect.is_disconnect(
+                    e, self._dbapi if self.conn is None
+                    else self.conn.connection.dbapi_connection, cur)) from e
 
     def close(self) -> None:
         try:
@@ -254,8 +282,10 @@ class Sql:
             pass
 
     def stamp(self, t: _dt.datetime) -> Any:
-        if self.dialect == "sqlite":
-            return t.strftime("%Y-%m-%d %H:%M:%S.%f")  # as sa.DateTime stores it on SQLite
+        if self.dialect == "sqlite":  # as sa.DateTime stores it on SQLite
+            if t.year >= 1000:  # isoformat: the same text, half strftime's cost
+                return t.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return t.strftime("%Y-%m-%d %H:%M:%S.%f")
         return t
 
 

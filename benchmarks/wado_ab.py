@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 from .dataset import DataSet
-from .procstat import cpu_s
 from .phases import Target
+from .procstat import cpu_s
 from .servers import OrthancProcess, free_port
 
 ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'

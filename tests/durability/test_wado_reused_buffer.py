@@ -15,6 +15,7 @@ from pacsd.web.keys import ARCHIVE
 
 from .test_fast_digest import (STUDY, fetch, flip_byte, one_copy_settings, sha256,
                                stow_all, study_url)
+from .test_inline_read import count_pool_reads
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,17 +32,6 @@ def mixed_study() -> list[tuple[object, bytes]]:
     return out
 
 
-def forbid_store_inline_read(monkeypatch, store) -> list[str]:
-    calls: list[str] = []
-    original = store.read_framed_nowait
-
-    def read_framed_nowait(sha, *a, **kw):
-        calls.append(sha)
-        return original(sha, *a, **kw)
-    monkeypatch.setattr(store, "read_framed_nowait", read_framed_nowait)
-    return calls
-
-
 def in_order(body: bytes, items) -> list[bytes]:
     return [data for _, data in sorted((body.index(d), d) for _, d in items)]
 
@@ -51,7 +41,7 @@ async def test_reused_buffer_answer_bit_exact_twice(aiohttp_client, tmp_path, mo
     items = mixed_study()
     await stow_all(client, items)
     archive = client.app[ARCHIVE]
-    store_inline = forbid_store_inline_read(monkeypatch, archive.store)
+    store_inline = count_pool_reads(monkeypatch, archive.store, "read_framed_nowait")
     rows = await archive.run(lambda: list(
         archive.catalogue.iter_instances(items[0][0].StudyInstanceUID)))
     by_sha = {sha256(d): d for _, d in items}
@@ -89,7 +79,7 @@ async def test_no_reuse_when_the_transport_keeps_buffers(aiohttp_client, tmp_pat
     items = mixed_study()
     await stow_all(client, items)
     archive = client.app[ARCHIVE]
-    store_inline = forbid_store_inline_read(monkeypatch, archive.store)
+    store_inline = count_pool_reads(monkeypatch, archive.store, "read_framed_nowait")
     status, body, complete = await fetch(client, study_url(items[0][0]), STUDY)
     assert status == 200 and complete
     assert sorted(in_order(body, items)) == sorted(d for _, d in items)

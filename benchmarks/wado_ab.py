@@ -12,12 +12,17 @@ processes, ``--n8`` requests each; ``--conc 1,8,32`` adds c=32 with ``--n32`` ea
 per tree the median MB/s and the server's CPU ms per MB (utime + stime of the server
 process from /proc, every thread). The byte-exact checks of every answer are the
 side-by-side benchmark's (``python -m benchmarks side-by-side``); here only the body
-length is checked. ``--orthanc``: Orthanc (``benchmarks/servers.py``, study uploaded through
+length is checked. ``--client aiohttp``: the side-by-side's own driver instead of curl
+(one Python process, a session per concurrency, every part compared byte for byte with
+what was stored, as in ``wado_study``); the table then also gives the driver's CPU ms/MB
+(it shares the two CPUs with the server, so its cost sets part of the pace).
+``--orthanc``: Orthanc (``benchmarks/servers.py``, study uploaded through
 its REST API) is measured the same way in the same rounds; its CPU is the Orthanc process's.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 
 from .dataset import DataSet
+from .phases import Target
 from .procstat import cpu_s
 from .servers import OrthancProcess, free_port
 
@@ -69,6 +75,41 @@ def fetch(url: str, conc: int, n: int) -> tuple[float, int]:
     return time.perf_counter() - t, total
 
 
+class AioClient:
+    """The side-by-side driver (``phases.wado_study``), every answer verified, run in
+    one event loop kept across rounds (a session per concurrency, like the runner)."""
+
+    def __init__(self, insts: list, payload: dict[str, bytes]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.insts = insts
+        self.payload = payload
+        self.sessions: dict[int, object] = {}
+
+    def fetch(self, base: str, conc: int, n: int) -> tuple[float, int, float]:
+        """(seconds, bytes, client CPU seconds); raises on a wrong answer."""
+        from . import phases as P
+        from .client import new_session
+
+        async def go():
+            target = Target("t", base + "/dicom-web")
+            for inst in self.insts:
+                target.manifest.add(inst)
+            key = (base, conc)
+            if key not in self.sessions:
+                self.sessions[key] = new_session(conc)
+            target.session = self.sessions[key]
+            return await P.wado_study(target, [self.insts[0].study], n, conc, self.payload)
+        m = self.loop.run_until_complete(go())
+        if m.errors:
+            raise SystemExit(f"{base}: {m.errors[0]}")
+        return m.wall_s, sum(s.nbytes for s in m.samples), m.cpu_s
+
+    def close(self) -> None:
+        for s in self.sessions.values():
+            self.loop.run_until_complete(s.close())
+        self.loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.wado_ab")
     p.add_argument("--a", required=True, help="source tree A (e.g. /work/main)")
@@ -81,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conc", default="1,8", help="concurrencies to measure, e.g. 1,8,32")
     p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
     p.add_argument("--workers", default="1", help="pacsd serve --workers (both trees)")
+    p.add_argument("--client", choices=("curl", "aiohttp"), default="curl",
+                   help="curl processes, or the side-by-side's verifying aiohttp driver")
     args = p.parse_args(argv)
     trees = {"A": Path(args.a).resolve(), "B": Path(args.b).resolve()}
     tmp = Path(tempfile.mkdtemp(prefix="wado-ab-"))
@@ -88,12 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     insts = ds.ct_main()
     files = tmp / "files"
     files.mkdir()
+    payload = {}
     for inst in insts:
-        (files / f"{inst.sop}.dcm").write_bytes(ds.build(inst))
+        payload[inst.sop] = ds.build(inst)
+        (files / f"{inst.sop}.dcm").write_bytes(payload[inst.sop])
     study = insts[0].study
     size = sum(f.stat().st_size for f in files.iterdir())
     servers = {}
     orthanc = None
+    aio = AioClient(insts, payload) if args.client == "aiohttp" else None
     try:
         if args.orthanc:
             orthanc = OrthancProcess()
@@ -112,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             servers[name] = start(tree, data, tmp / f"server-{name}.log", args.workers)
         time.sleep(5 if args.workers != "1" else 0)  # every worker listening
         load = os.getloadavg()
-        res: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        res: dict[tuple[str, int], list[tuple[float, ...]]] = {}
         for rep in range(args.reps):
             for conc in (int(c) for c in args.conc.split(",")):
                 n = {1: args.n1, 8: args.n8}.get(conc, args.n32)
@@ -121,25 +167,36 @@ def main(argv: list[str] | None = None) -> int:
                     order.reverse()
                 for name in order:
                     proc, base = servers[name]
-                    c0 = cpu_s(proc.pid)
-                    secs, got = fetch(f"{base}/dicom-web/studies/{study}", conc, n)
+                    c0, s0 = cpu_s(proc.pid), cpu_s(proc.pid, sys_only=True)
+                    if aio is not None:
+                        secs, got, ccpu = aio.fetch(base, conc, max(n * conc, conc))
+                        want = size * max(n * conc, conc)
+                    else:
+                        secs, got = fetch(f"{base}/dicom-web/studies/{study}", conc, n)
+                        ccpu, want = float("nan"), size * conc * n
                     cpu = cpu_s(proc.pid) - c0
-                    if got < size * conc * n:
+                    sys_cpu = cpu_s(proc.pid, sys_only=True) - s0
+                    if got < want:
                         raise SystemExit(f"{name}: short answer ({got} bytes)")
                     mb = got / 1e6
-                    res.setdefault((name, conc), []).append((mb / secs, cpu * 1e3 / mb))
+                    res.setdefault((name, conc), []).append(
+                        (mb / secs, cpu * 1e3 / mb, sys_cpu * 1e3 / mb, ccpu * 1e3 / mb))
         print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; study "
               f"{len(insts)} x {size // len(insts)} B = {size / 1e6:.1f} MB; load "
               + "/".join(f"{x:.2f}" for x in load) + " at start, "
               + "/".join(f"{x:.2f}" for x in os.getloadavg()) + " at end")
-        print("| tree | c | MB/s (median) | server CPU ms/MB (median) | MB/s of each rep |")
-        print("|---|---|---|---|---|")
+        print(f"client {args.client}, {args.workers} worker(s), {args.reps} reps")
+        print("| tree | c | MB/s (median) | server CPU ms/MB (median) | of which sys | "
+              "client CPU ms/MB | MB/s of each rep |")
+        print("|---|---|---|---|---|---|---|")
         for (name, conc), vals in sorted(res.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            print(f"| {name} {trees[name]} | {conc} | "
-                  f"{statistics.median(v[0] for v in vals):.0f} | "
-                  f"{statistics.median(v[1] for v in vals):.3f} | "
+            med = [statistics.median(v[k] for v in vals) for k in range(4)]
+            print(f"| {name} {trees[name]} | {conc} | {med[0]:.0f} | {med[1]:.3f} | "
+                  f"{med[2]:.3f} | {med[3]:.3f} | "
                   + " ".join(f"{v[0]:.0f}" for v in vals) + " |")
     finally:
+        if aio is not None:
+            aio.close()
         if orthanc is not None:
             orthanc.stop()
             servers.pop("Orthanc", None)

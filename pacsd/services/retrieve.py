@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import os
 import zlib
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from .. import errors
 from ..dicom import decode_frame, parse_instance, render, thumbnail, transcode
 from ..model import BULK_BASE, InstanceRow
+from ..store.base import object_ok
 from .archive import Archive
 from .cache import BytesLRU, SharedFileCache
 
@@ -30,6 +32,13 @@ CHUNK = 1024**2
 #: cache (``BlobStore.read_framed_nowait``: a copy and the XXH3 check, ~0.05 ms per
 #: 0.5 MB); a worker-pool hop per object cost more than that (issue 6, WADO-RS c=8).
 INLINE_READ_LIMIT = 4 * 1024**2
+
+#: Room for a part's head and tail in the answer's reused buffer (objects_as_stored
+#: ``reuse``): a multipart head is ~130 bytes.
+FRAME_ROOM = 1024
+#: preadv flag "answer EAGAIN rather than wait for the device" (None where missing: the
+#: store's own ``read_framed_nowait`` is used).
+_RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -127,6 +136,41 @@ class RetrieveService:
         return self.archive.store.read_framed_nowait(
             row.sha256, b"", b"", expected_size=row.size, digest=row.digest)
 
+    def _read_framed_into(self, path: str, row: InstanceRow, head: bytes, tail: bytes,
+                          buf: bytearray) -> memoryview | None:
+        """``head`` + the object + ``tail`` read into ``buf`` (from its start) when every
+        byte of the object is in the page cache (``preadv(RWF_NOWAIT)``) and it passes
+        the check of :meth:`read_verified`: a view of ``buf``. None: not all cached, or
+        anything wrong with this copy (the caller's pool read then reads again, reports
+        and, on a replicated store, falls back and repairs), exactly as
+        ``BlobStore.read_framed_nowait``, which allocates a new buffer per object."""
+        h, size = len(head), row.size
+        end = h + size + len(tail)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            if os.fstat(fd).st_size != size:
+                return None
+            view = memoryview(buf)[:end]
+            view[:h] = head
+            body = view[h:h + size]
+            got = 0
+            while got < size:
+                n = os.preadv(fd, [body[got:]], got, _RWF_NOWAIT)
+                if n <= 0:
+                    return None   # truncated since the fstat: the pool read reports it
+                got += n
+            if not object_ok(body, row.sha256, row.digest):
+                return None
+            view[h + size:] = tail
+            return view
+        except OSError:
+            return None       # EAGAIN (not cached), EOPNOTSUPP, EIO ...
+        finally:
+            os.close(fd)
+
     async def object_chunks(self, row: InstanceRow, transfer_syntax: str
                             ) -> AsyncIterator[bytes]:
         """The instance as Part 10 bytes in ``transfer_syntax`` ('*' = as stored)."""
@@ -147,7 +191,8 @@ class RetrieveService:
     async def objects_as_stored(
             self, rows: list[InstanceRow],
             frame: Callable[[InstanceRow], tuple[bytes, bytes]] | None = None,
-    ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes]]]:
+            reuse: bool = False,
+    ) -> AsyncIterator[tuple[InstanceRow, AsyncIterator[bytes | bytearray | memoryview]]]:
         """(row, its chunks as stored) for each row, in order. An object whose bytes are
         all in the page cache is read and verified on the event loop
         (``read_framed_nowait``); otherwise on the worker pool, and then the next object
@@ -156,7 +201,13 @@ class RetrieveService:
 
         ``frame(row)`` gives (head, tail) bytes to send around each object (a multipart
         part's headers and CRLF): the chunks then include them, read into one buffer
-        with the object (``BlobStore.read_framed``), so a part is one socket write."""
+        with the object (``BlobStore.read_framed``), so a part is one socket write.
+
+        ``reuse``: page-cached objects of a local store are read into ONE buffer for the
+        whole answer (sized for its largest object; no new, zeroed 0.5 MB buffer per
+        object), so a chunk given for an object is valid only until the caller asks for
+        the next object: the caller must have written it to something that copies what
+        it keeps (asyncio's socket transport on Python < 3.12) by then."""
         async def one(data: bytes | bytearray) -> AsyncIterator[bytes]:
             yield data
 
@@ -179,10 +230,20 @@ class RetrieveService:
                 self.archive.store.read_framed, row.sha256, head, tail,
                 expected_size=row.size, digest=row.digest))
 
-        def read_now(row: InstanceRow) -> bytes | bytearray | None:
+        shared: bytearray | None = None
+        local = self.archive.store.local_path if reuse and _RWF_NOWAIT is not None else None
+
+        def read_now(row: InstanceRow) -> bytes | bytearray | memoryview | None:
+            nonlocal shared
             if row.size > INLINE_READ_LIMIT:
                 return None
             head, tail = frame(row) if frame is not None else (b"", b"")
+            path = local(row.sha256) if local is not None else None
+            if path is not None and len(head) + len(tail) <= FRAME_ROOM:
+                if shared is None:   # one buffer for the answer: its largest object
+                    shared = bytearray(FRAME_ROOM + max(
+                        r.size for r in rows if r.size <= INLINE_READ_LIMIT))
+                return self._read_framed_into(path, row, head, tail, shared)
             return self.archive.store.read_framed_nowait(
                 row.sha256, head, tail, expected_size=row.size, digest=row.digest)
 

@@ -28,14 +28,15 @@ def parts(body: bytes, items) -> list[bytes]:
     return [data for _, data in found]
 
 
-def count_pool_reads(monkeypatch, store) -> list[str]:
+def count_pool_reads(monkeypatch, store, method: str = "read_framed") -> list[str]:
+    """The objects ``store.<method>`` is called for (default: the worker-pool read)."""
     calls: list[str] = []
-    original = store.read_framed
+    original = getattr(store, method)
 
-    def read_framed(sha, *a, **kw):
+    def counted(sha, *a, **kw):
         calls.append(sha)
         return original(sha, *a, **kw)
-    monkeypatch.setattr(store, "read_framed", read_framed)
+    monkeypatch.setattr(store, method, counted)
     return calls
 
 

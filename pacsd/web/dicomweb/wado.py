@@ -9,8 +9,10 @@ by the byte ranges recorded at ingest, or in their stored compressed media type
 """
 from __future__ import annotations
 
+import sys
 import zipfile
 import zlib
+from asyncio.selector_events import _SelectorSocketTransport
 from contextlib import aclosing
 
 from aiohttp import web
@@ -81,9 +83,11 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
             return f"application/dicom; transfer-syntax={row.transfer_syntax_uid}"
         # Stored sizes are exact (every read checks size and digest): a Content-Length.
         writer.sized([(part_type(row), row.size) for row in rows])
-        # Each part (head, object, CRLF) is read into one buffer: one socket write.
+        # Each part (head, object, CRLF) is read into one buffer: one socket write; the
+        # same buffer for every part when the transport copies what it keeps.
         async with aclosing(retrieve.objects_as_stored(
-                rows, frame=lambda row: writer.frame(part_type(row)))) as objects:
+                rows, frame=lambda row: writer.frame(part_type(row)),
+                reuse=_transport_copies(request, writer.response))) as objects:
             async for _, chunks in objects:
                 await writer.framed(chunks)
         return await writer.finish()
@@ -91,6 +95,17 @@ async def retrieve_instances(request: web.Request) -> web.StreamResponse:
         await writer.part(f"application/dicom; transfer-syntax={ts}",
                           retrieve.object_chunks(row, ts))
     return await writer.finish()
+
+
+def _transport_copies(request: web.Request, response: web.StreamResponse) -> bool:
+    """Whether a buffer written to this answer may be refilled as soon as the write
+    returns: asyncio's plain socket transport up to Python 3.11 sends what the socket
+    takes and copies the rest into its own buffer (3.12 keeps a reference instead; TLS
+    keeps the data in its backlog), and aiohttp adds no framing or compression of its
+    own to a sized answer."""
+    return (sys.version_info < (3, 12)
+            and type(request.transport) is _SelectorSocketTransport
+            and not response.chunked and not response.compression)
 
 
 class _ChunkSink:

@@ -18,7 +18,7 @@ import io
 import logging
 import struct
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -29,6 +29,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 
 from .. import errors, failpoints
 from ..services import StagedFile
+from . import receive
 from . import status as st
 from .context import ScpContext
 
@@ -76,35 +77,51 @@ def handle_store(event, ctx: ScpContext) -> Any:
 def _store(event, ctx: ScpContext, actor):
     request = event.request
     ts = UID(event.context.transfer_syntax)
-    raw = request.DataSet.getvalue() if request.DataSet is not None else b""
     cmd_class = str(request.AffectedSOPClassUID or "").strip()
     cmd_instance = str(request.AffectedSOPInstanceUID or "").strip()
-    _check_uids(raw, ts, cmd_class, cmd_instance)
-
     calling = (event.assoc.requestor.ae_title or "").strip()
     meta_bytes = file_meta_bytes(cmd_class, cmd_instance, str(ts), calling)
-    if meta_bytes is None:  # values outside what file_meta_bytes encodes: pydicom's way
-        meta = event.file_meta  # built by pynetdicom from the command and the context
-        meta.MediaStorageSOPClassUID = cmd_class
-        meta.MediaStorageSOPInstanceUID = cmd_instance
-        meta.TransferSyntaxUID = ts
-        if calling:
-            meta.SourceApplicationEntityTitle = calling
-        buf = DicomBytesIO()
-        write_file_meta_info(buf, meta, enforce_standard=True)
-        meta_bytes = buf.getvalue()
+    received = request.DataSet
+    whole: bytes | None = None
+    if (isinstance(received, receive.Part10Data) and meta_bytes is not None
+            and received.offset == len(PREAMBLE) + len(meta_bytes)
+            and received.part10[:received.offset] == PREAMBLE + meta_bytes):
+        # Joined behind this very prefix on arrival (receive.py): stored as it is.
+        whole, offset = received.part10, received.offset
+        _check_uids(whole, ts, cmd_class, cmd_instance, start=offset)
+    else:
+        raw = received.getvalue() if received is not None else b""
+        _check_uids(raw, ts, cmd_class, cmd_instance)
+        if meta_bytes is None:  # values outside what file_meta_bytes encodes: pydicom's way
+            meta = event.file_meta  # built by pynetdicom from the command and the context
+            meta.MediaStorageSOPClassUID = cmd_class
+            meta.MediaStorageSOPInstanceUID = cmd_instance
+            meta.TransferSyntaxUID = ts
+            if calling:
+                meta.SourceApplicationEntityTitle = calling
+            buf = DicomBytesIO()
+            write_file_meta_info(buf, meta, enforce_standard=True)
+            meta_bytes = buf.getvalue()
+        offset = len(PREAMBLE) + len(meta_bytes)
+        if len(raw) <= SMALL_OBJECT:
+            whole = PREAMBLE + meta_bytes + raw
+        else:
+            whole = None
 
-    if len(raw) <= SMALL_OBJECT:
+    if whole is not None and len(whole) - offset <= SMALL_OBJECT:
         # Durable (blob fsynced and hash-checked, index committed) once this returns.
         # Run in this association thread (it waits for the result anyway): no hop
         # through the event loop and the worker pool (issue 6).
-        return ctx.ingest.ingest_bytes_sync(PREAMBLE + meta_bytes + raw, actor=actor)
+        return ctx.ingest.ingest_bytes_sync(whole, actor=actor)
     archive = ctx.ingest.archive
     writer = archive.store.new_staging_file(
         max_size=archive.settings.dicomweb.max_instance_bytes)
     try:
-        writer.write(PREAMBLE + meta_bytes)
-        writer.write(raw)  # the data set bytes exactly as received
+        if whole is not None:
+            writer.write(whole)  # prefix + the data set bytes exactly as received
+        else:
+            writer.write(PREAMBLE + meta_bytes)
+            writer.write(raw)  # the data set bytes exactly as received
         path, sha256, size = writer.finish()
     except BaseException:
         writer.abort()
@@ -112,6 +129,25 @@ def _store(event, ctx: ScpContext, actor):
     # Durable (blob fsynced and hash-checked, index committed) once this returns; the
     # staged file is consumed either way.
     return ctx.ingest.ingest_sync(StagedFile(path, sha256, size, writer.digest), actor=actor)
+
+
+def part10_prefix(assoc: Any) -> Callable[[dict, int], bytes | None]:
+    """For ``receive.install``: the preamble and File Meta Information :func:`_store`
+    will put in front of a C-STORE-RQ's data set on ``assoc`` (from the command's
+    elements, the presentation context's transfer syntax and the calling AE), so the
+    data set is copied once, behind it, on arrival. None when it cannot tell (the
+    handler then builds the object as before); the handler checks the prefix anyway."""
+
+    def prefix(fields: dict, context_id: int) -> bytes | None:
+        context = assoc._accepted_cx.get(context_id)
+        if context is None:
+            return None
+        calling = (assoc.requestor.ae_title or "").strip()
+        meta = file_meta_bytes(str(fields[0x0002]).strip(), str(fields[0x1000]).strip(),
+                               str(context.transfer_syntax[0]), calling)
+        return None if meta is None else PREAMBLE + meta
+
+    return prefix
 
 
 def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -158,13 +194,14 @@ _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b
 _SOP_CLASS_UID = 0x00080016
 
 
-def _sop_uids_fast(data: bytes, implicit: bool) -> tuple[str | None, str | None] | None:
+def _sop_uids_fast(data: bytes, implicit: bool, start: int = 0
+                   ) -> tuple[str | None, str | None] | None:
     """(SOP Class UID, SOP Instance UID) of a little-endian data set, read from its first
     elements without pydicom (issue 6: pydicom's read was a third of the C-STORE
     handler's time); absent ones are None. None when anything is unusual (undefined
     length, truncated, non-ASCII or multi-valued UID): the caller reads with pydicom."""
     found: dict[int, str] = {}
-    pos, end = 0, len(data)
+    pos, end = start, len(data)
     unpack = struct.unpack_from
     while pos + 8 <= end:
         group, elem = unpack("<HH", data, pos)
@@ -198,9 +235,18 @@ def _sop_uids_fast(data: bytes, implicit: bool) -> tuple[str | None, str | None]
     return found.get(_SOP_CLASS_UID), found.get(_SOP_INSTANCE_UID)
 
 
-def _check_uids(raw: bytes, ts: UID, cmd_class: str, cmd_instance: str) -> None:
+def _check_uids(raw: bytes, ts: UID, cmd_class: str, cmd_instance: str,
+                start: int = 0) -> None:
     """BI-35: the data set's SOP Class/Instance UID must match the command's. A data set
-    too broken to read them is left to the parser, which answers 0xC000 / 0xA900."""
+    too broken to read them is left to the parser, which answers 0xC000 / 0xA900.
+    ``start``: where the data set begins in ``raw``."""
+    if start and ts.is_little_endian and not ts.is_deflated:
+        fast = _sop_uids_fast(raw, ts.is_implicit_VR, start)
+        if fast is not None:
+            _compare_uids(fast[0], fast[1], cmd_class, cmd_instance)
+            return
+    if start:
+        raw = raw[start:]
     data = raw
     if ts.is_deflated:
         try:

@@ -50,15 +50,17 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 import pynetdicom.association as _pynetdicom_association
+import pynetdicom.dul as _pynetdicom_dul
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler as _PynetdicomRequestHandler
 
 from .. import errors
 from ..dicom import SUPPORTED_TRANSCODE_TARGETS
 from ..model import InstanceRow
 from ..services.retrieve import WHOLE_READ_LIMIT, RetrieveService
-from . import pdata, receive
+from . import cstore, pdata, receive
 from .bridge import Bridge
 from .contexts import AcceptorContext, choose_transfer_syntax
 
@@ -73,6 +75,14 @@ RECV_CHUNK = 256 * 1024
 #: arrived within the last BUSY_WINDOW_S (instead of its 1 ms): see BusyAwareDUL.
 BUSY_LOOP_DELAY_S = 0.0002
 BUSY_WINDOW_S = 0.05
+#: How long the DUL thread of an association in data transfer (Sta6, ARTIM timer not
+#: running) waits for its socket or a wake-up before looking again: nothing else it
+#: polls for can happen meanwhile (see BusyAwareDUL); a safety net, not a poll interval.
+IDLE_WAIT_S = 0.05
+#: Largest P-DATA-TF PDU read by :meth:`BusyAwareDUL._pacsd_read_pdata` into a buffer
+#: of its declared length (bigger ones, up to the policy's limit, are read by pynetdicom
+#: through the guard, which allocates only what arrives).
+FAST_PDU_MAX = 4 * 1024 * 1024
 #: Lossy transfer syntaxes: JPEG baseline/extended, JPEG-LS near-lossless, JPEG 2000,
 #: HTJ2K (lossy allowed).
 LOSSY_TRANSFER_SYNTAXES = frozenset({
@@ -213,6 +223,55 @@ def guard_socket(assoc: Association, policy: Policy) -> None:
     assoc_socket = assoc.dul.socket
     if assoc_socket is not None:
         assoc_socket.recv = lambda n: _guarded_recv(assoc_socket, policy, n)
+        assoc_socket._pacsd_policy = policy  # the P-DATA read path keeps the same limits
+
+
+def _recv_exact(sock: socket.socket, buf: bytearray, policy: Policy) -> int:
+    """Fill ``buf`` from ``sock`` within ``policy.pdu_timeout_s`` (else A-ABORT and
+    TimeoutError, as :func:`_guarded_recv`); returns the bytes read (fewer: the peer
+    closed). Reads straight into ``buf``, without waiting while data is there."""
+    view = memoryview(buf)
+    n, got = len(buf), 0
+    deadline = time.monotonic() + policy.pdu_timeout_s
+    poller = None
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _abort(sock, reason=0)
+                raise TimeoutError("PDU not received within network_timeout_s") from None
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+            poller.poll(min(remaining, 1.0) * 1000)
+            continue
+        if not k:
+            return got
+        got += k
+    return got
+
+
+def _pdv_items(pdu: bytearray) -> list | None:
+    """The PDV items of a whole P-DATA-TF PDU as ``[context ID, data]`` (data: a
+    memoryview of ``pdu``, message control header first), or None when pynetdicom's
+    decoder should see it (no item, an item shorter than 2 bytes or past the end)."""
+    view = memoryview(pdu)
+    end = len(pdu)
+    pos = 6
+    items: list = []
+    unpack = struct.unpack_from
+    while pos < end:
+        if pos + 4 > end:
+            return None
+        length = unpack(">L", pdu, pos)[0]
+        stop = pos + 4 + length
+        if length < 2 or stop > end:
+            return None
+        items.append([pdu[pos + 4], view[pos + 5:stop]])
+        pos = stop
+    return items or None
 
 
 def set_nodelay(sock: socket.socket | None) -> None:
@@ -438,7 +497,7 @@ class BusyAwareDUL(DULServiceProvider):
             if self._pacsd_wake_pair is None and self._pacsd_lazy and not self._pacsd_closed:
                 self._pacsd_setup()  # a DUL already running when made busy-aware
             if self._pacsd_wake_pair is not None:
-                return self._pacsd_wait(delay)
+                return self._pacsd_wait(self._pacsd_timeout(delay))
         started = self._idle_timer._start_time
         if started is not None and 0 <= time.time() - started < BUSY_WINDOW_S:
             return BUSY_LOOP_DELAY_S
@@ -447,6 +506,29 @@ class BusyAwareDUL(DULServiceProvider):
     @_run_loop_delay.setter
     def _run_loop_delay(self, value: float) -> None:
         self._pacsd_idle_delay = value
+
+    def _pacsd_timeout(self, delay: float) -> float:
+        """How long to wait: in data transfer (Sta6) with the ARTIM timer stopped,
+        everything the loop looks for wakes the wait (a PDU, a queued primitive,
+        :meth:`kill_dul`, an event another thread queues through :meth:`pacsd_event`),
+        so it waits up to IDLE_WAIT_S instead of waking every ``delay`` (1 ms) — each
+        of those wake-ups took the GIL from the thread ingesting a C-STORE (issue 6).
+        Elsewhere (association set-up and release, where ARTIM runs) ``delay``."""
+        artim = self.artim_timer
+        if (self.state_machine.current_state == "Sta6"
+                and (artim._start_time is None or artim._end_time is not None)):
+            return max(delay, IDLE_WAIT_S)
+        return delay
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._pacsd_wake()
+
+    def pacsd_event(self, event: str) -> None:
+        """Queue a state machine event from another thread (e.g. Evt17 after a failed
+        write) and wake the DUL thread for it."""
+        self.event_queue.put(event)
+        self._pacsd_wake()
 
     def _pacsd_setup(self) -> None:
         """The wake-up socket pair (before the DUL thread starts, or in it)."""
@@ -485,7 +567,8 @@ class BusyAwareDUL(DULServiceProvider):
         wake = self._pacsd_wake_pair[0]
         self._pacsd_waiting = True
         try:
-            if self.to_provider_queue.qsize() or self.event_queue.qsize():
+            if (self.to_provider_queue.qsize() or self.event_queue.qsize()
+                    or self._kill_thread):
                 return 0.0
             try:
                 poller = select.poll()  # any descriptor number (select() stops at 1024)
@@ -508,6 +591,74 @@ class BusyAwareDUL(DULServiceProvider):
             super().run_reactor()
         finally:
             self._pacsd_close()
+
+    def _read_pdu_data(self) -> None:
+        if not self._pacsd_read_pdata():
+            super()._read_pdu_data()
+
+    def _pacsd_read_pdata(self) -> bool:
+        """A P-DATA-TF PDU in data transfer, read and handed to DIMSE directly: what
+        pynetdicom does for it (read, decode into PDU and PDV item objects, Evt10 on
+        the event queue, the state machine's DT-2: ``dimse.receive_primitive`` of the
+        P-DATA indication, Sta6 stays Sta6) without the copies (the PDU is read into
+        one buffer of its length; PDV data are memoryviews of it) and the objects
+        (issue 6). Only on a plain TCP socket with the PDU guard's policy, in Sta6,
+        with no other event queued and no handler bound to EVT_DATA_RECV,
+        EVT_PDU_RECV or EVT_FSM_TRANSITION (those need pynetdicom's objects); the PDU
+        must be wholly declared in the socket already (its header peeked). False:
+        pynetdicom reads the next PDU as always. The guard's limits apply (length,
+        network_timeout_s); a PDU whose items pynetdicom would refuse or that has none
+        is decoded by pynetdicom from the bytes read (Evt19 as always)."""
+        assoc_sock = self.socket
+        policy = getattr(assoc_sock, "_pacsd_policy", None)
+        sock = getattr(assoc_sock, "socket", None)
+        if (policy is None or sock is None or isinstance(sock, ssl.SSLSocket)
+                or self.state_machine.current_state != "Sta6" or self.event_queue.qsize()):
+            return False
+        assoc = self.assoc
+        if (assoc.get_handlers(evt.EVT_DATA_RECV) or assoc.get_handlers(evt.EVT_PDU_RECV)
+                or assoc.get_handlers(evt.EVT_FSM_TRANSITION)):
+            return False
+        try:
+            head = sock.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing there yet, or an error pynetdicom's read reports
+            return False
+        if len(head) < 6 or head[0] != 0x04:
+            return False
+        length = struct.unpack_from(">L", head, 2)[0]
+        if length > policy.pdu_limit or length > FAST_PDU_MAX:
+            return False  # the guarded read refuses it, or reads it as it comes
+        pdu = bytearray(6 + length)
+        try:
+            got = _recv_exact(sock, pdu, policy)
+        except (OSError, TimeoutError):
+            log.info("DIMSE connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")  # pynetdicom's READ_PDU_EXC_D
+            return True
+        if got != len(pdu):
+            self.event_queue.put("Evt17")  # READ_PDU_EXC_E: peer closed mid-PDU
+            return True
+        items = _pdv_items(pdu)
+        if items is None:  # as pynetdicom's read would go on
+            try:
+                decoded, event = self._decode_pdu(pdu)
+                self.event_queue.put(event)
+            except Exception:  # noqa: BLE001 - READ_PDU_EXC_F
+                log.info("DIMSE peer sent a PDU that cannot be decoded")
+                self.event_queue.put("Evt19")
+                return True
+            self._recv_pdu.put(decoded)
+            return True
+        primitive = P_DATA()
+        primitive._presentation_data_value_list = items
+        try:
+            assoc.dimse.receive_primitive(primitive)  # DT-2
+        except Exception:
+            log.error("State Machine received an exception attempting to perform the "
+                      "action 'DT-2' while in state 'Sta6'")
+            self.kill_dul()
+            raise
+        return True
 
     def _pacsd_close(self) -> None:
         lock = getattr(self, "_pacsd_lock", None)
@@ -578,6 +729,26 @@ def reactor_wake(assoc: Association) -> None:
 _pynetdicom_association.time = _ReactorTime()  # type: ignore[attr-defined]
 
 
+class _DulTime:
+    """Stands in for the ``time`` module inside ``pynetdicom.dul``: the DUL loop's
+    ``time.sleep(self._run_loop_delay)`` of a :class:`BusyAwareDUL` thread that has
+    already waited (the delay then reads 0) returns at once instead of giving up the
+    GIL and queueing for it again (~50-90 us between two PDUs of one C-STORE on a busy
+    machine, issue 6); every other use is the time module's."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds <= 0 and isinstance(threading.current_thread(), BusyAwareDUL):
+            return
+        time.sleep(seconds)
+
+
+_pynetdicom_dul.time = _DulTime()  # type: ignore[attr-defined]
+
+
 def prepare_association(assoc: Association, policy: Policy | None) -> None:
     """Install the bit-exact send path, the busy-aware DUL loop delay and, when a policy
     is given, the PDU guard."""
@@ -588,7 +759,9 @@ def prepare_association(assoc: Association, policy: Policy | None) -> None:
     assoc.send_c_store = (  # type: ignore[method-assign]
         lambda dataset, *a, **kw: _send_c_store(assoc, original, dataset, *a, **kw))
     pdata.install_responses(assoc)  # C-STORE / C-GET / C-MOVE responses pre-encoded
-    receive.install(assoc)  # C-STORE requests and responses decoded by hand
+    # C-STORE requests and responses decoded by hand; a C-STORE-RQ's data set joined
+    # behind the Part 10 prefix the C-STORE SCP stores it with (one copy on arrival).
+    receive.install(assoc, prefix=cstore.part10_prefix(assoc))
     if policy is not None:
         guard_socket(assoc, policy)
 

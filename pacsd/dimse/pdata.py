@@ -280,7 +280,11 @@ def _write(dul: Any, buf: bytearray | list) -> None:
         else:
             sock.sendall(buf)
     except Exception:  # noqa: BLE001 - like AssociationSocket.send: Evt17, connection lost
-        dul.event_queue.put("Evt17")
+        event = getattr(dul, "pacsd_event", None)  # wakes a waiting DUL thread
+        if event is not None:
+            event("Evt17")
+        else:
+            dul.event_queue.put("Evt17")
 
 
 def _sendmsg_all(sock: Any, bufs: list) -> None:

@@ -25,6 +25,12 @@ at a time is followed:
   ``receive_primitive``: pynetdicom sees exactly what it would have seen and answers as
   it always did (decode, abort on an invalid message).
 
+With a ``prefix`` (``install(assoc, prefix=...)``: the C-STORE SCP's Part 10 preamble and
+File Meta Information for the command, ``cstore.part10_prefix``) the data set is joined
+behind it in the same single copy and handed on as a :class:`Part10Data`, so the handler
+stores the object without copying the data set again (issue 6: a CT slice was copied
+twice after arrival).
+
 A message that never completes (A-ABORT, connection lost mid-data set) is never handed
 on: nothing of it reaches the C-STORE handler, so nothing partial is written (BI-24).
 Relies on pynetdicom 3.0.4's ``receive_primitive`` / ``message`` / ``msg_queue`` and the
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import struct
 from io import BytesIO
-from typing import Any
+from typing import Any, Callable
 
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
@@ -122,8 +128,25 @@ def store_rsp_primitive(fields: dict[int, int | str], context_id: int) -> C_STOR
     return rsp
 
 
-def store_rq_primitive(fields: dict[int, int | str], context_id: int, dataset: bytes
-                       ) -> C_STORE | None:
+class Part10Data(BytesIO):
+    """A received C-STORE data set that arrived behind a Part 10 prefix: ``part10`` is
+    the whole object (preamble, File Meta Information, data set bytes as received) and
+    ``offset`` where the data set starts. ``getvalue()`` is the data set (copied only
+    when asked); reading starts at the data set. The C-STORE handler stores ``part10``
+    as it is once it has checked the prefix is its own."""
+
+    def __init__(self, part10: bytes, offset: int) -> None:
+        super().__init__(part10)  # shares the bytes object: no copy
+        self.seek(offset)
+        self.part10 = part10
+        self.offset = offset
+
+    def getvalue(self) -> bytes:  # type: ignore[override]
+        return self.part10[self.offset:]
+
+
+def store_rq_primitive(fields: dict[int, int | str], context_id: int,
+                       dataset: "bytes | Part10Data") -> C_STORE | None:
     """The ``C_STORE`` request primitive pynetdicom's ``message_to_primitive`` makes of
     these elements, or None when a value is one its setters refuse or drop (then
     pynetdicom decodes the message itself and answers as it always did)."""
@@ -143,7 +166,7 @@ def store_rq_primitive(fields: dict[int, int | str], context_id: int, dataset: b
         return None
     if req.AffectedSOPClassUID is None or req.AffectedSOPInstanceUID is None:
         return None
-    req.DataSet = BytesIO(dataset)
+    req.DataSet = dataset if isinstance(dataset, Part10Data) else BytesIO(dataset)
     req._context_id = context_id
     req._dataset_path = None
     req._dataset_file = None
@@ -154,7 +177,7 @@ class _Incoming:
     """The message being received: its P-DATA primitives (for a replay), command
     fragments, then, once the command is a C-STORE-RQ, its data set fragments."""
 
-    __slots__ = ("primitives", "command", "cid", "fields", "fragments")
+    __slots__ = ("primitives", "command", "cid", "fields", "fragments", "prefix")
 
     def __init__(self) -> None:
         self.primitives: list[Any] = []
@@ -162,11 +185,15 @@ class _Incoming:
         self.cid: int | None = None
         self.fields: dict[int, int | str] | None = None
         self.fragments: list[memoryview] = []
+        self.prefix: bytes | None = None
 
 
-def install(assoc: Any) -> None:
+def install(assoc: Any, prefix: "Callable[[dict, int], bytes | None] | None" = None
+            ) -> None:
     """Receive this association's DIMSE messages as the module docstring says
-    (idempotent; before the association's first P-DATA)."""
+    (idempotent; before the association's first P-DATA). ``prefix(fields, context_id)``:
+    the bytes to join in front of a C-STORE-RQ's data set (None: none); given once, by
+    the first call."""
     dimse = assoc.dimse
     if getattr(dimse, "_pacsd_receive", False):
         return
@@ -212,6 +239,11 @@ def install(assoc: Any) -> None:
                 if fields is None:
                     return replay(incoming)
                 incoming.cid, incoming.fields = context_id, fields
+                if prefix is not None:
+                    try:
+                        incoming.prefix = prefix(fields, context_id)
+                    except Exception:  # noqa: BLE001 - only an optimisation: none then
+                        incoming.prefix = None
             else:  # data set phase
                 if control & 1 or context_id != incoming.cid:
                     return replay(incoming)
@@ -220,8 +252,13 @@ def install(assoc: Any) -> None:
                     continue
                 if index != last:
                     return replay(incoming)
-                request = store_rq_primitive(incoming.fields, context_id,
-                                             b"".join(incoming.fragments))
+                head = incoming.prefix
+                if head:  # one copy: the prefix and the fragments
+                    dataset: "bytes | Part10Data" = Part10Data(
+                        b"".join([head, *incoming.fragments]), len(head))
+                else:
+                    dataset = b"".join(incoming.fragments)
+                request = store_rq_primitive(incoming.fields, context_id, dataset)
                 if request is None:
                     return replay(incoming)
                 state[0] = None

@@ -225,6 +225,10 @@ class AuditTrail:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if not self.pending:
+                # Nothing queued: no hop to the pool (an idle tick used to take the GIL
+                # from the ingest threads ten times a second; issue 6 DIMSE profile).
+                continue
             try:
                 await self.flush()
                 if self._failing:

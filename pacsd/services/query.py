@@ -53,7 +53,9 @@ ANSWER_CACHE_BYTES = 8 * 1024 * 1024
 class Answers:
     """QIDO-RS answers below one series (instances) or one study (series), kept with the
     version of that series / study they were built from (R-H1: the 300 instances of a
-    CT series were re-read and re-spliced, ~2 ms of a worker's CPU, for every request).
+    CT series were re-read and re-spliced, ~2 ms of a worker's CPU, for every request;
+    the series of a study cost a page query and a splice where a one-row read of the
+    version now does).
 
     An answer is served only when the version read in the request's own transaction is
     the one it was filed under (``qido_dbapi.SERIES_VERSION`` / ``STUDY_VERSION``: every
@@ -176,14 +178,19 @@ class QueryService:
     @staticmethod
     def _versioned(q: Any, scope: Any) -> tuple[Any, dict[str, str]] | None:
         """(version statement, its parameters) when the answer of ``q`` may be kept
-        (:class:`Answers`): the instances of one series, unscoped, reading no study or
-        series attribute the series version does not cover (upper-level JSON,
-        the study's counters and lists: ``includefield`` of them)."""
-        if scope or q.level != "instance" or q.study_uid is None or \
-                q.series_uid is None or needs_upper(q) or q.include_all or \
+        (:class:`Answers`): the instances of one series (series version) or the series
+        of one study (study version: bumped by every change below the study too),
+        unscoped, reading nothing the version does not cover (upper-level JSON, the
+        study's counters and lists: ``includefield`` of them)."""
+        if scope or q.study_uid is None or needs_upper(q) or q.include_all or \
                 not q.includefields.isdisjoint(_STUDY_COMPUTED):
             return None
-        return qido_dbapi.SERIES_VERSION, {"b_study": q.study_uid, "b_series": q.series_uid}
+        if q.level == "instance" and q.series_uid is not None:
+            return qido_dbapi.SERIES_VERSION, {"b_study": q.study_uid,
+                                               "b_series": q.series_uid}
+        if q.level == "series" and q.series_uid is None:
+            return qido_dbapi.STUDY_VERSION, {"b_study": q.study_uid}
+        return None
 
 
 def _body(level: str, items: list, base: str) -> bytes:

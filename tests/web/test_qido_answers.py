@@ -153,16 +153,58 @@ async def test_RH1_answers_that_read_the_study_are_not_kept(client, stow, fetche
             assert len(fetches) == runs + 1, params
     assert len(query.answers) == 0
     # Other levels and forms are not kept either.
-    for url in ("/dicom-web/instances", f"/dicom-web/studies/{a.StudyInstanceUID}/series",
+    for url in ("/dicom-web/instances", "/dicom-web/series",
                 f"/dicom-web/studies/{a.StudyInstanceUID}/instances"):
         assert (await client.get(url)).status == 200
     assert len(query.answers) == 0
+    r = await client.get(f"/dicom-web/studies/{a.StudyInstanceUID}/series",
+                         params=[("includefield", "StudyDescription")])
+    assert r.status == 200 and len(query.answers) == 0
+
+
+async def test_RH1_series_of_a_study_kept_and_never_stale(client, stow, fetches):
+    """The series of one study, kept under the study version (every ingest, delete and
+    correction below the study bumps it): equal to a fresh query, rebuilt after each."""
+    a = (await _series(stow, 2))[0]
+    url = f"/dicom-web/studies/{a.StudyInstanceUID}/series"
+    query = client.server.app[QUERY]
+
+    async def series_answer(params=()):
+        r = await client.get(url, params=list(params))
+        assert r.status == 200
+        body = await r.read()
+        base = str(r.url).split("/dicom-web")[0] + "/dicom-web"
+        want = await query.search("series", list(params), base_url=base, actor=LOCAL,
+                                  study_uid=a.StudyInstanceUID)
+        assert body == orjson.dumps(want.items)
+        return [i["0020000E"]["Value"][0] for i in want.items], \
+            [i["00201209"]["Value"][0] for i in want.items]
+    assert await series_answer() == ([a.SeriesInstanceUID], [2])
+    runs = len(fetches)
+    assert await series_answer() == ([a.SeriesInstanceUID], [2])
+    assert len(fetches) == runs + 1  # the HTTP answer was the kept one (+1: the reference)
+    assert await series_answer([("Modality", "CT")]) == ([a.SeriesInstanceUID], [2])
+    b = make_dataset(study=a.StudyInstanceUID, Modality="MR", seed=5)
+    b.SeriesNumber = 9
+    assert (await stow([to_part10(b)])).status == 200
+    assert await series_answer() == ([a.SeriesInstanceUID, b.SeriesInstanceUID], [2, 1])
+    c = make_dataset(study=a.StudyInstanceUID, series=a.SeriesInstanceUID, Modality="CT",
+                     seed=6)
+    assert (await stow([to_part10(c)])).status == 200
+    assert await series_answer() == ([a.SeriesInstanceUID, b.SeriesInstanceUID], [3, 1])
+    d = await client.delete(f"{url}/{b.SeriesInstanceUID}")
+    assert d.status == 204
+    assert await series_answer() == ([a.SeriesInstanceUID], [3])
+    assert await series_answer([("Modality", "MR")]) == ([], [])
 
 
 async def test_RH1_scoped_queries_are_not_kept():
     q = parse_qido("instance", [], study_uid="1.2.3", series_uid="1.2.3.4")
     assert QueryService._versioned(q, ()) is not None
     assert QueryService._versioned(q, None) is not None
+    assert QueryService._versioned(q, ("a constraint",)) is None
+    q = parse_qido("series", [], study_uid="1.2.3")
+    assert QueryService._versioned(q, ()) is not None
     assert QueryService._versioned(q, ("a constraint",)) is None
 
 

@@ -62,14 +62,25 @@ class Answers:
     ingest, delete and correction below changes it), so it is never staler than a fresh
     query; several worker processes each keep their own. Only unscoped queries whose
     answer reads nothing above the versioned level are kept (:meth:`QueryService.
-    _versioned`). Bounded by total body bytes, least recently used first out; a body over
-    a quarter of the bound is not kept."""
+    _versioned`). Bounded by total size, least recently used first out: an entry costs
+    its body, its key's text (the query parameters and base URL a client sent) and
+    :data:`ENTRY_OVERHEAD` (so many tiny answers, e.g. ``[]`` under long parameters,
+    cannot grow the memory past the bound); an entry over a quarter of the bound is not
+    kept."""
+
+    #: Bytes charged per entry besides its body and key text (dict, tuples, objects).
+    ENTRY_OVERHEAD = 512
 
     def __init__(self, max_bytes: int = ANSWER_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[tuple, "QueryJson"]] = OrderedDict()
+        self._items: OrderedDict[Hashable, tuple[tuple, "QueryJson", int]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
+
+    @classmethod
+    def cost(cls, key: Hashable, answer: "QueryJson") -> int:
+        """What an entry is charged: body, key text, overhead."""
+        return len(answer.body) + cls.ENTRY_OVERHEAD + _text_size(key)
 
     def get(self, key: Hashable, version: tuple) -> "QueryJson | None":
         with self._lock:
@@ -80,21 +91,30 @@ class Answers:
             return held[1]
 
     def put(self, key: Hashable, version: tuple, answer: "QueryJson") -> None:
-        n = len(answer.body)
+        n = self.cost(key, answer)
         if n > self.max_bytes // 4:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
-                self._size -= len(old[1].body)
-            self._items[key] = (version, answer)
+                self._size -= old[2]
+            self._items[key] = (version, answer, n)
             self._size += n
             while self._size > self.max_bytes:
-                _, (_, dropped) = self._items.popitem(last=False)
-                self._size -= len(dropped.body)
+                _, (_, _, dropped) = self._items.popitem(last=False)
+                self._size -= dropped
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _text_size(key: Any) -> int:
+    """Characters of the strings in ``key`` (nested tuples of str / None)."""
+    if isinstance(key, str):
+        return len(key)
+    if isinstance(key, tuple):
+        return sum(_text_size(k) for k in key)
+    return 8
 
 
 _URL_HEAD = b',"' + RETRIEVE_URL.encode() + b'":{"vr":"UR","Value":['

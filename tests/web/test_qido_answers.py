@@ -212,15 +212,27 @@ async def test_RH1_answers_bounded():
     def answer(n: int) -> QueryJson:
         return QueryJson(body=b"x" * n, count=1, total=1, offset=0, limit=100,
                          unsupported=())
-    cache = Answers(max_bytes=1000)
-    cache.put("a", (1,), answer(200))
-    cache.put("b", (1,), answer(200))
+    cache = Answers(max_bytes=10_000)
+    cache.put("a", (1,), answer(1500))
+    cache.put("b", (1,), answer(1500))
     assert cache.get("a", (1,)) is not None
     assert cache.get("a", (2,)) is None  # another version
-    cache.put("big", (1,), answer(300))  # over a quarter of the bound: not kept
+    cache.put("big", (1,), answer(2400))  # with its overhead over a quarter: not kept
     assert cache.get("big", (1,)) is None
     for k in "cdef":
-        cache.put(k, (1,), answer(200))
+        cache.put(k, (1,), answer(1500))
     assert cache.get("b", (1,)) is None  # least recently used went first
     assert cache.get("f", (1,)) is not None
-    assert cache._size <= 1000
+    assert cache._size <= 10_000
+
+
+async def test_RH1_answers_charge_their_keys():
+    """Many empty answers under long query parameters stay within the bound."""
+    cache = Answers(max_bytes=100_000)
+    empty = QueryJson(body=b"[]", count=0, total=0, offset=0, limit=100, unsupported=())
+    for i in range(10_000):
+        key = ("instance", "1.2", "1.2.3", (("SOPInstanceUID", f"{i}." + "9" * 3000),),
+               "http://h/dicom-web")
+        cache.put(key, (1,), empty)
+    assert cache._size <= 100_000
+    assert len(cache) == 100_000 // Answers.cost(key, empty)

@@ -23,12 +23,17 @@ import collections
 import operator
 import threading
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
 from pacsd.index import qido_sql
+from pacsd.index.engine import translate_errors
 from pacsd.index.qido import QidoQuery, QidoResult
+from pacsd.index.schema import series, studies
+
+T = TypeVar("T")
 
 
 class Unsupported(Exception):
@@ -137,6 +142,50 @@ def search(engine: sa.Engine, q: QidoQuery, *, raw: bool = False) -> QidoResult:
     return qido_sql.assemble(q, fetched, raw=raw)
 
 
+#: The version of what a page below a study / series reads (R-H1): the row's pk (a series
+#: deleted and stored again is another row), its revision (bumped by every ingest,
+#: delete and correction below it: index/writes.py, versions.py), its instance count and
+#: its last change (with the pk: SQLite may give a series deleted and stored again the
+#: same pk and revision); the series form is the metadata ETag's (catalogue._SERIES_ETAG).
+#: The time is read as stored (no DateTime result processor: the DBAPI path runs none).
+SERIES_VERSION = (sa.select(series.c.pk, series.c.revision, series.c.num_instances,
+                            sa.type_coerce(series.c.updated_at, sa.String).label("updated_at"))
+                  .select_from(series.join(studies, series.c.study_fk == studies.c.pk))
+                  .where(studies.c.study_instance_uid == sa.bindparam("b_study"),
+                         series.c.series_instance_uid == sa.bindparam("b_series")))
+STUDY_VERSION = (sa.select(studies.c.pk, studies.c.revision, studies.c.num_instances,
+                           sa.type_coerce(studies.c.updated_at, sa.String).label("updated_at"))
+                 .where(studies.c.study_instance_uid == sa.bindparam("b_study")))
+
+
+def search_versioned(engine: sa.Engine, q: QidoQuery, version: sa.Select,
+                     params: dict[str, Any], known: Callable[[tuple], bool], *,
+                     raw: bool = False) -> tuple[tuple | None, QidoResult | None]:
+    """(version row, result) of an unscoped query in one read transaction: the row of
+    ``version`` (:data:`SERIES_VERSION` / :data:`STUDY_VERSION`), then the query unless
+    ``known(row)`` says the caller holds its answer for that version already (result
+    None). No row (no such study / series): the query runs, version None. The version is
+    read first, so an answer is never older than the version it is filed under."""
+    with translate_errors("searching"):
+        conn = _checkout(engine)
+        try:
+            dbapi_conn = conn.dbapi_connection
+            dialect = engine.dialect
+            row = _in_transaction(dbapi_conn, dialect, conn, lambda runner: (
+                runner.execute(version, params).rows or [None])[0])
+            token = tuple(row) if row is not None else None
+            if token is not None and known(token):
+                return token, None
+            fetched = _in_transaction(dbapi_conn, dialect, conn,
+                                      lambda runner: qido_sql.fetch(runner, q), begin=False)
+        finally:
+            conn.close()  # back to the pool, rolled back
+        if fetched is None:
+            with engine.connect() as sa_conn:
+                return token, qido_sql.run(sa_conn, q, raw=raw)
+        return token, qido_sql.assemble(q, fetched, raw=raw)
+
+
 def _checkout(engine: sa.Engine) -> Any:
     """A pooled connection; a failure to connect raised as SQLAlchemy raises it (the pool
     hands the driver's own exception through)."""
@@ -154,13 +203,22 @@ def _fetch_on(dbapi_conn: Any, dialect: sa.Dialect, q: QidoQuery, pooled: Any = 
     """:func:`qido_sql.fetch` in one read transaction on ``dbapi_conn`` (None:
     :class:`Unsupported`); the caller rolls back (the pool does when ``pooled`` goes
     back)."""
+    return _in_transaction(dbapi_conn, dialect, pooled, lambda runner: qido_sql.fetch(runner, q))
+
+
+def _in_transaction(dbapi_conn: Any, dialect: sa.Dialect, pooled: Any,
+                    fn: Callable[[_Cursor], T], *, begin: bool = True) -> T | None:
+    """``fn(cursor)`` on ``dbapi_conn``, in the read transaction ``begin`` opens on SQLite
+    (one snapshot for every statement until the caller rolls back; PostgreSQL's driver
+    opens its own); None when a statement is :class:`Unsupported`; database errors
+    wrapped as SQLAlchemy wraps them (a lost connection invalidated)."""
     dbapi_error = dialect.loaded_dbapi.Error
     cur = dbapi_conn.cursor()
     runner = _Cursor(cur, dialect)
     try:
-        if dialect.name == "sqlite":  # one read snapshot for the page and its count
+        if begin and dialect.name == "sqlite":  # one read snapshot for the page and its count
             cur.execute("BEGIN")
-        return qido_sql.fetch(runner, q)
+        return fn(runner)
     except Unsupported:
         return None
     except dbapi_error as e:

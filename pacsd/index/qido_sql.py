@@ -392,9 +392,21 @@ def _build(key: tuple, extra_filter: sa.ColumnElement | None
         source = instances.join(series, instances.c.series_fk == series.c.pk).join(
             studies, instances.c.study_fk == studies.c.pk)
         order = [instances.c.instance_number.asc().nulls_last(), instances.c.pk]
-    page = (sa.select(*cols).select_from(source).where(*where).order_by(*order)
-            .limit(sa.bindparam("lim", type_=sa.Integer))
-            .offset(sa.bindparam("off", type_=sa.Integer)))
+    lim = sa.bindparam("lim", type_=sa.Integer)
+    off = sa.bindparam("off", type_=sa.Integer)
+    if key[6] and level == "study":
+        # The walk of the study order (:func:`_walk_order`): the page's pks from a walk
+        # that reads only ix_studies_order_* (it carries the PatientName search columns,
+        # migration 13; index-only on PostgreSQL), then those rows. Reading the study
+        # row of every walked entry cost ~1,300 table reads for 25 ``Chen*`` matches at
+        # 1M instances.
+        walked = (sa.select(studies.c.pk).where(*where).order_by(*order).limit(lim)
+                  .offset(off).subquery("walked"))
+        page = (sa.select(*cols).select_from(studies.join(walked, studies.c.pk == walked.c.pk))
+                .order_by(*order))
+    else:
+        page = (sa.select(*cols).select_from(source).where(*where).order_by(*order)
+                .limit(lim).offset(off))
     source = _count_source(level, where)
     if split is None:
         return page, _bounded_count(source, where)

@@ -228,6 +228,15 @@ DESCRIPTIONS: dict[str, str] = {
     "instances.created_at": "When this version of the instance was stored (UTC); set anew by "
                             "a correction.",
 
+    "qido_generation": "One row (pk 1): the generation of the studies and series rows "
+                       "(R-H1). On SQLite, triggers on studies and series (migration 14) "
+                       "add 1 on every insert, update and delete; QIDO-RS serves a kept "
+                       "page of studies or series while it has not changed "
+                       "(services/query.py Answers). Not maintained on PostgreSQL.",
+    "qido_generation.pk": "Always 1.",
+    "qido_generation.value": "Changes of studies and series rows since the database was "
+                             "created or migrated (SQLite); 0 on PostgreSQL.",
+
     "schema_version": "One row per applied core migration (migrations.py): the schema version "
                       "of the database. A fresh database records every known version at once "
                       "(\"stamp head\").",

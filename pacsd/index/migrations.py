@@ -144,6 +144,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _drop_unused_indexes),
     Migration(13, "perf: ix_studies_order_* carries the PatientName search columns "
                   "(R-H1)", _study_order_names),
+    Migration(14, "perf: qido_generation, bumped by triggers on studies and series "
+                  "(SQLite; R-H1)", schema.install_generation),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES
@@ -152,6 +154,7 @@ FRESH_TABLES += jobs_schema.JOBS_TABLES + forward_schema.FORWARD_TABLES
 FRESH_TABLES += lifecycle_schema.LIFECYCLE_TABLES
 FRESH_TABLES += oidc_schema.OIDC_TABLES
 FRESH_TABLES += audit_schema.AUDIT_TABLES  # migration 7 (audit retention, syslog)
+FRESH_TABLES += (schema.qido_generation,)  # migration 14 (install_generation: its row)
 # max, not the last entry: a migration may be merged after a higher-numbered one.
 LATEST = max(m.version for m in MIGRATIONS)
 
@@ -184,6 +187,7 @@ def migrate(engine: sa.Engine) -> int:
                 if sa.inspect(conn).has_table("studies"):
                     raise PacsdError("index database has tables but no schema version")
                 schema.metadata.create_all(conn, tables=list(FRESH_TABLES))
+                schema.install_generation(conn)  # its row and triggers
                 pending = MIGRATIONS
             else:
                 pending = tuple(sorted((m for m in MIGRATIONS if m.version > current),

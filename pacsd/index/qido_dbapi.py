@@ -186,6 +186,47 @@ def search_versioned(engine: sa.Engine, q: QidoQuery, version: sa.Select,
         return token, qido_sql.assemble(q, fetched, raw=raw)
 
 
+def search_stamped(engine: sa.Engine, q: QidoQuery, held: tuple | None, *,
+                   raw: bool = False) -> tuple[tuple | None, QidoResult | None]:
+    """(version, result) of an unscoped :func:`qido_sql.stampable` query in one read
+    transaction; the version is (generation, stamp): :data:`qido_sql.GENERATION` (SQLite;
+    None on PostgreSQL) and the page's stamp (:func:`qido_sql.stamp_of`: pks, revisions,
+    total). ``held``: the version of an answer the caller holds (None: none); the result
+    is None when that answer is still the answer: the generation is the same (nothing
+    of studies and series changed since: not even the stamp is read) or, read without
+    the JSON and nothing spliced, the stamp is. The stamp of a query that runs is read off
+    its own rows; the version is None when it ran through SQLAlchemy (:class:`Unsupported`)."""
+    with translate_errors("searching"):
+        conn = _checkout(engine)
+        try:
+            dbapi_conn = conn.dbapi_connection
+            dialect = engine.dialect
+            begin = True
+            generation = None
+            if dialect.name == "sqlite":
+                generation = _in_transaction(dbapi_conn, dialect, conn, lambda runner:
+                                             runner.execute(qido_sql.GENERATION).scalar())
+                begin = False
+                if held is not None and generation is not None and held[0] == generation:
+                    return held, None
+            if held is not None:
+                stamped = _in_transaction(dbapi_conn, dialect, conn, lambda runner:
+                                          qido_sql.fetch(runner, q, stamp=True), begin=begin)
+                begin = False
+                if stamped is not None:
+                    stamp = qido_sql.stamp_of(q, stamped)
+                    if stamp == held[1]:
+                        return (generation, stamp), None
+            fetched = _in_transaction(dbapi_conn, dialect, conn,
+                                      lambda runner: qido_sql.fetch(runner, q), begin=begin)
+        finally:
+            conn.close()  # back to the pool, rolled back
+        if fetched is None:
+            with engine.connect() as sa_conn:
+                return None, qido_sql.run(sa_conn, q, raw=raw)
+        return (generation, qido_sql.stamp_of(q, fetched)), qido_sql.assemble(q, fetched, raw=raw)
+
+
 def _checkout(engine: sa.Engine) -> Any:
     """A pooled connection; a failure to connect raised as SQLAlchemy raises it (the pool
     hands the driver's own exception through)."""

@@ -259,5 +259,32 @@ schema_version = sa.Table(
     sa.Column("applied_at", Stamp, nullable=False),
 )
 
+#: The generation of the rows QIDO-RS study and series pages are made of (R-H1, issue 6):
+#: one row, bumped by a trigger on every insert, update and delete of a ``studies`` or
+#: ``series`` row, on SQLite only, where writers are serialised anyway (on PostgreSQL a
+#: row every writer updates would serialise them; there a kept page is checked by its
+#: stamp alone: ``qido_sql.stamp_of``).
+qido_generation = sa.Table(
+    "qido_generation", metadata,
+    sa.Column("pk", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+_GENERATION_TRIGGERS = tuple(
+    f"CREATE TRIGGER IF NOT EXISTS tr_{table}_{op.lower()}_generation AFTER {op} ON {table} "
+    "BEGIN UPDATE qido_generation SET value = value + 1 WHERE pk = 1; END"
+    for table in ("studies", "series") for op in ("INSERT", "UPDATE", "DELETE"))
+
+
+def install_generation(conn: sa.Connection) -> None:
+    """The :data:`qido_generation` row and, on SQLite, its triggers (a fresh database and
+    migration 14); idempotent."""
+    qido_generation.create(conn, checkfirst=True)
+    if conn.scalar(sa.select(sa.func.count()).select_from(qido_generation)) == 0:
+        conn.execute(sa.insert(qido_generation).values(pk=1, value=0))
+    if conn.dialect.name == "sqlite":
+        for ddl in _GENERATION_TRIGGERS:
+            conn.exec_driver_sql(ddl)
+
+
 #: The tables migrate() creates on a fresh database, in dependency order.
 CATALOGUE_TABLES = (patients, studies, series, instances)

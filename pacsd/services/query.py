@@ -8,12 +8,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Hashable
 
 import orjson
 
 from ..index import parse_qido, qido_dbapi
-from ..index.qido_sql import needs_upper
+from ..index.qido_sql import needs_upper, stampable
 from .archive import Archive
 
 RETRIEVE_URL = "00081190"
@@ -46,41 +47,65 @@ class QueryJson:
     exact: bool = True
 
 
-#: Bytes of answers kept per process (:class:`Answers`): ~20 series of 300 CT instances.
-ANSWER_CACHE_BYTES = 8 * 1024 * 1024
+#: Bytes of answers kept per process (:class:`Answers`): ~40 series of 300 CT instances,
+#: or three years of month-long StudyDate pages at 50k instances (~290 kB each).
+ANSWER_CACHE_BYTES = 16 * 1024 * 1024
+#: The fewest items of a study / series page kept under its stamp (:meth:`QueryService.
+#: _kept`).
+STAMPED_MIN_ITEMS = 8
 
 
 class Answers:
-    """QIDO-RS answers below one series (instances) or one study (series), kept with the
-    version of that series / study they were built from (R-H1: the 300 instances of a
-    CT series were re-read and re-spliced, ~2 ms of a worker's CPU, for every request;
-    the series of a study cost a page query and a splice where a one-row read of the
-    version now does).
+    """QIDO-RS answers kept with the version of what they were built from (R-H1): the
+    instances of one series and the series of one study under that series' / study's
+    version (the 300 instances of a CT series were re-read and re-spliced, ~2 ms of a
+    worker's CPU, for every request; the series of a study cost a page query and a splice
+    where a one-row read of the version now does), other pages of studies or series of
+    at least :data:`STAMPED_MIN_ITEMS` items under the generation of the studies and
+    series rows (SQLite: ``schema.qido_generation``, a one-row read) and their page's
+    stamp (the page's pks, revisions and total, read without the JSON when the
+    generation moved: a ``PatientName=Wang*`` answer of 336 studies took 8 ms to fetch
+    and splice at 50k instances, its stamp 1 ms).
 
     An answer is served only when the version read in the request's own transaction is
-    the one it was filed under (``qido_dbapi.SERIES_VERSION`` / ``STUDY_VERSION``: every
-    ingest, delete and correction below changes it), so it is never staler than a fresh
-    query; several worker processes each keep their own. Only unscoped queries whose
-    answer reads nothing above the versioned level are kept (:meth:`QueryService.
-    _versioned`). Bounded by total size, least recently used first out: an entry costs
-    its body, its key's text (the query parameters and base URL a client sent) and
-    :data:`ENTRY_OVERHEAD` (so many tiny answers, e.g. ``[]`` under long parameters,
-    cannot grow the memory past the bound); an entry over a quarter of the bound is not
-    kept."""
+    the one it was filed under (``qido_dbapi.SERIES_VERSION`` / ``STUDY_VERSION``; the
+    generation, or else the stamp: ``qido_dbapi.search_stamped``; every ingest, delete
+    and correction at or below a row changes them), so it is never staler than a fresh
+    query; several worker processes each keep
+    their own. Only unscoped queries whose answer reads nothing the version does not
+    cover are kept (:meth:`QueryService._kept`). Bounded by total size, least recently
+    used first out: an entry costs its body, its key's text (the query parameters and
+    base URL a client sent), a stamp's rows and :data:`ENTRY_OVERHEAD` (so many tiny
+    answers, e.g. ``[]`` under long parameters, cannot grow the memory past the bound);
+    an entry over a quarter of the bound is not kept."""
 
     #: Bytes charged per entry besides its body and key text (dict, tuples, objects).
     ENTRY_OVERHEAD = 512
 
     def __init__(self, max_bytes: int = ANSWER_CACHE_BYTES) -> None:
         self.max_bytes = max_bytes
-        self._items: OrderedDict[Hashable, tuple[tuple, "QueryJson", int]] = OrderedDict()
+        #: key -> (version, answer, bytes charged, stamp rows)
+        self._items: OrderedDict[Hashable, tuple[tuple, "QueryJson", int, int]] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
+    #: Bytes charged per row of a version that is a page's stamp (a tuple of a few ints
+    #: and strings per row: ``qido_sql.stamp_of``).
+    STAMP_ROW = 200
+
     @classmethod
-    def cost(cls, key: Hashable, answer: "QueryJson") -> int:
-        """What an entry is charged: body, key text, overhead."""
-        return len(answer.body) + cls.ENTRY_OVERHEAD + _text_size(key)
+    def cost(cls, key: Hashable, answer: "QueryJson", rows: int = 0) -> int:
+        """What an entry is charged: body, key text, overhead, a stamp's ``rows``."""
+        return len(answer.body) + cls.ENTRY_OVERHEAD + _text_size(key) + cls.STAMP_ROW * rows
+
+    def peek(self, key: Hashable) -> "tuple[tuple, QueryJson, int] | None":
+        """(version, answer, stamp rows) kept under ``key``, whatever its version."""
+        with self._lock:
+            held = self._items.get(key)
+            if held is None:
+                return None
+            self._items.move_to_end(key)
+            return held[0], held[1], held[3]
 
     def get(self, key: Hashable, version: tuple) -> "QueryJson | None":
         with self._lock:
@@ -90,18 +115,19 @@ class Answers:
             self._items.move_to_end(key)
             return held[1]
 
-    def put(self, key: Hashable, version: tuple, answer: "QueryJson") -> None:
-        n = self.cost(key, answer)
+    def put(self, key: Hashable, version: tuple, answer: "QueryJson", rows: int = 0) -> None:
+        """Keep ``answer`` under ``key`` for ``version`` (``rows``: of its stamp)."""
+        n = self.cost(key, answer, rows)
         if n > self.max_bytes // 4:
             return
         with self._lock:
             old = self._items.pop(key, None)
             if old is not None:
                 self._size -= old[2]
-            self._items[key] = (version, answer, n)
+            self._items[key] = (version, answer, n, rows)
             self._size += n
             while self._size > self.max_bytes:
-                _, (_, _, dropped) = self._items.popitem(last=False)
+                _, (_, _, dropped, _) = self._items.popitem(last=False)
                 self._size -= dropped
 
     def __len__(self) -> int:
@@ -159,31 +185,25 @@ class QueryService:
                        aliases=self.aliases)
         scope = self.archive.scoping.scope_for(actor, "read")
         unsupported = tuple(q.unsupported)
-        versioned = self._versioned(q, scope)
-        if versioned is not None:
-            version_stmt, version_params = versioned
+        kept = self._kept(q, scope)
+        if kept is not None:
+            search, min_items, stamped = kept
             key = (level, study_uid, series_uid, tuple(params), base_url)
             answers = self.answers
-            engine = self.archive.catalogue.engine
 
             def cached() -> QueryJson:
-                held: list[QueryJson] = []
-
-                def known(version: tuple) -> bool:
-                    hit = answers.get(key, version)
-                    if hit is not None:
-                        held.append(hit)
-                    return hit is not None
-                version, result = qido_dbapi.search_versioned(
-                    engine, q, version_stmt, version_params, known, raw=True)
-                if result is None:
-                    return held[0]
+                held = answers.peek(key)
+                version, result = search(held[0] if held is not None else None)
+                if result is None:  # the held answer is still the answer
+                    if version != held[0]:  # checked by its stamp: filed anew
+                        answers.put(key, version, held[1], held[2])
+                    return held[1]
                 answer = QueryJson(body=_body(level, result.items, base_url),
                                    count=len(result.items), total=result.total,
                                    offset=q.offset, limit=q.limit, unsupported=unsupported,
                                    exact=result.exact)
-                if version is not None:
-                    answers.put(key, version, answer)
+                if version is not None and answer.count >= min_items:
+                    answers.put(key, version, answer, answer.count if stamped else 0)
                 return answer
             return await self.archive.run_light(cached)
 
@@ -195,22 +215,45 @@ class QueryService:
         return QueryJson(body=body, count=count, total=total, offset=q.offset, limit=q.limit,
                          unsupported=unsupported, exact=exact)
 
-    @staticmethod
-    def _versioned(q: Any, scope: Any) -> tuple[Any, dict[str, str]] | None:
-        """(version statement, its parameters) when the answer of ``q`` may be kept
-        (:class:`Answers`): the instances of one series (series version) or the series
-        of one study (study version: bumped by every change below the study too),
-        unscoped, reading nothing the version does not cover (upper-level JSON, the
-        study's counters and lists: ``includefield`` of them)."""
-        if scope or q.study_uid is None or needs_upper(q) or q.include_all or \
-                not q.includefields.isdisjoint(_STUDY_COMPUTED):
+    def _kept(self, q: Any, scope: Any) -> tuple[Callable[[tuple | None],
+                                               tuple[tuple | None, Any]], int, bool] | None:
+        """How an unscoped query's answer may be kept (:class:`Answers`): (a function of
+        the version of the answer held, or None, that returns (version, result; None when
+        the held answer is still the answer); the fewest items an answer worth keeping
+        has; whether its version is a page's stamp). The instances of one series and the
+        series of one study are filed under that series' / study's version (a one-row
+        read: every change below it changes it), other pages of studies and series under
+        the generation of those tables (SQLite) and their page's stamp (``qido_sql.
+        stamp_of``: its rows' pks and revisions and the total, read without the JSON;
+        ``qido_dbapi.search_stamped``). Queries that read more than the version covers
+        (upper-level JSON, the study's counters and lists under ``includefield``) are
+        not kept, nor those of a scoped actor (``scope``)."""
+        if scope:
             return None
-        if q.level == "instance" and q.series_uid is not None:
-            return qido_dbapi.SERIES_VERSION, {"b_study": q.study_uid,
-                                               "b_series": q.series_uid}
-        if q.level == "series" and q.series_uid is None:
-            return qido_dbapi.STUDY_VERSION, {"b_study": q.study_uid}
+        engine = self.archive.catalogue.engine
+        if q.study_uid is not None and not needs_upper(q) and not q.include_all and \
+                q.includefields.isdisjoint(_STUDY_COMPUTED):
+            version = None
+            if q.level == "instance" and q.series_uid is not None:
+                version = qido_dbapi.SERIES_VERSION
+                params = {"b_study": q.study_uid, "b_series": q.series_uid}
+            elif q.level == "series" and q.series_uid is None:
+                version = qido_dbapi.STUDY_VERSION
+                params = {"b_study": q.study_uid}
+            if version is not None:
+                return (lambda held: qido_dbapi.search_versioned(
+                    engine, q, version, params, (lambda v: v == held) if held else _never,
+                    raw=True),
+                        0, False)
+        if stampable(q):
+            # A page of a few items costs about what its stamp does: not kept.
+            return (lambda held: qido_dbapi.search_stamped(engine, q, held, raw=True),
+                    STAMPED_MIN_ITEMS, True)
         return None
+
+
+def _never(version: tuple) -> bool:
+    return False
 
 
 def _body(level: str, items: list, base: str) -> bytes:

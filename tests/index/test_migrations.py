@@ -208,3 +208,41 @@ def test_upgrade_from_version_9_adds_instance_digest(fresh_url):
     assert cols["digest"]["nullable"]
     assert instances.c.digest.nullable
     cat.close()
+
+
+def test_upgrade_from_version_13_adds_the_qido_generation(fresh_url):
+    """Migration 14 (R-H1): the qido_generation row, and on SQLite the triggers that bump
+    it on every insert, update and delete of a studies or series row (a fresh database
+    gets the same); on PostgreSQL the row stays 0 (kept pages are checked by their stamp)."""
+    from pacsd.index.schema import qido_generation
+    from tests.index.conftest import make_instance, store
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    sqlite = cat.engine.dialect.name == "sqlite"
+
+    def generation() -> int:
+        with cat.engine.connect() as conn:
+            return conn.scalar(sa.select(qido_generation.c.value))
+
+    def triggers() -> int:
+        with cat.engine.connect() as conn:
+            return conn.scalar(sa.text(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'")) if sqlite else 0
+    assert generation() == 0 and triggers() == (6 if sqlite else 0)
+    with cat.engine.begin() as conn:
+        for t in ("studies", "series"):
+            for op in ("insert", "update", "delete"):
+                if sqlite:
+                    conn.execute(sa.text(f"DROP TRIGGER tr_{t}_{op}_generation"))
+        conn.execute(sa.text("DROP TABLE qido_generation"))
+        conn.execute(sa.delete(schema_version).where(schema_version.c.version >= 14))
+    assert cat.migrate() == migrations.LATEST == cat.migrate()
+    assert 14 in versions(cat) and triggers() == (6 if sqlite else 0)
+    before = generation()
+    store(cat, make_instance("5.1", "5.1.1", "5.1.1.1"))  # a study, a series
+    store(cat, make_instance("5.1", "5.1.1", "5.1.1.2"))  # both updated
+    moved = generation() - before
+    assert moved >= 4 if sqlite else moved == 0
+    cat.delete("5.1")
+    assert (generation() > before + moved) == sqlite
+    cat.close()

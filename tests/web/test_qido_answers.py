@@ -3,7 +3,9 @@ the instances of one series are answered from the bytes built for the series' cu
 version, byte for byte what a fresh query gives (QueryService.search: dicts, RetrieveURL
 last), and never stale: an ingest, a delete, a series deleted and stored again (SQLite may
 give it the same pk and revision) or a correction below the series changes the version.
-Per base URL; answers that read study attributes, and scoped actors, are never kept."""
+Per base URL; answers that read study attributes, and scoped actors, are never kept.
+Other pages of studies or series are kept under their page's stamp (pks, revisions,
+total: qido_sql.stamp_of) and never stale either."""
 from __future__ import annotations
 
 import orjson
@@ -12,9 +14,10 @@ from dicomgen import make_dataset, to_part10
 
 from pacsd.index import qido_sql
 from pacsd.index.qido import parse_qido
-from pacsd.services.query import Answers, QueryJson, QueryService
+from pacsd.services.query import STAMPED_MIN_ITEMS, Answers, QueryJson, QueryService
+from pacsd.services.retention import RetentionService
 from pacsd.services.security import LOCAL
-from pacsd.web.keys import QUERY
+from pacsd.web.keys import ARCHIVE, QUERY
 
 pytestmark = pytest.mark.asyncio
 SOP = "00080018"
@@ -27,7 +30,7 @@ def fetches(monkeypatch):
     real = qido_sql.fetch
 
     def counting(*a, **kw):
-        calls.append(1)
+        calls.append("stamp" if kw.get("stamp") else "page")
         return real(*a, **kw)
     monkeypatch.setattr(qido_sql, "fetch", counting)
     return calls
@@ -198,14 +201,78 @@ async def test_RH1_series_of_a_study_kept_and_never_stale(client, stow, fetches)
     assert await series_answer([("Modality", "MR")]) == ([], [])
 
 
-async def test_RH1_scoped_queries_are_not_kept():
+async def test_RH1_study_page_kept_under_its_stamp_and_never_stale(client, stow, fetches):
+    """A page of studies (``PatientName=Wang*``) is kept under the generation of the
+    studies and series rows (SQLite) and its stamp: asked again, nothing but the
+    generation is read and the bytes are a fresh query's; an instance more in a matching
+    study, a new match, a deleted match and HIS visit data (no revision bump) each give a
+    fresh answer; a change elsewhere costs the stamp only. Pages under STAMPED_MIN_ITEMS
+    are not kept."""
+    studies = [make_dataset(PatientName=f"Wang^{i}", PatientID=f"W{i}", seed=i)
+               for i in range(STAMPED_MIN_ITEMS + 1)]
+    assert (await stow([to_part10(x) for x in studies])).status == 200
+    params = [("PatientName", "Wang*"), ("includefield", "visittype")]
+    query = "&".join(f"{k}={v}" for k, v in params)
+
+    async def answer() -> tuple[bytes, list[str]]:
+        before = len(fetches)
+        r = await client.get(f"/dicom-web/studies?{query}",
+                             headers={"Accept": "application/dicom+json"})
+        assert r.status == 200
+        body = await r.read()
+        ran = fetches[before:]
+        base = str(r.url).split("/dicom-web")[0] + "/dicom-web"
+        want = await client.server.app[QUERY].search("study", params, base_url=base,
+                                                     actor=LOCAL)
+        assert body == orjson.dumps(want.items)
+        return body, ran
+
+    first, ran = await answer()
+    assert ran == ["page"]
+    again, ran = await answer()
+    assert (again, ran) == (first, [])  # the kept bytes: only the generation was read
+    more = make_dataset(study=studies[2].StudyInstanceUID, PatientName="Wang^2",
+                        PatientID="W2", seed=50)
+    assert (await stow([to_part10(more)])).status == 200
+    changed, ran = await answer()
+    assert changed != first and ran == ["stamp", "page"]
+    assert (await answer())[1] == []
+    other = make_dataset(PatientName="Li^Lei", PatientID="L1", seed=70)
+    assert (await stow([to_part10(other)])).status == 200
+    assert await answer() == (changed, ["stamp"])  # no match changed
+    assert (await answer())[1] == []
+    new = make_dataset(PatientName="Wang^new", PatientID="W99", seed=60)
+    assert (await stow([to_part10(new)])).status == 200
+    body, ran = await answer()
+    assert ran == ["stamp", "page"] and new.StudyInstanceUID.encode() in body
+    r = await client.delete(f"/dicom-web/studies/{studies[0].StudyInstanceUID}")
+    assert r.status == 204
+    body, ran = await answer()
+    assert ran == ["stamp", "page"] and studies[0].StudyInstanceUID.encode() not in body
+    RetentionService(client.server.app[ARCHIVE]).set_visit(
+        studies[1].StudyInstanceUID, "inpatient", "20240101")
+    body, ran = await answer()
+    assert ran == ["stamp", "page"] and b'"inpatient"' in body
+    # A small page is not kept: its stamp would cost what the page does.
+    for _ in range(2):
+        before = len(fetches)
+        r = await client.get("/dicom-web/studies?PatientName=Wang%5Enew")
+        assert r.status == 200 and len(await r.json()) == 1
+        assert fetches[before:] == ["page"]
+
+
+async def test_RH1_scoped_queries_are_not_kept(client):
+    service = client.server.app[QUERY]
     q = parse_qido("instance", [], study_uid="1.2.3", series_uid="1.2.3.4")
-    assert QueryService._versioned(q, ()) is not None
-    assert QueryService._versioned(q, None) is not None
-    assert QueryService._versioned(q, ("a constraint",)) is None
+    assert service._kept(q, ()) is not None
+    assert service._kept(q, None) is not None
+    assert service._kept(q, ("a constraint",)) is None
     q = parse_qido("series", [], study_uid="1.2.3")
-    assert QueryService._versioned(q, ()) is not None
-    assert QueryService._versioned(q, ("a constraint",)) is None
+    assert service._kept(q, ()) is not None
+    assert service._kept(q, ("a constraint",)) is None
+    q = parse_qido("study", [("PatientName", "Wang*")])
+    assert service._kept(q, ()) is not None
+    assert service._kept(q, ("a constraint",)) is None
 
 
 async def test_RH1_answers_bounded():

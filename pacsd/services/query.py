@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Hashable
 
 import orjson
@@ -71,9 +71,9 @@ class Answers:
     the one it was filed under (``qido_dbapi.SERIES_VERSION`` / ``STUDY_VERSION``; the
     generation, or else the stamp: ``qido_dbapi.search_stamped``; every ingest, delete
     and correction at or below a row changes them), so it is never staler than a fresh
-    query; several worker processes each keep
-    their own. Only unscoped queries whose answer reads nothing the version does not
-    cover are kept (:meth:`QueryService._kept`). Bounded by total size, least recently
+    query; several worker processes each keep their own. Only unscoped queries whose
+    answer reads nothing the version does not cover are kept (:meth:`QueryService.
+    _kept`). Bounded by total size, least recently
     used first out: an entry costs its body, its key's text (the query parameters and
     base URL a client sent), a stamp's rows and :data:`ENTRY_OVERHEAD` (so many tiny
     answers, e.g. ``[]`` under long parameters, cannot grow the memory past the bound);
@@ -108,12 +108,9 @@ class Answers:
             return held[0], held[1], held[3]
 
     def get(self, key: Hashable, version: tuple) -> "QueryJson | None":
-        with self._lock:
-            held = self._items.get(key)
-            if held is None or held[0] != version:
-                return None
-            self._items.move_to_end(key)
-            return held[1]
+        """The answer kept under ``key`` for ``version``, or None."""
+        held = self.peek(key)
+        return held[1] if held is not None and held[0] == version else None
 
     def put(self, key: Hashable, version: tuple, answer: "QueryJson", rows: int = 0) -> None:
         """Keep ``answer`` under ``key`` for ``version`` (``rows``: of its stamp)."""

@@ -166,24 +166,11 @@ def search_versioned(engine: sa.Engine, q: QidoQuery, version: sa.Select,
     ``known(row)`` says the caller holds its answer for that version already (result
     None). No row (no such study / series): the query runs, version None. The version is
     read first, so an answer is never older than the version it is filed under."""
-    with translate_errors("searching"):
-        conn = _checkout(engine)
-        try:
-            dbapi_conn = conn.dbapi_connection
-            dialect = engine.dialect
-            row = _in_transaction(dbapi_conn, dialect, conn, lambda runner: (
-                runner.execute(version, params).rows or [None])[0])
-            token = tuple(row) if row is not None else None
-            if token is not None and known(token):
-                return token, None
-            fetched = _in_transaction(dbapi_conn, dialect, conn,
-                                      lambda runner: qido_sql.fetch(runner, q), begin=False)
-        finally:
-            conn.close()  # back to the pool, rolled back
-        if fetched is None:
-            with engine.connect() as sa_conn:
-                return token, qido_sql.run(sa_conn, q, raw=raw)
-        return token, qido_sql.assemble(q, fetched, raw=raw)
+    def check(read: Callable) -> tuple[Any, bool]:
+        row = read(lambda runner: (runner.execute(version, params).rows or [None])[0])
+        token = tuple(row) if row is not None else None
+        return token, token is not None and known(token)
+    return _search_kept(engine, q, check, raw=raw)
 
 
 def search_stamped(engine: sa.Engine, q: QidoQuery, held: tuple | None, *,
@@ -196,35 +183,55 @@ def search_stamped(engine: sa.Engine, q: QidoQuery, held: tuple | None, *,
     of studies and series changed since: not even the stamp is read) or, read without
     the JSON and nothing spliced, the stamp is. The stamp of a query that runs is read off
     its own rows; the version is None when it ran through SQLAlchemy (:class:`Unsupported`)."""
+    def check(read: Callable) -> tuple[Any, bool]:
+        generation = None
+        if engine.dialect.name == "sqlite":
+            generation = read(lambda runner: runner.execute(qido_sql.GENERATION).scalar())
+            if held is not None and generation is not None and held[0] == generation:
+                return held, True
+        if held is not None:
+            stamped = read(lambda runner: qido_sql.fetch(runner, q, stamp=True))
+            if stamped is not None:
+                stamp = qido_sql.stamp_of(q, stamped)
+                if stamp == held[1]:
+                    return (generation, stamp), True
+        return (lambda fetched: (generation, qido_sql.stamp_of(q, fetched))), False
+    return _search_kept(engine, q, check, raw=raw)
+
+
+def _search_kept(engine: sa.Engine, q: QidoQuery,
+                 check: Callable[[Callable], tuple[Any, bool]], *,
+                 raw: bool) -> tuple[tuple | None, QidoResult | None]:
+    """What :func:`search_versioned` and :func:`search_stamped` share: one read
+    transaction on a pooled DBAPI connection, in which ``check(read)`` reads the version
+    (``read(fn)``: ``fn(cursor)`` in that transaction) and returns (version, whether the
+    caller's answer stands); when it does not, the page is read in the same transaction.
+    A version that is a function is one of the page's rows (None when the query ran
+    through SQLAlchemy: :class:`Unsupported`)."""
     with translate_errors("searching"):
         conn = _checkout(engine)
         try:
             dbapi_conn = conn.dbapi_connection
             dialect = engine.dialect
-            begin = True
-            generation = None
-            if dialect.name == "sqlite":
-                generation = _in_transaction(dbapi_conn, dialect, conn, lambda runner:
-                                             runner.execute(qido_sql.GENERATION).scalar())
-                begin = False
-                if held is not None and generation is not None and held[0] == generation:
-                    return held, None
-            if held is not None:
-                stamped = _in_transaction(dbapi_conn, dialect, conn, lambda runner:
-                                          qido_sql.fetch(runner, q, stamp=True), begin=begin)
-                begin = False
-                if stamped is not None:
-                    stamp = qido_sql.stamp_of(q, stamped)
-                    if stamp == held[1]:
-                        return (generation, stamp), None
-            fetched = _in_transaction(dbapi_conn, dialect, conn,
-                                      lambda runner: qido_sql.fetch(runner, q), begin=begin)
+            began: list[bool] = []
+
+            def read(fn: Callable[[_Cursor], T]) -> T | None:
+                out = _in_transaction(dbapi_conn, dialect, conn, fn, begin=not began)
+                began.append(True)
+                return out
+            version, stands = check(read)
+            if stands:
+                return version, None
+            fetched = read(lambda runner: qido_sql.fetch(runner, q))
         finally:
             conn.close()  # back to the pool, rolled back
         if fetched is None:
             with engine.connect() as sa_conn:
-                return None, qido_sql.run(sa_conn, q, raw=raw)
-        return (generation, qido_sql.stamp_of(q, fetched)), qido_sql.assemble(q, fetched, raw=raw)
+                return (None if callable(version) else version), qido_sql.run(sa_conn, q,
+                                                                                raw=raw)
+        if callable(version):
+            version = version(fetched)
+        return version, qido_sql.assemble(q, fetched, raw=raw)
 
 
 def _checkout(engine: sa.Engine) -> Any:

@@ -22,7 +22,6 @@ process of that tree (``--gil`` and all threads) while the kinds run at c=16 for
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -36,7 +35,7 @@ from .client import new_session
 from .dataset import DataSet
 from .procstat import children, cpu_s
 from .servers import OrthancProcess, git_state, stop_process
-from .wado_ab import start
+from .wado_ab import ab_parser, start
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -202,9 +201,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.qido_ab")
-    p.add_argument("--a", required=True, help="source tree A (e.g. /work/main)")
-    p.add_argument("--b", required=True, help="source tree B (e.g. this work tree)")
+    p = ab_parser("python -m benchmarks.qido_ab", "auto")
     p.add_argument("--ct-studies", type=int, default=2)
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--tiny", type=int, default=3000)
@@ -212,8 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n1", type=int, default=30, help="queries per repetition at c=1")
     p.add_argument("--n16", type=int, default=160, help="queries per repetition at c=16")
     p.add_argument("--kinds", default="", help="comma-separated (default: all)")
-    p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
-    p.add_argument("--workers", default="auto", help="pacsd serve --workers (both trees)")
     p.add_argument("--profile", choices=("A", "B"), help="py-spy a tree's workers after")
     p.add_argument("--profile-seconds", type=float, default=8.0)
     return asyncio.run(_run(p.parse_args(argv)))

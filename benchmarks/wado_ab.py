@@ -110,18 +110,25 @@ class AioClient:
         self.loop.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.wado_ab")
+def ab_parser(prog: str, workers: str) -> argparse.ArgumentParser:
+    """The options every A/B driver of two source trees shares: ``--a``, ``--b``,
+    ``--orthanc`` and ``--workers`` (default ``workers``)."""
+    p = argparse.ArgumentParser(prog=prog)
     p.add_argument("--a", required=True, help="source tree A (e.g. /work/main)")
     p.add_argument("--b", required=True, help="source tree B (e.g. this work tree)")
+    p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
+    p.add_argument("--workers", default=workers, help="pacsd serve --workers (both trees)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ab_parser("python -m benchmarks.wado_ab", "1")
     p.add_argument("--slices", type=int, default=200)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--n1", type=int, default=4, help="requests per repetition at c=1")
     p.add_argument("--n8", type=int, default=2, help="requests per curl at c=8")
     p.add_argument("--n32", type=int, default=1, help="requests per curl at c=32")
     p.add_argument("--conc", default="1,8", help="concurrencies to measure, e.g. 1,8,32")
-    p.add_argument("--orthanc", action="store_true", help="measure Orthanc too")
-    p.add_argument("--workers", default="1", help="pacsd serve --workers (both trees)")
     p.add_argument("--client", choices=("curl", "aiohttp"), default="curl",
                    help="curl processes, or the side-by-side's verifying aiohttp driver")
     args = p.parse_args(argv)

@@ -94,7 +94,9 @@ def _qido_cuts(conn: sa.Connection) -> None:
 #: Indexes no query reads (issue 6, R-H1): each costs every stored instance an index
 #: write, and on PostgreSQL an index on a column every instance updates forbids HOT
 #: updates of the row (a new index entry in every index of the table instead).
-UNUSED_INDEXES = (("studies", "ix_studies_updated_at"),)
+#: ix_series_modality is the leading column of ix_series_modality_number (migration 8),
+#: which serves every Modality match, series level and ModalitiesInStudy alike.
+UNUSED_INDEXES = (("studies", "ix_studies_updated_at"), ("series", "ix_series_modality"))
 
 
 def _drop_unused_indexes(conn: sa.Connection) -> None:
@@ -146,6 +148,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                   "(R-H1)", _study_order_names),
     Migration(14, "perf: qido_generation, bumped by triggers on studies and series "
                   "(SQLite; R-H1)", schema.install_generation),
+    Migration(15, "perf: drop ix_series_modality, the prefix of ix_series_modality_number "
+                  "(R-H1)", _drop_unused_indexes),
 )
 #: What a fresh database gets (the current schema of every module), in dependency order.
 FRESH_TABLES = (schema.CATALOGUE_TABLES + security_schema.SECURITY_TABLES

@@ -202,7 +202,9 @@ series = sa.Table(
     sa.Column("pk", Key, primary_key=True),
     sa.Column("series_instance_uid", Text, nullable=False, unique=True),
     sa.Column("study_fk", Key, sa.ForeignKey("studies.pk"), nullable=False),
-    *[_col(k, c, index=True) for k, c in SERIES_COLUMNS.items()],
+    # Modality has no index of its own: ix_series_modality_number below leads with it
+    # (migration 15 dropped ix_series_modality, one index write less per series).
+    *[_col(k, c, index=c != "modality") for k, c in SERIES_COLUMNS.items()],
     sa.Column("num_instances", sa.Integer, nullable=False, server_default="0"),
     sa.Column("series_json", Blob, nullable=False),
     sa.Column("series_cuts", Blob),  # as studies.study_cuts (migration 11)

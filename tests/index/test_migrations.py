@@ -51,9 +51,11 @@ def test_migrate_idempotent_and_creates_indexes(fresh_url):
         "ix_studies_order_sqlite"
     for ix in (order_ix, "ix_studies_patient_fk", "ix_studies_patient_name_alpha",
                "ix_studies_patient_name_ideo", "ix_studies_accession_number",
-               "ix_series_study_number", "ix_series_modality",
+               "ix_series_study_number", "ix_series_modality_number",
                "ix_instances_series_number", "ix_instances_study_sop_class"):
         assert ix in names
+    for _table, ix in migrations.UNUSED_INDEXES:  # migrations 12 and 15
+        assert ix not in names
     cat.close()
 
 
@@ -245,4 +247,29 @@ def test_upgrade_from_version_13_adds_the_qido_generation(fresh_url):
     assert moved >= 4 if sqlite else moved == 0
     cat.delete("5.1")
     assert (generation() > before + moved) == sqlite
+    cat.close()
+
+
+def test_upgrade_from_version_14_drops_ix_series_modality(fresh_url):
+    """Migration 15 (R-H1): ix_series_modality, the leading column of
+    ix_series_modality_number, is dropped from a version-14 catalogue; rows intact, the
+    Modality query answers the same; running it again changes nothing."""
+    from pacsd.index import parse_qido
+    from tests.index.conftest import make_instance, store
+    cat = Catalogue(fresh_url)
+    cat.migrate()
+    store(cat, make_instance("6.1", "6.1.1", "6.1.1.1"))
+    with cat.engine.begin() as conn:
+        conn.execute(sa.text("CREATE INDEX ix_series_modality ON series (modality)"))
+        conn.execute(sa.delete(schema_version).where(schema_version.c.version >= 15))
+
+    def series_indexes() -> set[str]:
+        return {i["name"] for i in sa.inspect(cat.engine).get_indexes("series")}
+    assert "ix_series_modality" in series_indexes()
+    assert cat.migrate() == migrations.LATEST == cat.migrate()
+    assert 15 in versions(cat)
+    assert "ix_series_modality" not in series_indexes()
+    assert "ix_series_modality_number" in series_indexes()
+    found = cat.search(parse_qido("series", [("Modality", "CT")]))
+    assert [i["0020000E"]["Value"][0] for i in found.items] == ["6.1.1"]
     cat.close()

@@ -157,3 +157,15 @@ def test_R_H1_common_name_prefix_walks_the_study_order(big):
                     key=lambda s: (1 + s % 12, 1 + s % 28, s % 24, s))[:10]
     assert [i["0020000D"]["Value"][0] for i in result.items] == [f"1.2.{s}" for s in newest]
     assert big.search(rare).total == 11
+
+
+def test_R_H1_modalities_in_study_uses_a_series_index(big):
+    """ModalitiesInStudy matches through the study's series (an EXISTS on series): it
+    reads an index, never scans every series row, with ix_series_modality gone
+    (migration 15; ix_series_modality_number leads with the same column)."""
+    p = plan(big, "study", [("ModalitiesInStudy", "CT"), ("limit", "10")])
+    assert "SCAN ms" not in p, p
+    assert "ix_series_study_number" in p or "ix_series_modality_number" in p, p
+    assert "ix_series_modality " not in p + " ", p
+    found = big.search(parse_qido("study", [("ModalitiesInStudy", "CT"), ("limit", "10")]))
+    assert found.total == 1000 and len(found.items) == 10

@@ -112,9 +112,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None, *,
                            shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     if worker is not None:
-        # Rendered images are shared by the workers: a client's next connection may land
-        # on another worker, which would otherwise render them again.
-        app[RETRIEVE].shared_render = shared_render_cache(settings)
+        # Rendered images and kept QIDO answers are shared by the workers: a client's
+        # next connection may land on another worker, which would otherwise build them
+        # again.
+        app[RETRIEVE].shared_render = app[QUERY].shared = shared_render_cache(settings)
     ssl_context = tls.server_context(settings)
     site: web.BaseSite
     if sock is not None and connections is not None and worker is not None:

@@ -76,14 +76,16 @@ class BytesLRU:
 
 
 class SharedFileCache:
-    """Second level of the render cache for worker processes (``pacsd serve --workers
-    N``, R-H1): immutable byte strings in files of one directory that every worker of
-    the server reads and fills, so a preview rendered by one worker is not rendered again
-    by the next worker a client's new connection lands on (the kernel spreads connections
-    over the workers; benchmarks/notes.md "Workers by default, and the /rendered anomaly").
+    """Second level of the render cache and of the kept QIDO answers for worker
+    processes (``pacsd serve --workers N``, R-H1): immutable byte strings in files of one
+    directory that every worker of the server reads and fills, so a preview rendered (or
+    a QIDO page built) by one worker is not built again by the next worker a client's new
+    connection lands on (the kernel spreads connections over the workers;
+    benchmarks/notes.md "Workers by default, and the /rendered anomaly").
 
     Like :class:`BytesLRU` it only ever holds answers derived from what the key names, so
-    an entry never goes stale. Each file is the sha256 of its value followed by the value,
+    an entry never goes stale (a QIDO answer carries the version it was built under and
+    is served only when that version is read again: services/query.py). Each file is the sha256 of its value followed by the value,
     checked on every read: a torn or damaged file is a miss (and removed), never served.
     Written to a temporary name (mode 0600) and renamed, so a reader sees a whole file or
     none; no fsync (it is a cache). Not used with ``[encryption] enabled`` (no rendered

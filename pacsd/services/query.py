@@ -71,7 +71,9 @@ class Answers:
     the one it was filed under (``qido_dbapi.SERIES_VERSION`` / ``STUDY_VERSION``; the
     generation, or else the stamp: ``qido_dbapi.search_stamped``; every ingest, delete
     and correction at or below a row changes them), so it is never staler than a fresh
-    query; several worker processes each keep their own. Only unscoped queries whose
+    query; each worker process keeps its own, and shares what it built through the
+    workers' shared cache (:attr:`QueryService.shared`), where another worker finds it
+    and checks its version the same way. Only unscoped queries whose
     answer reads nothing the version does not cover are kept (:meth:`QueryService.
     _kept`). Bounded by total size, least recently
     used first out: an entry costs its body, its key's text (the query parameters and
@@ -151,6 +153,11 @@ class QueryService:
         #: source attributes that are plain (not sequence) attributes.
         self.aliases = worklist_aliases(archive.settings)
         self.answers = Answers()
+        #: The workers' shared cache (services/cache.py SharedFileCache; server.py sets
+        #: it in worker processes): a kept answer one worker built is checked (its
+        #: version, as every kept answer) and served by the others instead of built
+        #: again by each (R-H1).
+        self.shared: Any = None
 
     async def search(self, level: str, params: list[tuple[str, str]], *, base_url: str,
                      actor: Any, study_uid: str | None = None,
@@ -186,13 +193,16 @@ class QueryService:
         if kept is not None:
             search, min_items, stamped = kept
             key = (level, study_uid, series_uid, tuple(params), base_url)
-            answers = self.answers
+            answers, shared = self.answers, self.shared
 
             def cached() -> QueryJson:
                 held = answers.peek(key)
+                local = held is not None
+                if not local and shared is not None:  # another worker's, if any
+                    held = _unshare(shared.get(("qido", *key)))
                 version, result = search(held[0] if held is not None else None)
                 if result is None:  # the held answer is still the answer
-                    if version != held[0]:  # checked by its stamp: filed anew
+                    if version != held[0] or not local:  # checked by its stamp / shared
                         answers.put(key, version, held[1], held[2])
                     return held[1]
                 answer = QueryJson(body=_body(level, result.items, base_url),
@@ -200,7 +210,10 @@ class QueryService:
                                    offset=q.offset, limit=q.limit, unsupported=unsupported,
                                    exact=result.exact)
                 if version is not None and answer.count >= min_items:
-                    answers.put(key, version, answer, answer.count if stamped else 0)
+                    rows = answer.count if stamped else 0
+                    answers.put(key, version, answer, rows)
+                    if shared is not None:
+                        shared.put(("qido", *key), _share(version, answer, rows))
                 return answer
             return await self.archive.run_light(cached)
 
@@ -247,6 +260,37 @@ class QueryService:
             return (lambda held: qido_dbapi.search_stamped(engine, q, held, raw=True),
                     STAMPED_MIN_ITEMS, True)
         return None
+
+
+def _share(version: tuple, answer: QueryJson, rows: int) -> bytes:
+    """A kept answer as the bytes of a shared cache file: the length of a JSON head
+    (version, counts, flags), the head, the body."""
+    head = orjson.dumps([version, answer.count, answer.total, answer.offset, answer.limit,
+                         answer.unsupported, answer.exact, rows])
+    return len(head).to_bytes(4, "big") + head + answer.body
+
+
+def _unshare(data: bytes | None) -> tuple[tuple, QueryJson, int] | None:
+    """(version, answer, stamp rows) of :func:`_share`'s bytes; None for none. The
+    version comes back as tuples of what it held (ints, strings, None, booleans: the
+    index's values, updated_at read as text), so it equals a version read afresh exactly
+    when the answer's own did; anything else is a miss."""
+    if data is None or len(data) < 4:
+        return None
+    n = int.from_bytes(data[:4], "big")
+    try:
+        version, count, total, offset, limit, unsupported, exact, rows = orjson.loads(
+            data[4:4 + n])
+    except (orjson.JSONDecodeError, ValueError, TypeError):
+        return None
+    answer = QueryJson(body=data[4 + n:], count=count, total=total, offset=offset,
+                       limit=limit, unsupported=tuple(unsupported), exact=exact)
+    return _tuples(version), answer, rows
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays back to the tuples they were."""
+    return tuple(map(_tuples, value)) if isinstance(value, list) else value
 
 
 def _never(version: tuple) -> bool:

@@ -15,6 +15,7 @@ once the server stopped.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import re
 import signal
@@ -372,6 +373,34 @@ def test_RH1_rendered_images_shared_by_workers_and_removed_at_stop(tmp_path):
         # Rendered pixels: readable by the server's user only.
         assert shared.stat().st_mode & 0o777 == 0o700
         assert [f.stat().st_mode & 0o777 for f in shared.iterdir()] == [0o600]
+    finally:
+        srv.stop()
+    assert not shared.exists()
+
+
+def test_RH1_kept_qido_answers_shared_by_workers(tmp_path):
+    """A kept QIDO page (here all 9 studies) is built by the first worker asked and
+    shared through ``<data_dir>/render-cache`` with the other (services/query.py): eight
+    new connections, spread over both workers, get the same bytes, and the shared file is
+    never written again (a worker that built the page anew would replace it)."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shared = data_dir / "render-cache"
+    srv = Server(str(data_dir), "--workers", "2")
+    try:
+        worker_pids(srv)
+        for _study, _series, _sop, data in instances(9, 1):
+            assert stow(srv.url, data) == 200
+        def studies() -> bytes:
+            return requests.get(f"{srv.url}/dicom-web/studies",
+                                headers={"Accept": "application/dicom+json",
+                                         "Connection": "close"}, timeout=60).content
+        first = studies()
+        assert len(json.loads(first)) == 9
+        [built] = list(shared.iterdir())
+        inode = built.stat().st_ino
+        assert {studies() for _ in range(8)} == {first}
+        assert [(f, f.stat().st_ino) for f in shared.iterdir()] == [(built, inode)]
     finally:
         srv.stop()
     assert not shared.exists()

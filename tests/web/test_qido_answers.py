@@ -303,3 +303,52 @@ async def test_RH1_answers_charge_their_keys():
         cache.put(key, (1,), empty)
     assert cache._size <= 100_000
     assert len(cache) == 100_000 // Answers.cost(key, empty)
+
+
+async def test_RH1_kept_answers_shared_by_workers_and_never_stale(client, stow, fetches,
+                                                                  tmp_path):
+    """Workers share their kept answers (server.py: QueryService.shared, the workers'
+    SharedFileCache): a page one worker built is served by another after its version is
+    read again (on SQLite: the generation alone, no page query, no splice); after a new
+    match, a worker that finds the stale shared answer builds a fresh one; a damaged
+    shared file is a miss. Each answer is byte for byte a fresh query's."""
+    from pacsd.services.cache import SharedFileCache
+    archive = client.server.app[ARCHIVE]
+    shared = SharedFileCache(tmp_path / "shared", 1 << 24)
+    shared.dir.mkdir()
+
+    def worker() -> QueryService:
+        service = QueryService(archive)
+        service.shared = shared
+        return service
+    studies = [make_dataset(PatientName=f"Zhou^{i}", PatientID=f"Z{i}", seed=100 + i)
+               for i in range(STAMPED_MIN_ITEMS + 1)]
+    assert (await stow([to_part10(x) for x in studies])).status == 200
+    params = [("PatientName", "Zhou*")]
+    base = "http://pacsd.test/dicom-web"
+
+    async def answer(service) -> tuple[bytes, list[str]]:
+        before = len(fetches)
+        got = await service.search_json("study", params, base_url=base, actor=LOCAL)
+        ran = fetches[before:]
+        want = await client.server.app[QUERY].search("study", params, base_url=base,
+                                                     actor=LOCAL)
+        assert got.body == orjson.dumps(want.items)
+        assert (got.count, got.total) == (len(want.items), want.total)
+        return got.body, ran
+
+    first, ran = await answer(worker())
+    assert ran == ["page"] and len(orjson.loads(first)) == STAMPED_MIN_ITEMS + 1
+    other = worker()
+    again, ran = await answer(other)
+    assert again == first and ran in ([], ["stamp"])  # SQLite: [], PostgreSQL: the stamp
+    assert len(other.answers) == 1  # and kept in its own memory now
+    new = make_dataset(PatientName="Zhou^new", PatientID="Z99", seed=160)
+    assert (await stow([to_part10(new)])).status == 200
+    third = worker()
+    body, ran = await answer(third)  # the shared answer is stale: built afresh
+    assert ran == ["stamp", "page"] and new.StudyInstanceUID.encode() in body
+    assert (await answer(worker()))[1] in ([], ["stamp"])  # ... and shared anew
+    key = ("qido", "study", None, None, tuple(params), base)
+    shared.put(key, b"\x00\x00\x00\x05[1,2]damaged")
+    assert await answer(worker()) == (body, ["page"])

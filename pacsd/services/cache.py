@@ -85,8 +85,9 @@ class SharedFileCache:
 
     Like :class:`BytesLRU` it only ever holds answers derived from what the key names, so
     an entry never goes stale (a QIDO answer carries the version it was built under and
-    is served only when that version is read again: services/query.py). Each file is the sha256 of its value followed by the value,
-    checked on every read: a torn or damaged file is a miss (and removed), never served.
+    is served only when that version is read again: services/query.py). Each file is the
+    sha256 of its value followed by the value, checked on every read: a torn or damaged
+    file is a miss (and removed), never served.
     Written to a temporary name (mode 0600) and renamed, so a reader sees a whole file or
     none; no fsync (it is a cache). Not used with ``[encryption] enabled`` (no rendered
     pixels on disk in plaintext: server.py ``shared_render_cache``). The supervisor

@@ -73,13 +73,13 @@ class Answers:
     and correction at or below a row changes them), so it is never staler than a fresh
     query; each worker process keeps its own, and shares what it built through the
     workers' shared cache (:attr:`QueryService.shared`), where another worker finds it
-    and checks its version the same way. Only unscoped queries whose
-    answer reads nothing the version does not cover are kept (:meth:`QueryService.
-    _kept`). Bounded by total size, least recently
-    used first out: an entry costs its body, its key's text (the query parameters and
-    base URL a client sent), a stamp's rows and :data:`ENTRY_OVERHEAD` (so many tiny
-    answers, e.g. ``[]`` under long parameters, cannot grow the memory past the bound);
-    an entry over a quarter of the bound is not kept."""
+    and checks its version the same way. Only unscoped queries whose answer reads
+    nothing the version does not cover are kept (:meth:`QueryService._kept`). Bounded
+    by total size, least recently used first out: an entry costs its body, its key's
+    text (the query parameters and base URL a client sent), a stamp's rows and
+    :data:`ENTRY_OVERHEAD` (so many tiny answers, e.g. ``[]`` under long parameters,
+    cannot grow the memory past the bound); an entry over a quarter of the bound is not
+    kept."""
 
     #: Bytes charged per entry besides its body and key text (dict, tuples, objects).
     ENTRY_OVERHEAD = 512

@@ -250,9 +250,10 @@ async def scan(api, study: str) -> list[dict]:
     run twice (the SOP Instance UID is unique in the table)."""
     from .sr import SR_CLASSES, status_of, text_of
 
-    found = []
-    for cls in SR_CLASSES:
-        found += await api.search("instance", {"SOPClassUID": cls}, study_uid=study)
+    # One query for every SR class (UID list matching), not one per class: each study
+    # that becomes stable is scanned, so a bulk import pays this once per study.
+    found = await api.search("instance", {"SOPClassUID": "\\".join(SR_CLASSES)},
+                             study_uid=study)
     if not found:
         return []
     known = {r["sop"] for r in await api.run(api.read, lambda c: list_reports(c, study))}

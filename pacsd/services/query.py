@@ -53,6 +53,11 @@ ANSWER_CACHE_BYTES = 16 * 1024 * 1024
 #: The fewest items of a study / series page kept under its stamp (:meth:`QueryService.
 #: _kept`).
 STAMPED_MIN_ITEMS = 8
+#: The fewest items of a kept answer also written to the workers' shared cache: a file
+#: per answer of a few items (every one-instance series a recount asks for) costs about
+#: what building it again does, and each file written brings the cache's prune scan
+#: (services/cache.py) nearer, on the QIDO lane.
+SHARED_MIN_ITEMS = 8
 
 
 class Answers:
@@ -212,7 +217,7 @@ class QueryService:
                 if version is not None and answer.count >= min_items:
                     rows = answer.count if stamped else 0
                     answers.put(key, version, answer, rows)
-                    if shared is not None:
+                    if shared is not None and answer.count >= SHARED_MIN_ITEMS:
                         shared.put(("qido", *key), _share(version, answer, rows))
                 return answer
             return await self.archive.run_light(cached)

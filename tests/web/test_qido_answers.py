@@ -14,7 +14,8 @@ from dicomgen import make_dataset, to_part10
 
 from pacsd.index import qido_sql
 from pacsd.index.qido import parse_qido
-from pacsd.services.query import STAMPED_MIN_ITEMS, Answers, QueryJson, QueryService
+from pacsd.services.query import (SHARED_MIN_ITEMS, STAMPED_MIN_ITEMS, Answers, QueryJson,
+                                  QueryService)
 from pacsd.services.retention import RetentionService
 from pacsd.services.security import LOCAL
 from pacsd.web.keys import ARCHIVE, QUERY
@@ -352,3 +353,11 @@ async def test_RH1_kept_answers_shared_by_workers_and_never_stale(client, stow, 
     key = ("qido", "study", None, None, tuple(params), base)
     shared.put(key, b"\x00\x00\x00\x05[1,2]damaged")
     assert await answer(worker()) == (body, ["page"])
+    # Kept but not shared: the instances of a one-instance series (SHARED_MIN_ITEMS).
+    files = set(shared.dir.iterdir())
+    small = worker()
+    got = await small.search_json("instance", [], base_url=base, actor=LOCAL,
+                                  study_uid=new.StudyInstanceUID,
+                                  series_uid=new.SeriesInstanceUID)
+    assert got.count == 1 < SHARED_MIN_ITEMS and len(small.answers) == 1
+    assert set(shared.dir.iterdir()) == files
